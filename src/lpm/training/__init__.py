@@ -1,0 +1,1 @@
+"""Objective-agnostic training: trainer, checkpoints, EMA, distributed set-up."""
