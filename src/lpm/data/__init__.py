@@ -1,0 +1,1 @@
+"""Clip format (read / write / validate), data sets and batching, real-video ingest."""

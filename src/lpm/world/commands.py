@@ -1,0 +1,87 @@
+"""``lpm world synth|render|show`` and ``lpm demo``."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from lpm.errors import LpmError
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from lpm.world.synth import plan, synth
+
+    try:
+        specs = plan(args.clips, args.seed, args.seconds, args.res, args.split, args.styles, args.mode)
+    except ValueError as e:
+        raise LpmError(str(e)) from None
+    t0 = time.time()
+    rows = synth(args.out, specs, workers=args.workers)
+    dt = time.time() - t0
+    print(f"wrote {len(rows)} clips to {args.out} in {dt:.1f} s ({60 * len(rows) / max(dt, 1e-9):.1f} clips/min)")
+    return 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from lpm.world.demo import render_world_video
+
+    path = render_world_video(args.out, seed=args.seed, style=args.style, seconds=args.seconds, res=args.res,
+                              mode=args.mode)
+    print(f"wrote {path}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from lpm.world.show import contact_sheet
+
+    out = args.out or str(Path(args.data) / "contact_sheet.png")
+    print(f"wrote {contact_sheet(args.data, out, max_clips=args.clips)}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lpm.world.demo import render_world_video
+
+    path = render_world_video(args.out, seed=args.seed, style=None, seconds=args.seconds, res=256,
+                              mode="conversation", split="val")
+    print(f"wrote {path}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    from lpm.world.identity import ALL_STYLES
+
+    world = groups["world"]
+    p = world.add_parser("synth", help="write a data set of world clips in the clip format")
+    p.add_argument("--out", required=True, help="data set directory (created; existing clips are kept)")
+    p.add_argument("--clips", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=4.0)
+    p.add_argument("--res", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--styles", nargs="+", default=None, choices=ALL_STYLES)
+    p.add_argument("--split", default="mixed", help="train | val | zeroshot | mixed (80/10/10)")
+    p.add_argument("--mode", default=None, help="speak | listen | conversation | idle (default: drawn per clip)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.set_defaults(func=_synth)
+
+    p = world.add_parser("render", help="render one world character performing a conversation to an mp4")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--style", default="anime", choices=ALL_STYLES)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--res", type=int, default=256)
+    p.add_argument("--mode", default="conversation")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_render)
+
+    p = world.add_parser("show", help="write a contact sheet PNG of a data set")
+    p.add_argument("data")
+    p.add_argument("--out", default=None, help="PNG path (default DATA/contact_sheet.png)")
+    p.add_argument("--clips", type=int, default=8)
+    p.set_defaults(func=_show)
+
+    p = sub.add_parser("demo", help="render a demo conversation to out/demo.mp4")
+    p.add_argument("--out", default="out/demo.mp4")
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=12.0)
+    p.set_defaults(func=_demo)
