@@ -1,0 +1,282 @@
+"""``DiT``: the LPM-style diffusion transformer (Wan2.1 backbone, LPM 1.0 conditioning), one forward for the
+bidirectional Base model, block-causal training of the Online model, and cached streaming.
+
+The network only predicts (the flow-matching objective owns the loss, ``lpm.diffusion``). Flow time ``t``
+is in [0, 1], ``t = 0`` clean data and ``t = 1`` noise, given per sample ``(B,)`` or per frame
+``(B, F)`` so the Online model denoises each chunk at its own ``t``
+(Self-Forcing / CausVid "diffusion forcing" schedules).
+
+Streaming::
+
+    cache = KVCache.empty(cfg, batch_size=1)
+    model.prefill(cache, references)                   # references: computed once, never evicted
+    start, end = model.audio_frame_range(cache.chunks_seen * cfg.frames_per_chunk, cfg.frames_per_chunk)
+    cond = Conditioning(text, mask, mel_self[:, start:end], mel_partner[:, start:end],
+                        audio_start_frame=start)
+    v = model(x_t, t, cond, cache=cache)               # denoising steps: the cache is read, not written
+    model(x_0, zeros, cond, cache=cache, update_cache=True)  # commit the clean chunk (CausVid)
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lpm.audio.encoder import PARTNER_STREAM, SELF_STREAM, AudioEncoder
+from lpm.config import from_dict, to_dict
+from lpm.models.attention import attend, plan_chunk, plan_full, plan_references
+from lpm.models.blocks import CrossInputs, DiTBlock, audio_window
+from lpm.models.conditioning import (
+    Conditioning,
+    PoseEmbedder,
+    ReferenceEmbedder,
+    References,
+    patchify,
+    unpatchify,
+)
+from lpm.models.dit_config import DiTConfig
+from lpm.models.kv_cache import KVCache
+from lpm.models.rope import Rope3D
+from lpm.models.text import ByteTextEncoder
+from lpm.training.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
+
+CHECKPOINT_KIND = "dit"
+
+
+def timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of ``1000 t`` (DiT / Wan2.1 scale). ``(...) -> (..., dim)``."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = 1000.0 * t.float()[..., None] * freqs
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+class Head(nn.Module):
+    """Final adaLN + linear to ``C * p * p`` per token (zero-initialised, DiT)."""
+
+    def __init__(self, dim: int, out_dim: int, eps: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.linear = nn.Linear(dim, out_dim)
+        self.modulation = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """``x (B, F, N, D)``, ``e (B, F, D)`` -> ``(B, F, N, C*p*p)``."""
+        shift, scale = (e[:, :, None, None] + self.modulation).unbind(3)  # (B, F, 1, D) each
+        return self.linear(self.norm(x) * (1 + scale) + shift)
+
+
+class DiT(nn.Module):
+    """The LPM-style DiT. See the module docstring for the streaming protocol.
+
+    Args:
+        cfg: the resolved ``DiTConfig``.
+    """
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, p, c = cfg.dim, cfg.patch_size, cfg.latent_channels
+        self.patch_embed = nn.Linear(c * p * p, d)
+        self.time_embed = nn.Sequential(nn.Linear(cfg.time_freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))  # shared adaLN (Wan2.1)
+        self.pose_embed = PoseEmbedder(cfg.pose_dim, d, cfg.pose_dropout)
+        self.reference_embed = ReferenceEmbedder(cfg)
+        self.text_encoder = ByteTextEncoder(cfg.text_dim, cfg.text_layers, cfg.text_heads, cfg.text_max_bytes)
+        self.text_proj = nn.Sequential(
+            nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d)
+        )
+        self.audio_encoder = AudioEncoder(
+            cfg.mel.n_mels,
+            cfg.mel.steps_per_frame,
+            cfg.audio_dim,
+            cfg.audio_layers,
+            cfg.audio_kernel_steps,
+            cfg.audio_tokens_per_frame,
+        )
+        self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.num_blocks))
+        self.head = Head(d, c * p * p, cfg.eps)
+        self.rope = Rope3D(cfg.head_dim, cfg.rope_theta)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Xavier for block and embedder linears, zero output head (DiT: the model starts as the identity)."""
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and not name.startswith("text_encoder"):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.head.linear.weight)
+        nn.init.zeros_(self.head.linear.bias)
+
+    # ---- conditioning helpers ----
+    def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> ``(tokens (B, L, text_dim), mask (B, L))`` through the model's text encoder."""
+        return self.text_encoder.encode(texts)
+
+    def audio_frame_range(self, first_frame: int, num_frames: int) -> tuple[int, int]:
+        """Global audio frames ``[start, end)`` a forward of frames ``first_frame ..`` needs: the windows,
+        the encoder's causal history and the declared own-speech lookahead."""
+        start = first_frame - self.cfg.audio_window_frames - self.audio_encoder.history_frames
+        return max(0, start), first_frame + num_frames + self.cfg.audio_lookahead_frames
+
+    def _modulation(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = timestep_features(t, self.cfg.time_freq_dim).to(self.patch_embed.weight.dtype)
+        e = self.time_embed(feats)  # (..., D)
+        return e, self.time_proj(e).unflatten(-1, (6, self.cfg.dim))  # (..., 6, D)
+
+    def _references(self, refs: References | None, batch: int, device) -> tuple:
+        if refs is None or not refs.kinds:
+            return None, None, torch.zeros(0, 3, dtype=torch.float64)
+        x_ref, positions = self.reference_embed(refs)  # (B, R, D), (R, 3)
+        t_ref = torch.full((batch, 1), self.cfg.reference_time, device=device)
+        return x_ref, self._modulation(t_ref)[1], positions
+
+    def _cross_inputs(self, cond: Conditioning, first_frame: int, num_frames: int) -> CrossInputs:
+        cfg, device = self.cfg, cond.audio_self.device
+        fa = cond.audio_self.shape[1]
+        if cond.audio_partner.shape[1] != fa or fa == 0:
+            raise ValueError("audio_self and audio_partner must cover the same, non-empty frame range")
+        return CrossInputs(
+            text=self.text_proj(cond.text_tokens),
+            text_mask=cond.text_mask.bool(),
+            audio_self=self.audio_encoder(cond.audio_self, SELF_STREAM),
+            audio_partner=self.audio_encoder(cond.audio_partner, PARTNER_STREAM),
+            window_self=audio_window(
+                first_frame,
+                num_frames,
+                cond.audio_start_frame,
+                fa,
+                cfg.self_audio_before_frames,
+                cfg.self_audio_lookahead_frames,
+                device,
+            ),
+            window_partner=audio_window(
+                first_frame,
+                num_frames,
+                cond.audio_start_frame,
+                fa,
+                cfg.partner_audio_before_frames,
+                cfg.partner_audio_after_frames,
+                device,
+            ),
+        )
+
+    # ---- streaming ----
+    @torch.no_grad()
+    def prefill(self, cache: KVCache, references: References | None) -> None:
+        """Compute every layer's reference keys/values once and store them in ``cache``."""
+        device = self.patch_embed.weight.device
+        batch = cache.slot_k[0].shape[0]
+        x_ref, e_ref, positions = self._references(references, batch, device)
+        if x_ref is None:
+            empty = cache.slot_k[0][:, :, :0]
+            cache.set_references([(empty, empty)] * len(self.blocks), positions)
+            return
+        groups = plan_references(self.rope, positions, device)
+        kvs = []
+        for block in self.blocks:
+            _, x_ref, kv = block(None, None, x_ref, e_ref, lambda q, k, v, g=groups: attend(q, k, v, g), None)
+            kvs.append(kv)
+        cache.set_references(kvs, positions)
+
+    # ---- the forward ----
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        cache: KVCache | None = None,
+        update_cache: bool = False,
+        mode: str | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow-matching target for ``x_t``.
+
+        Args:
+            x_t: ``(B, F, C, h, w)`` noisy latents (cached: one chunk, ``F = frames_per_chunk``).
+            t: ``(B,)`` or ``(B, F)`` flow time in [0, 1].
+            cond: text, audio (covering ``audio_frame_range``), optional pose ``(B, F, 4)`` and references.
+            cache: a ``KVCache`` for streaming the Online model; the chunk is ``cache.chunks_seen``.
+            update_cache: store this chunk's keys/values (call it on the clean chunk) and advance.
+            mode: ``bidirectional`` or ``block_causal``; default ``cfg.attention``; a cache implies
+                block-causal.
+        Returns:
+            ``(B, F, C, h, w)``.
+        """
+        cfg = self.cfg
+        b, f, c, h, w = x_t.shape
+        if c != cfg.latent_channels or (h, w) != (cfg.latent_height, cfg.latent_width):
+            raise ValueError(
+                f"latents {tuple(x_t.shape)} do not fit the config (C={cfg.latent_channels}, "
+                f"h={cfg.latent_height}, w={cfg.latent_width})"
+            )
+        t = t[:, None].expand(b, f) if t.dim() == 1 else t
+        x = self.patch_embed(patchify(x_t, cfg.patch_size))  # (B, F, N, D)
+        if cond.pose is not None:
+            x = x + self.pose_embed(cond.pose)[:, :, None]
+        e, e6 = self._modulation(t)  # (B, F, D), (B, F, 6, D)
+        device = x.device
+        if cache is None:
+            x_ref, e_ref, ref_pos = self._references(cond.references, b, device)
+            groups = plan_full(cfg, self.rope, ref_pos, f, mode or cfg.attention, device)
+            first_frame, num_slots = 0, 0
+        else:
+            if f != cfg.frames_per_chunk:
+                raise ValueError(
+                    f"a cached forward takes one chunk of {cfg.frames_per_chunk} frames, got {f}"
+                )
+            if not cache.is_prefilled:
+                self.prefill(cache, cond.references)
+            x_ref = e_ref = None
+            first_frame = cache.chunks_seen * cfg.frames_per_chunk
+            groups, num_slots = plan_chunk(cfg, self.rope, cache, device)
+        cross = self._cross_inputs(cond, first_frame, f)
+        new_kv = []
+        for layer, block in enumerate(self.blocks):
+            if cache is None:
+
+                def attention(q, k, v):
+                    return attend(q, k, v, groups)
+            else:
+                prefix_k, prefix_v = cache.prefix(layer, num_slots)
+
+                def attention(q, k, v, pk=prefix_k, pv=prefix_v):
+                    return attend(
+                        q, torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2), groups
+                    )
+
+            x, x_ref, kv = block(x, e6, x_ref, e_ref, attention, cross)
+            new_kv.append(kv)
+        if cache is not None and update_cache:
+            cache.commit(new_kv)
+        out = self.head(x, e)  # (B, F, N, C*p*p)
+        return unpatchify(out, cfg.patch_size, c, h, w)
+
+
+# ---- checkpoints: safetensors + resolved config; strict load ----
+def save_dit(path: str | Path, model: DiT, extra: dict | None = None) -> Path:
+    """Write ``model``'s weights with its resolved config in the metadata."""
+    return save_checkpoint(path, model.state_dict(), to_dict(model.cfg), CHECKPOINT_KIND, extra)
+
+
+def load_dit(path: str | Path, expect: DiTConfig | None = None, device: str = "cpu") -> DiT:
+    """Build a ``DiT`` from a checkpoint's stored config and load its weights strictly.
+
+    Args:
+        expect: if given, the stored config must equal it (e.g. ``latent_channels`` of the VAE in use);
+            differing fields are listed in the error.
+    """
+    state, meta = load_checkpoint(path, kind=CHECKPOINT_KIND, device=device)
+    cfg = from_dict(DiTConfig, meta["config"])
+    if expect is not None and cfg != expect:
+        diff = [
+            f"{k}: checkpoint {v!r} vs expected {to_dict(expect)[k]!r}"
+            for k, v in to_dict(cfg).items()
+            if to_dict(expect)[k] != v
+        ]
+        raise CheckpointError(f"{path}: DiT config differs from the expected one: {'; '.join(diff)}")
+    model = DiT(cfg).to(device)
+    load_into(model, state, source=str(path))
+    return model

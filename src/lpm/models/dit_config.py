@@ -1,0 +1,218 @@
+"""``DiTConfig``: the one schema of the LPM-style DiT, and its size presets as plain functions.
+
+Everything the network, the KV cache and the streaming session need (tokens per frame, chunk and cache sizes,
+audio windows, reference time offsets) is derived here from the fields below, never hard-coded elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lpm.audio.mel import MelConfig
+from lpm.config import ConfigError
+
+ATTENTION_MODES = ("bidirectional", "block_causal")
+
+
+@dataclass
+class DiTConfig:
+    # --- latent video: a per-frame VAE with 8x spatial compression; latents are (B, F, C, h, w) ---
+    latent_channels: int = 8  # C; must equal the VAE's latent channels (checked at checkpoint load)
+    latent_height: int = 16  # h = H / 8 (128 px)
+    latent_width: int = 16  # w = W / 8
+    patch_size: int = 2  # p: video tokens and the global reference are p x p latent patches
+    reference_patch_size: int = 4  # coarser patches for body views and expressions, bounding the token count
+    # --- transformer (Wan2.1 block: self-attn -> cross-attn -> MLP, adaLN on the flow time) ---
+    dim: int = 256  # D, token width
+    num_blocks: int = 8  # transformer blocks
+    num_heads: int = 4  # attention heads; head_dim = D / heads, split (t, h, w) for 3D RoPE
+    ffn_dim: int = 1024  # MLP hidden width
+    qk_norm: bool = True  # RMSNorm on queries and keys (Wan2.1), stabilises bf16 attention
+    eps: float = 1e-6  # norm epsilon
+    rope_theta: float = 10000.0  # RoPE base
+    time_freq_dim: int = 256  # sinusoidal features of the flow time before the time MLP
+    reference_time: float = 0.0  # flow time t references are embedded at (t = 0 is clean data, t = 1 noise)
+    # --- text: a byte-level encoder trained with the model (no downloads) ---
+    text_dim: int = 128  # width of the text encoder's tokens (projected to D inside the DiT)
+    text_layers: int = 2  # transformer layers of the byte encoder
+    text_heads: int = 4  # heads of the byte encoder
+    text_max_bytes: int = 128  # UTF-8 bytes kept per caption (a BOS token is added)
+    # --- audio: log-mel of own and partner speech, one causal encoder with a stream embedding ---
+    mel: MelConfig = field(default_factory=lambda: MelConfig(n_mels=40))  # feature extraction
+    audio_dim: int = 128  # Da, audio token width
+    audio_layers: int = 3  # causal conv blocks in the audio encoder
+    audio_kernel_steps: int = 5  # conv kernel in mel steps
+    audio_tokens_per_frame: int = 2  # A, audio tokens per video frame
+    self_audio_before_frames: int = 3  # own-speech window: frames before the query frame (even blocks)
+    self_audio_lookahead_frames: int = 1  # own-speech window: frames after (the only non-causal input)
+    partner_audio_before_frames: int = 16  # partner-speech window, past-leaning (odd blocks)
+    partner_audio_after_frames: int = 0  # partner-speech window after the query frame
+    # --- pose: optional per-frame control (head yaw, pitch, roll, body yaw in degrees) ---
+    pose_dim: int = 4  # channels of the pose track
+    pose_dropout: float = 0.3  # probability a training sample is seen without its pose track
+    # --- references: VAE latents of the global image, body views and expression exemplars ---
+    body_views: tuple[str, ...] = ("front", "left", "right", "back")  # kinds "body_<view>"
+    expressions: tuple[str, ...] = ("neutral", "happy", "sad", "surprised", "angry")  # kinds "expr_<name>"
+    reference_time_gap: int = 8  # RoPE time between reference types; > the number of sub-types of any type
+    # --- streaming (Online model) ---
+    attention: str = "bidirectional"  # default mask: "bidirectional" (Base) or "block_causal" (Online)
+    frames_per_chunk: int = 4  # latent frames per chunk (the Online model's unit of generation)
+    sink_chunks: int = 1  # S: first chunks kept forever as attention sinks
+    window_chunks: int = 3  # W: most recent chunks kept in the rolling window
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_MODES:
+            raise ConfigError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.dim % self.num_heads:
+            raise ConfigError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        for name, size in (("latent_height", self.latent_height), ("latent_width", self.latent_width)):
+            if size % self.reference_patch_size or size % self.patch_size:
+                raise ConfigError(f"{name} {size} is not divisible by the patch sizes")
+        if self.reference_patch_size % self.patch_size:
+            raise ConfigError("reference_patch_size must be a multiple of patch_size")
+        if self.reference_time_gap <= max(len(self.body_views), len(self.expressions)):
+            raise ConfigError("reference_time_gap must exceed the number of body views and of expressions")
+        if self.mel.steps_per_frame % self.audio_tokens_per_frame:
+            raise ConfigError("mel.steps_per_frame must be divisible by audio_tokens_per_frame")
+        if self.sink_chunks < 0 or self.window_chunks < 1:
+            raise ConfigError("sink_chunks must be >= 0 and window_chunks >= 1")
+
+    # ---- derived sizes ----
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, cols) of video patches per frame."""
+        return self.latent_height // self.patch_size, self.latent_width // self.patch_size
+
+    @property
+    def tokens_per_frame(self) -> int:
+        rows, cols = self.patch_grid
+        return rows * cols
+
+    @property
+    def tokens_per_chunk(self) -> int:
+        return self.tokens_per_frame * self.frames_per_chunk
+
+    @property
+    def reference_kinds(self) -> tuple[str, ...]:
+        """Every reference kind the model knows, in its canonical order."""
+        return ("global", *(f"body_{v}" for v in self.body_views), *(f"expr_{e}" for e in self.expressions))
+
+    def reference_patch(self, kind: str) -> int:
+        """Patch size of a reference kind: the global image at video resolution, the others coarser."""
+        return self.patch_size if kind == "global" else self.reference_patch_size
+
+    def reference_tokens(self, kind: str) -> int:
+        p = self.reference_patch(kind)
+        return (self.latent_height // p) * (self.latent_width // p)
+
+    def reference_time_position(self, kind: str) -> int:
+        """RoPE time of a reference: a negative offset per type, minus the sub-type's index within its type.
+
+        global -> -gap; body_<view i> -> -2 gap - i; expr_<name j> -> -3 gap - j. Video frames sit at t >= 0.
+        """
+        gap = self.reference_time_gap
+        if kind == "global":
+            return -gap
+        if kind.startswith("body_") and kind[5:] in self.body_views:
+            return -2 * gap - self.body_views.index(kind[5:])
+        if kind.startswith("expr_") and kind[5:] in self.expressions:
+            return -3 * gap - self.expressions.index(kind[5:])
+        raise ConfigError(f"unknown reference kind {kind!r}; known kinds: {', '.join(self.reference_kinds)}")
+
+    @property
+    def audio_window_frames(self) -> int:
+        """Frames of audio the windows may read before a chunk's first frame (no encoder history)."""
+        return max(self.self_audio_before_frames, self.partner_audio_before_frames)
+
+    @property
+    def audio_lookahead_frames(self) -> int:
+        """Frames of audio needed after a chunk's last frame."""
+        return max(self.self_audio_lookahead_frames, self.partner_audio_after_frames)
+
+    @property
+    def max_time_chunks(self) -> int:
+        """Largest chunk time position the Online model ever uses: ``S + W`` (the first full window)."""
+        return self.sink_chunks + self.window_chunks
+
+
+# ---- presets: plain functions, collected in one dict ----
+def tiny() -> DiTConfig:
+    """CPU-trainable: 128x128, 4-frame chunks, about 10M parameters."""
+    return DiTConfig()
+
+
+def small() -> DiTConfig:
+    """256x256, a step up for a single GPU."""
+    return DiTConfig(
+        latent_height=32,
+        latent_width=32,
+        dim=512,
+        num_blocks=12,
+        num_heads=8,
+        ffn_dim=2048,
+        text_dim=256,
+        text_layers=4,
+        text_heads=4,
+        audio_dim=256,
+        audio_layers=4,
+        mel=MelConfig(n_mels=80),
+    )
+
+
+def base() -> DiTConfig:
+    """A Wan2.1-1.3B-like shape (dim 1536, 30 blocks, 12 heads, ffn 8960) at 480x832, 16 latent channels."""
+    return DiTConfig(
+        latent_channels=16,
+        latent_height=60,
+        latent_width=104,
+        dim=1536,
+        num_blocks=30,
+        num_heads=12,
+        ffn_dim=8960,
+        text_dim=1024,
+        text_layers=4,
+        text_heads=16,
+        text_max_bytes=512,
+        audio_dim=512,
+        audio_layers=6,
+        mel=MelConfig(n_mels=80),
+        reference_patch_size=4,
+    )
+
+
+def lpm_17b() -> DiTConfig:
+    """LPM 1.0 scale: Wan2.1-14B shape (dim 5120, 40 blocks, 40 heads, ffn 13824) plus LPM's audio K/V per
+    block, the audio encoder, reference embedding and a byte text encoder at umT5-XXL width (4096)."""
+    return DiTConfig(
+        latent_channels=16,
+        latent_height=60,
+        latent_width=104,
+        dim=5120,
+        num_blocks=40,
+        num_heads=40,
+        ffn_dim=13824,
+        text_dim=4096,
+        text_layers=8,
+        text_heads=32,
+        text_max_bytes=512,
+        audio_dim=1280,
+        audio_layers=8,
+        mel=MelConfig(n_mels=80),
+        reference_patch_size=4,
+    )
+
+
+PRESETS: dict[str, Callable[[], DiTConfig]] = {"tiny": tiny, "small": small, "base": base, "lpm-17b": lpm_17b}
+
+
+def preset(name: str, **overrides) -> DiTConfig:
+    """A preset by name, with optional field overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown DiT preset {name!r}; known: {', '.join(PRESETS)}")
+    return dataclasses.replace(PRESETS[name](), **overrides)
