@@ -18,6 +18,7 @@ GROUPS: dict[str, str] = {
 # Modules with a ``register(sub, groups)`` function adding their subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
     "lpm.world.commands",
+    "lpm.training.commands",
 )
 
 

@@ -1,0 +1,37 @@
+"""``lpm train ...`` subcommands (argument parsing only; the work is in the trainers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    from lpm.training.vae_trainer import VAETrainer, load_train_config
+
+    overrides = list(args.overrides)
+    # --steps / --batch are shorthands for the config keys; they win over the YAML file like any override.
+    if args.steps is not None:
+        overrides.append(f"steps={args.steps}")
+    if args.batch is not None:
+        overrides.append(f"batch={args.batch}")
+    cfg = load_train_config(args.config, overrides)
+    result = VAETrainer(cfg, args.data, args.out).run()
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add ``lpm train vae``."""
+    p = groups["train"].add_parser(
+        "vae", help="train the VAE (L1 + SSIM + light KL); rerunning resumes",
+        description="Train lpm's per-frame VAE on the train split of a clip data set; rerun the same command "
+                    "to resume from RUN/train_state.pt. Ends with PSNR on val / zeroshot in RUN/eval.json.")
+    p.add_argument("--data", required=True, help="clip data set directory (with manifest.jsonl)")
+    p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a run)")
+    p.add_argument("--steps", type=int, help="total optimizer steps (config key steps)")
+    p.add_argument("--batch", type=int, help="images per step (config key batch)")
+    p.add_argument("--config", help="YAML file with VAETrainConfig keys")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. lr=5e-4 model.latent_channels=8")
+    p.set_defaults(func=_train_vae)
