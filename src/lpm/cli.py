@@ -19,6 +19,7 @@ GROUPS: dict[str, str] = {
 COMMAND_MODULES: tuple[str, ...] = (
     "lpm.world.commands",
     "lpm.training.commands",
+    "lpm.models.commands",
 )
 
 
