@@ -243,9 +243,9 @@ class DiT(nn.Module):
                 prefix_k, prefix_v = cache.prefix(layer, num_slots)
 
                 def attention(q, k, v, pk=prefix_k, pv=prefix_v):
-                    return attend(
-                        q, torch.cat([pk.to(k.dtype), k], 2), torch.cat([pv.to(v.dtype), v], 2), groups
-                    )
+                    k_all = torch.cat([*(t.to(k.dtype) for t in pk), k], 2)  # (B, H, R + n*Nc + Nc, d)
+                    v_all = torch.cat([*(t.to(v.dtype) for t in pv), v], 2)
+                    return attend(q, k_all, v_all, groups)
 
             x, x_ref, kv = block(x, e6, x_ref, e_ref, attention, cross)
             new_kv.append(kv)

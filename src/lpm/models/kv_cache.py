@@ -103,12 +103,14 @@ class KVCache:
                 )
         return len(by_slot), [by_slot[s][1] for s in range(len(by_slot))], query_position
 
-    def prefix(self, layer: int, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys/values a new chunk attends to before its own: ``(B, H, R + num_slots * Nc, d)`` each."""
+    def prefix(self, layer: int, num_slots: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Keys/values a new chunk attends to before its own, as lists to concatenate once with the chunk's:
+        references ``(B, H, R, d)`` then the visible slots ``(B, H, num_slots * Nc, d)``."""
         n = num_slots * self.tokens_per_chunk
-        k = torch.cat([self.ref_k[layer], self.slot_k[layer][:, :, :n]], dim=2)
-        v = torch.cat([self.ref_v[layer], self.slot_v[layer][:, :, :n]], dim=2)
-        return k, v
+        return [self.ref_k[layer], self.slot_k[layer][:, :, :n]], [
+            self.ref_v[layer],
+            self.slot_v[layer][:, :, :n],
+        ]
 
     def set_references(self, kv: list[tuple[torch.Tensor, torch.Tensor]], positions: torch.Tensor) -> None:
         """Store per-layer reference keys/values ``(B, H, R, d)`` and their positions ``(R, 3)``."""
