@@ -105,7 +105,7 @@ class BodyPainter:
         xs = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5  # (w,)
         x = xs[None, :]
         y = ys[:, None]
-        top = SHOULDER_TOP - (0.06 if kind == "blob" else 0.0)
+        top = SHOULDER_TOP - (0.1 if kind == "blob" else 0.0)  # a blob's body swallows its neck
         w_sh = ident.body_width * (1.1 if kind == "blob" else 1.0)
         neck_r = NECK_RADIUS * (1.25 if kind in ("animal", "robot") else 1.0)
         q = np.sqrt(np.clip((y - top) / SHOULDER_DROP, 0.0, 1.0))  # 0 at the neck base, 1 at full width
@@ -167,6 +167,10 @@ class BodyPainter:
         dy = y - top  # depth below the neck base
         mat[neck] = B_SKIN
         cloth = ident.clothing
+        # A patch on the character's left chest (a pocket, or a spot on a creature): the left and right
+        # views of a symmetric character then differ, as do front and back.
+        patch = torso & front & (np.abs(lx - 0.12) < 0.045) & (np.abs(dy - 0.15) < 0.035)
+        collar = torso & ~front & (dy < 0.03)
         if kind != "human":
             mat[torso | arm] = B_SKIN
             if kind == "blob" or kind == "animal":
@@ -185,6 +189,7 @@ class BodyPainter:
                 mat[bow] = B_ACCENT
             elif cloth == "vest":
                 mat[torso & ~(front & (np.abs(lx) < 0.05 + 0.4 * dy))] = B_CLOTH
+            mat[patch] = B_ACCENT
             return mat
         neckline = (
             torso & front & (np.abs(lx) < neck_r * 1.5) & (dy < 0.035 * (1 - (lx / (neck_r * 1.5)) ** 2))
@@ -217,6 +222,8 @@ class BodyPainter:
             scoop = torso & (dy < 0.07 * (1 - (lx / (width * 0.9)) ** 2))
             mat[scoop] = B_SKIN
             mat[torso & (np.abs(np.abs(lx) - width * 0.55) < 0.025) & (dy < 0.08)] = B_CLOTH  # straps
+        mat[patch] = B_TRIM
+        mat[collar & (mat == B_CLOTH)] = B_TRIM  # the back of the collar
         return mat
 
     def _shade(self, mat: np.ndarray, diffuse: np.ndarray, nz: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ _CIRCLE = np.stack(
     axis=1,
 )
 VISIBLE_Z = 0.12  # a feature is drawn when its centre faces the viewer at least this much
+PROFILE_Z = -0.08  # the nose and mouth still show at the outline in profile (their far half folds onto it)
 JAW_OPEN = 0.37  # mouth opening at jaw_open = 1, unit-head heights
 SMILE_LIFT = 0.1  # mouth corner lift at smile = 1
 BROW_LIFT = 0.09  # brow raise at brow_raise = 1
@@ -256,7 +257,7 @@ class FacePainter:
             np.array(
                 [
                     [0.0, 0.05, 0.999],
-                    [0.0, NOSE_Y, 1.12],
+                    [0.0, NOSE_Y, 1.2],
                     [wide, NOSE_Y - 0.05, 0.985],
                     [-wide, NOSE_Y - 0.05, 0.985],
                 ]
@@ -279,7 +280,7 @@ class FacePainter:
 
     def _nose(self, draw, f, p: _Projected, tone) -> None:
         nose, look = self.ident.nose, self.look
-        if nose == "none" or not p.visible("a:nose"):
+        if nose == "none" or not p.visible("a:nose", PROFILE_Z):
             return
         if nose in ("straight", "wide", "line", "dot", "button"):
             pts, z = p["nose"], p.z("nose")
@@ -336,7 +337,7 @@ class FacePainter:
 
     def _mouth(self, canvas, draw, f, p: _Projected) -> None:
         look = self.look
-        if not p.visible("a:mouth"):
+        if not p.visible("a:mouth", PROFILE_Z):
             return
         if look.kind == "robot":
             # An LED grille whose bars light up and stretch with the jaw.
@@ -378,18 +379,21 @@ class FacePainter:
             rims.append(rim)
             b.face(f"a:rim{k}", np.array([[eye.x, eye.y]]))
             b.face(f"rim{k}", rim, 0.1)
-        r0, r1 = rims
-        b.face("a:bridge", np.array([[0.0, self.look.eyes[0].y]]))
-        b.face("bridge", np.array([r0[np.argmin(np.abs(r0[:, 0]))], r1[np.argmin(np.abs(r1[:, 0]))]]), 0.1)
+        if len(rims) == 2:  # a one-eyed creature wears a monocle
+            r0, r1 = rims
+            b.face("a:bridge", np.array([[0.0, self.look.eyes[0].y]]))
+            b.face(
+                "bridge", np.array([r0[np.argmin(np.abs(r0[:, 0]))], r1[np.argmin(np.abs(r1[:, 0]))]]), 0.1
+            )
 
     def _glasses(self, draw, f, p: _Projected) -> None:
         frame_rgb = GRAPHITE if self.sketch else (30, 30, 34)
         width = max(1, int(round(0.035 * f.a)))
-        for k in (0, 1):
+        for k in range(min(2, len(self.look.eyes))):
             if p.visible(f"a:rim{k}"):
                 pts = p[f"rim{k}"]
                 draw.line(_flat(np.concatenate([pts, pts[:1]])), fill=frame_rgb, width=width, joint="curve")
-        if p.visible("a:bridge"):
+        if "bridge" in p and p.visible("a:bridge"):
             draw.line(_flat(p["bridge"]), fill=frame_rgb, width=width)
 
 
@@ -403,8 +407,8 @@ class _Projected(dict):
     def z(self, name: str) -> np.ndarray:
         return self._depth[name]
 
-    def visible(self, anchor: str) -> bool:
-        return bool(self._depth[anchor][0] > VISIBLE_Z)
+    def visible(self, anchor: str, min_z: float = VISIBLE_Z) -> bool:
+        return bool(self._depth[anchor][0] > min_z)
 
 
 class _Batch:

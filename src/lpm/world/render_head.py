@@ -164,7 +164,7 @@ class HeadPainter:
             hx = (m[0, 0] * xn + m[1, 0] * yn) * k + m[2, 0] * zh
             hy = (m[0, 1] * xn + m[1, 1] * yn) * k + m[2, 1] * zh
             hz = (m[0, 2] * xn + m[1, 2] * yn) * k + m[2, 2] * zh
-            front = hs.front
+            front = hs.front + hs.part * hx if hs.part else hs.front
             if hs.zig:
                 front = front + hs.zig * (np.abs((hx * hs.zig_n) % 1.0 - 0.5) * 2.0)
             tz = np.clip((hz + 0.65) * (1.0 / 0.75), 0.0, 1.0)  # 1 over the face and temples, 0 at the back

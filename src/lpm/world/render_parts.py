@@ -78,13 +78,14 @@ class PartPainter:
         for side in (1.0, -1.0):
             ears = ident.ears
             if ears in ("round", "pointed"):
-                c = np.array([0.99 * side, -0.08, -0.06])
-                u, v = np.array([0, 0.2, 0]), np.array([0.13 * side, 0, -0.1])
+                # An ear is a plate facing sideways and flaring out: seen whole in profile, edge-on from the front.
+                c = np.array([1.0 * side, -0.06, -0.1])
+                u, v = np.array([0, 0.22, 0]), np.array([0.1 * side, 0, -0.13])
                 ring = _ring(c, u, v)
                 if ears == "pointed":
                     ring[2] = [1.28 * side, 0.32, -0.22]
                 inner = _ring(c + [0.02 * side, 0, 0.02], u * 0.55, v * 0.5)
-                out.append(_Def("poly", ring, _scale(skin, 0.95), inner, _scale(skin, 0.75)))
+                out.append(_Def("poly", ring, _scale(skin, 0.92), inner, _scale(skin, 0.68)))
                 if ident.earrings:
                     hoop = _ring([1.0 * side, -0.34, -0.02], [0, 0.07, 0], [0.04 * side, 0, 0.03])
                     out.append(_Def("hoop", hoop, GOLD))
@@ -270,9 +271,10 @@ class PartPainter:
         elif d.shade_back and zc < 0:
             fill = _scale(fill, 0.85)
         inner_fill = GRAPHITE if self.sketch else d.inner_fill
+        edge = _scale(fill, 0.7)  # a soft rim where a style has no ink outlines
 
         def draw_poly(dr):
-            dr.polygon(flat, fill=fill, outline=self.outline if width else None, width=width)
+            dr.polygon(flat, fill=fill, outline=self.outline if width else edge, width=width or 1)
             if inner is not None:
                 dr.polygon(inner, fill=inner_fill)
 

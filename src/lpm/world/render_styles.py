@@ -33,17 +33,18 @@ class HairShape:
     zig: float  # fringe zigzag amplitude
     zig_n: float  # fringe teeth across the forehead
     strip: float = 0.0  # > 0: hair only within |x| < strip (a mohawk)
+    part: float = 0.0  # fringe slope across the forehead: a side part, so left and right views differ
 
 
 HAIR_SHAPES: dict[str, HairShape] = {
     "buzz": HairShape(1.03, 0.58, -0.4, 0.2, 0.0, 1.0),
-    "short": HairShape(1.09, 0.42, -0.55, 0.05, 0.06, 5.0),
+    "short": HairShape(1.09, 0.42, -0.55, 0.05, 0.06, 5.0, part=0.12),
     "bob": HairShape(1.16, 0.2, -0.85, -0.6, 0.05, 7.0),
-    "long": HairShape(1.11, 0.32, -1.0, -1.0, 0.05, 4.0),
-    "spiky": HairShape(1.13, 0.32, -0.45, 0.0, 0.18, 4.0),
-    "bun": HairShape(1.05, 0.5, -0.5, 0.15, 0.0, 1.0),
+    "long": HairShape(1.11, 0.32, -1.0, -1.0, 0.05, 4.0, part=0.18),
+    "spiky": HairShape(1.13, 0.32, -0.45, 0.0, 0.18, 4.0, part=-0.1),
+    "bun": HairShape(1.05, 0.5, -0.5, 0.15, 0.0, 1.0, part=0.1),
     "pigtails": HairShape(1.07, 0.24, -0.55, -0.15, 0.08, 6.0),
-    "afro": HairShape(1.38, 0.44, -0.6, -0.05, 0.03, 9.0),
+    "afro": HairShape(1.38, 0.44, -0.6, -0.05, 0.03, 9.0, part=0.05),
     "mohawk": HairShape(1.22, -0.2, -0.2, -0.2, 0.0, 1.0, strip=0.2),
     "tuft": HairShape(1.12, 0.78, 0.78, 0.78, 0.12, 3.0),
 }
