@@ -8,21 +8,26 @@ Silence: espeak pads an utterance with a short lead-in and a sentence-final paus
 down to ``EDGE_MARGIN_S`` around the audible speech and shifts every phoneme and word position alike, so an
 utterance's pcm starts and ends close to speech and can be placed on a longer track at a known offset.
 
-The library holds global state (one voice, one callback), so one engine per process is created lazily under a
-lock; a process forked from one that already used it re-creates the lock and keeps working.
+The library holds global state (one voice, one callback) and carries synthesis state from call to call, so
+it runs in a small helper process (one per lpm process, started lazily under a lock) that initialises it
+once and serves every request from a fresh fork of that pristine state: the same text and voice give the
+same pcm, bit for bit. A process forked from one that already used it starts its own helper.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import pickle
+import struct
+import subprocess
+import sys
 import threading
 from dataclasses import dataclass, field
 from math import gcd
 from pathlib import Path
 
 import numpy as np
-from scipy.signal import resample_poly
 
 from lpm.errors import LpmError
 
@@ -53,6 +58,7 @@ _PARAM_PITCH = 3
 _PARAM_RANGE = 4
 _PARAM_WORDGAP = 7
 _EE_OK = 0
+_RAND_SEED = 12345
 # Callback buffer length in ms (0 would mean espeak's default of 60 ms; the length only affects chunking).
 _BUFFER_MS = 100
 
@@ -61,7 +67,7 @@ _LANGUAGE_ALIASES: dict[str, str] = {"en-gb": "en", "fr-fr": "fr", "es-es": "es"
 
 # Trimming: samples whose magnitude stays below this fraction of the peak count as silence.
 SILENCE_REL_THRESHOLD = 0.01
-EDGE_MARGIN_S = 0.02
+EDGE_MARGIN_S = 0.05  # kept around speech: room for an initial lip closure and the final release
 # Phoneme events may sit up to this many espeak samples outside the callback buffer that carries them
 # (espeak emits the event a few samples before flushing its wave buffer); larger disagreement is an error.
 _EVENT_SAMPLE_TOLERANCE = 2048
@@ -187,6 +193,7 @@ class _Capture:
     chunks: list[np.ndarray] = field(default_factory=list)
     received: int = 0  # samples received so far
     phonemes: list[tuple[int, str]] = field(default_factory=list)  # (espeak sample, mnemonic)
+    phoneme_ms: list[int] = field(default_factory=list)  # each phoneme's audio_position (ms), for checks
     # (espeak sample, 1-based text position, length in characters)
     words: list[tuple[int, int, int]] = field(default_factory=list)
     misplaced: list[tuple[str, int, int]] = field(default_factory=list)  # events outside their buffer
@@ -197,6 +204,7 @@ class _Engine:
 
     def __init__(self) -> None:
         self.lib, self.path = _load_library()
+        self.libc = ctypes.CDLL(None)  # the process's C library, whose rand() espeak uses
         self.lib.espeak_Initialize.restype = ctypes.c_int
         self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
         self.lib.espeak_SetSynthCallback.argtypes = [_SynthCallback]
@@ -235,6 +243,7 @@ class _Engine:
             if ev.type == _EVENT_PHONEME:
                 symbol = ev.id.string.decode("utf-8", "replace")
                 self.capture.phonemes.append((ev.sample, symbol))
+                self.capture.phoneme_ms.append(ev.audio_position)
                 # The event belongs to the audio delivered with it: check the position against that buffer.
                 lo, hi = begin - _EVENT_SAMPLE_TOLERANCE, self.capture.received + _EVENT_SAMPLE_TOLERANCE
                 if not lo <= ev.sample <= hi:
@@ -258,6 +267,8 @@ class _Engine:
         ):
             self.lib.espeak_SetParameter(param, int(value), 0)
         self.capture = _Capture()
+        # espeak's noise sources call libc rand(): a fixed seed makes them repeat.
+        self.libc.srand(_RAND_SEED)
         data = text.encode("utf-8") + b"\0"
         err = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if err != _EE_OK:
@@ -287,18 +298,113 @@ def _load_library() -> tuple[ctypes.CDLL, str]:
     )
 
 
-_engine: _Engine | None = None
+def _send(stream, obj) -> None:
+    blob = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(blob)) + blob)
+    stream.flush()
+
+
+def _recv(stream):
+    head = stream.read(8)
+    if len(head) < 8:
+        return None
+    (size,) = struct.unpack("<Q", head)
+    return pickle.loads(stream.read(size))
+
+
+def _serve() -> None:
+    """The helper process: initialise espeak once, then answer each request from a fresh fork.
+
+    espeak keeps synthesis state between calls (voice-source phase, flutter, noise), so the same text
+    would come out slightly different each time; every fork starts from the same never-used state instead.
+    """
+    requests = sys.stdin.buffer
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything the C library prints goes to stderr, never into the reply stream
+    try:
+        engine = _Engine()
+    except LpmError as e:
+        _send(replies, ("error", str(e)))
+        return
+    _send(replies, ("ok", engine.rate))
+    while (request := _recv(requests)) is not None:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                raw, capture = engine.synthesize(*request)
+                capture.chunks = []
+                _send(replies, ("ok", raw.tobytes(), capture))
+            except Exception as e:  # noqa: BLE001 - any failure goes back to the caller as a message
+                _send(replies, ("error", f"{type(e).__name__}: {e}"))
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+
+class _Client:
+    """This process's link to its espeak helper process (one per process; restarted after a fork)."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        src = str(Path(__file__).resolve().parents[2])  # so the helper imports this same lpm
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from lpm.world.speech import _serve; _serve()"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        hello = _recv(self.proc.stdout)
+        if hello is None or hello[0] != "ok":
+            self.close()
+            message = hello[1] if hello else "the espeak helper process exited during start-up"
+            raise EspeakUnavailableError(message)
+        self.rate = hello[1]
+        g = gcd(SAMPLE_RATE, self.rate)
+        self.up, self.down = SAMPLE_RATE // g, self.rate // g  # 320 / 441 for 22050 Hz
+        self.pid = os.getpid()
+
+    def synthesize(self, text: str, voice: Voice) -> tuple[np.ndarray, _Capture]:
+        """Raw synthesis: int16 samples at ``self.rate`` and the collected events."""
+        _send(self.proc.stdin, (text, voice))
+        reply = _recv(self.proc.stdout)
+        if reply is None:
+            raise LpmError("the espeak helper process died")
+        if reply[0] != "ok":
+            raise LpmError(reply[1])
+        return np.frombuffer(reply[1], dtype=np.int16), reply[2]
+
+    def close(self) -> None:
+        """Stop the helper (it also exits by itself when this process goes away)."""
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait()
+
+
+_engine: _Client | None = None
 _engine_lock = threading.Lock()
 
 
-def _reset_lock_after_fork() -> None:
-    # A lock held by another thread at fork time would stay held forever in the child.
-    global _engine_lock
+def _after_fork_in_child() -> None:
+    # The helper's pipes belong to the parent; a forked child starts its own helper. A lock held by another
+    # thread at fork time would stay held forever in the child, so it is replaced too.
+    global _engine, _engine_lock
+    _engine = None
     _engine_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_lock_after_fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _raw_synthesize(text: str, voice: Voice) -> tuple[np.ndarray, _Capture, int, int]:
+    """espeak's own output for ``text``: (int16 samples at its rate, events, up, down resampling ratio)."""
+    global _engine
+    with _engine_lock:
+        if _engine is None or _engine.pid != os.getpid():
+            _engine = _Client()
+        raw, capture = _engine.synthesize(text, voice)
+        return raw, capture, _engine.up, _engine.down
 
 
 def _to_16k(position: int, up: int, down: int) -> int:
@@ -312,12 +418,9 @@ def synthesize(text: str, voice: Voice = Voice()) -> Utterance:
     Returns:
         An Utterance with pcm (N,) float32 at 16 kHz, trimmed to EDGE_MARGIN_S around audible speech.
     """
-    global _engine
-    with _engine_lock:
-        if _engine is None:
-            _engine = _Engine()
-        raw, capture = _engine.synthesize(text, voice)
-        up, down = _engine.up, _engine.down
+    from scipy.signal import resample_poly  # here: importing scipy.signal costs the helper process seconds
+
+    raw, capture, up, down = _raw_synthesize(text, voice)
     pcm = resample_poly(raw.astype(np.float32) / 32768.0, up, down).astype(np.float32)
     np.clip(pcm, -1.0, 1.0, out=pcm)
     n_total = len(pcm)
@@ -326,9 +429,11 @@ def synthesize(text: str, voice: Voice = Voice()) -> Utterance:
     peak = max(float(np.abs(pcm).max(initial=0.0)), 1e-9)
     loud = np.flatnonzero(np.abs(pcm) > SILENCE_REL_THRESHOLD * peak)
     margin = int(EDGE_MARGIN_S * SAMPLE_RATE)
-    first = max(int(loud[0]) - margin, 0) if len(loud) else 0
-    last = min(int(loud[-1]) + 1 + margin, n_total) if len(loud) else 0
-    pcm = pcm[first:last]
+    # first may be negative and last past the end: then zeros pad the speech out to the full margin.
+    first = int(loud[0]) - margin if len(loud) else 0
+    last = int(loud[-1]) + 1 + margin if len(loud) else 0
+    lead_pad = max(-first, 0)
+    pcm = np.pad(pcm, (lead_pad, max(last - n_total, 0)))[first + lead_pad : last + lead_pad]
     n = len(pcm)
 
     starts = [min(max(_to_16k(s, up, down) - first, 0), n) for s, _ in capture.phonemes]
