@@ -445,6 +445,6 @@ def sample_identity(seed: int, style: str) -> Identity:
         accent_rgb=accent_rgb,
         body_width=uni(0.36, 0.42),
         background=background,
-        background_rgb=jitter(background_rgb, 8),
+        background_rgb=jitter(background_rgb, 2 if style == "sketch" else 8),
         background_pattern=pick(PATTERNS[style]),
     )

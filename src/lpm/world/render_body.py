@@ -170,6 +170,8 @@ class BodyPainter:
         # A patch on the character's left chest (a pocket, or a spot on a creature): the left and right
         # views of a symmetric character then differ, as do front and back.
         patch = torso & front & (np.abs(lx - 0.12) < 0.045) & (np.abs(dy - 0.15) < 0.035)
+        if kind != "human":
+            patch = torso & front & ((lx - 0.13) ** 2 + (dy - 0.08) ** 2 < 0.035**2)
         collar = torso & ~front & (dy < 0.03)
         if kind != "human":
             mat[torso | arm] = B_SKIN
@@ -265,7 +267,7 @@ class BodyPainter:
             if mode == "sketch":
                 paper = np.array(ident.background_rgb, np.float32)
                 dark = np.clip(0.4 - diffuse, 0, 1) * 0.9
-                tone = {B_CLOTH: 0.15, B_TRIM: 0.35, B_ACCENT: 0.5}
+                tone = {B_CLOTH: 0.05, B_TRIM: 0.3, B_ACCENT: 0.45}
                 for m, t in tone.items():
                     dark = np.where(mat == m, dark + t, dark)
                 ink = (self.hatch < dark) * 0.55

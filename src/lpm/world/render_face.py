@@ -157,7 +157,8 @@ class FacePainter:
         look = self.look
         if self.sketch:
             return
-        alpha = min(0.6, (0.22 if self.ident.blush else 0.0) + 0.35 * s.cheek + 0.4 * s.flush)
+        base = (0.12 if self.look.mode == "photo" else 0.22) if self.ident.blush else 0.0
+        alpha = min(0.5, base + 0.3 * s.cheek + 0.35 * s.flush)
         colour = (235, 90, 100) if s.flush > s.cheek else (240, 120, 130)
         for name in ("l", "r"):
             if not p.visible("a:cheek_" + name):

@@ -78,7 +78,7 @@ class PartPainter:
         for side in (1.0, -1.0):
             ears = ident.ears
             if ears in ("round", "pointed"):
-                # An ear is a plate facing sideways and flaring out: seen whole in profile, edge-on from the front.
+                # An ear is a plate facing sideways and flaring out: whole in profile, edge-on from the front.
                 c = np.array([1.0 * side, -0.06, -0.1])
                 u, v = np.array([0, 0.22, 0]), np.array([0.1 * side, 0, -0.13])
                 ring = _ring(c, u, v)

@@ -45,7 +45,7 @@ HAIR_SHAPES: dict[str, HairShape] = {
     "bun": HairShape(1.05, 0.5, -0.5, 0.15, 0.0, 1.0, part=0.1),
     "pigtails": HairShape(1.07, 0.24, -0.55, -0.15, 0.08, 6.0),
     "afro": HairShape(1.38, 0.44, -0.6, -0.05, 0.03, 9.0, part=0.05),
-    "mohawk": HairShape(1.22, -0.2, -0.2, -0.2, 0.0, 1.0, strip=0.2),
+    "mohawk": HairShape(1.22, 0.5, -0.3, -0.3, 0.0, 1.0, strip=0.2),
     "tuft": HairShape(1.12, 0.78, 0.78, 0.78, 0.12, 3.0),
 }
 
