@@ -67,7 +67,7 @@ _LANGUAGE_ALIASES: dict[str, str] = {"en-gb": "en", "fr-fr": "fr", "es-es": "es"
 
 # Trimming: samples whose magnitude stays below this fraction of the peak count as silence.
 SILENCE_REL_THRESHOLD = 0.01
-EDGE_MARGIN_S = 0.05  # kept around speech: room for an initial lip closure and the final release
+EDGE_MARGIN_S = 0.02  # kept around speech (under half a frame, so a speaking frame holds speech)
 # Phoneme events may sit up to this many espeak samples outside the callback buffer that carries them
 # (espeak emits the event a few samples before flushing its wave buffer); larger disagreement is an error.
 _EVENT_SAMPLE_TOLERANCE = 2048

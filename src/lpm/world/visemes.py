@@ -124,13 +124,16 @@ def mouth_track(
     Returns:
         (n_frames, 3) float32 [jaw_open, mouth_round, mouth_wide] in 0..1; frame i is the instant i/fps.
     """
-    n_grid = math.ceil(n_frames / fps * GRID_RATE) + 1
+    # The grid starts `margin` before frame 0, so anticipated motion and closures just before the track's
+    # start are drawn (then blended) instead of being cut off.
+    margin = round((ANTICIPATION_S + MIN_CLOSURE_FRAMES / fps + 4 * SMOOTH_SIGMA_S) * GRID_RATE)
+    n_grid = math.ceil(n_frames / fps * GRID_RATE) + 1 + margin
     targets = np.zeros((n_grid, 3), dtype=np.float64)  # (G, 3)
     closure = np.zeros(n_grid, dtype=np.float64)  # (G,) 1 where the lips must meet
     lead = round(ANTICIPATION_S * GRID_RATE)
 
     def to_grid(sample: float) -> int:
-        return min(max(round((sample + offset) / sample_rate * GRID_RATE) - lead, 0), n_grid)
+        return min(max(round((sample + offset) / sample_rate * GRID_RATE) - lead + margin, 0), n_grid)
 
     for p in phonemes:
         classes = _lookup(p.symbol)
@@ -148,5 +151,5 @@ def mouth_track(
     smooth = gaussian_filter1d(targets, SMOOTH_SIGMA_S * GRID_RATE, axis=0, mode="constant")
     closure = gaussian_filter1d(closure, CLOSURE_SIGMA_S * GRID_RATE, mode="constant")
     smooth[:, 0] *= 1.0 - np.clip(closure, 0.0, 1.0)
-    idx = np.minimum(np.round(np.arange(n_frames) / fps * GRID_RATE).astype(np.int64), n_grid - 1)
+    idx = np.minimum(np.round(np.arange(n_frames) / fps * GRID_RATE).astype(np.int64) + margin, n_grid - 1)
     return np.clip(smooth[idx], 0.0, 1.0).astype(np.float32)
