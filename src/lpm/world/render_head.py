@@ -216,10 +216,8 @@ class HeadPainter:
             if sketch:
                 tone = tone + (np.maximum(tone, 0.5 + 0.3 * np.clip(-d_hat, 0, 1)) - tone) * hat
             else:
-                hat_col = shade_curve(look.mode, d_hat)[..., None] * self.hat_rgb
-                hat_col += (shade_curve(look.mode, d_hat)[..., None] * self.band_rgb - hat_col) * band[
-                    ..., None
-                ]
+                band_mix = self.hat_rgb + (self.band_rgb - self.hat_rgb) * band[..., None]
+                hat_col = shade_curve(look.mode, d_hat)[..., None] * band_mix
                 col += (hat_col - col) * hat[..., None]
             if ink is not None:
                 rim = _cov(r - self.hat_shell * (1.0 - max(look.outline, 0.03)), inv_px) * hat
