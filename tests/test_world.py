@@ -7,8 +7,7 @@ import pytest
 
 from lpm.cli import main
 from lpm.data.clip import read_clip, read_manifest
-from lpm.world.controller import (NOD_DELAY_S, QUESTION_DELAY_S, SMILE_DELAY_S, cues_from_conversation,
-                                  perform_audio)
+from lpm.world.controller import NOD_DELAY_S, QUESTION_DELAY_S, SMILE_DELAY_S, cues_from_conversation, perform_audio
 from lpm.world.dialogue import build_conversation
 from lpm.world.motion import MOTION_INDEX, NUM_MOTION
 from lpm.world.speech import SAMPLE_RATE

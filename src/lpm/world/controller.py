@@ -198,7 +198,7 @@ def _plateau(length: int, ramp: int) -> np.ndarray:
 def _states(cues: Cues, fps: int) -> list[str]:
     listen = cues.partner_active.copy()
     hang = int(LISTEN_HANGOVER_S * fps)
-    for s, e in aa.segments(cues.partner_active):
+    for _, e in aa.segments(cues.partner_active):
         listen[e: e + hang] = True
     out = np.where(cues.self_speech, "speak", np.where(listen, "listen", "idle"))
     return [str(s) for s in out]
