@@ -57,7 +57,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, key) for v, a in zip(args, value))
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
         inner = args[0] if args else Any
         return [_coerce(v, inner, key) for v in value]
     if origin is dict:

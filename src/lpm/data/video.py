@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from lpm.errors import LpmError
@@ -34,6 +33,8 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: int = 24, aud
         frames: iterable of (H, W, 3) uint8 RGB frames (H and W even).
         audio: (C, N) float in [-1, 1] or None. C = 1 or 2 (stereo keeps self left / partner right).
     """
+    import av  # imported here: PyAV is only needed for mp4 I/O (frame caches and tests work without it)
+
     path = Path(path)
     tmp = _tmp_beside(path, ".mp4")
     try:
@@ -86,6 +87,8 @@ def read_mp4(path: str | Path, start: int = 0, count: int | None = None) -> np.n
     Returns:
         (F, H, W, 3) uint8.
     """
+    import av
+
     path = Path(path)
     if not path.is_file():
         raise MediaError(f"{path}: video file does not exist")

@@ -39,7 +39,7 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], confi
         extra: more JSON-safe metadata (step, data seeds, ...), stored under ``extra``.
     """
     path = Path(path)
-    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     meta = {"config": json.dumps(config), "kind": kind, "format": "lpm-1"}
     if extra:
         meta["extra"] = json.dumps(extra)

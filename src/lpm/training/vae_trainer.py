@@ -122,6 +122,16 @@ def load_frames(data_dir: Path, split: str, cache_dir: Path, frames_per_clip: in
     Returns:
         (frames (N, H, W, 3) uint8, refs (M, H, W, 3) uint8; M = 0 unless ``with_refs``).
     """
+    frame_set = data_dir / f"{split}.npz"
+    if frame_set.is_file() and not (data_dir / "manifest.jsonl").is_file():
+        # A frame set written by ``lpm world frames``: already uint8 arrays, no decoding needed.
+        with np.load(frame_set) as z:
+            frames = z["frames"]
+            refs = z["refs"] if with_refs else np.zeros((0, *frames.shape[1:]), np.uint8)
+        return frames, refs
+    if not (data_dir / "manifest.jsonl").is_file() and (data_dir / "train.npz").is_file():
+        empty = np.zeros((0, 1, 1, 3), np.uint8)  # a frame set without this split
+        return empty, empty
     rows = read_manifest(data_dir, split)
     if not rows:
         empty = np.zeros((0, 1, 1, 3), np.uint8)

@@ -40,6 +40,16 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _frames(args: argparse.Namespace) -> int:
+    from lpm.world.frames import write_frame_sets
+
+    counts = write_frame_sets(args.out, {"train": args.identities, "val": args.val_identities,
+                                         "zeroshot": args.zeroshot_identities},
+                              args.per_identity, args.res, args.seed, args.workers)
+    print(f"wrote {counts} frames to {args.out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from lpm.world.demo import render_world_video
 
@@ -80,8 +90,19 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--clips", type=int, default=8)
     p.set_defaults(func=_show)
 
+    p = world.add_parser("frames", help="render random-pose frame sets (DIR/<split>.npz) for VAE training")
+    p.add_argument("--out", required=True)
+    p.add_argument("--identities", type=int, default=512, help="train identities")
+    p.add_argument("--val-identities", type=int, default=32)
+    p.add_argument("--zeroshot-identities", type=int, default=16)
+    p.add_argument("--per-identity", type=int, default=16, help="random poses per identity")
+    p.add_argument("--res", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=_frames)
+
     p = sub.add_parser("demo", help="render a demo conversation to out/demo.mp4")
     p.add_argument("--out", default="out/demo.mp4")
-    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--seed", type=int, default=5)
     p.add_argument("--seconds", type=float, default=12.0)
     p.set_defaults(func=_demo)
