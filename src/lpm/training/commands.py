@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
         "vae", help="train the VAE (L1 + SSIM + light KL); rerunning resumes",
         description="Train lpm's per-frame VAE on the train split of a clip data set; rerun the same command "
                     "to resume from RUN/train_state.pt. Ends with PSNR on val / zeroshot in RUN/eval.json.")
-    p.add_argument("--data", required=True, help="clip data set (with manifest.jsonl) or a frame set from `lpm world frames`")
+    p.add_argument("--data", required=True,
+                   help="clip data set (with manifest.jsonl) or a frame set from `lpm world frames`")
     p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a run)")
     p.add_argument("--steps", type=int, help="total optimizer steps (config key steps)")
     p.add_argument("--batch", type=int, help="images per step (config key batch)")
