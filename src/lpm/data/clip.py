@@ -15,8 +15,6 @@ DIR/<id>/motion.npz           ground-truth motion per frame (world clips only): 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lpm.data.video import MediaError, read_mp4, read_wav, write_mp4, write_wav
 from lpm.errors import LpmError
+from lpm.fsutil import atomic_path, atomic_write_text
 
 SAMPLE_RATE = 16000
 FPS = 24
@@ -120,13 +119,6 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
         raise MediaError(f"{path}: not a readable image: {e}") from None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_clip(clip_dir: str | Path, frames: np.ndarray, audio: np.ndarray, refs: dict[str, np.ndarray],
                meta: dict[str, Any], motion: np.ndarray | None = None,
                motion_names: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -147,17 +139,14 @@ def write_clip(clip_dir: str | Path, frames: np.ndarray, audio: np.ndarray, refs
     write_mp4(clip_dir / "video.mp4", frames, fps=FPS)
     write_wav(clip_dir / "audio.wav", audio, SAMPLE_RATE)
     for name, img in refs.items():
-        tmp = clip_dir / "refs" / f".{name}.tmp.png"
-        Image.fromarray(img).save(tmp)
-        os.replace(tmp, clip_dir / "refs" / f"{name}.png")
+        with atomic_path(clip_dir / "refs" / f"{name}.png", ".png") as tmp:
+            Image.fromarray(img).save(tmp)
     if motion is not None:
         assert motion_names is not None and motion.shape == (f, len(motion_names))
-        tmp = clip_dir / ".motion.tmp.npz"
-        with open(tmp, "wb") as fh:
+        with atomic_path(clip_dir / "motion.npz", ".npz") as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, names=np.array(motion_names), values=motion.astype(np.float32))
-        os.replace(tmp, clip_dir / "motion.npz")
     # meta.json last: a clip directory with meta.json is complete.
-    _atomic_write_text(clip_dir / "meta.json", json.dumps(meta, indent=1))
+    atomic_write_text(clip_dir / "meta.json", json.dumps(meta, indent=1))
     return {k: meta[k] for k in ("id", "split", "style", "fps", "width", "height", "frames")} | {
         "path": clip_dir.name
     }

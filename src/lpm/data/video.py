@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import wave
 from collections.abc import Iterable
 from fractions import Fraction
@@ -12,17 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from lpm.errors import LpmError
+from lpm.fsutil import atomic_path
 
 
 class MediaError(LpmError):
     """A media file that cannot be read or written."""
-
-
-def _tmp_beside(path: Path, suffix: str) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return tmp
 
 
 def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: int = 24, audio: np.ndarray | None = None,
@@ -36,8 +28,7 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: int = 24, aud
     import av  # imported here: PyAV is only needed for mp4 I/O (frame caches and tests work without it)
 
     path = Path(path)
-    tmp = _tmp_beside(path, ".mp4")
-    try:
+    with atomic_path(path, ".mp4") as tmp:
         with av.open(tmp, mode="w", format="mp4") as container:
             vstream = container.add_stream("libx264", rate=fps)
             vstream.pix_fmt = "yuv420p"
@@ -74,10 +65,6 @@ def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: int = 24, aud
                         container.mux(packet)
                 for packet in astream.encode():
                     container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -117,17 +104,12 @@ def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = 16000) -> 
     if audio.ndim == 1:
         audio = audio[None]
     pcm = (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2").T.copy()  # (N, C) interleaved
-    tmp = _tmp_beside(path, ".wav")
-    try:
+    with atomic_path(path, ".wav") as tmp:
         with wave.open(tmp, "wb") as w:
             w.setnchannels(audio.shape[0])
             w.setsampwidth(2)
             w.setframerate(sample_rate)
             w.writeframes(pcm.tobytes())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -7,8 +7,6 @@ Inference weights never go through pickle. Optimizer / step / RNG state lives in
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +15,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lpm.errors import LpmError
+from lpm.fsutil import atomic_path
 
 
 class CheckpointError(LpmError, RuntimeError):
     """A checkpoint that is missing, unreadable, or does not fit the model it is loaded into."""
-
-
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
 
 
 def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any],
@@ -43,14 +37,8 @@ def save_checkpoint(path: str | Path, state_dict: dict[str, torch.Tensor], confi
     meta = {"config": json.dumps(config), "kind": kind, "format": "lpm-1"}
     if extra:
         meta["extra"] = json.dumps(extra)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -115,14 +103,8 @@ def load_into(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], sour
 def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:
     """Optimizer / step / RNG state, written atomically with torch.save (our own files only)."""
     path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lpm.data.clip import SPLITS, read_manifest, write_clip
+from lpm.fsutil import atomic_write_text
 from lpm.world.controller import Performance, frames_for, perform_conversation
 from lpm.world.dialogue import MODES, Conversation, build_conversation
 from lpm.world.identity import ALL_STYLES, TRAIN_STYLES, ZEROSHOT_STYLE, Identity, sample_identity
@@ -186,11 +186,8 @@ def write_manifest(root: Path, rows: list[dict]) -> None:
         existing = {r["id"]: r for r in read_manifest(root)}
     for r in rows:
         existing[r["id"]] = r
-    fd, tmp = tempfile.mkstemp(prefix="manifest.", suffix=".tmp", dir=root)
-    with os.fdopen(fd, "w") as f:
-        for r in sorted(existing.values(), key=lambda r: r["id"]):
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, root / "manifest.jsonl")
+    atomic_write_text(root / "manifest.jsonl",
+                      "".join(json.dumps(r) + "\n" for r in sorted(existing.values(), key=lambda r: r["id"])))
 
 
 def synth(out: str | Path, specs: list[ClipSpec], workers: int | None = None, progress: bool = True) -> list[dict]:

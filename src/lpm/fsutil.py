@@ -1,0 +1,37 @@
+"""Atomic file writes: write beside the target, then ``os.replace``, so a kill never leaves a half-written file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# Files we write are ordinary user files (mkstemp would leave them 0600).
+FILE_MODE = 0o644
+
+
+@contextmanager
+def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    ``suffix`` keeps the extension libraries look at (``.mp4``, ``.wav``, ``.npz``).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, FILE_MODE)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
