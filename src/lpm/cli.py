@@ -13,6 +13,8 @@ GROUPS: dict[str, str] = {
     "world": "the procedural character world: synthesize data sets, render, look at them",
     "model": "inspect model presets",
     "train": "train models",
+    "data": "data sets from real footage: ingest videos into the clip format",
+    "eval": "bench instruments: train and check the motion probe and identity embedding",
 }
 
 # Modules with a ``register(sub, groups)`` function adding their subcommands.
@@ -20,6 +22,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lpm.world.commands",
     "lpm.training.commands",
     "lpm.models.commands",
+    "lpm.data.commands",
+    "lpm.eval.commands",
+    "lpm.training.base_commands",
 )
 
 

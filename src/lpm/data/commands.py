@@ -1,0 +1,51 @@
+"""``lpm data ...`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from lpm.errors import LpmError
+
+
+def _clip_seconds(text: str) -> tuple[float, float]:
+    """'3-8' -> (3.0, 8.0); '5' -> (5.0, 5.0)."""
+    try:
+        lo, _, hi = text.partition("-")
+        return float(lo), float(hi or lo)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX seconds like 3-8, got {text!r}") from None
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from lpm.data.ingest import IngestOptions, ingest
+
+    if args.fps != 24:
+        raise LpmError(f"--fps: the clip format is 24 fps, got {args.fps}")
+    lo, hi = args.clip_seconds
+    opts = IngestOptions(res=args.res, clip_min_s=lo, clip_max_s=hi, partner_channel=args.partner_channel,
+                         split=args.split, progress=not args.quiet)
+    report = ingest(args.inputs, args.out, opts)
+    skipped = [s for s in report.sources if s.status == "skipped"]
+    dropped = ", ".join(f"{k} {v}" for k, v in report.dropped_frames.items() if v) or "none"
+    print(f"ingested {report.seconds_ingested:.1f} s of footage from {len(report.sources) - len(skipped)} file(s) "
+          f"into {report.clips} clips ({report.seconds_in_clips:.1f} s) in {args.out}; "
+          f"{report.speed:.2f} s of footage per second; frames dropped: {dropped}")
+    for s in skipped:
+        print(f"skipped {s.path}: {s.reason}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    p = groups["data"].add_parser("ingest", help="real footage (mp4, mkv, avi, mov, webm) into the clip format")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or directories of them")
+    p.add_argument("--out", required=True, help="data set directory (created; existing clips are kept)")
+    p.add_argument("--res", type=int, default=128, help="output frame side in pixels")
+    p.add_argument("--fps", type=int, default=24, help="output frame rate (the clip format fixes 24)")
+    p.add_argument("--clip-seconds", type=_clip_seconds, default=(3.0, 8.0), metavar="MIN-MAX")
+    p.add_argument("--partner-channel", default="auto",
+                   help="auto (by voice and mouth), N (that channel is the partner) or none (all audio is self); "
+                        "a file INPUT_STEM.partner.wav beside an input is used as its partner voice")
+    p.add_argument("--split", default="auto", choices=("auto", "train", "val", "zeroshot"),
+                   help="auto: by a hash of the source name (10%% val)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_ingest)
