@@ -1,0 +1,64 @@
+"""Where the mouth and eyes are, per frame, at the latent resolution: the loss-weight maps of the Base model.
+
+Mouth and eyes are about 1% of the pixels but carry lip sync and blinks (ARCHITECTURE.md, "learnability at
+CPU scale"), so the flow-matching loss weights them up. World clips know exactly where they are: the
+character's identity (``meta.identity``) rebuilds its renderer, and ``Renderer.face_regions`` gives each
+feature's pixel box for each frame's motion row. Clips without motion (real footage) get no map (uniform).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+FACE_FEATURES = ("mouth", "eye_l", "eye_r")
+
+
+def face_coverage(meta: dict[str, Any], style: str, motion: torch.Tensor | None, motion_names: tuple[str, ...],
+                  height: int, width: int, downsample: int) -> torch.Tensor | None:
+    """Fraction of each latent cell covered by a mouth or eye box, per frame.
+
+    Args:
+        meta: the clip's ``meta.json`` extras (needs ``identity.seed``).
+        style: the clip's style.
+        motion: ``(F, P)`` ground-truth motion, or None.
+        motion_names: the P channel names.
+        height, width: frame size in pixels. downsample: the VAE's spatial factor d.
+    Returns:
+        ``(F, H/d, W/d)`` float in [0, 1], or None when the clip has no motion or no world identity.
+    """
+    identity = meta.get("identity")
+    if motion is None or not isinstance(identity, dict) or "seed" not in identity or height != width:
+        return None
+    from lpm.world.identity import sample_identity
+    from lpm.world.motion import MOTION_INDEX, NUM_MOTION
+    from lpm.world.render import Renderer
+
+    try:
+        renderer = Renderer(sample_identity(int(identity["seed"]), style), height)
+    except ValueError:  # an unknown style or a resolution the renderer does not draw: no map
+        return None
+    rows = np.zeros((motion.shape[0], NUM_MOTION), np.float64)
+    for j, name in enumerate(motion_names):
+        if name in MOTION_INDEX:
+            rows[:, MOTION_INDEX[name]] = motion[:, j].numpy()
+    mask = np.zeros((motion.shape[0], height, width), np.float32)
+    for f, row in enumerate(rows):
+        for name, (x0, y0, x1, y1) in renderer.face_regions(row).items():
+            if name in FACE_FEATURES:
+                mask[f, max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 1.0
+    return F.avg_pool2d(torch.from_numpy(mask)[:, None], downsample)[:, 0]  # (F, H/d, W/d)
+
+
+def loss_weights(coverage: torch.Tensor | None, face_weight: float, shape: tuple[int, ...]) -> torch.Tensor:
+    """Per-position loss weights ``1 + face_weight * coverage`` (ones where there is no map).
+
+    Args:
+        coverage: ``(F, h, w)`` or None. shape: ``(F, h, w)`` of the weights to return.
+    """
+    if coverage is None:
+        return torch.ones(shape)
+    return 1.0 + face_weight * coverage.float()

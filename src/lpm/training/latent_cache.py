@@ -1,0 +1,152 @@
+"""The Base trainer's latent cache: every clip of a split encoded once (VAE latents, reference latents,
+log-mel of both voices, pose, mouth/eye coverage), one file per clip, keyed on the data and the VAE.
+
+Encoding mp4s with the VAE at every step would cost more than the step on CPU. Per-clip files make the
+first (slow) pass resumable: a killed run picks up the encoding where it stopped.
+
+Layout: ``CACHE/<key>/<clip id>.pt`` where ``key`` hashes the split's manifest rows, the VAE checkpoint's
+bytes, the mel configuration and ``CACHE_VERSION``; a new VAE or data set gets a new folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from lpm.audio.mel import LogMel, MelConfig
+from lpm.data.clip import read_clip, read_manifest
+from lpm.errors import LpmError
+from lpm.models.latent_codec import LatentCodec
+from lpm.training.face_weights import face_coverage
+
+CACHE_VERSION = 1  # bump when the cached content changes
+POSE_CHANNELS = ("head_yaw", "head_pitch", "head_roll", "body_yaw")  # the DiT's pose track, degrees
+SELF_CHANNEL, PARTNER_CHANNEL = 0, 1  # clip audio rows (ARCHITECTURE.md clip format)
+
+
+@dataclass
+class CachedClip:
+    """One clip, encoded.
+
+    Attributes:
+        latents: ``(F, C, h, w)`` float16 normalised VAE latents.
+        mel: ``(2, F, k, M)`` float32 log-mel, row 0 own voice, row 1 partner.
+        references: kind -> ``(C, h, w)`` float16 latents of the reference images.
+        pose: ``(F, 4)`` degrees (``POSE_CHANNELS``) or None.
+        coverage: ``(F, h, w)`` float16 mouth/eye coverage of each latent cell, or None.
+        states: ``(F,)`` int64 speak / listen / idle per frame.
+    """
+
+    id: str
+    mode: str  # speak | listen | conversation | idle (the clip's behaviour mix), "" when unknown
+    caption: str
+    latents: torch.Tensor
+    mel: torch.Tensor
+    references: dict[str, torch.Tensor]
+    pose: torch.Tensor | None
+    coverage: torch.Tensor | None
+    states: torch.Tensor
+
+    @property
+    def frames(self) -> int:
+        return self.latents.shape[0]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_key(rows: list[dict], vae_spec: str, mel: MelConfig) -> str:
+    """Hash of the manifest rows, the VAE (file bytes, or the spec of a non-file codec) and the mel config."""
+    vae_path = Path(vae_spec)
+    if vae_path.is_dir():
+        vae_path = vae_path / "vae.safetensors"
+    vae_id = _file_digest(vae_path) if vae_path.is_file() else vae_spec
+    text = json.dumps([CACHE_VERSION, rows, vae_id, dataclasses.asdict(mel)], sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def encode_clip(clip_dir: Path, codec: LatentCodec, log_mel: LogMel, frames_per_batch: int = 32,
+                device: str = "cpu") -> CachedClip:
+    """Read one clip and encode everything the Base trainer needs."""
+    clip = read_clip(clip_dir)
+    video = clip.video  # (F, 3, H, W)
+    f, _, h, w = video.shape
+    latents = torch.cat([codec.encode(part[None].to(device))[0].cpu()
+                         for part in video.split(frames_per_batch)])  # (F, C, h, w)
+    refs = {}
+    for kind, image in clip.refs.items():
+        if image.shape[-2:] != (h, w):
+            image = F.interpolate(image[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
+        refs[kind] = codec.encode_images(image[None].to(device))[0].cpu().half()  # (C, h, w)
+    mel = log_mel(clip.audio[[SELF_CHANNEL, PARTNER_CHANNEL]].float())  # (2, F', k, M)
+    if mel.shape[1] < f:  # audio a frame short at the end (allowed by the clip format): pad with silence
+        pad = torch.full((2, f - mel.shape[1], *mel.shape[2:]), silent_mel(log_mel.cfg))
+        mel = torch.cat([mel, pad], 1)
+    pose = None
+    if clip.motion is not None and all(n in clip.motion_names for n in POSE_CHANNELS):
+        pose = clip.motion[:, [clip.motion_names.index(n) for n in POSE_CHANNELS]].clone()  # (F, 4)
+    coverage = face_coverage(clip.meta.extra, clip.meta.style, clip.motion, clip.motion_names, h, w,
+                             h // latents.shape[-2])
+    return CachedClip(
+        id=clip.meta.id, mode=str(clip.meta.extra.get("mode", "")), caption=clip.meta.caption,
+        latents=latents.half(), mel=mel[:, :f].contiguous(), references=refs, pose=pose,
+        coverage=None if coverage is None else coverage.half(), states=clip.states,
+    )
+
+
+def silent_mel(cfg: MelConfig) -> float:
+    """The log-mel of zero PCM: ``log(0 + log_floor)`` in every band."""
+    return float(torch.log(torch.tensor(cfg.log_floor)).item())
+
+
+def load_latent_cache(data_dir: str | Path, split: str, codec: LatentCodec, vae_spec: str, mel: MelConfig,
+                      cache_dir: str | Path, limit: int = 0, device: str = "cpu",
+                      show_progress: bool = True) -> list[CachedClip]:
+    """The split's clips from the cache, encoding (and caching) the ones not there yet.
+
+    Args:
+        limit: only the first ``limit`` clips of the split (0 = all).
+        show_progress: a tqdm bar while encoding.
+    """
+    rows = read_manifest(data_dir, split)
+    if limit > 0:
+        rows = rows[:limit]
+    if not rows:
+        return []
+    folder = Path(cache_dir) / cache_key(read_manifest(data_dir, split), vae_spec, mel)
+    folder.mkdir(parents=True, exist_ok=True)
+    log_mel = LogMel(mel)
+    out = []
+    missing = [r for r in rows if not (folder / f"{r['id']}.pt").is_file()]
+    bar = tqdm(total=len(missing), desc=f"encoding {split} clips", disable=not show_progress or not missing,
+               leave=False)
+    for row in rows:
+        path = folder / f"{row['id']}.pt"
+        if path.is_file():
+            out.append(CachedClip(**torch.load(path, weights_only=False)))
+            continue
+        clip = encode_clip(Path(data_dir) / row["path"], codec, log_mel, device=device)
+        tmp = path.with_suffix(".tmp")
+        torch.save(dataclasses.asdict(clip), tmp)
+        os.replace(tmp, path)  # atomic: a kill never leaves a half-written clip
+        out.append(clip)
+        bar.update(1)
+    bar.close()
+    sizes = {c.latents.shape[1:] for c in out}
+    if len(sizes) != 1:
+        raise LpmError(f"{data_dir} split {split}: clips of different latent sizes {sorted(sizes)}")
+    return out
