@@ -14,6 +14,7 @@ GROUPS: dict[str, str] = {
     "model": "inspect model presets",
     "train": "train models",
     "data": "data sets from real footage: ingest videos into the clip format",
+    "eval": "bench instruments: train and check the motion probe and identity embedding",
 }
 
 # Modules with a ``register(sub, groups)`` function adding their subcommands.
@@ -22,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lpm.training.commands",
     "lpm.models.commands",
     "lpm.data.commands",
+    "lpm.eval.commands",
     "lpm.training.base_commands",
 )
 

@@ -1,0 +1,48 @@
+"""``lpm bench``: load the instruments, run the suite over every system, write the report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from lpm.errors import LpmError
+from lpm.eval.report import instrument_summary, write_report
+from lpm.eval.suites import SUITES, clip_metrics, load_instruments, run_clip_suite, select_clips
+from lpm.eval.systems import make_systems
+
+# Threads for the instruments' convolutions (this is a 2-core machine).
+BENCH_THREADS = 2
+
+
+def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, identity: str | Path,
+              checkpoints: dict[str, str] | None = None, minutes: float = 0.0, seed: int = 0,
+              log=print) -> dict:
+    """Run one suite and write ``out/report.json``, ``report.md`` and plots; returns the report object."""
+    if suite not in SUITES:
+        raise LpmError(f"unknown suite {suite!r}; expected one of {SUITES}")
+    for path, what in ((probe, "--probe"), (identity, "--identity")):
+        if not Path(path).is_file():
+            raise LpmError(f"{what} {path} does not exist (train it with `lpm eval train-probe` / "
+                           "`lpm eval train-identity`, or use the shipped one under checkpoints/)")
+    if not (Path(data) / "manifest.jsonl").is_file():
+        raise LpmError(f"--data {data} is not a clip data set (make one with `lpm world synth`)")
+    torch.set_num_threads(BENCH_THREADS)
+    t0 = time.time()
+    inst = load_instruments(probe, identity, data)
+    systems = make_systems(checkpoints, seed)
+    rows = select_clips(data, suite)
+    log(f"bench {suite}: {len(rows)} clips, systems {', '.join(s.name for s in systems)}")
+    results, truths = run_clip_suite(systems, rows, data, inst, log)
+    by_name = {r.name: r for r in results}
+    if minutes > 0:
+        from lpm.eval.long import run_long
+
+        run_long(systems, by_name, minutes, inst, seed, log=log)
+    else:
+        for s in systems:
+            by_name[s.name].metrics["long"] = clip_metrics([], None, inst, s)
+    truth_by_id = {r["id"]: t for r, t in zip(rows, truths)}
+    return write_report(out, suite, results, truth_by_id,
+                        instrument_summary(inst.probe_accuracy, inst.identity_accuracy), time.time() - t0)

@@ -1,0 +1,84 @@
+"""``lpm bench`` and ``lpm eval train-probe|train-identity`` (argument parsing only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lpm.errors import LpmError
+
+DEFAULT_PROBE = "checkpoints/probe.safetensors"
+DEFAULT_IDENTITY = "checkpoints/identity.safetensors"
+DEFAULT_DATA = "data/world128"
+# --minutes when not given: the long suite's 45-minute session; the full suite runs a shorter one.
+DEFAULT_MINUTES = {"long": 45.0, "full": 10.0, "quick": 0.0}
+
+
+def _parse_checkpoints(items: list[str]) -> dict[str, str]:
+    """``base=PATH`` / ``online=PATH``; a bare PATH is named by its checkpoint's stored ``stage`` or kind."""
+    out = {}
+    for item in items:
+        if "=" in item:
+            name, path = item.split("=", 1)
+        else:
+            from lpm.training.checkpoint import read_metadata
+
+            meta = read_metadata(item)
+            name = "online" if "online" in (meta["extra"].get("stage", "") + meta["kind"]) else "base"
+            path = item
+        if name not in ("base", "online"):
+            raise LpmError(f"--checkpoint {item!r}: name must be base or online")
+        out[name] = path
+    return out
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from lpm.eval.bench import run_bench
+
+    minutes = args.minutes if args.minutes is not None else DEFAULT_MINUTES[args.suite]
+    report = run_bench(args.suite, args.out, data=args.data, probe=args.probe, identity=args.identity,
+                       checkpoints=_parse_checkpoints(args.checkpoint), minutes=minutes, seed=args.seed)
+    print(f"wrote {args.out}/report.json, report.md, {', '.join(report['plots'])} in {report['wall_s']:.0f} s")
+    return 0
+
+
+def _train(kind: str):
+    def run(args: argparse.Namespace) -> int:
+        from lpm.config import apply_overrides
+        from lpm.eval.train import InstrumentTrainConfig, train_instrument
+
+        cfg = apply_overrides(InstrumentTrainConfig(), args.overrides)
+        print(json.dumps(train_instrument(kind, args.out, cfg, data=args.data), indent=1))
+        return 0
+
+    return run
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add ``lpm bench`` and ``lpm eval train-probe|train-identity``."""
+    from lpm.eval.suites import SUITES
+    from lpm.eval.train import IDENTITY_KIND, PROBE_KIND
+
+    p = sub.add_parser("bench", help="LPM-Bench: every system, every metric, with validated instruments",
+                       description="Run the bench suite and write OUT/report.json, OUT/report.md and PNG plots.")
+    p.add_argument("--suite", choices=SUITES, default="quick",
+                   help="quick (minutes on a CPU) | full (all eval clips + a long session) | long (45 min session)")
+    p.add_argument("--checkpoint", nargs="*", default=[], metavar="[base=|online=]PATH",
+                   help="trained model checkpoints to compare (base, online)")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--data", default=DEFAULT_DATA, help="world clip data set (train clips fit the state reader)")
+    p.add_argument("--probe", default=DEFAULT_PROBE)
+    p.add_argument("--identity", default=DEFAULT_IDENTITY)
+    p.add_argument("--minutes", type=float, default=None,
+                   help="long-session length (default 45 for --suite long, 10 for full, none for quick)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_bench)
+
+    for name, kind, what in (("train-probe", PROBE_KIND, "the motion probe"),
+                             ("train-identity", IDENTITY_KIND, "the identity embedding")):
+        p = groups["eval"].add_parser(name, help=f"train {what} on world renders (rerun to resume)")
+        p.add_argument("--out", required=True, help="run directory; render sets are cached in OUT/../renders")
+        p.add_argument("--data", default=DEFAULT_DATA, help="clip data set whose train motion seeds half the poses")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="InstrumentTrainConfig overrides, e.g. steps=1600 lr=2e-3")
+        p.set_defaults(func=_train(kind))

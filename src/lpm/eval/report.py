@@ -1,0 +1,220 @@
+"""The bench report: ``report.json`` (the contract of ARCHITECTURE.md), ``report.md`` and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from lpm.eval import metrics as M
+from lpm.eval.suites import METRIC_KEYS, ClipTruth, SystemResult
+from lpm.world.motion import MOTION_INDEX
+
+# Columns of the main table: (label, category, key, format).
+HEADLINE: tuple[tuple[str, str, str, str], ...] = (
+    ("lip r", "speaking", "lipsync_r", "{:.3f}"),
+    ("A/V off", "speaking", "av_offset_frames", "{:+d}"),
+    ("silent closed", "speaking", "silent_mouth_closed", "{:.3f}"),
+    ("listen F1", "listening", "listen_f1", "{:.3f}"),
+    ("react p50 s", "listening", "reaction_delay_p50_s", "{:.2f}"),
+    ("state acc", "conversation", "state_acc", "{:.3f}"),
+    ("pose err deg", "seen", "pose_err_deg", "{:.1f}"),
+    ("text emo acc", "text_control", "text_emotion_acc", "{:.3f}"),
+    ("id sim", "seen", "identity_sim", "{:.3f}"),
+    ("wFID", "seen", "world_fid", "{:.1f}"),
+    ("ZS lip r", "zeroshot", "lipsync_r", "{:.3f}"),
+    ("ZS listen F1", "zeroshot", "listen_f1", "{:.3f}"),
+    ("ZS id sim", "zeroshot", "identity_sim", "{:.3f}"),
+    ("fps", "seen", "fps", "{:.0f}"),
+    ("lat p50 s", "seen", "latency_p50_s", "{:.2f}"),
+    ("lat p95 s", "seen", "latency_p95_s", "{:.2f}"),
+    ("peak RSS MB", "seen", "peak_rss_mb", "{:.0f}"),
+)
+# Instrument validation: the truth row must reach these, or the instrument is flagged as not good enough.
+TRUTH_MIN = {"lipsync_r": 0.8, "listen_f1": 0.6, "silent_mouth_closed": 0.9}
+PROBE_CHANNELS = ("jaw_open", "mouth_round", "mouth_wide", "blink_l", "gaze_x", "gaze_y", "head_yaw", "head_pitch",
+                  "head_roll", "brow_raise", "smile", "body_yaw")
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    try:
+        return fmt.format(int(value) if fmt.endswith("d}") else value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def validation(results: list[SystemResult]) -> list[str]:
+    """Notes on whether the instruments read the truth well enough to be trusted."""
+    truth = next((r for r in results if r.name == "truth" and r.available), None)
+    if truth is None:
+        return ["truth was not run: the instruments are not validated in this report"]
+    notes = []
+    for cat in ("seen", "zeroshot", "long"):
+        m = truth.metrics.get(cat)
+        if not m or not m.get("clips"):
+            continue
+        for key, lo in TRUTH_MIN.items():
+            v = m.get(key)
+            if v is None:
+                continue
+            ok = v >= lo
+            notes.append(f"{'OK' if ok else 'NOT GOOD ENOUGH'}: truth {key} = {v:.3f} on {cat} "
+                         f"(needs >= {lo}){'' if ok else ': figures built on it are not trustworthy here'}")
+    return notes
+
+
+def instrument_summary(probe_acc: dict, identity_acc: dict) -> dict:
+    """The instrument accuracy figures that go into the report."""
+    out = {"probe": {}, "identity": {}}
+    for split, acc in probe_acc.items():
+        out["probe"][split] = {"frames": acc["frames"], "emotion_acc": acc["emotion_acc"],
+                               "channels": {c: acc["channels"][c] for c in PROBE_CHANNELS}}
+    for split, v in identity_acc.items():
+        out["identity"][split] = {k: v[k] for k in ("eer", "accuracy", "threshold", "same_mean", "diff_mean")}
+    return out
+
+
+def to_json(suite: str, results: list[SystemResult], instruments: dict, wall_s: float, notes: list[str]) -> dict:
+    """The ``report.json`` object."""
+    systems = []
+    for r in results:
+        row = {"name": r.name, "available": r.available, "reason": r.reason, "note": r.note,
+               "metrics": {cat: {k: m.get(k) for k in METRIC_KEYS} for cat, m in r.metrics.items()}}
+        if r.long is not None:
+            row["long"] = r.long
+        systems.append(row)
+    return {"suite": suite, "wall_s": round(wall_s, 1), "instruments": instruments, "validation": notes,
+            "systems": systems}
+
+
+def to_markdown(report: dict) -> str:
+    """``report.md``: the systems x metrics table, the per-category tables, instrument notes."""
+    lines = [f"# lpm bench: `{report['suite']}` suite", "",
+             f"Wall time {report['wall_s']:.0f} s. Seen styles = `val` clips (held-out identities); ZS = the "
+             "zero-shot `sketch` style. A dash is a metric that does not apply or could not be measured.", ""]
+    head = "| system | " + " | ".join(h[0] for h in HEADLINE) + " |"
+    lines += [head, "|" + "---|" * (len(HEADLINE) + 1)]
+    for s in report["systems"]:
+        if not s["available"]:
+            lines.append(f"| {s['name']} | not available: {s['reason']} |" + " |" * (len(HEADLINE) - 1))
+            continue
+        cells = [_fmt(s["metrics"].get(cat, {}).get(key), fmt) for _, cat, key, fmt in HEADLINE]
+        lines.append(f"| {s['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per category", ""]
+    keys = [k for k in METRIC_KEYS if k not in ("fps", "latency_p50_s", "latency_p95_s", "peak_rss_mb")]
+    cats = []
+    for s in report["systems"]:
+        cats += [c for c in s["metrics"] if c not in cats]
+    for cat in cats:
+        lines += [f"### {cat}", "", "| system | " + " | ".join(keys) + " |", "|" + "---|" * (len(keys) + 1)]
+        for s in report["systems"]:
+            m = s["metrics"].get(cat)
+            if not s["available"] or not m:
+                continue
+            lines.append(f"| {s['name']} | " + " | ".join(
+                _fmt(m.get(k), "{:+d}" if k == "av_offset_frames" else "{:.3g}") for k in keys) + " |")
+        lines.append("")
+    lines += ["## Instruments", ""]
+    inst = report["instruments"]
+    for split, acc in inst["probe"].items():
+        ch = ", ".join(f"{c} MAE {v['mae']:.3g} r {v['r']:.3f}" for c, v in acc["channels"].items())
+        lines.append(f"- Motion probe on {split} ({acc['frames']} frames): emotion acc {acc['emotion_acc']:.3f}; "
+                     f"{ch}.")
+    for split, v in inst["identity"].items():
+        lines.append(f"- Identity embedding on {split}: EER {v['eer']:.3f} (verification accuracy "
+                     f"{v['accuracy']:.3f} at cosine {v['threshold']:.2f}; same {v['same_mean']:.2f}, "
+                     f"different {v['diff_mean']:.2f}).")
+    lines += ["", "Instrument validation on the truth row:", ""] + [f"- {n}" for n in report["validation"]]
+    lines += ["", "## Systems", ""]
+    for s in report["systems"]:
+        lines.append(f"- `{s['name']}`: {s['note']}" + ("" if s["available"] else f" Not available: {s['reason']}"))
+    return "\n".join(lines) + "\n"
+
+
+def _pick(truths: dict[str, ClipTruth], key) -> str | None:
+    ids = [i for i, t in truths.items() if t.states.size and key(t) > 0]
+    return max(ids, key=lambda i: key(truths[i])) if ids else None
+
+
+def plot_all(out: Path, results: list[SystemResult], truths: dict[str, ClipTruth]) -> list[Path]:
+    """Lip-sync trace vs truth, listening events on a timeline, identity over time (long session)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    ran = [r for r in results if r.available and r.readings]
+    by_id = {r.name: {x.inputs_id: x for x in r.readings} for r in ran}
+    val = {i: t for i, t in truths.items() if i.startswith("val")} or truths
+    clip = _pick(val, lambda t: int((t.states == 0).sum())) or _pick(truths, lambda t: int((t.states == 0).sum()))
+    if clip:
+        fig, ax = plt.subplots(figsize=(10, 3.2))
+        t = np.arange(len(truths[clip].motion)) / M.FPS
+        ax.plot(t, truths[clip].motion[:, MOTION_INDEX["jaw_open"]], "k", lw=2.5, label="truth motion")
+        for r in ran:
+            ax.plot(t, by_id[r.name][clip].track.channel("jaw_open"), lw=1.2, label=f"{r.name} (probe)")
+        ax.fill_between(t, 0, 1, where=truths[clip].states == 0, color="0.9", label="speaking", step="mid")
+        ax.set(xlabel="s", ylabel="jaw_open", title=f"Lip sync: {clip}", ylim=(0, 1))
+        ax.legend(fontsize=7, ncol=3)
+        fig.tight_layout()
+        paths.append(out / "lipsync.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    clip = _pick(val, lambda t: len(t.reactions)) or _pick(truths, lambda t: len(t.reactions))
+    if clip:
+        truth = truths[clip]
+        rows = [("truth motion", truth.motion)] + [(f"{r.name} (probe)", by_id[r.name][clip].track.motion)
+                                                    for r in ran]
+        fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.6 * len(rows)), sharex=True)
+        axes = np.atleast_1d(axes)
+        t = np.arange(len(truth.motion)) / M.FPS
+        colors = {"nod": "C0", "brow_raise": "C1", "head_tilt": "C2", "smile": "C3"}
+        for ax, (label, motion) in zip(axes, rows):
+            ax.plot(t, motion[:, MOTION_INDEX["head_pitch"]] / 10, color="C0", lw=1, label="pitch/10")
+            ax.plot(t, motion[:, MOTION_INDEX["brow_raise"]], color="C1", lw=1, label="brow")
+            ax.plot(t, motion[:, MOTION_INDEX["head_roll"]] / 10, color="C2", lw=1, label="roll/10")
+            ax.plot(t, motion[:, MOTION_INDEX["smile"]], color="C3", lw=1, label="smile")
+            for e in truth.reactions:
+                ax.axvline(e.frame / M.FPS, color=colors[e.type], ls="--", lw=1)
+            det = M.detect_reactions({c: motion[:, i] for c, i in MOTION_INDEX.items()}, truth.states != 0)
+            for e in det:
+                ax.plot(e.frame / M.FPS, 0.9, "v", color=colors[e.type], ms=8)
+            ax.set_ylabel(label, fontsize=7)
+            ax.set_ylim(-1.2, 1.2)
+        axes[0].legend(fontsize=6, ncol=4, loc="lower left")
+        axes[0].set_title(f"Listening reactions: {clip} (dashed = true events, triangles = detected)")
+        axes[-1].set_xlabel("s")
+        fig.tight_layout()
+        paths.append(out / "listening.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    longs = [r for r in results if r.long]
+    if longs:
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        for r in longs:
+            y = r.long["identity_sim_per_min"]
+            ax.plot(np.arange(len(y)) + 0.5, y, "o-", label=r.name)
+        ax.set(xlabel="minute", ylabel="identity similarity to reference", title="Long session: identity over time")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        paths.append(out / "identity_long.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
+def write_report(out: str | Path, suite: str, results: list[SystemResult], truths: dict[str, ClipTruth],
+                 instruments: dict, wall_s: float) -> dict:
+    """Write report.json, report.md and the plots under ``out``; returns the JSON object."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = to_json(suite, results, instruments, wall_s, validation(results))
+    report["plots"] = [p.name for p in plot_all(out, results, truths)]
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    (out / "report.md").write_text(to_markdown(report))
+    return report

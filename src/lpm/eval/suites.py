@@ -1,0 +1,307 @@
+"""The bench suites: which clips each system performs, reading the frames with the instruments, the metrics.
+
+``quick``: every ``val`` clip (held-out identities, seen styles) and a few ``zeroshot`` clips; minutes on a CPU.
+``full``: every ``val`` and ``zeroshot`` clip, plus a long session of ``--minutes``.
+``long``: only the long session (45 minutes by default): identity and world-FID per minute, and their drift.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lpm.data.clip import STATE_NAMES, read_clip, read_manifest, tensor_to_image
+from lpm.data.video import read_mp4
+from lpm.eval import metrics as M
+from lpm.eval.identity import IdentityNet, embed_frames
+from lpm.eval.probe import MotionProbe, ProbeTrack, read_frames
+from lpm.eval.states import StateReader, fit_state_reader
+from lpm.eval.systems import CHUNK_FRAMES, FPS, ClipInputs, System, SystemUnavailable, timed_stream
+from lpm.world.identity import sample_identity
+from lpm.world.motion import EMOTIONS, MOTION_INDEX, MOTION_NAMES
+
+SUITES = ("quick", "full", "long")
+QUICK_ZEROSHOT_CLIPS = 12
+# Reactions whose onset is this close to the clip's end are too short to see; they are not scored.
+EDGE_FRAMES = 8
+SPEAK = STATE_NAMES.index("speak")
+# Categories over the clip suite: (split, modes); modes None = every mode.
+CATEGORIES: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "speaking": ("val", ("speak", "conversation")),
+    "listening": ("val", ("listen", "conversation")),
+    "conversation": ("val", ("conversation",)),
+    "text_control": ("val", None),
+    "seen": ("val", None),
+    "zeroshot": ("zeroshot", None),
+}
+METRIC_KEYS: tuple[str, ...] = (
+    "lipsync_r", "av_offset_frames", "silent_mouth_closed", "listen_f1", "listen_precision", "listen_recall",
+    "reaction_delay_p50_s", "reaction_delay_p90_s", "state_acc", "pose_err_deg", "text_emotion_acc",
+    "identity_sim", "identity_drift_per_min", "world_fid", "fps", "latency_p50_s", "latency_p95_s", "peak_rss_mb",
+    "clips", "frames",
+)
+
+
+@dataclass
+class Instruments:
+    """The trained readers every metric goes through, with their own accuracy figures."""
+
+    probe: MotionProbe
+    identity: IdentityNet
+    states: StateReader
+    probe_accuracy: dict
+    identity_accuracy: dict
+
+
+def load_instruments(probe_path: str | Path, identity_path: str | Path, data: str | Path) -> Instruments:
+    """Load the probe and identity embedding; fit the state reader on the training clips' true motion."""
+    from lpm.eval.train import load_identity, load_probe
+
+    probe, pmeta = load_probe(probe_path)
+    ident, imeta = load_identity(identity_path)
+    motions, states = [], []
+    for row in read_manifest(data, "train"):
+        d = Path(data) / row["path"]
+        clip = read_clip(d, load_video=False)
+        motions.append(_motion_array(clip.motion.numpy(), clip.motion_names))
+        states.append(clip.states.numpy())
+    val = pmeta["extra"]["accuracy"]["val"]["channels"]
+    noise = {name: float(val[name]["mae"]) * 1.25 for name in val}  # MAE of a Gaussian is 0.8 sigma
+    return Instruments(probe, ident, fit_state_reader(motions, states, noise), pmeta["extra"]["accuracy"],
+                       imeta["extra"]["accuracy"])
+
+
+def _motion_array(values: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """Reorder stored motion columns to MOTION_NAMES."""
+    return values[:, [names.index(n) for n in MOTION_NAMES]].astype(np.float32)
+
+
+@dataclass
+class ClipTruth:
+    """What actually happened in a clip (for scoring)."""
+
+    mode: str
+    motion: np.ndarray  # (F, NUM_MOTION)
+    states: np.ndarray  # (F,) int64
+    reactions: list[M.Event]
+    emotion: str
+
+
+def load_clip(root: str | Path, row: dict) -> tuple[ClipInputs, ClipTruth]:
+    """A world clip as system inputs plus its truth."""
+    d = Path(root) / row["path"]
+    clip = read_clip(d, load_video=False)
+    meta = clip.meta
+    video = read_mp4(d / "video.mp4")
+    motion = _motion_array(clip.motion.numpy(), clip.motion_names)
+    audio = clip.audio.numpy()
+    identity = sample_identity(int(meta.extra["seeds"]["identity"]), meta.style)
+    reactions = [M.Event(e["type"], int(e["frame"]), e.get("cue_frame")) for e in meta.events
+                 if e["type"] in M.REACTION_TYPES]
+    inputs = ClipInputs(meta.id, meta.split, meta.style, meta.frames, audio[0], audio[1],
+                        {k: tensor_to_image(v) for k, v in clip.refs.items()}, meta.caption,
+                        float(np.median(motion[:, MOTION_INDEX["body_yaw"]])), identity, motion, video)
+    truth = ClipTruth(str(meta.extra.get("mode", "")), motion, clip.states.numpy(), reactions,
+                      str(meta.extra.get("emotion", "neutral")))
+    return inputs, truth
+
+
+class RssSampler:
+    """Peak resident memory of this process while a block runs (sampled every few ms from /proc)."""
+
+    PERIOD_S = 0.01
+
+    def __init__(self) -> None:
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss_mb() -> float:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        except OSError:
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self.rss_mb())
+            self._stop.wait(self.PERIOD_S)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self.rss_mb())
+
+
+@dataclass
+class Reading:
+    """One system's performance of one clip, as the instruments read it."""
+
+    inputs_id: str
+    split: str
+    track: ProbeTrack
+    identity_sim: np.ndarray  # (F,) cosine to the global reference's embedding
+    compute_s: list[float] = field(default_factory=list)  # per chunk
+    peak_rss_mb: float = float("nan")
+
+
+def perform_and_read(system: System, inputs: ClipInputs, inst: Instruments) -> Reading:
+    """Run a system over one clip (streamed, each chunk timed) and read its frames."""
+    chunks, compute = [], []
+    with RssSampler() as rss:
+        for chunk, secs in timed_stream(system, inputs):
+            chunks.append(chunk)
+            compute.append(secs)
+    frames = np.concatenate(chunks)
+    if len(frames) != inputs.num_frames:
+        raise SystemUnavailable(f"{system.name} gave {len(frames)} frames for {inputs.clip_id}, "
+                                f"expected {inputs.num_frames}")
+    ref = embed_frames(inst.identity, inputs.refs["global"][None])[0]
+    return Reading(inputs.clip_id, inputs.split, read_frames(inst.probe, frames),
+                   embed_frames(inst.identity, frames) @ ref, compute, rss.peak_mb)
+
+
+def _nanstat(fn, values) -> float | None:
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return float(fn(v)) if v.size else None
+
+
+def _finite(x: float | int | None) -> float | int | None:
+    if x is None or (isinstance(x, float) and not np.isfinite(x)):
+        return None
+    return x
+
+
+def speed_metrics(readings: list[Reading], system: System) -> dict:
+    """fps, latency percentiles and peak RSS from the timed chunks."""
+    if not system.measures_speed or not readings:
+        return {"fps": None, "latency_p50_s": None, "latency_p95_s": None, "peak_rss_mb": None}
+    frames = sum(len(r.track.motion) for r in readings)
+    total = sum(sum(r.compute_s) for r in readings)
+    lat = np.concatenate([M.stream_latencies(np.array(r.compute_s), CHUNK_FRAMES / FPS,
+                                             system.lookahead_frames / FPS) for r in readings])
+    return {"fps": frames / total if total > 0 else None, "latency_p50_s": float(np.percentile(lat, 50)),
+            "latency_p95_s": float(np.percentile(lat, 95)), "peak_rss_mb": max(r.peak_rss_mb for r in readings)}
+
+
+def clip_metrics(pairs: list[tuple[Reading, ClipTruth]], truth_features: list[np.ndarray] | None,
+                 inst: Instruments, system: System) -> dict:
+    """Every metric over a set of clips (one category) for one system; None where not measurable."""
+    out: dict = dict.fromkeys(METRIC_KEYS)
+    if not pairs:
+        return out
+    jaw = MOTION_INDEX["jaw_open"]
+    speak_pred, speak_true, seq_pred, seq_true = [], [], [], []
+    silent_jaw, match = [], M.EventMatch(0, 0, 0, [])
+    states_pred, states_true, pose_err, emo_hits = [], [], [], []
+    for reading, truth in pairs:
+        pred = reading.track.motion
+        speaking = truth.states == SPEAK
+        n = len(speaking)
+        if speaking.sum() > 2:
+            speak_pred.append(pred[speaking, jaw])
+            speak_true.append(truth.motion[speaking, jaw])
+            seq_pred.append(pred[:, jaw])
+            seq_true.append(truth.motion[:, jaw])
+        silent_jaw.append(pred[~speaking, jaw])
+        allowed = ~speaking & (np.arange(n) <= n - EDGE_FRAMES)
+        true_ev = [e for e in truth.reactions if allowed[min(e.frame, n - 1)]]
+        det = M.detect_reactions({c: pred[:, MOTION_INDEX[c]] for c in MOTION_NAMES}, allowed)
+        match = match + M.match_events(true_ev, det)
+        states_pred.append(inst.states.predict(pred))
+        states_true.append(truth.states)
+        pose_err.append(M.angle_error_deg(pred[:, MOTION_INDEX["body_yaw"]],
+                                          np.median(truth.motion[:, MOTION_INDEX["body_yaw"]])))
+        emo_hits.append(EMOTIONS[int(reading.track.emotion_probs.mean(0).argmax())] == truth.emotion)
+    if speak_pred:
+        out["lipsync_r"] = _finite(M.pearson(np.concatenate(speak_pred), np.concatenate(speak_true)))
+        out["av_offset_frames"] = M.av_offset_frames(np.concatenate(seq_pred), np.concatenate(seq_true))
+    sil = np.concatenate(silent_jaw)
+    out["silent_mouth_closed"] = _finite(M.silent_mouth_closed(sil, np.ones(len(sil), bool)))
+    if match.true_positives + match.false_negatives > 0:
+        out["listen_f1"] = _finite(match.f1)
+        out["listen_precision"] = _finite(match.precision)
+        out["listen_recall"] = _finite(match.recall)
+        delays = M.reaction_delays_s(match)
+        out["reaction_delay_p50_s"] = _nanstat(lambda v: np.percentile(v, 50), delays)
+        out["reaction_delay_p90_s"] = _nanstat(lambda v: np.percentile(v, 90), delays)
+    out["state_acc"] = M.state_accuracy(np.concatenate(states_pred), np.concatenate(states_true))
+    out["pose_err_deg"] = float(np.mean(pose_err))
+    out["text_emotion_acc"] = float(np.mean(emo_hits))
+    out["identity_sim"] = float(np.mean(np.concatenate([r.identity_sim for r, _ in pairs])))
+    if truth_features is not None:
+        out["world_fid"] = _finite(M.frechet_distance(np.concatenate([r.track.features for r, _ in pairs]),
+                                                      np.concatenate(truth_features)))
+    out.update(speed_metrics([r for r, _ in pairs], system))
+    out["clips"] = len(pairs)
+    out["frames"] = int(sum(len(r.track.motion) for r, _ in pairs))
+    return out
+
+
+def select_clips(data: str | Path, suite: str) -> list[dict]:
+    """Manifest rows of the clips a suite performs."""
+    rows = read_manifest(data)
+    val = [r for r in rows if r["split"] == "val"]
+    zs = [r for r in rows if r["split"] == "zeroshot"]
+    if suite == "quick":
+        zs = zs[:QUICK_ZEROSHOT_CLIPS]
+    return val + zs if suite != "long" else []
+
+
+@dataclass
+class SystemResult:
+    """One row of the report."""
+
+    name: str
+    available: bool
+    reason: str | None
+    note: str
+    metrics: dict = field(default_factory=dict)  # category -> metric key -> value
+    readings: list[Reading] = field(default_factory=list)  # kept for the plots
+    long: dict | None = None  # per-minute series of the long session
+
+
+def run_clip_suite(systems: list[System], rows: list[dict], data: str | Path, inst: Instruments,
+                   log=print) -> tuple[list[SystemResult], list[ClipTruth]]:
+    """Every available system over every clip; metrics per category."""
+    loaded = [load_clip(data, r) for r in rows]
+    truths = [t for _, t in loaded]
+    results = []
+    truth_features: dict[str, np.ndarray] = {}
+    for system in systems:
+        reason = system.unavailable()
+        res = SystemResult(system.name, reason is None, reason, system.note)
+        results.append(res)
+        if reason is not None:
+            log(f"{system.name}: not available: {reason}")
+            continue
+        t0 = time.time()
+        try:
+            res.readings = [perform_and_read(system, inputs, inst) for inputs, _ in loaded]
+        except SystemUnavailable as e:
+            res.available, res.reason, res.readings = False, str(e), []
+            log(f"{system.name}: not available: {e}")
+            continue
+        if system.name == "truth":
+            truth_features = {r.inputs_id: r.track.features for r in res.readings}
+        log(f"{system.name}: {len(rows)} clips in {time.time() - t0:.1f} s")
+        for cat, (split, modes) in CATEGORIES.items():
+            pairs = [(r, t) for r, (inp, t) in zip(res.readings, loaded)
+                     if inp.split == split and (modes is None or t.mode in modes)]
+            feats = [truth_features[r.inputs_id] for r, _ in pairs] if truth_features else None
+            res.metrics[cat] = clip_metrics(pairs, feats, inst, system)
+    return results, truths

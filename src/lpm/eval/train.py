@@ -1,0 +1,184 @@
+"""Training of the bench instruments (motion probe, identity embedding) on labelled world renders.
+
+One run directory per instrument: ``RUN/model.safetensors`` (weights + config + accuracy in the metadata),
+``RUN/train_state.pt`` (optimizer, step, RNG: rerunning the command resumes), ``RUN/log.jsonl``.
+The render sets are cached in ``RUN/../renders`` so both instruments (and reruns) share them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lpm.eval.identity import IdentityConfig, IdentityNet, embed_frames, supcon_loss, verification
+from lpm.eval.probe import MotionProbe, ProbeConfig, encode_targets, frames_to_tensor, probe_accuracy, probe_loss
+from lpm.eval.renders import RenderSet, cached_render_set, load_clip_motion
+from lpm.training.checkpoint import (
+    load_checkpoint,
+    load_into,
+    load_train_state,
+    save_checkpoint,
+    save_train_state,
+)
+
+PROBE_KIND = "motion_probe"
+IDENTITY_KIND = "identity_embedding"
+
+
+@dataclass(frozen=True)
+class InstrumentTrainConfig:
+    """What to render and how long to train."""
+
+    train_identities: int = 600
+    val_identities: int = 48
+    zeroshot_identities: int = 32
+    per_identity: int = 32  # poses per identity
+    res: int = 128
+    seed: int = 0
+    steps: int = 3000
+    batch: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    blur_prob: float = 0.3  # share of training images blurred: generated frames are softer than renders
+    identities_per_batch: int = 16  # identity embedding: P identities x (batch / P) poses each
+    checkpoint_every: int = 250
+    threads: int = 2
+
+
+def load_sets(cfg: InstrumentTrainConfig, cache: str | Path, data: str | Path | None) -> dict[str, RenderSet]:
+    """The train / val / zeroshot render sets (rendered once, then read from ``cache``)."""
+    motion = load_clip_motion(data, "train")
+    sizes = {"train": cfg.train_identities, "val": cfg.val_identities, "zeroshot": cfg.zeroshot_identities}
+    return {split: cached_render_set(cache, split, n, cfg.per_identity, cfg.res, cfg.seed, motion)
+            for split, n in sizes.items()}
+
+
+def augment(x: torch.Tensor, blur_prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Blur a random share of images (down- then up-sampling by 2): the probe must read soft frames too.
+
+    Args:
+        x: (B, 3, H, W).
+    """
+    pick = torch.rand(x.shape[0], generator=gen) < blur_prob
+    if pick.any():
+        h, w = x.shape[-2:]
+        soft = F.interpolate(F.avg_pool2d(x[pick], 2), size=(h, w), mode="bilinear", align_corners=False)
+        x = x.clone()
+        x[pick] = soft
+    return x
+
+
+def _batch_indices(kind: str, rs: RenderSet, cfg: InstrumentTrainConfig, rng: np.random.Generator) -> np.ndarray:
+    if kind == PROBE_KIND:
+        return rng.integers(0, len(rs.frames), cfg.batch)
+    # Identity: P identities, K poses each, so every image has positives in the batch.
+    per = max(2, cfg.batch // cfg.identities_per_batch)
+    ids = rng.choice(int(rs.identity.max()) + 1, cfg.identities_per_batch, replace=False)
+    per_identity = len(rs.frames) // (int(rs.identity.max()) + 1)
+    return np.concatenate([i * per_identity + rng.choice(per_identity, per, replace=False) for i in ids])
+
+
+def evaluate(kind: str, model: torch.nn.Module, sets: dict[str, RenderSet]) -> dict[str, Any]:
+    """Accuracy on the held-out identities (val) and the zero-shot style, as JSON-safe dicts."""
+    out = {}
+    for split in ("val", "zeroshot"):
+        rs = sets[split]
+        if kind == PROBE_KIND:
+            out[split] = dataclasses.asdict(probe_accuracy(model, rs.frames, rs.poses, split))
+        else:
+            out[split] = dataclasses.asdict(verification(embed_frames(model, rs.frames), rs.identity, split))
+    return out
+
+
+def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, data: str | Path | None = None,
+                     log=print) -> dict[str, Any]:
+    """Train (or resume) the probe or the identity embedding; returns its held-out accuracy."""
+    torch.set_num_threads(cfg.threads)
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    sets = load_sets(cfg, run.parent / "renders", data)
+    if kind == PROBE_KIND:
+        net_cfg: Any = ProbeConfig()
+        model: torch.nn.Module = MotionProbe(net_cfg)
+    elif kind == IDENTITY_KIND:
+        net_cfg = IdentityConfig()
+        model = IdentityNet(net_cfg)
+    else:
+        raise ValueError(f"unknown instrument {kind!r}")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    step, rng, gen = 0, np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    state_path = run / "train_state.pt"
+    if state_path.is_file():
+        st = load_train_state(state_path)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        step, rng.bit_generator.state = st["step"], st["rng"]
+        gen.set_state(st["gen"])
+        log(f"resumed {kind} at step {step}")
+    train = sets["train"]
+    targets, emotion = encode_targets(train.poses)
+    meta = {"train": dataclasses.asdict(cfg), "net": dataclasses.asdict(net_cfg)}
+
+    def save_state() -> None:
+        save_train_state(state_path, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                      "sched": sched.state_dict(), "step": step, "rng": rng.bit_generator.state,
+                                      "gen": gen.get_state()})
+
+    t0, losses = time.time(), []
+    with open(run / "log.jsonl", "a") as logf:
+        while step < cfg.steps:
+            model.train()
+            idx = _batch_indices(kind, train, cfg, rng)
+            x = augment(frames_to_tensor(train.frames[idx]), cfg.blur_prob, gen)
+            if kind == PROBE_KIND:
+                loss = probe_loss(model, x, torch.from_numpy(targets[idx]), torch.from_numpy(emotion[idx]))
+            else:
+                loss = supcon_loss(model(x), torch.from_numpy(train.identity[idx]), net_cfg.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+            if step % 50 == 0 or step == cfg.steps:
+                rec = {"step": step, "loss": float(np.mean(losses)), "s": round(time.time() - t0, 1)}
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                log(json.dumps(rec))
+                losses = []
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+                save_state()
+    accuracy = evaluate(kind, model, sets)
+    save_checkpoint(run / "model.safetensors", model.state_dict(), meta, kind,
+                    extra={"step": step, "accuracy": accuracy})
+    (run / "accuracy.json").write_text(json.dumps(accuracy, indent=1))
+    return accuracy
+
+
+def load_probe(path: str | Path) -> tuple[MotionProbe, dict[str, Any]]:
+    """The trained probe and its metadata (``extra.accuracy`` holds its held-out accuracy)."""
+    state, meta = load_checkpoint(path, PROBE_KIND)
+    net = meta["config"]["net"]
+    model = MotionProbe(ProbeConfig(res=net["res"], widths=tuple(net["widths"]), feature_dim=net["feature_dim"]))
+    load_into(model, state, str(path))
+    return model.eval(), meta
+
+
+def load_identity(path: str | Path) -> tuple[IdentityNet, dict[str, Any]]:
+    """The trained identity embedding and its metadata."""
+    state, meta = load_checkpoint(path, IDENTITY_KIND)
+    net = meta["config"]["net"]
+    model = IdentityNet(IdentityConfig(res=net["res"], widths=tuple(net["widths"]), embed_dim=net["embed_dim"],
+                                       temperature=net["temperature"]))
+    load_into(model, state, str(path))
+    return model.eval(), meta

@@ -1,0 +1,94 @@
+"""lpm bench end to end on a tiny world data set with tiny (barely trained) instruments; systems in isolation."""
+
+import json
+
+import numpy as np
+import pytest
+
+from lpm.cli import main
+from lpm.eval.long import build_session
+from lpm.eval.suites import METRIC_KEYS
+from lpm.eval.systems import (
+    ClipInputs,
+    ModelSystem,
+    StaticSystem,
+    TraditionalSystem,
+    caption_emotion,
+    make_systems,
+    timed_stream,
+)
+from lpm.eval.train import IDENTITY_KIND, PROBE_KIND, InstrumentTrainConfig, train_instrument
+from lpm.world.identity import sample_identity
+from lpm.world.synth import ClipSpec, synth
+
+RES = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    specs = [ClipSpec(0, i, split, style, secs, RES, mode) for i, (split, style, mode, secs) in enumerate(
+        [("train", "photo", "conversation", 2.0), ("val", "anime", "speak", 3.0), ("val", "photo", "listen", 3.0),
+         ("zeroshot", "sketch", "speak", 2.0)])]
+    synth(root / "data", specs, workers=1, progress=False)
+    cfg = InstrumentTrainConfig(train_identities=4, val_identities=2, zeroshot_identities=2, per_identity=2,
+                                res=RES, steps=2, batch=4, identities_per_batch=2, threads=1)
+    train_instrument(PROBE_KIND, root / "inst" / "probe", cfg, log=lambda *_: None)
+    train_instrument(IDENTITY_KIND, root / "inst" / "identity", cfg, log=lambda *_: None)
+    return root
+
+
+def _inputs(frames: int = 30) -> ClipInputs:
+    rng = np.random.default_rng(0)
+    n = frames * 16000 // 24
+    speech = (rng.normal(size=n) * np.sin(np.linspace(0, 30, n)) ** 2 * 0.2).astype(np.float32)
+    ref = np.full((RES, RES, 3), 200, np.uint8)
+    return ClipInputs("x", "val", "photo", frames, speech, np.zeros(n, np.float32), {"global": ref},
+                      "someone, quite happy, talking", 30.0, sample_identity(3, "photo"))
+
+
+def test_systems_give_frames_and_reasons():
+    inputs = _inputs()
+    static = StaticSystem().generate(inputs)
+    assert static.shape == (30, RES, RES, 3) and (static == 200).all()
+    chunks = list(timed_stream(TraditionalSystem(), inputs, chunk_frames=12))
+    assert [len(c) for c, _ in chunks] == [12, 12, 6] and all(s >= 0 for _, s in chunks)
+    assert ModelSystem("online", None).unavailable().startswith("no trained online checkpoint")
+    assert [s.name for s in make_systems()] == ["truth", "traditional", "static", "base", "online"]
+    assert caption_emotion("a cat, very sad, listening") == ("sad", 0.9)
+    assert caption_emotion("a cat, calm and neutral, idle") == ("neutral", 0.0)
+
+
+def test_long_session_script():
+    session = build_session(0.1, seed=1, res=RES)
+    f = session.inputs.num_frames
+    assert f == 144 and session.truth.motion.shape == (f, 18) and session.truth.states.shape == (f,)
+    assert session.inputs.self_audio.shape == (f * 16000 // 24,)
+
+
+def test_bench_quick_writes_contract_report(tiny_world):
+    out = tiny_world / "report"
+    inst = tiny_world / "inst"
+    rc = main(["bench", "--suite", "quick", "--data", str(tiny_world / "data"), "--out", str(out),
+               "--probe", str(inst / "probe" / "model.safetensors"),
+               "--identity", str(inst / "identity" / "model.safetensors"), "--minutes", "0.05"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    names = [s["name"] for s in report["systems"]]
+    assert names == ["truth", "traditional", "static", "base", "online"]
+    for s in report["systems"]:
+        if s["name"] in ("base", "online"):
+            assert not s["available"] and "checkpoint" in s["reason"]
+            continue
+        assert s["available"], s
+        for cat in ("speaking", "listening", "conversation", "text_control", "zeroshot", "long"):
+            assert set(METRIC_KEYS) <= set(s["metrics"][cat]), cat
+        assert s["metrics"]["seen"]["clips"] == 2 and s["metrics"]["zeroshot"]["clips"] == 1
+        assert s["long"]["identity_sim_per_min"]
+    truth = report["systems"][0]["metrics"]["seen"]
+    assert truth["world_fid"] == pytest.approx(0.0, abs=1e-3) and truth["fps"] is None  # a recording
+    static = report["systems"][2]["metrics"]["seen"]
+    assert static["fps"] > 0 and static["identity_sim"] == pytest.approx(1.0, abs=1e-4)
+    md = (out / "report.md").read_text()
+    assert "| traditional |" in md and "not available" in md
+    assert (out / "lipsync.png").is_file() and (out / "identity_long.png").is_file()
