@@ -199,7 +199,7 @@ def ingest_source(path: Path, out: Path, opts: IngestOptions, bar: tqdm | None =
 
     # Audio: self / partner voices and labels.
     audio = read_audio(path, n, FPS)
-    motion = ia.mouth_motion(track.mouth_open, track.present)
+    mouth = ia.mouth_evidence(track.mouth_open, track.present)
     sidecar = _sidecar(path)
     if sidecar is not None:
         partner = read_wav(sidecar)[0].mean(axis=0) if sidecar.suffix == ".wav" else read_audio(sidecar, n, FPS).mean(0)
@@ -207,7 +207,7 @@ def ingest_source(path: Path, out: Path, opts: IngestOptions, bar: tqdm | None =
         mono = audio.mean(axis=0) if audio.shape[0] else np.zeros(audio.shape[1], np.float32)
         tracks = ia.AudioTracks(mono, partner.astype(np.float32), "sidecar")
     else:
-        tracks = ia.split_channels(audio, opts.partner_channel, n, motion, str(path), FPS)
+        tracks = ia.split_channels(audio, opts.partner_channel, n, mouth, str(path), FPS)
     lab = ia.labels(tracks, n, FPS)
     result.audio_method, result.self_channel, result.vad = tracks.method, tracks.self_channel, lab.vad
     result.audio_silent = ia.is_silent(tracks.self_pcm) and ia.is_silent(tracks.partner_pcm)

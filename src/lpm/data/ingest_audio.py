@@ -19,7 +19,9 @@ from lpm.world import audio_analysis as aa
 SAMPLE_RATE = 16000
 # Labels follow the world's conventions (lpm.world.controller), so ingested and world clips agree.
 LISTEN_HANGOVER_S = 0.8  # frames this long after the partner stops still count as listening
-BACKCHANNEL_MAX_S = 0.6  # own voice runs shorter than this ("mm-hm") while listening are not speaking
+BACKCHANNEL_MAX_S = 0.9  # own voice runs shorter than this ("mm-hm") inside a listening span are not speaking
+SPEECH_GAP_S = 0.4  # pauses shorter than this inside speech (between words) stay speech, as in an utterance
+MIN_SPEECH_MS = 100  # silero: shorter detections are dropped (its default, 250, loses a word cut by the clip end)
 # Channels whose voice activity agrees on more than this fraction of frames hold the same mix, not two voices.
 SAME_MIX_AGREEMENT = 0.97
 SAME_MIX_CORR = 0.9  # sample correlation above this: one mix copied to several channels
@@ -27,7 +29,12 @@ SAME_MIX_CORR = 0.9  # sample correlation above this: one mix copied to several 
 EMBED_WINDOW_S = 1.0  # resemblyzer window (its own partials are 1.6 s; 1 s follows turns more closely)
 EMBED_HOP_S = 0.25
 KMEANS_ITERS = 20
-ONE_SPEAKER_COS = 0.80  # cluster centroids more similar than this are one voice
+ONE_SPEAKER_COS = 0.80  # without a face: cluster centroids more similar than this are one voice
+MOUTH_SPEAKING_RATIO = 3.0  # a voice is the character's when the mouth moves this many times more than in silence
+MOUTH_MOTION_FLOOR = 0.005  # mouth-opening change per frame (inter-ocular units) of a still, silent face
+MIN_QUIET_FRAMES = 12  # silent frames needed to measure the still-face baseline
+CLOSED_PERCENTILE = 10  # the mouth's closed opening: this percentile of its opening over the source
+MOUTH_OPEN_MIN = 0.03  # mean opening above closed (inter-ocular units) of a speaking mouth (speech: 0.05-0.2)
 # resemblyzer's front end: 25 ms / 10 ms power mel, 40 bands (resemblyzer.hparams), Slaney mel scale.
 MEL_WINDOW, MEL_HOP, MEL_BANDS = 400, 160, 40
 VOLUME_DBFS = -30.0  # resemblyzer normalises utterances to this loudness
@@ -81,11 +88,12 @@ def vad_backend() -> str:
     return "silero" if _silero() is not None else "energy"
 
 
-def voice_activity(pcm: np.ndarray, num_frames: int, fps: int = 24) -> np.ndarray:
+def voice_activity(pcm: np.ndarray, num_frames: int, fps: int = 24, bridge: bool = True) -> np.ndarray:
     """Per-frame speech of one mono track.
 
     Args:
         pcm: (N,) float at 16 kHz.
+        bridge: fill pauses shorter than SPEECH_GAP_S (utterance level); False keeps turn gaps for separation.
     Returns:
         (num_frames,) bool.
     """
@@ -102,15 +110,20 @@ def voice_activity(pcm: np.ndarray, num_frames: int, fps: int = 24) -> np.ndarra
     model, get_speech_timestamps = silero
     with torch.no_grad():
         spans = get_speech_timestamps(torch.from_numpy(np.ascontiguousarray(pcm, np.float32)), model,
-                                      sampling_rate=SAMPLE_RATE)
+                                      sampling_rate=SAMPLE_RATE, min_speech_duration_ms=MIN_SPEECH_MS)
     spf = SAMPLE_RATE / fps
     for s in spans:
         out[int(round(s["start"] / spf)): int(math.ceil(s["end"] / spf))] = True
+    if bridge:
+        runs = aa.segments(out)
+        for (_, e0), (s1, _) in zip(runs[:-1], runs[1:]):
+            if s1 - e0 < SPEECH_GAP_S * fps:
+                out[e0:s1] = True
     return out
 
 
 def label_states(self_active: np.ndarray, partner_active: np.ndarray, fps: int = 24) -> list[str]:
-    """speak where the character talks (short own runs while the partner talks are backchannels), listen
+    """speak where the character talks (short own runs mostly inside listening are backchannels), listen
     while the partner talks and LISTEN_HANGOVER_S after, idle otherwise."""
     listen = partner_active.copy()
     hang = int(LISTEN_HANGOVER_S * fps)
@@ -118,7 +131,7 @@ def label_states(self_active: np.ndarray, partner_active: np.ndarray, fps: int =
         listen[e: e + hang] = True
     speak = self_active.copy()
     for s, e in aa.segments(self_active):
-        if e - s < BACKCHANNEL_MAX_S * fps and listen[max(0, s - 1): e + 1].any():
+        if e - s < BACKCHANNEL_MAX_S * fps and listen[s:e].mean() >= 0.5:
             speak[s:e] = False
     return [str(x) for x in np.where(speak, "speak", np.where(listen, "listen", "idle"))]
 
@@ -133,17 +146,26 @@ def labels(tracks: AudioTracks, num_frames: int, fps: int = 24) -> Labels:
 # --- which voice is whose ---------------------------------------------------------------------------------------
 
 
-def mouth_motion(mouth_open: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """How much the mouth moves around each frame: |frame-to-frame change| of the opening, 0 without a face.
+@dataclass
+class Mouth:
+    """What the face says about who is talking.
 
-    Returns:
-        (F,) float32.
+    Attributes:
+        opening: (F,) mouth opening (inter-ocular units), 0 without a face.
+        motion: (F,) |frame-to-frame change| of the opening averaged over ~0.2 s, 0 without a face.
     """
+
+    opening: np.ndarray
+    motion: np.ndarray
+
+
+def mouth_evidence(mouth_open: np.ndarray, present: np.ndarray) -> Mouth:
+    """Mouth opening and motion per frame from the face track."""
     m = np.where(present, mouth_open, 0.0).astype(np.float32)
     d = np.abs(np.diff(m, prepend=m[:1]))
     d[~present] = 0.0
     kernel = np.ones(5, np.float32) / 5  # ~0.2 s: syllable rate
-    return np.convolve(d, kernel, mode="same")
+    return Mouth(m, np.convolve(d, kernel, mode="same"))
 
 
 def _speaking_score(active: np.ndarray, motion: np.ndarray) -> float:
@@ -153,7 +175,7 @@ def _speaking_score(active: np.ndarray, motion: np.ndarray) -> float:
     return float(motion[active].mean() - motion[~active].mean())
 
 
-def split_channels(audio: np.ndarray, partner_channel: str | int, num_frames: int, motion: np.ndarray | None,
+def split_channels(audio: np.ndarray, partner_channel: str | int, num_frames: int, mouth: Mouth | None,
                    source: str = "input", fps: int = 24) -> AudioTracks:
     """Self and partner tracks from a (C, N) recording.
 
@@ -161,7 +183,7 @@ def split_channels(audio: np.ndarray, partner_channel: str | int, num_frames: in
         audio: (C, N) float32 at 16 kHz (C may be 0: no audio stream).
         partner_channel: "auto" (two distinct channels: pick by the mouth; else separate one mix by speaker),
             an int (that channel is the partner; the others are self) or "none" (everything is self).
-        motion: (F,) mouth motion from ``mouth_motion`` (None: channel 0 is self, the clip format's order).
+        mouth: from ``mouth_evidence`` (None: channel 0 is self, the clip format's order).
     """
     c, n = audio.shape
     zeros = np.zeros(n, np.float32)
@@ -183,10 +205,10 @@ def split_channels(audio: np.ndarray, partner_channel: str | int, num_frames: in
         same = (acts[0] == acts[1]).mean() > SAME_MIX_AGREEMENT and corr > SAME_MIX_CORR
         if not same:
             self_ch = 0
-            if motion is not None and _speaking_score(acts[1], motion) > _speaking_score(acts[0], motion):
+            if mouth is not None and _speaking_score(acts[1], mouth.motion) > _speaking_score(acts[0], mouth.motion):
                 self_ch = 1
             return AudioTracks(audio[self_ch].copy(), audio[1 - self_ch].copy(), "channels", self_ch)
-    return separate(audio.mean(axis=0), num_frames, motion, fps)
+    return separate(audio.mean(axis=0), num_frames, mouth, fps)
 
 
 # --- speaker separation of one mix ------------------------------------------------------------------------------
@@ -252,7 +274,7 @@ def _per_sample(per_frame: np.ndarray, n: int, fps: int) -> np.ndarray:
     return per_frame[idx]
 
 
-def separate(mix: np.ndarray, num_frames: int, motion: np.ndarray | None, fps: int = 24) -> AudioTracks:
+def separate(mix: np.ndarray, num_frames: int, mouth: Mouth | None, fps: int = 24) -> AudioTracks:
     """Split one mixed voice track into self and partner by speaker embedding + two-way clustering.
 
     Windows of speech are embedded with resemblyzer; frames take the majority cluster of the windows over
@@ -260,7 +282,7 @@ def separate(mix: np.ndarray, num_frames: int, motion: np.ndarray | None, fps: i
     """
     import torch
 
-    active = voice_activity(mix, num_frames, fps)
+    active = voice_activity(mix, num_frames, fps, bridge=False)
     n = len(mix)
     zeros = np.zeros(n, np.float32)
     if not active.any():
@@ -271,26 +293,37 @@ def separate(mix: np.ndarray, num_frames: int, motion: np.ndarray | None, fps: i
     win, hop = int(EMBED_WINDOW_S * 100), int(EMBED_HOP_S * 100)
     starts = [s for s in range(0, max(1, mel.shape[0] - win + 1), hop)
               if active[int(s / 100 * fps): int((s + win) / 100 * fps) + 1].mean() > 0.5]
-    if len(starts) < 2:
-        return AudioTracks(mix.astype(np.float32), zeros, "separated")
-    with torch.no_grad():
-        emb = _encoder()(torch.from_numpy(np.stack([mel[s: s + win] for s in starts]))).numpy()  # (W, 256)
-    lab, cent = _kmeans2(emb)
-    votes = np.zeros((num_frames, 2), np.float32)
-    for s, k in zip(starts, lab):
-        votes[int(s / 100 * fps): int((s + win) / 100 * fps), k] += 1
-    owner = np.argmax(votes, axis=1)
-    if float(cent[0] @ cent[1]) > ONE_SPEAKER_COS or (lab == lab[0]).all():
-        owner[:] = 0  # one voice: it is the character's
-        self_k = 0
+    owner = np.zeros(num_frames, np.int64)
+    one_voice = True  # too little speech to cluster: one voice
+    if len(starts) >= 2:
+        with torch.no_grad():
+            emb = _encoder()(torch.from_numpy(np.stack([mel[s: s + win] for s in starts]))).numpy()  # (W, 256)
+        lab, cent = _kmeans2(emb)
+        votes = np.zeros((num_frames, 2), np.float32)
+        for s, k in zip(starts, lab):
+            votes[int(s / 100 * fps): int((s + win) / 100 * fps), k] += 1
+        owner = np.argmax(votes, axis=1)
+        one_voice = float(cent[0] @ cent[1]) > ONE_SPEAKER_COS
+    self_frames = np.zeros(num_frames, bool)
+    if mouth is not None:
+        motion, mouth_open = mouth.motion, mouth.opening
+        # The mouth decides each stretch of one voice: the character's when the mouth moves while it sounds.
+        # Clusters only split the speech where the voice changes; similar (synthetic) voices can share a
+        # cluster or one voice can split in two, and the mouth still tells whose stretch it is.
+        # Speaking = the mouth moves more than when silent AND stands open (a jittery mesh moves, but shut).
+        quiet = ~active & (motion > 0)
+        baseline = max(float(motion[quiet].mean()) if quiet.sum() >= MIN_QUIET_FRAMES else 0.0, MOUTH_MOTION_FLOOR)
+        seen = mouth_open[mouth_open > 0]
+        closed = float(np.percentile(seen, CLOSED_PERCENTILE)) if seen.size else 0.0
+        for k in range(2):
+            for a, b in aa.segments(active & (owner == k)):
+                moving = float(motion[a:b].mean()) > MOUTH_SPEAKING_RATIO * baseline
+                self_frames[a:b] = moving and float(mouth_open[a:b].mean()) - closed > MOUTH_OPEN_MIN
+    elif one_voice:
+        self_frames = active.copy()  # one voice and no face to say otherwise: the character's
     else:
-        self_k = 0
-        if motion is not None:
-            scores = [_speaking_score(active & (owner == k), motion) for k in range(2)]
-            self_k = int(np.argmax(scores))
-        else:
-            self_k = int(np.argmax([(active & (owner == k)).sum() for k in range(2)]))
-    self_frames = active & (owner == self_k)
+        k = int(np.argmax([(active & (owner == j)).sum() for j in range(2)]))  # the main voice is the character's
+        self_frames = active & (owner == k)
     mask = _per_sample(self_frames, n, fps).astype(np.float32)
     return AudioTracks((mix * mask).astype(np.float32), (mix * (1 - mask)).astype(np.float32), "separated")
 
