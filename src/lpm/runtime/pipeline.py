@@ -1,0 +1,217 @@
+"""Stage threads joined by bounded queues, and the paced emitter that releases frames on a 24 fps clock.
+
+``Pipeline`` runs an engine's stages (``Engine.stages``) one thread each: while the decoder works on chunk
+``k`` the generator already works on ``k + 1``, so throughput is set by the slowest stage, not their sum.
+Queues hold at most ``queue_chunks`` items, so a slow stage back-pressures the ones before it instead of
+letting work (and latency) pile up. Stages of different chunks run concurrently; torch releases the GIL in
+its kernels, which is what makes threads enough here.
+
+``Emitter`` shows frame ``i`` at wall time ``t0 + delay_s + i / fps`` (realtime) or as soon as it exists
+(offline). A frame that arrives after its slot plus ``LATE_TOLERANCE_FRAMES`` is dropped and counted, so the
+screen holds the previous frame and the stream catches up instead of drifting later and later.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from lpm.runtime.engines import ChunkInput, Stage
+from lpm.runtime.stats import SessionStats
+
+LATE_TOLERANCE_FRAMES = 1.0  # a frame may leave up to this many frame periods after its slot
+POLL_S = 0.05  # how often blocked queue operations look at the stop flag
+
+
+@dataclass
+class Work:
+    """One chunk travelling through the stages: its input, the current payload and per-stage timings."""
+
+    chunk: ChunkInput
+    payload: Any
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Stopped(Exception):
+    """Raised inside a stage thread when the pipeline is closing."""
+
+
+def put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
+    """Blocking put that gives up when ``stop`` is set (bounded queues: back-pressure, never growth)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=POLL_S)
+            return
+        except queue.Full:
+            continue
+    raise Stopped
+
+
+def get(q: queue.Queue, stop: threading.Event) -> Any:
+    """Blocking get that gives up when ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            return q.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+    raise Stopped
+
+
+class Pipeline:
+    """Stage threads between ``inputs`` (``Work`` items or None = end) and ``outputs`` (frames, or None).
+
+    Args:
+        stages: the engine's ordered stages.
+        stats: receives per-stage milliseconds.
+        queue_chunks: capacity of every queue between stages.
+        on_error: called with the exception if a stage fails (the pipeline then ends its output).
+        skip: the first stage calls it on a chunk marked ``skip`` (its audio is ingested, nothing is made).
+    """
+
+    def __init__(self, stages: list[Stage], stats: SessionStats, queue_chunks: int = 2,
+                 on_error: Callable[[BaseException], None] | None = None,
+                 skip: Callable[[ChunkInput], None] | None = None) -> None:
+        self.stats = stats
+        self.skip = skip
+        self.stop = threading.Event()
+        self.on_error = on_error
+        self.queues = [queue.Queue(maxsize=queue_chunks) for _ in range(len(stages) + 1)]
+        self.threads = [
+            threading.Thread(target=self._run, args=(name, fn, self.queues[i], self.queues[i + 1], i == 0),
+                             name=f"lpm-stage-{name}", daemon=True)
+            for i, (name, fn) in enumerate(stages)
+        ]
+
+    @property
+    def inputs(self) -> queue.Queue:
+        return self.queues[0]
+
+    @property
+    def outputs(self) -> queue.Queue:
+        return self.queues[-1]
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def _run(self, name: str, fn, q_in: queue.Queue, q_out: queue.Queue, first: bool) -> None:
+        try:
+            while True:
+                work = get(q_in, self.stop)
+                if work is None:  # end of stream: pass it on
+                    put(q_out, None, self.stop)
+                    return
+                if first and work.chunk.skip:
+                    if self.skip is not None:
+                        self.skip(work.chunk)
+                    continue
+                start = time.perf_counter()
+                work.payload = fn(work.payload, work.timings_ms)
+                ms = (time.perf_counter() - start) * 1000
+                work.timings_ms.setdefault(name, ms)
+                self.stats.record_stage(name, ms)
+                for sub, sub_ms in work.timings_ms.items():
+                    if sub.startswith(f"{name}."):
+                        self.stats.record_stage(sub, sub_ms)
+                put(q_out, work, self.stop)
+        except Stopped:
+            return
+        except BaseException as e:  # noqa: BLE001 - a failing stage ends the session with a message
+            if self.on_error is not None:
+                self.on_error(e)
+            try:
+                put(q_out, None, self.stop)
+            except Stopped:
+                return
+
+    def close(self, timeout: float = 2.0) -> None:
+        self.stop.set()
+        for t in self.threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+
+
+class Emitter:
+    """Releases ``(timestamp_s, frame, latency_s)`` on the media clock into ``out`` (see the module docstring).
+
+    Args:
+        fps: media frame rate.
+        realtime: pace frames on the wall clock (True) or release them as they come (offline).
+        t0: wall time (``time.monotonic``) of media time 0; ``delay_s`` is added to every slot.
+        out: the session's frame queue; None marks the end.
+    """
+
+    def __init__(self, source: queue.Queue, out: queue.Queue, stats: SessionStats, stop: threading.Event,
+                 fps: int, realtime: bool, t0: float, delay_s: float,
+                 on_compute_latency: Callable[[float], None] | None = None) -> None:
+        self.source, self.out, self.stats, self.stop = source, out, stats, stop
+        self.fps, self.realtime, self.t0, self.delay_s = fps, realtime, t0, delay_s
+        self.on_compute_latency = on_compute_latency
+        self.thread = threading.Thread(target=self._run, name="lpm-emitter", daemon=True)
+
+    def slot(self, frame: int) -> float:
+        """Wall time at which media frame ``frame`` is due."""
+        return self.t0 + self.delay_s + frame / self.fps
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _emit(self, frame_index: int, image: np.ndarray, ready_wall: float) -> None:
+        now = time.monotonic()
+        item = (frame_index / self.fps, image)
+        if self.realtime:
+            try:
+                self.out.put_nowait(item)  # a reader that stalls loses frames, never the clock
+            except queue.Full:
+                self.stats.add(dropped=1)
+                return
+        else:
+            put(self.out, item, self.stop)  # offline: every frame, at the reader's pace
+        self.stats.record_frame(now, now - ready_wall)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                work = get(self.source, self.stop)
+                if work is None:
+                    break
+                chunk = work.chunk
+                if self.on_compute_latency is not None:
+                    self.on_compute_latency(time.monotonic() - chunk.ready_wall)
+                for i, image in enumerate(work.payload):
+                    index = chunk.first_frame + i
+                    if self.realtime:
+                        lateness = time.monotonic() - self.slot(index)
+                        if lateness > LATE_TOLERANCE_FRAMES / self.fps:
+                            self.stats.add(dropped=1)  # the screen holds the previous frame
+                            continue
+                        if lateness < 0:
+                            if self.stop.wait(-lateness):
+                                raise Stopped
+                    self._emit(index, image, chunk.ready_wall)
+        except Stopped:
+            pass
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        """Put the end marker, making room in a full queue (a reader that left must not block this)."""
+        while True:
+            try:
+                self.out.put_nowait(None)
+                return
+            except queue.Full:
+                try:
+                    self.out.get_nowait()
+                except queue.Empty:
+                    pass
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.thread is not threading.current_thread():
+            self.thread.join(timeout)

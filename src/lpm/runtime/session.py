@@ -1,0 +1,251 @@
+"""``Session``: everything of one conversation: audio buffers of both streams, the engine and its pipeline,
+the media clock, barge-in detection and stats. No globals; a server holds one ``Session`` per client.
+
+Timing (realtime). Media time 0 is the wall time of ``start()``; audio is expected at about real time. Chunk
+``k`` covers frames ``[kF, (k+1)F)`` and needs both streams up to frame ``(k+1)F + L`` (``L`` = the engine's
+lookahead). It starts when both streams have that audio, or ``jitter_s`` after that audio's media time has
+passed: a starved stream (a client that sends only one stream, a network stall) is padded with silence, so the
+session never waits for audio that may never come. Frame ``i`` is due at ``start + delay_s + i / fps``
+(``delay_s`` = chunk + lookahead + jitter + the engine's compute budget).
+
+Degradation (stated): when compute falls behind, a chunk whose frames would all miss their slots is skipped
+(its audio still feeds the engine's features, so nothing downstream jumps); frames that finish later than one
+frame period past their slot are dropped. Either way the last frame stays on screen, ``stats.dropped`` counts
+the frames, and the stream catches up instead of letting latency grow.
+
+Offline (``realtime=False``, e.g. ``lpm perform``): chunks start as soon as their audio is there, frames leave
+as fast as they are made, nothing is skipped; ``finish()`` pads the last chunk and ends ``frames()``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from lpm.runtime.audio_buffer import AudioStream, StreamResampler
+from lpm.runtime.engines import SAMPLE_RATE, ChunkInput, Engine, samples_for_frames
+from lpm.runtime.pipeline import LATE_TOLERANCE_FRAMES, Emitter, Pipeline, Work, put
+from lpm.runtime.stats import SessionStats
+from lpm.runtime.vad import VoiceActivity
+
+SPEAKING_RMS = 0.01  # own-speech RMS (-40 dBFS) above which the character counts as speaking (barge-in)
+RECENT_SPEECH_S = 0.3  # own speech consumed this recently still counts as "speaking"
+COMPUTE_EMA = 0.2  # weight of the newest chunk in the running estimate of pipeline latency
+OUT_QUEUE_S = 4.0  # frames the session buffers for a slow reader (realtime; beyond: dropped)
+WAIT_POLL_S = 0.02  # the feeder re-checks the clock this often while it waits for audio
+
+
+@dataclass
+class SessionConfig:
+    """How a session paces and buffers; engine-specific settings live with the engine."""
+
+    realtime: bool = True  # pace on the wall clock (live) or run as fast as possible (offline)
+    input_sample_rate: int = SAMPLE_RATE  # rate of pushed client audio; resampled to 16 kHz
+    jitter_s: float = 0.04  # wait this long past an audio chunk's media time for late packets before padding
+    delay_s: float | None = None  # media-clock delay of frame slots; None: chunk + lookahead + jitter + budget
+    queue_chunks: int = 2  # capacity of each queue between pipeline stages
+    max_buffer_s: float = 60.0  # unconsumed audio a stream may hold (a `say` script queues its whole speech)
+    vad: str = "auto"  # partner-stream VAD for barge-in: auto | silero | energy | off
+    fps: int = 24  # media frame rate
+
+
+class Session:
+    """One conversation with one character (see the module docstring for timing and degradation).
+
+    Args:
+        engine: what makes frames (``RigEngine``, ``DiTEngine``); the session owns and closes it.
+        cfg: pacing and buffering.
+    """
+
+    def __init__(self, engine: Engine, cfg: SessionConfig | None = None) -> None:
+        self.engine, self.cfg = engine, cfg or SessionConfig()
+        cfg = self.cfg
+        self.stats = SessionStats()
+        max_samples = int(cfg.max_buffer_s * SAMPLE_RATE)
+        self.self_stream, self.partner_stream = AudioStream(max_samples), AudioStream(max_samples)
+        self._resamplers = [StreamResampler(cfg.input_sample_rate, SAMPLE_RATE) for _ in range(2)]
+        self._vad = None if cfg.vad == "off" else VoiceActivity(cfg.vad)
+        self._cond = threading.Condition()
+        self._text = ""
+        self._finished = False
+        self._final_samples = 0  # audio length when ``finish()`` was called
+        self._stop = threading.Event()
+        self._events: queue.Queue[dict] = queue.Queue()
+        self._frames: queue.Queue = queue.Queue(maxsize=max(1, int(OUT_QUEUE_S * cfg.fps)))
+        self._compute_latency = 0.0
+        self._last_speech_wall = -1e9
+        self.error: BaseException | None = None
+        self.started = False
+        f, la = engine.frames_per_chunk, engine.lookahead_frames
+        self.delay_s = cfg.delay_s if cfg.delay_s is not None else (
+            (f + la) / cfg.fps + cfg.jitter_s + engine.compute_budget_s)
+        self.t0 = 0.0
+        self.pipeline = Pipeline(engine.stages(), self.stats, cfg.queue_chunks, on_error=self._on_error,
+                                 skip=engine.skip)
+        self.emitter: Emitter | None = None
+        self._feeder = threading.Thread(target=self._feed, name="lpm-feeder", daemon=True)
+
+    # ---- lifecycle ----
+    def start(self) -> Session:
+        """Start the clock and the threads; returns ``self``."""
+        self.t0 = time.monotonic()
+        self.stats.started = self.t0
+        self.emitter = Emitter(self.pipeline.outputs, self._frames, self.stats, self._stop, self.cfg.fps,
+                               self.cfg.realtime, self.t0, self.delay_s, self._observe_compute)
+        self.pipeline.start()
+        self.emitter.start()
+        self._feeder.start()
+        self.started = True
+        return self
+
+    def finish(self) -> None:
+        """No more audio will come: the last chunk is padded with silence and ``frames()`` then ends."""
+        with self._cond:
+            self._finished = True
+            self._final_samples = max(self.self_stream.head, self.partner_stream.head)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stop every thread and release the engine (safe to call twice)."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self.pipeline.close()
+        for t in (self._feeder, self.emitter.thread if self.emitter else None):
+            if t is not None and t.is_alive() and t is not threading.current_thread():
+                t.join(2.0)
+        self.engine.close()
+
+    def __enter__(self) -> Session:
+        return self.start() if not self.started else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- inputs ----
+    def push_self_audio(self, pcm: np.ndarray, native: bool = False) -> None:
+        """The character's own speech: ``(n,)`` float in [-1, 1] at ``input_sample_rate`` (16 kHz if native)."""
+        self._push(self.self_stream, pcm if native else self._resamplers[0].push(pcm))
+
+    def push_partner_audio(self, pcm: np.ndarray, native: bool = False) -> None:
+        """The partner's speech (same format); also feeds barge-in detection."""
+        pcm = pcm if native else self._resamplers[1].push(pcm)
+        self._push(self.partner_stream, pcm)
+        if self._vad is not None:
+            for onset in self._vad.push(pcm):
+                if self.character_speaking():
+                    self._events.put({"type": "barge_in", "t": round(onset, 3)})
+
+    def _push(self, stream: AudioStream, pcm: np.ndarray) -> None:
+        with self._cond:
+            stream.push(pcm, time.monotonic())
+            self._cond.notify_all()
+
+    def set_text(self, text: str) -> None:
+        """The text control; takes effect at the next chunk boundary."""
+        with self._cond:
+            self._text = str(text)
+
+    def cancel_speech(self) -> float:
+        """Drop the character's queued, not yet performed speech (after a barge-in); returns seconds dropped."""
+        with self._cond:
+            return self.self_stream.clear_pending() / SAMPLE_RATE
+
+    def character_speaking(self) -> bool:
+        """The character is speaking now or has speech queued (used to qualify a partner onset as barge-in)."""
+        with self._cond:
+            pending = self.self_stream.pending_rms() > SPEAKING_RMS
+        return pending or time.monotonic() - self._last_speech_wall < RECENT_SPEECH_S
+
+    @property
+    def vad_backend(self) -> str:
+        return "off" if self._vad is None else self._vad.backend
+
+    # ---- outputs ----
+    def frames(self, timeout: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
+        """Yield ``(timestamp_s, (H, W, 3) uint8)`` until the session ends; ``timeout`` bounds each wait."""
+        while True:
+            try:
+                item = self._frames.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if item is None:
+                return
+            yield item
+
+    def events(self) -> list[dict]:
+        """Events since the last call (``barge_in``, ``error``)."""
+        out = []
+        while True:
+            try:
+                out.append(self._events.get_nowait())
+            except queue.Empty:
+                return out
+
+    # ---- internals ----
+    def _on_error(self, e: BaseException) -> None:
+        self.error = e
+        self._events.put({"type": "error", "message": f"engine failed: {e}"})
+        self._stop.set()
+
+    def _observe_compute(self, seconds: float) -> None:
+        self._compute_latency += COMPUTE_EMA * (seconds - self._compute_latency)
+
+    def _wait_for_audio(self, end: int, first_sample: int) -> bool:
+        """Block until chunk audio up to ``end`` can be taken; False when the session ends instead."""
+        deadline = self.t0 + end / SAMPLE_RATE + self.cfg.jitter_s
+        streams = (self.self_stream, self.partner_stream)
+        with self._cond:
+            while not self._stop.is_set():
+                if all(s.head >= end for s in streams):
+                    return True
+                if self._finished:
+                    return self._final_samples > first_sample  # any real audio left for this chunk?
+                if self.cfg.realtime and time.monotonic() >= deadline:
+                    return True
+                self._cond.wait(WAIT_POLL_S if self.cfg.realtime else None)
+        return False
+
+    def _feed(self) -> None:
+        """The chunk scheduler: waits for audio, cuts chunks, decides skips, hands work to the pipeline."""
+        engine, cfg = self.engine, self.cfg
+        f, la = engine.frames_per_chunk, engine.lookahead_frames
+        k = 0
+        try:
+            while not self._stop.is_set():
+                first = k * f
+                end = samples_for_frames(first + f + la, SAMPLE_RATE, cfg.fps)
+                if not self._wait_for_audio(end, samples_for_frames(first, SAMPLE_RATE, cfg.fps)):
+                    break
+                now = time.monotonic()
+                with self._cond:
+                    padded = sum(s.pad_to(end, now) for s in (self.self_stream, self.partner_stream))
+                    ready = max(s.arrival_of(end - 1) for s in (self.self_stream, self.partner_stream))
+                    chunk = ChunkInput(k, first, self.self_stream.take(end), self.partner_stream.take(end), end,
+                                       self._text, ready)
+                if padded:
+                    self.stats.add(padded_s=padded / SAMPLE_RATE)
+                if np.sqrt(np.mean(np.square(chunk.self_pcm))) > SPEAKING_RMS:
+                    self._last_speech_wall = now
+                if cfg.realtime and self.emitter is not None:
+                    last_slot = self.emitter.slot(first + f - 1) + LATE_TOLERANCE_FRAMES / cfg.fps
+                    if now + self._compute_latency > last_slot:
+                        chunk.skip = True
+                        self.stats.add(dropped=f, skipped_chunks=1)
+                if not chunk.skip:
+                    self.stats.add(chunks=1)
+                put(self.pipeline.inputs, Work(chunk, chunk), self._stop)
+                k += 1
+        except Exception as e:  # noqa: BLE001 - reported as a session error, never a silent hang
+            if not self._stop.is_set():
+                self._on_error(e)
+        finally:
+            try:
+                put(self.pipeline.inputs, None, self._stop)
+            except Exception:  # noqa: BLE001 - closing anyway
+                pass
