@@ -1,0 +1,246 @@
+"""``DiTEngine``: a DiT checkpoint and a latent codec as a streaming engine (the Online model's inference loop).
+
+Per session: the reference images are encoded once by the codec and their keys/values computed once into the
+``KVCache`` (``DiT.prefill``). Per chunk, stages run in their own threads (``lpm.runtime.pipeline``):
+
+1. ``generate``: log-mel of the new audio of both streams (``MelStream``: equal to the offline features), the
+   chunk's conditioning over ``DiT.audio_frame_range``, ``denoise_steps`` steps of the flow ODE from noise at
+   ``t = 1`` to ``t = 0`` (``lpm.diffusion.samplers``) reading the cache, then one forward of the clean chunk
+   with ``update_cache=True`` (CausVid's commit), so the next chunk sees this one.
+2. ``refine`` (optional): the clean chunk re-noised to ``refiner_time`` and taken back to 0 in one step,
+   uncached (the chunk plus the references), so it never touches the generator's cache.
+3. ``decode``: the codec's ``decode_chunk`` (state threaded between chunks) to uint8 frames.
+
+Cache, features and text tokens are fixed-size, so memory and time per chunk are flat in session length. When
+the session skips a chunk (behind the clock), its audio still enters the features; the model's chunk counter
+does not advance, so model frame ``m`` shows media frame ``m + offset`` (a cut, with audio still in sync).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lpm.audio.stream import MelStream
+from lpm.config import from_dict
+from lpm.data.clip import image_to_tensor, tensor_to_image
+from lpm.diffusion.flow import FlowConfig, FlowMatching
+from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
+from lpm.models.conditioning import Conditioning, References
+from lpm.models.dit import DiT, load_dit
+from lpm.models.kv_cache import KVCache
+from lpm.models.latent_codec import LatentCodec, load_codec
+from lpm.runtime.engines import Character, ChunkInput, Engine, EngineError, Stage
+from lpm.training.checkpoint import read_metadata
+from lpm.world.identity import sample_identity
+from lpm.world.render import Renderer
+from lpm.world.synth import render_references
+
+DEFAULT_VAE = "checkpoints/vae_tiny.safetensors"
+
+
+@dataclass
+class DiTEngineConfig:
+    """Inference settings of the DiT engine."""
+
+    checkpoint: str = ""  # DiT safetensors (lpm.models.dit.save_dit); its config builds the model
+    vae: str = DEFAULT_VAE  # codec spec for load_codec (lpm VAE checkpoint or diffusers:/folder)
+    denoise_steps: int = 2  # ODE steps per chunk (the distilled Online model's count)
+    sampler: str = "euler"  # lpm.diffusion.samplers.SAMPLERS key
+    shift: float | None = None  # timestep shift of the sampling grid; None: the checkpoint's training shift
+    parametrisation: str | None = None  # "x0" or "velocity"; None: the checkpoint's (default x0)
+    refiner: bool = False  # run the optional one-step refiner stage
+    refiner_time: float = 0.3  # flow time the refiner re-noises the clean chunk to
+    seed: int = 0  # noise seed of the session
+    device: str = "cpu"
+    compute_budget_s: float = 0.25  # latency allowed for the pipeline per chunk (sets the session's delay)
+
+
+def flow_config_of(checkpoint: str) -> FlowConfig:
+    """The flow objective a DiT checkpoint was trained with (its ``extra.train_config.flow``), else defaults."""
+    extra = read_metadata(checkpoint).get("extra", {})
+    flow = (extra.get("train_config") or {}).get("flow")
+    return from_dict(FlowConfig, flow) if isinstance(flow, dict) else FlowConfig()
+
+
+def square_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square and resize: ``(H, W, 3)`` uint8 -> ``(size, size, 3)`` uint8."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    im = Image.fromarray(np.ascontiguousarray(image[top:top + side, left:left + side]))
+    if side != size:
+        im = im.resize((size, size), Image.Resampling.LANCZOS)
+    return np.array(im, np.uint8)  # a writable copy (torch.from_numpy warns on read-only arrays)
+
+
+class FeatureRing:
+    """The last ``capacity`` frames of log-mel ``(1, n, k, M)`` and the media frame index of the first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.frames: torch.Tensor | None = None
+        self.base = 0  # media frame of frames[:, 0]
+
+    def append(self, feats: torch.Tensor) -> None:
+        self.frames = feats if self.frames is None else torch.cat([self.frames, feats], dim=1)
+        extra = self.frames.shape[1] - self.capacity
+        if extra > 0:
+            self.frames = self.frames[:, extra:]
+            self.base += extra
+
+    def slice(self, start: int, end: int) -> torch.Tensor:
+        """Media frames ``[start, end)``; ``start`` below what is kept is clamped (the encoder's history)."""
+        if self.frames is None or end > self.base + self.frames.shape[1]:
+            raise EngineError(f"audio features for frames up to {end} are missing")
+        return self.frames[:, max(start, self.base) - self.base:end - self.base]
+
+
+class DiTEngine(Engine):
+    """Streaming generation with a DiT (see the module docstring).
+
+    Args:
+        model: a ``DiT`` (any checkpoint; a random tiny one works for timing and tests).
+        codec: the latent codec the model was trained with.
+        character: reference images (``global`` and optional extras) or a world character (its references
+            are rendered).
+        cfg: inference settings.
+        flow: the objective's parametrisation (x0 or velocity) and shift.
+    """
+
+    name = "dit"
+
+    def __init__(self, model: DiT, codec: LatentCodec, character: Character, cfg: DiTEngineConfig | None = None,
+                 flow: FlowConfig | None = None) -> None:
+        self.cfg = cfg = cfg or DiTEngineConfig()
+        mc = model.cfg
+        if codec.latent_channels != mc.latent_channels:
+            raise EngineError(f"codec has {codec.latent_channels} latent channels, the DiT {mc.latent_channels}")
+        if cfg.sampler not in SAMPLERS:
+            raise EngineError(f"unknown sampler {cfg.sampler!r}; known: {', '.join(SAMPLERS)}")
+        self.model, self.codec = model.eval(), codec
+        self.device = torch.device(cfg.device)
+        self.frames_per_chunk = mc.frames_per_chunk
+        self.lookahead_frames = mc.audio_lookahead_frames
+        self.resolution = mc.latent_height * codec.downsample
+        self.compute_budget_s = cfg.compute_budget_s
+        flow = flow or FlowConfig()
+        if cfg.parametrisation is not None or cfg.shift is not None:
+            flow = FlowConfig(parametrisation=cfg.parametrisation or flow.parametrisation,
+                              shift=cfg.shift if cfg.shift is not None else flow.shift)
+        self.flow = FlowMatching(flow)
+        self.timesteps = flow_timesteps(cfg.denoise_steps, flow.shift)
+        self.sampler = SAMPLERS[cfg.sampler]
+        self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        self.refine_generator = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+        # Audio features: enough history for the widest window, the encoder's receptive field and a chunk.
+        history = mc.audio_window_frames + model.audio_encoder.history_frames
+        capacity = history + 2 * self.frames_per_chunk + self.lookahead_frames
+        self.mel = [MelStream(mc.mel, device=self.device) for _ in range(2)]
+        self.features = [FeatureRing(capacity) for _ in range(2)]
+        self._text: str | None = None
+        self._text_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.references = self._encode_references(character)
+        self.cache = KVCache.empty(mc, 1, self.device)
+        model.prefill(self.cache, self.references)
+        self.decode_state = None
+
+    @classmethod
+    def load(cls, character: Character, cfg: DiTEngineConfig) -> DiTEngine:
+        """Build the engine from ``cfg.checkpoint`` and ``cfg.vae``."""
+        if not cfg.checkpoint:
+            raise EngineError("the DiT engine needs a checkpoint")
+        model = load_dit(cfg.checkpoint, device=cfg.device)
+        codec = load_codec(cfg.vae, device=cfg.device)
+        return cls(model, codec, character, cfg, flow_config_of(cfg.checkpoint))
+
+    # ---- set-up ----
+    @torch.no_grad()
+    def _encode_references(self, character: Character) -> References:
+        images = dict(character.images)
+        if character.world is not None and not images:
+            renderer = Renderer(sample_identity(character.world.seed, character.world.style), self.resolution)
+            images = render_references(renderer)
+        if "global" not in images:
+            raise EngineError("a reference set needs a global image")
+        known = set(self.model.cfg.reference_kinds)
+        kinds = [k for k in self.model.cfg.reference_kinds if k in images]
+        unknown = sorted(set(images) - known)
+        if unknown:
+            raise EngineError(f"unknown reference kinds {unknown}; known: {', '.join(self.model.cfg.reference_kinds)}")
+        pixels = torch.stack([image_to_tensor(square_image(images[k], self.resolution)) for k in kinds])
+        latents = self.codec.encode_images(pixels.to(self.device))  # (R, C, h, w)
+        return References([latents[i:i + 1] for i in range(len(kinds))], kinds)
+
+    def _text_for(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if text != self._text:  # encoded once per change, at a chunk boundary
+            tokens, mask = self.model.encode_text([text])
+            self._text, self._text_tokens = text, (tokens.to(self.device), mask.to(self.device))
+        return self._text_tokens
+
+    def _ingest(self, chunk: ChunkInput) -> None:
+        for stream, ring, pcm in zip(self.mel, self.features, (chunk.self_pcm, chunk.partner_pcm)):
+            ring.append(stream.push(torch.from_numpy(np.ascontiguousarray(pcm))[None].to(self.device)))
+
+    # ---- stages ----
+    def skip(self, chunk: ChunkInput) -> None:
+        self._ingest(chunk)
+
+    @torch.no_grad()
+    def _generate(self, chunk: ChunkInput, timings: dict[str, float]) -> tuple[torch.Tensor, Conditioning]:
+        start_time = time.perf_counter()
+        self._ingest(chunk)
+        f = self.frames_per_chunk
+        model_first = self.cache.chunks_seen * f
+        offset = chunk.first_frame - model_first
+        start, end = self.model.audio_frame_range(model_first, f)
+        text_tokens, text_mask = self._text_for(chunk.text)
+        # The ring may have dropped frames below ``start + offset`` only when they precede the stream.
+        mel_self = self.features[0].slice(start + offset, end + offset)
+        mel_partner = self.features[1].slice(start + offset, end + offset)
+        audio_start = end - mel_self.shape[1]
+        cond = Conditioning(text_tokens, text_mask, mel_self, mel_partner, audio_start_frame=audio_start)
+        timings["generate.features"] = (time.perf_counter() - start_time) * 1000
+
+        def model_fn(x_t, t, c):
+            return self.model(x_t, t, c, cache=self.cache)
+
+        mc = self.model.cfg
+        noise = torch.randn(1, f, mc.latent_channels, mc.latent_height, mc.latent_width,
+                            generator=self.generator).to(self.device)
+        t1 = time.perf_counter()
+        x_0 = self.sampler(self.flow.denoiser(model_fn), noise, self.timesteps.to(self.device), cond)
+        t2 = time.perf_counter()
+        self.model(x_0, torch.zeros(1, device=self.device), cond, cache=self.cache, update_cache=True)
+        t3 = time.perf_counter()
+        timings["generate.denoise"] = (t2 - t1) * 1000
+        timings["generate.commit"] = (t3 - t2) * 1000
+        # The refiner runs uncached on the chunk alone: its conditioning is relative to the chunk's frame 0.
+        local = Conditioning(text_tokens, text_mask, mel_self, mel_partner,
+                             audio_start_frame=audio_start - model_first, references=self.references)
+        return x_0, local
+
+    @torch.no_grad()
+    def _refine(self, payload: tuple[torch.Tensor, Conditioning], timings: dict[str, float]):
+        x_0, cond = payload
+        t_r = self.cfg.refiner_time
+        noise = torch.randn(x_0.shape, generator=self.refine_generator).to(x_0)
+        x_t = (1 - t_r) * x_0 + t_r * noise
+        t = torch.full((1,), t_r, device=x_0.device)
+        v = self.flow.velocity(self.model(x_t, t, cond).float(), x_t, t)
+        return x_t - t_r * v, cond  # one Euler step from t_r to 0
+
+    @torch.no_grad()
+    def _decode(self, payload: tuple[torch.Tensor, Conditioning], timings: dict[str, float]) -> np.ndarray:
+        video, self.decode_state = self.codec.decode_chunk(payload[0], self.decode_state)  # (1, F, 3, H, W)
+        return np.stack([tensor_to_image(frame) for frame in video[0]])  # (F, H, W, 3)
+
+    def stages(self) -> list[Stage]:
+        stages: list[Stage] = [("generate", self._generate)]
+        if self.cfg.refiner:
+            stages.append(("refine", self._refine))
+        return [*stages, ("decode", self._decode)]
