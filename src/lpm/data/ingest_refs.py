@@ -17,10 +17,17 @@ SHARP_WEIGHT = 0.5  # cost per e-fold of blur relative to the sharpest frame
 BLINK_FRACTION = 0.6  # eyes less open than this fraction of the source's median count as a blink
 FRONT_MAX_DEG = 20.0  # |yaw| within this is a front view
 SIDE_MIN_DEG = 35.0  # |yaw| beyond this is a side view (mediapipe loses faces near 90 degrees)
+# Beyond ~60 degrees of turn the mesh folds and reads as near-frontal with a strong roll; such frames are no
+# view reference (people seldom hold their head this tilted).
+ROLL_MAX_DEG = 15.0
 EXPR_CLUSTERS = 5
 MIN_FRAMES_PER_CLUSTER = 12  # half a second of frames per expression cluster at least
 KMEANS_ITERS = 30
-EXPR_MIN_SCORE = 0.75  # a cluster is named only when it sits this many std along a template from neutral
+EXPR_MIN_SCORE = 1.0  # a cluster is named only when it sits this many scale units along a template from neutral
+# Typical spread of each expression feature (inter-ocular units) between a neutral face and a clear
+# expression; fixed, so a source with little expression variation does not get its noise named.
+EXPRESSION_SCALES = {"mouth_open": 0.1, "mouth_width": 0.08, "corner_lift": 0.03, "brow_height": 0.03,
+                     "eye_open": 0.06}
 # Expression templates: direction (over EXPRESSION_FEATURES) of each emotion away from neutral.
 EXPRESSION_TEMPLATES: dict[str, dict[str, float]] = {
     "happy": {"corner_lift": 1.0, "mouth_width": 1.0},
@@ -51,16 +58,18 @@ class RefPicker:
         idx = np.flatnonzero(usable)
         self.yaw = track.pose[:, 0]
         expr = track.expression
-        mu = expr[idx].mean(axis=0) if idx.size else np.zeros(expr.shape[1])
-        sd = expr[idx].std(axis=0) + 1e-6 if idx.size else np.ones(expr.shape[1])
-        self.z = (expr - mu) / sd  # (F, E) standardised expression
         eyes = track.eye_open.mean(axis=1)
         blink = eyes < BLINK_FRACTION * (np.median(eyes[idx]) if idx.size else 0.0)
+        # Expressions are compared on near-frontal, open-eyed frames: turning the head distorts the features.
+        frontal = usable & (np.abs(self.yaw) <= FRONT_MAX_DEG) & (np.abs(track.pose[:, 2]) <= ROLL_MAX_DEG) & ~blink
+        mu = np.median(expr[frontal], axis=0) if frontal.any() else np.zeros(expr.shape[1])
+        self.z = (expr - mu) / np.array([EXPRESSION_SCALES[f] for f in EXPRESSION_FEATURES])  # (F, E)
         log_sharp = np.log(np.maximum(track.sharpness, 1e-3))
         blur_cost = SHARP_WEIGHT * ((log_sharp[idx].max() if idx.size else 0.0) - log_sharp)
         self.front_cost = (np.abs(track.pose[:, 0]) + np.abs(track.pose[:, 1])) / FRONTAL_SCALE_DEG + blur_cost
         self.front_cost[blink] += 1e3
-        self.labels, self.names, centroids = self._cluster(idx, seed)
+        self.pose_ok = np.abs(track.pose[:, 2]) <= ROLL_MAX_DEG
+        self.labels, self.names, centroids = self._cluster(np.flatnonzero(frontal), seed)
         neutral = centroids[self.names.index("neutral")] if "neutral" in self.names else np.zeros(expr.shape[1])
         self.global_cost = self.front_cost + np.linalg.norm(self.z - neutral, axis=1)
         self.centroid_dist = np.full(len(usable), np.inf)
@@ -69,7 +78,7 @@ class RefPicker:
             self.centroid_dist[m] = np.linalg.norm(self.z[m] - c, axis=1) + blur_cost[m]
 
     def _cluster(self, idx: np.ndarray, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """k-means over standardised expression features; clusters named by template, neutral = nearest 0."""
+        """k-means over scaled expression features; clusters named by template; neutral = nearest the median."""
         labels = np.full(len(self.usable), -1)
         k = min(EXPR_CLUSTERS, idx.size // MIN_FRAMES_PER_CLUSTER)
         if k < 1:
@@ -112,11 +121,11 @@ class RefPicker:
         frames: dict[str, int] = {}
         all_outside = True
         wanted = {
-            "global": (self.global_cost, np.ones_like(self.usable)),
-            "body_front": (self.front_cost, np.abs(self.yaw) <= FRONT_MAX_DEG),
+            "global": (self.global_cost, self.pose_ok),
+            "body_front": (self.front_cost, self.pose_ok & (np.abs(self.yaw) <= FRONT_MAX_DEG)),
             # Estimated yaw is camera-relative: a face turned to the viewer's left shows the body's left side.
-            "body_left": (self.yaw, self.yaw <= -SIDE_MIN_DEG),
-            "body_right": (-self.yaw, self.yaw >= SIDE_MIN_DEG),
+            "body_left": (self.yaw, self.pose_ok & (self.yaw <= -SIDE_MIN_DEG)),
+            "body_right": (-self.yaw, self.pose_ok & (self.yaw >= SIDE_MIN_DEG)),
         }
         for k, name in enumerate(self.names):
             if name:
