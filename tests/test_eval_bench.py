@@ -52,7 +52,8 @@ def test_systems_give_frames_and_reasons():
     static = StaticSystem().generate(inputs)
     assert static.shape == (30, RES, RES, 3) and (static == 200).all()
     chunks = list(timed_stream(TraditionalSystem(), inputs, chunk_frames=12))
-    assert [len(c) for c, _ in chunks] == [12, 12, 6] and all(s >= 0 for _, s in chunks)
+    assert [len(c) for c, _, _ in chunks] == [12, 12, 6] and all(s >= 0 for _, s, _ in chunks)
+    assert [u for _, _, u in chunks] == [30, 30, 30]  # a short clip is analysed whole before its first frame
     assert ModelSystem("online", None).unavailable().startswith("no trained online checkpoint")
     assert [s.name for s in make_systems()] == ["truth", "traditional", "static", "base", "online"]
     assert caption_emotion("a cat, very sad, listening") == ("sad", 0.9)

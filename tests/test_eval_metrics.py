@@ -90,9 +90,13 @@ def test_frechet_distance():
 
 
 def test_stream_latencies_and_drift():
-    lat = M.stream_latencies(np.array([0.05, 0.05]), chunk_s=0.5, lookahead_s=0.1)
-    assert lat.tolist() == pytest.approx([0.65, 0.65])
-    slow = M.stream_latencies(np.array([1.0, 1.0, 1.0]), chunk_s=0.5)  # compute > real time: queueing grows
+    starts, ready = M.chunk_times([12, 12], [12 + 2, 24 + 2])  # 0.5 s chunks, 2 frames of lookahead
+    lat = M.stream_latencies(np.array([0.05, 0.05]), starts, ready)
+    assert lat.tolist() == pytest.approx([0.5 + 2 / 24 + 0.05] * 2)
+    starts, ready = M.chunk_times([12, 12, 12], [12, 24, 36])
+    slow = M.stream_latencies(np.array([1.0, 1.0, 1.0]), starts, ready)  # compute > real time: queueing grows
     assert slow.tolist() == pytest.approx([1.5, 2.0, 2.5])
+    starts, ready = M.chunk_times([12, 12], [24, 24])  # offline: the whole clip's audio before any frame
+    assert M.stream_latencies(np.array([0.3, 0.0]), starts, ready).tolist() == pytest.approx([1.3, 0.8])
     assert M.drift_per_minute(np.array([0.9, 0.88, 0.86])) == pytest.approx(-0.02)
     assert M.angle_error_deg(np.array([179.0]), np.array([-179.0])) == pytest.approx(2.0)

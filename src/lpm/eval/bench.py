@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -12,8 +13,15 @@ from lpm.eval.report import instrument_summary, write_report
 from lpm.eval.suites import SUITES, clip_metrics, load_instruments, run_clip_suite, select_clips
 from lpm.eval.systems import make_systems
 
-# Threads for the instruments' convolutions (this is a 2-core machine).
-BENCH_THREADS = 2
+# Most threads for the instruments' convolutions (this is a 2-core machine).
+MAX_THREADS = 2
+
+
+def _threads() -> int:
+    """Threads on idle cores only: on a busy, shared machine, oversubscribed OpenMP threads spin and run ~10x slower."""
+    cores = os.cpu_count() or 1
+    busy = int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else 0
+    return max(1, min(MAX_THREADS, cores - busy))
 
 
 def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, identity: str | Path,
@@ -28,7 +36,7 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
                            "`lpm eval train-identity`, or use the shipped one under checkpoints/)")
     if not (Path(data) / "manifest.jsonl").is_file():
         raise LpmError(f"--data {data} is not a clip data set (make one with `lpm world synth`)")
-    torch.set_num_threads(BENCH_THREADS)
+    torch.set_num_threads(_threads())
     t0 = time.time()
     inst = load_instruments(probe, identity, data)
     systems = make_systems(checkpoints, seed)

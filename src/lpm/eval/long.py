@@ -87,7 +87,7 @@ def run_session(system: System, session: LongSession, inst: Instruments,
     """Stream a system through the session; returns its reading and per-minute series."""
     inputs = session.inputs
     ref = embed_frames(inst.identity, inputs.refs["global"][None])[0]
-    tracks, sims, compute, pending = [], [], [], []
+    tracks, sims, compute, pending, sizes, needs = [], [], [], [], [], []
     chunk_minute, rss_minute = [], []
 
     def read_pending() -> None:
@@ -99,9 +99,11 @@ def run_session(system: System, session: LongSession, inst: Instruments,
 
     done = 0
     with RssSampler() as rss:
-        for chunk, secs in timed_stream(system, inputs):
+        for chunk, secs, until in timed_stream(system, inputs):
             pending.append(chunk)
             compute.append(secs)
+            sizes.append(len(chunk))
+            needs.append(until)
             chunk_minute.append(done // FRAMES_PER_MINUTE)
             done += len(chunk)
             if done % FRAMES_PER_MINUTE < len(chunk):
@@ -113,7 +115,7 @@ def run_session(system: System, session: LongSession, inst: Instruments,
         raise SystemUnavailable(f"{system.name} gave {done} frames for the session, expected {inputs.num_frames}")
     track = ProbeTrack.concat(tracks)
     sim = np.concatenate(sims)
-    reading = Reading(inputs.clip_id, inputs.split, track, sim, compute, rss.peak_mb)
+    reading = Reading(inputs.clip_id, inputs.split, track, sim, compute, sizes, needs, rss.peak_mb)
     minutes = _minute_series(sim)
     chunk_minute = np.array(chunk_minute)
     series = {

@@ -255,23 +255,29 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(mu @ mu + np.trace(sa + sb - 2 * covmean), 0.0))
 
 
-def stream_latencies(compute_s: np.ndarray, chunk_s: float, lookahead_s: float = 0.0) -> np.ndarray:
+def stream_latencies(compute_s: np.ndarray, start_s: np.ndarray, ready_s: np.ndarray) -> np.ndarray:
     """Audio-to-frame latency of each chunk when audio arrives in real time and chunks are computed in order.
 
-    Chunk k covers [k c, (k+1) c); it can start once its audio and the lookahead have arrived and the previous
-    chunk is done. Its latency is the time from the start of its audio to its frames being out:
-    chunk length + lookahead + compute, plus any queueing when compute falls behind real time.
+    Chunk k shows the instants from ``start_s[k]`` on; it can be computed once the audio it needs has arrived
+    (``ready_s[k]``: its end plus any lookahead, or the end of the whole block an offline system analyses) and
+    the previous chunk is done. Its latency is the time from its first instant to its frames being out: for a
+    streaming model, chunk length + lookahead + compute, plus any queueing when compute falls behind real time.
 
     Args:
-        compute_s: (K,) compute seconds of each chunk.
+        compute_s, start_s, ready_s: (K,) seconds.
     """
     done = 0.0
     out = []
-    for k, c in enumerate(np.asarray(compute_s, np.float64)):
-        ready = (k + 1) * chunk_s + lookahead_s
-        done = max(ready, done) + c
-        out.append(done - k * chunk_s)
+    for c, start, ready in zip(np.asarray(compute_s, np.float64), start_s, ready_s):
+        done = max(float(ready), done) + c
+        out.append(done - float(start))
     return np.array(out)
+
+
+def chunk_times(chunk_frames: list[int], needs_until: list[int], fps: int = FPS) -> tuple[np.ndarray, np.ndarray]:
+    """(start_s, ready_s) of each chunk from its length and the frame up to which it needs audio."""
+    starts = np.concatenate([[0], np.cumsum(chunk_frames)[:-1]]) / fps
+    return starts, np.asarray(needs_until, np.float64) / fps
 
 
 def drift_per_minute(values: np.ndarray) -> float:

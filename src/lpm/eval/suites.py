@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -17,11 +18,12 @@ import numpy as np
 
 from lpm.data.clip import STATE_NAMES, read_clip, read_manifest, tensor_to_image
 from lpm.data.video import read_mp4
+from lpm.errors import LpmError
 from lpm.eval import metrics as M
 from lpm.eval.identity import IdentityNet, embed_frames
 from lpm.eval.probe import MotionProbe, ProbeTrack, read_frames
 from lpm.eval.states import StateReader, fit_state_reader
-from lpm.eval.systems import CHUNK_FRAMES, FPS, ClipInputs, System, SystemUnavailable, timed_stream
+from lpm.eval.systems import ClipInputs, System, SystemUnavailable, timed_stream
 from lpm.world.identity import sample_identity
 from lpm.world.motion import EMOTIONS, MOTION_INDEX, MOTION_NAMES
 
@@ -67,9 +69,15 @@ def load_instruments(probe_path: str | Path, identity_path: str | Path, data: st
     motions, states = [], []
     for row in read_manifest(data, "train"):
         d = Path(data) / row["path"]
-        clip = read_clip(d, load_video=False)
-        motions.append(_motion_array(clip.motion.numpy(), clip.motion_names))
-        states.append(clip.states.numpy())
+        if not (d / "motion.npz").is_file():
+            continue
+        # Only motion and states are needed: skip read_clip's audio and reference decoding (hundreds of clips).
+        with np.load(d / "motion.npz", allow_pickle=False) as z:
+            motions.append(_motion_array(z["values"], tuple(str(n) for n in z["names"])))
+        meta = json.loads((d / "meta.json").read_text())
+        states.append(np.array([STATE_NAMES.index(x) for x in meta["states"]], np.int64))
+    if not motions:
+        raise LpmError(f"{data}: no train clips with motion.npz to fit the state reader on")
     val = pmeta["extra"]["accuracy"]["val"]["channels"]
     noise = {name: float(val[name]["mae"]) * 1.25 for name in val}  # MAE of a Gaussian is 0.8 sigma
     return Instruments(probe, ident, fit_state_reader(motions, states, noise), pmeta["extra"]["accuracy"],
@@ -155,23 +163,26 @@ class Reading:
     track: ProbeTrack
     identity_sim: np.ndarray  # (F,) cosine to the global reference's embedding
     compute_s: list[float] = field(default_factory=list)  # per chunk
+    chunk_frames: list[int] = field(default_factory=list)  # per chunk
+    needs_until: list[int] = field(default_factory=list)  # per chunk: frame up to which it needed audio
     peak_rss_mb: float = float("nan")
 
 
 def perform_and_read(system: System, inputs: ClipInputs, inst: Instruments) -> Reading:
     """Run a system over one clip (streamed, each chunk timed) and read its frames."""
-    chunks, compute = [], []
+    chunks, compute, needs = [], [], []
     with RssSampler() as rss:
-        for chunk, secs in timed_stream(system, inputs):
+        for chunk, secs, until in timed_stream(system, inputs):
             chunks.append(chunk)
             compute.append(secs)
+            needs.append(until)
     frames = np.concatenate(chunks)
     if len(frames) != inputs.num_frames:
         raise SystemUnavailable(f"{system.name} gave {len(frames)} frames for {inputs.clip_id}, "
                                 f"expected {inputs.num_frames}")
     ref = embed_frames(inst.identity, inputs.refs["global"][None])[0]
     return Reading(inputs.clip_id, inputs.split, read_frames(inst.probe, frames),
-                   embed_frames(inst.identity, frames) @ ref, compute, rss.peak_mb)
+                   embed_frames(inst.identity, frames) @ ref, compute, [len(c) for c in chunks], needs, rss.peak_mb)
 
 
 def _nanstat(fn, values) -> float | None:
@@ -192,8 +203,8 @@ def speed_metrics(readings: list[Reading], system: System) -> dict:
         return {"fps": None, "latency_p50_s": None, "latency_p95_s": None, "peak_rss_mb": None}
     frames = sum(len(r.track.motion) for r in readings)
     total = sum(sum(r.compute_s) for r in readings)
-    lat = np.concatenate([M.stream_latencies(np.array(r.compute_s), CHUNK_FRAMES / FPS,
-                                             system.lookahead_frames / FPS) for r in readings])
+    lat = np.concatenate([M.stream_latencies(np.array(r.compute_s), *M.chunk_times(r.chunk_frames, r.needs_until))
+                          for r in readings])
     return {"fps": frames / total if total > 0 else None, "latency_p50_s": float(np.percentile(lat, 50)),
             "latency_p95_s": float(np.percentile(lat, 95)), "peak_rss_mb": max(r.peak_rss_mb for r in readings)}
 

@@ -84,7 +84,6 @@ class System(ABC):
 
     name: str = "system"
     measures_speed: bool = True  # False for recordings (truth): no compute to time
-    lookahead_frames: int = 0  # own-speech frames the system waits for beyond a chunk
     note: str = ""
 
     def unavailable(self) -> str | None:
@@ -98,6 +97,13 @@ class System(ABC):
         Returns:
             (F, H, W, 3) uint8 with F = inputs.num_frames.
         """
+
+    def needs_audio_until(self, inputs: ClipInputs, frame_end: int) -> int:
+        """The frame up to which audio must have arrived before frames up to ``frame_end`` can be made.
+
+        Offline systems need the whole clip; streaming systems override this (chunk end + lookahead).
+        """
+        return inputs.num_frames
 
     def stream(self, inputs: ClipInputs, chunk_frames: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
         """Yield (<= chunk_frames, H, W, 3) uint8 chunks in order; offline: everything is computed first."""
@@ -137,6 +143,9 @@ class StaticSystem(System):
 
     def generate(self, inputs: ClipInputs) -> np.ndarray:
         return np.repeat(inputs.refs["global"][None], inputs.num_frames, axis=0)
+
+    def needs_audio_until(self, inputs: ClipInputs, frame_end: int) -> int:
+        return frame_end  # ignores the audio: each chunk can be shown as its time comes
 
 
 def caption_emotion(caption: str) -> tuple[str, float]:
@@ -179,13 +188,21 @@ class TraditionalSystem(System):
     def generate(self, inputs: ClipInputs) -> np.ndarray:
         return np.concatenate(list(self.stream(inputs)))
 
+    @staticmethod
+    def _block(inputs: ClipInputs) -> int:
+        block = int(TRADITIONAL_BLOCK_S * FPS)
+        # A clip up to two blocks long is analysed whole (as perform_audio is meant to be used).
+        return inputs.num_frames if inputs.num_frames <= 2 * block else block
+
+    def needs_audio_until(self, inputs: ClipInputs, frame_end: int) -> int:
+        block = self._block(inputs)
+        return min(inputs.num_frames, -(-frame_end // block) * block)  # the end of the block holding the frame
+
     def stream(self, inputs: ClipInputs, chunk_frames: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
         if inputs.identity is None:
             raise SystemUnavailable(f"{inputs.clip_id}: no hand-built rig for this character")
         renderer = Renderer(inputs.identity, inputs.res)
-        block = int(TRADITIONAL_BLOCK_S * FPS)
-        # A clip up to one block long is analysed whole (as perform_audio is meant to be used).
-        block = inputs.num_frames if inputs.num_frames <= 2 * block else block
+        block = self._block(inputs)
         for b0 in range(0, inputs.num_frames, block):
             motion = self._motion(inputs, b0, min(inputs.num_frames, b0 + block))
             for s in range(0, len(motion), chunk_frames):
@@ -228,7 +245,6 @@ class ModelSystem(System):
             return
         self._system = loader(name, self.checkpoint)
         self.measures_speed = self._system.measures_speed
-        self.lookahead_frames = self._system.lookahead_frames
 
     def unavailable(self) -> str | None:
         return self._reason
@@ -243,18 +259,26 @@ class ModelSystem(System):
             raise SystemUnavailable(self._reason or "not loaded")
         return self._system.stream(inputs, chunk_frames)
 
+    def needs_audio_until(self, inputs: ClipInputs, frame_end: int) -> int:
+        if self._system is None:
+            return inputs.num_frames
+        return self._system.needs_audio_until(inputs, frame_end)
+
 
 def timed_stream(system: System, inputs: ClipInputs,
-                 chunk_frames: int = CHUNK_FRAMES) -> Iterator[tuple[np.ndarray, float]]:
-    """Yield (chunk, compute seconds spent producing it)."""
+                 chunk_frames: int = CHUNK_FRAMES) -> Iterator[tuple[np.ndarray, float, int]]:
+    """Yield (chunk, compute seconds spent producing it, frame up to which it needed audio)."""
     it = system.stream(inputs, chunk_frames)
+    done = 0
     while True:
         t0 = time.perf_counter()
         try:
             chunk = next(it)
         except StopIteration:
             return
-        yield chunk, time.perf_counter() - t0
+        secs = time.perf_counter() - t0
+        done += len(chunk)
+        yield chunk, secs, system.needs_audio_until(inputs, done)
 
 
 def make_systems(checkpoints: dict[str, str] | None = None, seed: int = 0) -> list[System]:

@@ -51,6 +51,7 @@ class InstrumentTrainConfig:
     identities_per_batch: int = 16  # identity embedding: P identities x (batch / P) poses each
     checkpoint_every: int = 250
     threads: int = 2
+    init_from: str = ""  # warm start: weights from another run's train_state.pt or model.safetensors
 
 
 def load_sets(cfg: InstrumentTrainConfig, cache: str | Path, data: str | Path | None) -> dict[str, RenderSet]:
@@ -117,6 +118,11 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     step, rng, gen = 0, np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     state_path = run / "train_state.pt"
+    if cfg.init_from and not state_path.is_file():
+        src = Path(cfg.init_from)
+        weights = load_train_state(src)["model"] if src.suffix == ".pt" else load_checkpoint(src, kind)[0]
+        load_into(model, weights, str(src))
+        log(f"initialised {kind} from {src}")
     if state_path.is_file():
         st = load_train_state(state_path)
         model.load_state_dict(st["model"])
