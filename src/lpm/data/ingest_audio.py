@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from scipy.ndimage import uniform_filter1d
 
 from lpm.errors import LpmError
 from lpm.world import audio_analysis as aa
@@ -30,10 +31,13 @@ EMBED_WINDOW_S = 1.0  # resemblyzer window (its own partials are 1.6 s; 1 s foll
 EMBED_HOP_S = 0.25
 KMEANS_ITERS = 20
 ONE_SPEAKER_COS = 0.80  # without a face: cluster centroids more similar than this are one voice
-MOUTH_SPEAKING_RATIO = 3.0  # a voice is the character's when the mouth moves this many times more than in silence
+MOUTH_SPEAKING_RATIO = 2.0  # a voice is the character's when the mouth moves this many times more than in silence
 MOUTH_MOTION_FLOOR = 0.005  # mouth-opening change per frame (inter-ocular units) of a still, silent face
 MIN_QUIET_FRAMES = 12  # silent frames needed to measure the still-face baseline
 CLOSED_PERCENTILE = 10  # the mouth's closed opening: this percentile of its opening over the source
+MOUTH_WINDOW_S = 0.5  # the mouth's evidence is averaged over this window around each frame
+STRETCH_AGREEMENT = 0.7  # a voice stretch whose frames agree this much on the mouth takes one decision
+CHANNEL_SWAP_MARGIN = 0.5  # channel 1 is taken as self only when the mouth speaks over this much more of it
 MOUTH_OPEN_MIN = 0.03  # mean opening above closed (inter-ocular units) of a speaking mouth (speech: 0.05-0.2)
 # resemblyzer's front end: 25 ms / 10 ms power mel, 40 bands (resemblyzer.hparams), Slaney mel scale.
 MEL_WINDOW, MEL_HOP, MEL_BANDS = 400, 160, 40
@@ -168,11 +172,30 @@ def mouth_evidence(mouth_open: np.ndarray, present: np.ndarray) -> Mouth:
     return Mouth(m, np.convolve(d, kernel, mode="same"))
 
 
-def _speaking_score(active: np.ndarray, motion: np.ndarray) -> float:
-    """Mean mouth motion while a track is active minus while it is not (positive: this voice is on screen)."""
-    if active.all() or not active.any():
-        return 0.0
-    return float(motion[active].mean() - motion[~active].mean())
+def mouth_says_speaking(stretches: np.ndarray, any_voice: np.ndarray, mouth: Mouth, fps: int = 24) -> np.ndarray:
+    """Per frame: True inside each run of ``stretches`` where the character's mouth speaks.
+
+    Speaking = the mouth moves MOUTH_SPEAKING_RATIO times more than in silence AND stands open (a jittery
+    mesh moves, but shut).
+
+    Args:
+        stretches: (F,) bool runs of one voice.
+        any_voice: (F,) bool frames with any voice (the rest measure the still mouth).
+    """
+    quiet = ~any_voice & (mouth.motion > 0)
+    baseline = max(float(mouth.motion[quiet].mean()) if quiet.sum() >= MIN_QUIET_FRAMES else 0.0, MOUTH_MOTION_FLOOR)
+    seen = mouth.opening[mouth.opening > 0]
+    closed = float(np.percentile(seen, CLOSED_PERCENTILE)) if seen.size else 0.0
+    out = np.zeros(len(stretches), bool)
+    # Frame by frame over a short window (a turn can follow the other voice without a pause) ...
+    win = max(1, round(MOUTH_WINDOW_S * fps))
+    local = (uniform_filter1d(mouth.motion, win) > MOUTH_SPEAKING_RATIO * baseline) & (
+        uniform_filter1d(mouth.opening, win) - closed > MOUTH_OPEN_MIN)
+    for a, b in aa.segments(stretches):
+        # ... and a stretch the mouth mostly agrees on takes one decision (a long vowel or a pause is no turn).
+        share = float(local[a:b].mean())
+        out[a:b] = True if share >= STRETCH_AGREEMENT else False if share <= 1 - STRETCH_AGREEMENT else local[a:b]
+    return out
 
 
 def split_channels(audio: np.ndarray, partner_channel: str | int, num_frames: int, mouth: Mouth | None,
@@ -204,9 +227,12 @@ def split_channels(audio: np.ndarray, partner_channel: str | int, num_frames: in
         corr = np.corrcoef(audio[0], audio[1])[0, 1] if audio[0].std() > 0 and audio[1].std() > 0 else 1.0
         same = (acts[0] == acts[1]).mean() > SAME_MIX_AGREEMENT and corr > SAME_MIX_CORR
         if not same:
+            # Channel 0 is the character's (the clip format's order) unless the mouth clearly says channel 1.
             self_ch = 0
-            if mouth is not None and _speaking_score(acts[1], mouth.motion) > _speaking_score(acts[0], mouth.motion):
-                self_ch = 1
+            if mouth is not None:
+                voice = acts[0] | acts[1]
+                share = [mouth_says_speaking(a, voice, mouth, fps).sum() / max(1, a.sum()) for a in acts]
+                self_ch = int(share[1] > share[0] + CHANNEL_SWAP_MARGIN)
             return AudioTracks(audio[self_ch].copy(), audio[1 - self_ch].copy(), "channels", self_ch)
     return separate(audio.mean(axis=0), num_frames, mouth, fps)
 
@@ -306,19 +332,10 @@ def separate(mix: np.ndarray, num_frames: int, mouth: Mouth | None, fps: int = 2
         one_voice = float(cent[0] @ cent[1]) > ONE_SPEAKER_COS
     self_frames = np.zeros(num_frames, bool)
     if mouth is not None:
-        motion, mouth_open = mouth.motion, mouth.opening
-        # The mouth decides each stretch of one voice: the character's when the mouth moves while it sounds.
-        # Clusters only split the speech where the voice changes; similar (synthetic) voices can share a
-        # cluster or one voice can split in two, and the mouth still tells whose stretch it is.
-        # Speaking = the mouth moves more than when silent AND stands open (a jittery mesh moves, but shut).
-        quiet = ~active & (motion > 0)
-        baseline = max(float(motion[quiet].mean()) if quiet.sum() >= MIN_QUIET_FRAMES else 0.0, MOUTH_MOTION_FLOOR)
-        seen = mouth_open[mouth_open > 0]
-        closed = float(np.percentile(seen, CLOSED_PERCENTILE)) if seen.size else 0.0
+        # The mouth decides each stretch of one voice. Clusters only split the speech where the voice changes;
+        # similar (synthetic) voices can share a cluster or one voice split in two, and the mouth still tells.
         for k in range(2):
-            for a, b in aa.segments(active & (owner == k)):
-                moving = float(motion[a:b].mean()) > MOUTH_SPEAKING_RATIO * baseline
-                self_frames[a:b] = moving and float(mouth_open[a:b].mean()) - closed > MOUTH_OPEN_MIN
+            self_frames |= mouth_says_speaking(active & (owner == k), active, mouth, fps)
     elif one_voice:
         self_frames = active.copy()  # one voice and no face to say otherwise: the character's
     else:
