@@ -211,3 +211,18 @@ def test_label_rules():
     assert states[10] == "listen" and states[25] == "listen" and states[50] == "speak"
     assert states[40] == "idle"  # past the listening hangover
     assert set(label_states(np.zeros(f, bool), np.zeros(f, bool))) == {"idle"}
+
+
+def test_partner_voice_from_a_sidecar_file(world, tmp_path):
+    from lpm.data.video import write_wav
+
+    clip = _world_clips(world)[1]
+    audio, _ = read_wav(clip / "audio.wav")
+    write_mp4(tmp_path / f"{clip.name}.mp4", read_mp4(clip / "video.mp4"), audio=audio[:1])
+    write_wav(tmp_path / f"{clip.name}.partner.wav", audio[1:])
+    report = ingest([str(tmp_path)], tmp_path / "out", IngestOptions(**OPTS))
+    assert len(report.sources) == 1  # the sidecar is no input of its own
+    source = report.sources[0]
+    assert source.audio_method == "sidecar"
+    agreement, _ = _agreement_and_mouth_r(tmp_path / "out", source, clip)
+    assert agreement >= 0.9, agreement

@@ -26,7 +26,6 @@ from lpm.data.ingest_media import SAMPLE_RATE as MEDIA_RATE
 from lpm.data.ingest_media import iter_frames, probe, read_audio
 from lpm.data.ingest_refs import RefPicker
 from lpm.data.ingest_shots import ShotDetector
-from lpm.data.video import read_wav
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_write_text
 
@@ -132,6 +131,23 @@ def clip_ranges(usable: np.ndarray, shots: list[tuple[int, int]], min_frames: in
     return out
 
 
+def frame_reasons(track: FaceTrack, scale: float, res: int) -> np.ndarray:
+    """Per-frame quality verdict: "" (usable) or the first failing reason (face_lost, face_too_small, blur).
+
+    Args:
+        scale: source pixels per analysis pixel (the face must be big enough in the source itself).
+        res: output side; a face needing more than MAX_UPSCALE to reach the world's face size is too small.
+    Returns:
+        (F,) object array of str.
+    """
+    min_face = FACE_BOX_FRACTION * res / MAX_UPSCALE
+    reason = np.full(track.num_frames, "", dtype=object)
+    reason[~track.present] = "face_lost"
+    reason[(reason == "") & (track.box[:, 2] * scale < min_face)] = "face_too_small"
+    reason[(reason == "") & (track.sharpness < BLUR_MIN_SHARPNESS)] = "blur"
+    return reason
+
+
 def crop_path(track: FaceTrack, usable: np.ndarray, shots: list[tuple[int, int]]) -> np.ndarray:
     """Per-frame crop square (cx, cy, side) in analysis pixels, smoothed over each usable run of a shot.
 
@@ -202,8 +218,7 @@ def ingest_source(path: Path, out: Path, opts: IngestOptions, bar: tqdm | None =
     mouth = ia.mouth_evidence(track.mouth_open, track.present)
     sidecar = _sidecar(path)
     if sidecar is not None:
-        partner = read_wav(sidecar)[0].mean(axis=0) if sidecar.suffix == ".wav" else read_audio(sidecar, n, FPS).mean(0)
-        partner = np.pad(partner, (0, max(0, audio.shape[1] - len(partner))))[: audio.shape[1]]
+        partner = read_audio(sidecar, n, FPS).mean(axis=0)  # (N,) aligned to sample 0 of the video
         mono = audio.mean(axis=0) if audio.shape[0] else np.zeros(audio.shape[1], np.float32)
         tracks = ia.AudioTracks(mono, partner.astype(np.float32), "sidecar")
     else:
@@ -212,13 +227,7 @@ def ingest_source(path: Path, out: Path, opts: IngestOptions, bar: tqdm | None =
     result.audio_method, result.self_channel, result.vad = tracks.method, tracks.self_channel, lab.vad
     result.audio_silent = ia.is_silent(tracks.self_pcm) and ia.is_silent(tracks.partner_pcm)
 
-    # Per-frame quality, each frame charged to its first failing reason.
-    scale = info.source_width / info.width  # analysis pixels -> source pixels
-    min_face = FACE_BOX_FRACTION * opts.res / MAX_UPSCALE
-    reason = np.full(n, "", dtype=object)
-    reason[(reason == "") & ~track.present] = "face_lost"
-    reason[(reason == "") & (track.box[:, 2] * scale < min_face)] = "face_too_small"
-    reason[(reason == "") & (track.sharpness < BLUR_MIN_SHARPNESS)] = "blur"
+    reason = frame_reasons(track, info.source_width / info.width, opts.res)
     usable = reason == ""
     shots = shots_det.shots()
     result.shots = len(shots)

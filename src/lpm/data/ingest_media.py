@@ -38,7 +38,7 @@ class MediaInfo:
         return max(1, round(self.duration_s * 24))
 
 
-def _open(path: Path):
+def _open(path: Path, need_video: bool = True):
     import av  # imported here: PyAV is only needed when decoding
 
     if not path.is_file():
@@ -47,7 +47,7 @@ def _open(path: Path):
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
         raise MediaError(f"{path}: not a readable media file: {e}") from None
-    if not container.streams.video:
+    if need_video and not container.streams.video:
         container.close()
         raise MediaError(f"{path}: no video stream")
     return container
@@ -119,7 +119,7 @@ def iter_frames(info: MediaInfo, fps: int = 24) -> Iterator[np.ndarray]:
 
 
 def read_audio(path: str | Path, num_frames: int, fps: int = 24) -> np.ndarray:
-    """All audio channels resampled to 16 kHz, aligned to the first video frame, cut to ``num_frames``.
+    """All audio channels resampled to 16 kHz, aligned to the first video frame (if any), cut to ``num_frames``.
 
     Returns:
         (C, N) float32 in [-1, 1], N = num_frames * 16000 / fps; C = 0 rows when there is no audio stream.
@@ -128,7 +128,7 @@ def read_audio(path: str | Path, num_frames: int, fps: int = 24) -> np.ndarray:
 
     path = Path(path)
     n_out = int(round(num_frames * SAMPLE_RATE / fps))
-    container = _open(path)
+    container = _open(path, need_video=False)  # audio-only files serve as partner sidecars
     try:
         if not container.streams.audio:
             return np.zeros((0, n_out), np.float32)
@@ -144,8 +144,8 @@ def read_audio(path: str | Path, num_frames: int, fps: int = 24) -> np.ndarray:
                 chunks.append(out.to_ndarray().reshape(channels, -1))
         for out in resampler.resample(None):
             chunks.append(out.to_ndarray().reshape(channels, -1))
-        vs = container.streams.video[0]
-        v0 = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
+        vs = container.streams.video[0] if container.streams.video else None
+        v0 = float(vs.start_time * vs.time_base) if vs is not None and vs.start_time is not None else first_t or 0.0
     except av.FFmpegError as e:
         raise MediaError(f"{path}: cannot decode audio: {e}") from None
     finally:
