@@ -58,7 +58,7 @@ class StreamResampler:
 
     def push(self, pcm: np.ndarray) -> np.ndarray:
         """``(n,)`` float input samples -> the ``(m,)`` float32 output samples they complete."""
-        if self.identity:
+        if self.identity or not len(pcm):
             return np.asarray(pcm, np.float32)
         x, self.zi = lfilter(self.taps, [1.0], np.asarray(pcm, np.float64), zi=self.zi)
         total = self.consumed + len(x)

@@ -36,6 +36,7 @@ class Work:
     chunk: ChunkInput
     payload: Any
     timings_ms: dict[str, float] = field(default_factory=dict)
+    started: float = 0.0  # time.monotonic() when the first stage began it
 
 
 class Stopped(Exception):
@@ -72,13 +73,16 @@ class Pipeline:
         queue_chunks: capacity of every queue between stages.
         on_error: called with the exception if a stage fails (the pipeline then ends its output).
         skip: the first stage calls it on a chunk marked ``skip`` (its audio is ingested, nothing is made).
+        should_skip: asked by the first stage just before it starts a chunk (the latest moment to decide
+            that the chunk would be late anyway); True marks the chunk ``skip``.
     """
 
     def __init__(self, stages: list[Stage], stats: SessionStats, queue_chunks: int = 2,
                  on_error: Callable[[BaseException], None] | None = None,
-                 skip: Callable[[ChunkInput], None] | None = None) -> None:
+                 skip: Callable[[ChunkInput], None] | None = None,
+                 should_skip: Callable[[ChunkInput], bool] | None = None) -> None:
         self.stats = stats
-        self.skip = skip
+        self.skip, self.should_skip = skip, should_skip
         self.stop = threading.Event()
         self.on_error = on_error
         self.queues = [queue.Queue(maxsize=queue_chunks) for _ in range(len(stages) + 1)]
@@ -107,10 +111,15 @@ class Pipeline:
                 if work is None:  # end of stream: pass it on
                     put(q_out, None, self.stop)
                     return
+                if first and not work.chunk.skip and self.should_skip is not None:
+                    work.chunk.skip = self.should_skip(work.chunk)
                 if first and work.chunk.skip:
                     if self.skip is not None:
                         self.skip(work.chunk)
                     continue
+                if first:
+                    work.started = time.monotonic()
+                    self.stats.add(chunks=1)
                 start = time.perf_counter()
                 work.payload = fn(work.payload, work.timings_ms)
                 ms = (time.perf_counter() - start) * 1000
@@ -133,7 +142,7 @@ class Pipeline:
     def close(self, timeout: float = 2.0) -> None:
         self.stop.set()
         for t in self.threads:
-            if t is not threading.current_thread():
+            if t.ident is not None and t is not threading.current_thread():  # started, and not us
                 t.join(timeout)
 
 
@@ -182,8 +191,8 @@ class Emitter:
                 if work is None:
                     break
                 chunk = work.chunk
-                if self.on_compute_latency is not None:
-                    self.on_compute_latency(time.monotonic() - chunk.ready_wall)
+                if self.on_compute_latency is not None:  # the pipeline's own time, without queueing before it
+                    self.on_compute_latency(time.monotonic() - work.started)
                 for i, image in enumerate(work.payload):
                     index = chunk.first_frame + i
                     if self.realtime:

@@ -8,10 +8,12 @@ passed: a starved stream (a client that sends only one stream, a network stall) 
 session never waits for audio that may never come. Frame ``i`` is due at ``start + delay_s + i / fps``
 (``delay_s`` = chunk + lookahead + jitter + the engine's compute budget).
 
-Degradation (stated): when compute falls behind, a chunk whose frames would all miss their slots is skipped
-(its audio still feeds the engine's features, so nothing downstream jumps); frames that finish later than one
-frame period past their slot are dropped. Either way the last frame stays on screen, ``stats.dropped`` counts
-the frames, and the stream catches up instead of letting latency grow.
+Degradation (stated): if the pipeline's latency per chunk outgrows the engine's budget, ``delay_s`` grows to
+fit it (the screen holds once, for the difference; ``stats.delay_s`` reports it). When compute falls behind,
+a chunk whose frames would all miss their slots is skipped (its audio still feeds the engine's features, so
+nothing downstream jumps); frames that finish later than one frame period past their slot are dropped.
+Either way the last frame stays on screen, ``stats.dropped`` counts the frames, and the stream catches up
+instead of letting latency grow.
 
 Offline (``realtime=False``, e.g. ``lpm perform``): chunks start as soon as their audio is there, frames leave
 as fast as they are made, nothing is skipped; ``finish()`` pads the last chunk and ends ``frames()``.
@@ -35,9 +37,12 @@ from lpm.runtime.vad import VoiceActivity
 
 SPEAKING_RMS = 0.01  # own-speech RMS (-40 dBFS) above which the character counts as speaking (barge-in)
 RECENT_SPEECH_S = 0.3  # own speech consumed this recently still counts as "speaking"
-COMPUTE_EMA = 0.2  # weight of the newest chunk in the running estimate of pipeline latency
+COMPUTE_EMA = 0.2  # weight of a faster chunk in the running (peak-following) estimate of pipeline latency
+WARMUP_CHUNKS = 1  # the first chunk's latency (lazy allocations, first kernels) does not widen the delay
 OUT_QUEUE_S = 4.0  # frames the session buffers for a slow reader (realtime; beyond: dropped)
 WAIT_POLL_S = 0.02  # the feeder re-checks the clock this often while it waits for audio
+DELAY_MARGIN = 1.25  # the clock delay keeps this factor over the measured pipeline latency when it must grow
+DELAY_STEP_S = 0.02  # grow the delay only by more than this (each growth holds the screen once)
 
 
 @dataclass
@@ -78,15 +83,17 @@ class Session:
         self._events: queue.Queue[dict] = queue.Queue()
         self._frames: queue.Queue = queue.Queue(maxsize=max(1, int(OUT_QUEUE_S * cfg.fps)))
         self._compute_latency = 0.0
+        self._observed = 0  # chunks whose pipeline latency was observed
         self._last_speech_wall = -1e9
         self.error: BaseException | None = None
         self.started = False
         f, la = engine.frames_per_chunk, engine.lookahead_frames
         self.delay_s = cfg.delay_s if cfg.delay_s is not None else (
             (f + la) / cfg.fps + cfg.jitter_s + engine.compute_budget_s)
+        self.stats.delay_s = self.delay_s
         self.t0 = 0.0
         self.pipeline = Pipeline(engine.stages(), self.stats, cfg.queue_chunks, on_error=self._on_error,
-                                 skip=engine.skip)
+                                 skip=engine.skip, should_skip=self._late if cfg.realtime else None)
         self.emitter: Emitter | None = None
         self._feeder = threading.Thread(target=self._feed, name="lpm-feeder", daemon=True)
 
@@ -128,9 +135,12 @@ class Session:
         self.close()
 
     # ---- inputs ----
-    def push_self_audio(self, pcm: np.ndarray, native: bool = False) -> None:
-        """The character's own speech: ``(n,)`` float in [-1, 1] at ``input_sample_rate`` (16 kHz if native)."""
-        self._push(self.self_stream, pcm if native else self._resamplers[0].push(pcm))
+    def push_self_audio(self, pcm: np.ndarray, native: bool = False) -> float:
+        """The character's own speech: ``(n,)`` float in [-1, 1] at ``input_sample_rate`` (16 kHz if native).
+
+        Returns the media time (s) at which these samples start.
+        """
+        return self._push(self.self_stream, pcm if native else self._resamplers[0].push(pcm))
 
     def push_partner_audio(self, pcm: np.ndarray, native: bool = False) -> None:
         """The partner's speech (same format); also feeds barge-in detection."""
@@ -141,10 +151,12 @@ class Session:
                 if self.character_speaking():
                     self._events.put({"type": "barge_in", "t": round(onset, 3)})
 
-    def _push(self, stream: AudioStream, pcm: np.ndarray) -> None:
+    def _push(self, stream: AudioStream, pcm: np.ndarray) -> float:
         with self._cond:
+            start = stream.head / SAMPLE_RATE
             stream.push(pcm, time.monotonic())
             self._cond.notify_all()
+        return start
 
     def set_text(self, text: str) -> None:
         """The text control; takes effect at the next chunk boundary."""
@@ -193,8 +205,30 @@ class Session:
         self._events.put({"type": "error", "message": f"engine failed: {e}"})
         self._stop.set()
 
+    def _late(self, chunk: ChunkInput) -> bool:
+        """Would every frame of ``chunk`` miss its slot if started now? Then it is skipped (and counted)."""
+        f = self.engine.frames_per_chunk
+        last_slot = self.emitter.slot(chunk.first_frame + f - 1) + LATE_TOLERANCE_FRAMES / self.cfg.fps
+        late = time.monotonic() + self._compute_latency > last_slot
+        if late:
+            self.stats.add(dropped=f, skipped_chunks=1)
+        return late
+
     def _observe_compute(self, seconds: float) -> None:
-        self._compute_latency += COMPUTE_EMA * (seconds - self._compute_latency)
+        """Track the pipeline's latency per chunk; if it outgrows the engine's budget, widen the clock delay
+        (once per growth: the screen holds for that long) so that frames can be on time again."""
+        # Fast attack, slow release: one slow chunk is enough to plan for slow chunks.
+        if seconds > self._compute_latency:
+            self._compute_latency = seconds
+        else:
+            self._compute_latency += COMPUTE_EMA * (seconds - self._compute_latency)
+        self._observed += 1
+        if self.cfg.delay_s is None and self.emitter is not None and self._observed > WARMUP_CHUNKS:
+            f, la = self.engine.frames_per_chunk, self.engine.lookahead_frames
+            needed = (f + la) / self.cfg.fps + self.cfg.jitter_s + DELAY_MARGIN * self._compute_latency
+            if needed > self.delay_s + DELAY_STEP_S:
+                self.delay_s = self.emitter.delay_s = needed
+                self.stats.delay_s = needed
 
     def _wait_for_audio(self, end: int, first_sample: int) -> bool:
         """Block until chunk audio up to ``end`` can be taken; False when the session ends instead."""
@@ -232,13 +266,6 @@ class Session:
                     self.stats.add(padded_s=padded / SAMPLE_RATE)
                 if np.sqrt(np.mean(np.square(chunk.self_pcm))) > SPEAKING_RMS:
                     self._last_speech_wall = now
-                if cfg.realtime and self.emitter is not None:
-                    last_slot = self.emitter.slot(first + f - 1) + LATE_TOLERANCE_FRAMES / cfg.fps
-                    if now + self._compute_latency > last_slot:
-                        chunk.skip = True
-                        self.stats.add(dropped=f, skipped_chunks=1)
-                if not chunk.skip:
-                    self.stats.add(chunks=1)
                 put(self.pipeline.inputs, Work(chunk, chunk), self._stop)
                 k += 1
         except Exception as e:  # noqa: BLE001 - reported as a session error, never a silent hang

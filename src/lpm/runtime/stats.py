@@ -27,6 +27,7 @@ class SessionStats:
     dropped: int = 0  # frames not shown: skipped or late
     skipped_chunks: int = 0  # chunks the generator skipped to catch up with the audio clock
     padded_s: float = 0.0  # seconds of silence inserted into starved audio streams
+    delay_s: float = 0.0  # media-clock delay of frame slots (grows if the pipeline is slower than budgeted)
     latencies: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # seconds per frame
     emit_times: deque = field(default_factory=lambda: deque(maxlen=int(FPS_WINDOW_S * 240)))  # wall times
     stage_ms: dict[str, deque] = field(default_factory=dict)  # per stage: ms per chunk
@@ -81,5 +82,6 @@ class SessionStats:
                 "dropped": self.dropped,
                 "skipped_chunks": self.skipped_chunks,
                 "padded_s": round(self.padded_s, 3),
+                "delay_s": round(self.delay_s, 3),
                 "stage_ms": stages,
             }

@@ -8,6 +8,7 @@ takes silero when it loads and falls back to energy otherwise (``backend`` says 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -28,7 +29,9 @@ def load_silero():
     except ImportError:
         return None
     try:
-        return load_silero_vad()
+        with warnings.catch_warnings():  # its loader uses deprecated importlib / torch.jit APIs; not ours to fix
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return load_silero_vad()
     except Exception:  # noqa: BLE001 - any failure to load means: use the energy backend
         return None
 

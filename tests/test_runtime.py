@@ -1,0 +1,226 @@
+"""Runtime: audio buffers, the causal streaming rig, Session pacing / padding / skipping, DiT engine streaming."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lpm.audio.mel import MelConfig
+from lpm.models.dit import DiT
+from lpm.models.dit_config import DiTConfig
+from lpm.models.vae import LpmVAE, VAEConfig
+from lpm.runtime.audio_buffer import AudioStream, StreamResampler
+from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
+from lpm.runtime.engines import Character, ChunkInput, Engine, WorldCharacter, samples_for_frames
+from lpm.runtime.rig_engine import RigEngine
+from lpm.runtime.session import Session, SessionConfig
+from lpm.runtime.vad import VoiceActivity
+
+SR = 16000
+
+
+def chunks(self_pcm: np.ndarray, partner_pcm: np.ndarray, f: int, la: int, n: int) -> list[ChunkInput]:
+    """Cut two tracks into the session's chunks (audio up to each chunk's end + lookahead)."""
+    out, prev = [], 0
+    for k in range(n):
+        end = samples_for_frames((k + 1) * f + la)
+        out.append(ChunkInput(k, k * f, self_pcm[prev:end], partner_pcm[prev:end], end, "", 0.0))
+        prev = end
+    return out
+
+
+def speech(text: str) -> np.ndarray:
+    from lpm.world.speech import synthesize
+
+    return np.asarray(synthesize(text).pcm, np.float32)
+
+
+def test_resampler_pieces_equal_one_push():
+    x = np.random.default_rng(0).standard_normal(48000)
+    whole = StreamResampler(48000, SR).push(x)
+    r, parts, i = StreamResampler(48000, SR), [], 0
+    for n in np.random.default_rng(1).integers(1, 3000, 100):
+        parts.append(r.push(x[i:i + n]))
+        i += n
+    parts.append(r.push(x[i:]))
+    assert len(whole) == 16000 and np.array_equal(np.concatenate(parts), whole)
+
+
+def test_audio_stream_take_pad_and_arrival():
+    s = AudioStream(max_samples=1000)
+    s.push(np.ones(300), now=1.0)
+    s.push(np.ones(300), now=2.0)
+    assert s.arrival_of(299) == 1.0 and s.arrival_of(300) == 2.0
+    assert s.pad_to(700, now=3.0) == 100 and s.arrival_of(650) == 3.0
+    out = s.take(650)
+    assert out.shape == (650,) and out[:600].sum() == 600 and out[600:].sum() == 0
+    assert s.backlog == 50 and s.arrival_of(699) == 3.0
+    with pytest.raises(Exception, match="backlog"):
+        s.push(np.zeros(2000), now=4.0)
+
+
+def test_rig_is_causal_and_follows_speech():
+    """Frames never depend on audio past chunk end + lookahead, and the jaw follows the phonemes."""
+    from lpm.world.speech import synthesize
+    from lpm.world.visemes import mouth_track
+
+    utt = synthesize("Hello there, how are you doing today? I am quite well.")
+    lead = SR // 2
+    pcm = np.concatenate([np.zeros(lead, np.float32), utt.pcm, np.zeros(SR // 2, np.float32)])
+    other = pcm.copy()
+    cut = samples_for_frames(10 * 4 + 1)  # everything after chunk 9's audio differs
+    other[cut:] = np.random.default_rng(0).standard_normal(len(pcm) - cut).astype(np.float32) * 0.3
+    character = Character(world=WorldCharacter("anime", 42))
+    n = (len(pcm) * 24 // SR - 1) // 4
+    a_eng, b_eng = RigEngine(character, 64), RigEngine(character, 64)
+    silence = np.zeros_like(pcm)
+    a = np.concatenate([a_eng._poses(c, {}) for c in chunks(pcm, silence, 4, 1, n)])
+    b = np.concatenate([b_eng._poses(c, {}) for c in chunks(other, silence, 4, 1, n)])
+    assert np.array_equal(a[:40], b[:40]) and not np.array_equal(a[40:], b[40:])
+    truth = mouth_track(utt.phonemes, len(a), offset=lead)
+    assert np.corrcoef(a[:, 0], truth[:, 0])[0, 1] > 0.6
+
+
+def test_rig_reacts_after_partner_phrase():
+    partner = np.concatenate([speech("I went to the market this morning and bought some apples."),
+                              np.zeros(2 * SR, np.float32)])
+    engine = RigEngine(Character(world=WorldCharacter("photo", 1)), 64)
+    n = (len(partner) * 24 // SR - 1) // 4
+    poses = np.concatenate([engine._poses(c, {}) for c in chunks(np.zeros_like(partner), partner, 4, 1, n)])
+    reactions = [e for e in engine.rig.events if e["type"] in ("nod", "brow_raise", "head_tilt", "smile")]
+    speech_end = (len(partner) - 2 * SR) * 24 // SR
+    assert reactions and all(e["frame"] >= e["cue_frame"] >= speech_end - 2 for e in reactions)
+    assert poses[:, 0].max() == 0  # the character itself never talks
+
+
+class SlowEngine(Engine):
+    """A fake engine whose one stage takes twice a chunk's duration (compute falls behind)."""
+
+    name, frames_per_chunk, lookahead_frames, resolution, compute_budget_s = "slow", 4, 0, 8, 0.05
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.skipped = seconds, 0
+
+    def _make(self, chunk: ChunkInput, timings) -> np.ndarray:
+        time.sleep(self.seconds)
+        return np.full((4, 8, 8, 3), chunk.index % 255, np.uint8)
+
+    def stages(self):
+        return [("make", self._make)]
+
+    def skip(self, chunk: ChunkInput) -> None:
+        self.skipped += 1
+
+
+def test_realtime_session_paces_pads_and_measures():
+    engine = RigEngine(Character(world=WorldCharacter("toon3d", 5)), 64)
+    with Session(engine, SessionConfig(vad="off")) as session:
+        start = time.monotonic()
+        got = []
+        for ts, _ in session.frames(timeout=2.0):
+            got.append((time.monotonic() - start, ts))
+            if len(got) == 24:
+                break
+        stats = session.stats.snapshot()
+    walls, stamps = np.array(got).T
+    assert np.allclose(np.diff(stamps), 1 / 24)
+    assert stats["padded_s"] > 0.9  # no client audio: both streams were padded with silence
+    assert 0.7 < walls[-1] - walls[0] < 1.3  # 23 frame periods at 24 fps, paced by the media clock
+    assert stats["latency_p95_s"] < 0.5 and stats["dropped"] == 0
+
+
+def test_session_catches_up_when_compute_is_slow():
+    engine = SlowEngine(seconds=2 * 4 / 24)
+    with Session(engine, SessionConfig(vad="off")) as session:
+        t_end, frames = time.monotonic() + 2.5, []
+        for ts, _ in session.frames(timeout=2.0):
+            frames.append(ts)
+            if time.monotonic() > t_end:
+                break
+        stats = session.stats.snapshot()
+    assert stats["dropped"] > 0 and stats["skipped_chunks"] > 0 and engine.skipped > 0
+    assert np.all(np.diff(frames) > 0)  # frames stay in media order, some timestamps skipped
+    assert stats["latency_p95_s"] < 1.0  # latency stays bounded instead of growing with the backlog
+
+
+@pytest.fixture
+def one_thread():
+    """Stages run in parallel threads; one intra-op thread each (OpenMP spinning on a busy 2-core CPU is slow)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_dit() -> tuple[DiT, LpmVAE]:
+    torch.manual_seed(0)
+    cfg = DiTConfig(latent_height=8, latent_width=8, dim=64, num_blocks=2, num_heads=2, ffn_dim=128, text_dim=32,
+                    text_layers=1, text_heads=2, audio_dim=32, audio_layers=1, mel=MelConfig(n_mels=16),
+                    attention="block_causal", window_chunks=2)
+    return DiT(cfg).eval(), LpmVAE(VAEConfig(channels=(8, 8, 8), norm_groups=4)).eval()
+
+
+def test_dit_engine_state_is_flat_and_pipeline_equals_sequential(one_thread):
+    model, codec = tiny_dit()
+    image = np.random.default_rng(0).integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    character = Character(images={"global": image})
+    rng = np.random.default_rng(1)
+    pcm = (rng.standard_normal(SR * 2) * 0.1).astype(np.float32)
+    engine = DiTEngine(model, codec, character, DiTEngineConfig(refiner=True, seed=3))
+    cut = chunks(pcm, pcm[::-1].copy(), 4, engine.lookahead_frames, 10)
+    sequential, sizes = [], []
+    for c in cut:
+        sequential.append(engine.step(c))
+        sizes.append((engine.cache.nbytes(), *(r.frames.shape[1] for r in engine.features)))
+    assert engine.cache.chunks_seen == 10 and len(set(sizes[6:])) == 1  # flat once the window is full
+    assert sequential[0].shape == (4, 64, 64, 3)
+    piped = DiTEngine(model, codec, character, DiTEngineConfig(refiner=True, seed=3))
+    with Session(piped, SessionConfig(realtime=False, vad="off")) as session:
+        session.push_self_audio(pcm, native=True)
+        session.push_partner_audio(pcm[::-1].copy(), native=True)
+        session.finish()
+        frames = [image for _, image in session.frames()]
+    assert len(frames) >= 40
+    diff = np.abs(np.stack(frames[:40]).astype(int) - np.concatenate(sequential).astype(int)).max()
+    assert diff <= 1  # the pipeline (3 threads) computes exactly what one thread does
+
+
+def test_dit_engine_skip_keeps_streaming(one_thread):
+    model, codec = tiny_dit()
+    engine = DiTEngine(model, codec, Character(world=WorldCharacter("sketch", 2)), DiTEngineConfig())
+    pcm = np.zeros(SR, np.float32)
+    cut = chunks(pcm, pcm, 4, engine.lookahead_frames, 6)
+    engine.step(cut[0])
+    engine.skip(cut[1])
+    engine.skip(cut[2])
+    frames = engine.step(cut[3])
+    assert frames.shape == (4, 64, 64, 3) and engine.cache.chunks_seen == 2
+
+
+def test_barge_in_only_while_the_character_speaks():
+    voice = speech("Wait, wait, let me say something.")
+    own = speech("So as I was saying, the weather has been lovely all week long and I went hiking twice.")
+    for speaking in (True, False):
+        engine = RigEngine(Character(world=WorldCharacter("anime", 1)), 64)
+        session = Session(engine, SessionConfig(realtime=False, vad="energy"))
+        if speaking:
+            session.push_self_audio(own, native=True)
+        session.push_partner_audio(np.zeros(SR // 2, np.float32), native=True)
+        session.push_partner_audio(voice, native=True)
+        events = [e for e in session.events() if e["type"] == "barge_in"]
+        assert bool(events) == speaking
+        if speaking:
+            assert abs(events[0]["t"] - 0.5) < 0.25  # the onset of the partner's voice
+            assert session.cancel_speech() > 0
+        session.close()
+
+
+def test_silero_vad_detects_speech():
+    pytest.importorskip("silero_vad")
+    vad = VoiceActivity("silero")
+    assert vad.push(np.zeros(SR, np.float32)) == []
+    onsets = vad.push(speech("Hello, can you hear me?"))
+    assert vad.backend == "silero" and len(onsets) >= 1
