@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lpm.data.commands",
     "lpm.eval.commands",
     "lpm.training.base_commands",
+    "lpm.serve.commands",
 )
 
 

@@ -1,0 +1,1 @@
+"""The live server: FastAPI app (``create_app``), WebSocket protocol, session manager, static page."""

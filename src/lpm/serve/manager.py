@@ -1,0 +1,139 @@
+"""``SessionManager``: the live sessions of one server (created by the app factory; no module globals).
+
+It bounds how many sessions run at once (a reservation is taken before an engine is built, so concurrent
+starts cannot overshoot), builds each session's engine, and frees a session whatever way its client leaves.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
+from lpm.runtime.engines import Character, Engine, EngineError
+from lpm.runtime.rig_engine import RigEngine
+from lpm.runtime.session import Session, SessionConfig
+from lpm.serve.protocol import StartRequest
+from lpm.world.speech import Voice
+
+
+class ServerBusyError(EngineError):
+    """Every session slot is taken."""
+
+
+@dataclass
+class EngineSpec:
+    """Which engine sessions get: the rig (no checkpoint) or a DiT checkpoint with its codec."""
+
+    checkpoint: str | None = None  # DiT checkpoint; None: the rule-driven rig engine
+    dit: DiTEngineConfig = field(default_factory=DiTEngineConfig)
+    rig_resolution: int = 256  # output size of the rig engine
+
+    @property
+    def name(self) -> str:
+        return "dit" if self.checkpoint else "rig"
+
+
+class EngineFactory:
+    """Builds one engine per session; DiT weights and codec are loaded once and shared (read-only)."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._shared = None  # (model, codec, flow) once loaded
+
+    def _load(self):
+        from lpm.models.dit import load_dit
+        from lpm.models.latent_codec import load_codec
+        from lpm.runtime.dit_engine import flow_config_of
+
+        with self._lock:
+            if self._shared is None:
+                cfg = self.spec.dit
+                self._shared = (load_dit(self.spec.checkpoint, device=cfg.device),
+                                load_codec(cfg.vae, device=cfg.device), flow_config_of(self.spec.checkpoint))
+            return self._shared
+
+    def preload(self) -> None:
+        """Load shared weights now (the server does it at start, so the first client does not wait)."""
+        if self.spec.checkpoint:
+            self._load()
+
+    def build(self, character: Character, seed: int = 0) -> Engine:
+        if not self.spec.checkpoint:
+            return RigEngine(character, self.spec.rig_resolution)
+        model, codec, flow = self._load()
+        cfg = DiTEngineConfig(**{**self.spec.dit.__dict__, "checkpoint": self.spec.checkpoint, "seed": seed})
+        return DiTEngine(model, codec, character, cfg, flow)
+
+
+@dataclass
+class LiveSession:
+    """A session and what the server keeps with it."""
+
+    id: str
+    session: Session
+    voice: Voice
+    character: Character
+    speech_sink: Callable[[bytes], None] | None = None  # where ``say`` audio goes (the client's connection)
+
+
+class SessionManager:
+    """Open, find and close sessions, at most ``max_sessions`` at a time.
+
+    Args:
+        factory: builds engines.
+        max_sessions: the cap; a start beyond it is refused with ``ServerBusyError``.
+        session_cfg: pacing and buffering of every session (its ``input_sample_rate`` is set per start).
+    """
+
+    def __init__(self, factory: EngineFactory, max_sessions: int = 4, session_cfg: SessionConfig | None = None):
+        self.factory, self.max_sessions = factory, max_sessions
+        self.session_cfg = session_cfg or SessionConfig()
+        self._lock = threading.Lock()
+        self._sessions: dict[str, LiveSession] = {}
+        self._reserved = 0
+
+    @property
+    def count(self) -> int:
+        with self._lock:
+            return len(self._sessions) + self._reserved
+
+    def open(self, request: StartRequest) -> LiveSession:
+        """Reserve a slot, build the engine, start the session. Raises ServerBusyError or EngineError."""
+        with self._lock:
+            if len(self._sessions) + self._reserved >= self.max_sessions:
+                raise ServerBusyError(f"server busy: all {self.max_sessions} session slots are taken; try later")
+            self._reserved += 1
+        try:
+            session_id = secrets.token_hex(8)
+            engine = self.factory.build(request.character, seed=secrets.randbelow(2**31))
+            cfg = SessionConfig(**{**self.session_cfg.__dict__, "input_sample_rate": request.sample_rate})
+            session = Session(engine, cfg)
+            session.set_text(request.text)
+            live = LiveSession(session_id, session.start(), request.voice, request.character)
+            with self._lock:
+                self._sessions[session_id] = live
+            return live
+        finally:
+            with self._lock:
+                self._reserved -= 1
+
+    def get(self, session_id: str) -> LiveSession | None:
+        with self._lock:
+            return self._sessions.get(session_id)
+
+    def close(self, session_id: str) -> None:
+        """Stop a session and free its slot (idempotent)."""
+        with self._lock:
+            live = self._sessions.pop(session_id, None)
+        if live is not None:
+            live.session.close()
+
+    def close_all(self) -> None:
+        with self._lock:
+            ids = list(self._sessions)
+        for session_id in ids:
+            self.close(session_id)
