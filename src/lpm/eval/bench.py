@@ -36,7 +36,10 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
                            "`lpm eval train-identity`, or use the shipped one under checkpoints/)")
     if not (Path(data) / "manifest.jsonl").is_file():
         raise LpmError(f"--data {data} is not a clip data set (make one with `lpm world synth`)")
-    torch.set_num_threads(_threads())
+    threads = _threads()
+    torch.set_num_threads(threads)
+    machine = {"cpus": os.cpu_count(), "threads": threads,
+               "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     t0 = time.time()
     inst = load_instruments(probe, identity, data)
     systems = make_systems(checkpoints, seed)
@@ -53,4 +56,4 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
             by_name[s.name].metrics["long"] = clip_metrics([], None, inst, s)
     truth_by_id = {r["id"]: t for r, t in zip(rows, truths)}
     return write_report(out, suite, results, truth_by_id,
-                        instrument_summary(inst.probe_accuracy, inst.identity_accuracy), time.time() - t0)
+                        instrument_summary(inst.probe_accuracy, inst.identity_accuracy), time.time() - t0, machine)

@@ -78,7 +78,8 @@ def instrument_summary(probe_acc: dict, identity_acc: dict) -> dict:
     return out
 
 
-def to_json(suite: str, results: list[SystemResult], instruments: dict, wall_s: float, notes: list[str]) -> dict:
+def to_json(suite: str, results: list[SystemResult], instruments: dict, wall_s: float, notes: list[str],
+            machine: dict | None = None) -> dict:
     """The ``report.json`` object."""
     systems = []
     for r in results:
@@ -87,15 +88,19 @@ def to_json(suite: str, results: list[SystemResult], instruments: dict, wall_s: 
         if r.long is not None:
             row["long"] = r.long
         systems.append(row)
-    return {"suite": suite, "wall_s": round(wall_s, 1), "instruments": instruments, "validation": notes,
-            "systems": systems}
+    return {"suite": suite, "wall_s": round(wall_s, 1), "machine": machine or {}, "instruments": instruments,
+            "validation": notes, "systems": systems}
 
 
 def to_markdown(report: dict) -> str:
     """``report.md``: the systems x metrics table, the per-category tables, instrument notes."""
     lines = [f"# lpm bench: `{report['suite']}` suite", "",
-             f"Wall time {report['wall_s']:.0f} s. Seen styles = `val` clips (held-out identities); ZS = the "
-             "zero-shot `sketch` style. A dash is a metric that does not apply or could not be measured.", ""]
+             f"Wall time {report['wall_s']:.0f} s on {report['machine'].get('cpus', '?')} CPUs "
+             f"(load average {report['machine'].get('load_avg', '?')} at the start: speed figures "
+             "are relative to the machine's state). Seen styles = `val` clips (held-out identities); ZS = the "
+             "zero-shot `sketch` style. A dash is a metric that does not apply or could not be measured. "
+             "World-FID compares probe features with the truth render of the same clips (truth = 0 by "
+             "construction).", ""]
     head = "| system | " + " | ".join(h[0] for h in HEADLINE) + " |"
     lines += [head, "|" + "---|" * (len(HEADLINE) + 1)]
     for s in report["systems"]:
@@ -209,11 +214,11 @@ def plot_all(out: Path, results: list[SystemResult], truths: dict[str, ClipTruth
 
 
 def write_report(out: str | Path, suite: str, results: list[SystemResult], truths: dict[str, ClipTruth],
-                 instruments: dict, wall_s: float) -> dict:
+                 instruments: dict, wall_s: float, machine: dict | None = None) -> dict:
     """Write report.json, report.md and the plots under ``out``; returns the JSON object."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = to_json(suite, results, instruments, wall_s, validation(results))
+    report = to_json(suite, results, instruments, wall_s, validation(results), machine)
     report["plots"] = [p.name for p in plot_all(out, results, truths)]
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "report.md").write_text(to_markdown(report))
