@@ -63,6 +63,9 @@ class AudioTracks:
     partner_pcm: np.ndarray
     method: str
     self_channel: int = -1
+    # Per-frame voice activity (bridged) of each track when already computed while choosing channels.
+    self_active: np.ndarray | None = None
+    partner_active: np.ndarray | None = None
 
 
 @dataclass
@@ -142,8 +145,10 @@ def label_states(self_active: np.ndarray, partner_active: np.ndarray, fps: int =
 
 def labels(tracks: AudioTracks, num_frames: int, fps: int = 24) -> Labels:
     """Voice activity of both tracks and the per-frame states."""
-    s = voice_activity(tracks.self_pcm, num_frames, fps)
-    p = voice_activity(tracks.partner_pcm, num_frames, fps)
+    s = tracks.self_active if tracks.self_active is not None else voice_activity(tracks.self_pcm, num_frames, fps)
+    p = tracks.partner_active
+    if p is None:
+        p = voice_activity(tracks.partner_pcm, num_frames, fps)
     return Labels(s, p, label_states(s, p, fps), vad_backend())
 
 
@@ -233,7 +238,8 @@ def split_channels(audio: np.ndarray, partner_channel: str | int, num_frames: in
                 voice = acts[0] | acts[1]
                 share = [mouth_says_speaking(a, voice, mouth, fps).sum() / max(1, a.sum()) for a in acts]
                 self_ch = int(share[1] > share[0] + CHANNEL_SWAP_MARGIN)
-            return AudioTracks(audio[self_ch].copy(), audio[1 - self_ch].copy(), "channels", self_ch)
+            return AudioTracks(audio[self_ch].copy(), audio[1 - self_ch].copy(), "channels", self_ch,
+                               acts[self_ch], acts[1 - self_ch])
     return separate(audio.mean(axis=0), num_frames, mouth, fps)
 
 

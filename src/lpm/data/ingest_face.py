@@ -158,11 +158,18 @@ def square_crop(frame: np.ndarray, cx: float, cy: float, side: float, size: int)
     """
     h, w = frame.shape[:2]
     half = side / 2
-    pad = int(math.ceil(max(0.0, half - cx, half - cy, cx + half - w, cy + half - h))) + 1
-    src = np.pad(frame, ((pad, pad), (pad, pad), (0, 0)), mode="edge") if pad > 1 else frame
-    off = pad if pad > 1 else 0
-    box = (cx - half + off, cy - half + off, cx + half + off, cy + half + off)
-    return np.asarray(Image.fromarray(src).resize((size, size), Image.Resampling.BILINEAR, box=box), np.uint8)
+    x0, y0, x1, y1 = cx - half, cy - half, cx + half, cy + half
+    # Cut the part of the frame the square touches (one pixel of margin for the filter), edge-pad only that.
+    ix0, iy0 = int(math.floor(max(0.0, x0))), int(math.floor(max(0.0, y0)))
+    ix1, iy1 = int(math.ceil(min(float(w), x1))), int(math.ceil(min(float(h), y1)))
+    ix1, iy1 = max(ix1, ix0 + 1), max(iy1, iy0 + 1)
+    region = frame[min(iy0, h - 1): iy1, min(ix0, w - 1): ix1]
+    pad_l, pad_t = int(math.ceil(max(0.0, -x0))) + 1, int(math.ceil(max(0.0, -y0))) + 1
+    pad_r, pad_b = int(math.ceil(max(0.0, x1 - w))) + 1, int(math.ceil(max(0.0, y1 - h))) + 1
+    region = np.pad(region, ((pad_t, pad_b), (pad_l, pad_r), (0, 0)), mode="edge")
+    ox, oy = min(ix0, w - 1) - pad_l, min(iy0, h - 1) - pad_t  # frame coordinates of region's (0, 0)
+    box = (x0 - ox, y0 - oy, x1 - ox, y1 - oy)
+    return np.asarray(Image.fromarray(region).resize((size, size), Image.Resampling.BILINEAR, box=box), np.uint8)
 
 
 class FaceTracker:

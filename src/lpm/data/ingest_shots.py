@@ -7,8 +7,8 @@ from PIL import Image
 
 THUMB = 64  # frames are compared as THUMB x THUMB thumbnails
 BINS = 16  # histogram bins per RGB channel
-CUT_DISTANCE = 0.4  # half the L1 distance of normalised histograms (0 = same, 1 = disjoint) that marks a cut
-CUT_RATIO = 3.0  # and that many times the typical frame-to-frame distance around it (camera motion is steady)
+CUT_DISTANCE = 0.15  # half the L1 distance of normalised histograms (0 = same, 1 = disjoint) that marks a cut
+CUT_RATIO = 5.0  # and that many times the typical frame-to-frame distance around it (motion changes it slowly)
 CONTEXT_FRAMES = 12  # frames either side that give the typical distance
 
 
