@@ -37,6 +37,7 @@ class Work:
     payload: Any
     timings_ms: dict[str, float] = field(default_factory=dict)
     started: float = 0.0  # time.monotonic() when the first stage began it
+    finished: float = 0.0  # time.monotonic() when the last stage ended it
 
 
 class Stopped(Exception):
@@ -87,8 +88,8 @@ class Pipeline:
         self.on_error = on_error
         self.queues = [queue.Queue(maxsize=queue_chunks) for _ in range(len(stages) + 1)]
         self.threads = [
-            threading.Thread(target=self._run, args=(name, fn, self.queues[i], self.queues[i + 1], i == 0),
-                             name=f"lpm-stage-{name}", daemon=True)
+            threading.Thread(target=self._run, name=f"lpm-stage-{name}", daemon=True,
+                             args=(name, fn, self.queues[i], self.queues[i + 1], i == 0, i == len(stages) - 1))
             for i, (name, fn) in enumerate(stages)
         ]
 
@@ -104,7 +105,7 @@ class Pipeline:
         for t in self.threads:
             t.start()
 
-    def _run(self, name: str, fn, q_in: queue.Queue, q_out: queue.Queue, first: bool) -> None:
+    def _run(self, name: str, fn, q_in: queue.Queue, q_out: queue.Queue, first: bool, last: bool) -> None:
         try:
             while True:
                 work = get(q_in, self.stop)
@@ -124,6 +125,8 @@ class Pipeline:
                 work.payload = fn(work.payload, work.timings_ms)
                 ms = (time.perf_counter() - start) * 1000
                 work.timings_ms.setdefault(name, ms)
+                if last:
+                    work.finished = time.monotonic()
                 self.stats.record_stage(name, ms)
                 for sub, sub_ms in work.timings_ms.items():
                     if sub.startswith(f"{name}."):
@@ -191,8 +194,8 @@ class Emitter:
                 if work is None:
                     break
                 chunk = work.chunk
-                if self.on_compute_latency is not None:  # the pipeline's own time, without queueing before it
-                    self.on_compute_latency(time.monotonic() - work.started)
+                if self.on_compute_latency is not None:  # the stages' time, without queueing before or after
+                    self.on_compute_latency(work.finished - work.started)
                 for i, image in enumerate(work.payload):
                     index = chunk.first_frame + i
                     if self.realtime:

@@ -8,8 +8,9 @@ passed: a starved stream (a client that sends only one stream, a network stall) 
 session never waits for audio that may never come. Frame ``i`` is due at ``start + delay_s + i / fps``
 (``delay_s`` = chunk + lookahead + jitter + the engine's compute budget).
 
-Degradation (stated): if the pipeline's latency per chunk outgrows the engine's budget, ``delay_s`` grows to
-fit it (the screen holds once, for the difference; ``stats.delay_s`` reports it). When compute falls behind,
+Degradation (stated): ``delay_s`` follows the pipeline's measured latency (90th percentile of recent chunks)
+when it outgrows the engine's budget, up to ``MAX_DELAY_S`` (growing holds the screen once; ``stats.delay_s``
+reports it). When compute falls behind,
 a chunk whose frames would all miss their slots is skipped (its audio still feeds the engine's features, so
 nothing downstream jumps); frames that finish later than one frame period past their slot are dropped.
 Either way the last frame stays on screen, ``stats.dropped`` counts the frames, and the stream catches up
@@ -24,6 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -37,8 +39,10 @@ from lpm.runtime.vad import VoiceActivity
 
 SPEAKING_RMS = 0.01  # own-speech RMS (-40 dBFS) above which the character counts as speaking (barge-in)
 RECENT_SPEECH_S = 0.3  # own speech consumed this recently still counts as "speaking"
-COMPUTE_EMA = 0.2  # weight of a faster chunk in the running (peak-following) estimate of pipeline latency
-WARMUP_CHUNKS = 1  # the first chunk's latency (lazy allocations, first kernels) does not widen the delay
+RECENT_CHUNKS = 24  # pipeline latencies kept for the estimate (4 s at 4-frame chunks)
+LATENCY_PERCENTILE = 90  # the estimate: this percentile of recent chunks (one stall does not move it)
+WARMUP_CHUNKS = 3  # the first chunks (lazy allocations, first kernels) do not move the delay
+MAX_DELAY_S = 1.0  # the clock delay never grows beyond this: past it, chunks are skipped instead
 OUT_QUEUE_S = 4.0  # frames the session buffers for a slow reader (realtime; beyond: dropped)
 WAIT_POLL_S = 0.02  # the feeder re-checks the clock this often while it waits for audio
 DELAY_MARGIN = 1.25  # the clock delay keeps this factor over the measured pipeline latency when it must grow
@@ -83,13 +87,15 @@ class Session:
         self._events: queue.Queue[dict] = queue.Queue()
         self._frames: queue.Queue = queue.Queue(maxsize=max(1, int(OUT_QUEUE_S * cfg.fps)))
         self._compute_latency = 0.0
-        self._observed = 0  # chunks whose pipeline latency was observed
+        self._skipped_last = False
+        self._recent: deque[float] = deque(maxlen=RECENT_CHUNKS)  # pipeline latency of recent chunks (s)
         self._last_speech_wall = -1e9
         self.error: BaseException | None = None
         self.started = False
         f, la = engine.frames_per_chunk, engine.lookahead_frames
         self.delay_s = cfg.delay_s if cfg.delay_s is not None else (
             (f + la) / cfg.fps + cfg.jitter_s + engine.compute_budget_s)
+        self._base_delay = self.delay_s
         self.stats.delay_s = self.delay_s
         self.t0 = 0.0
         self.pipeline = Pipeline(engine.stages(), self.stats, cfg.queue_chunks, on_error=self._on_error,
@@ -206,27 +212,32 @@ class Session:
         self._stop.set()
 
     def _late(self, chunk: ChunkInput) -> bool:
-        """Would every frame of ``chunk`` miss its slot if started now? Then it is skipped (and counted)."""
+        """Would every frame of ``chunk`` miss its slot if started now? Then it is skipped (and counted).
+
+        Never two chunks in a row: a chunk that runs refreshes the latency estimate (a stale one could
+        otherwise skip forever).
+        """
+        if self._skipped_last or not self._recent:
+            self._skipped_last = False
+            return False
         f = self.engine.frames_per_chunk
         last_slot = self.emitter.slot(chunk.first_frame + f - 1) + LATE_TOLERANCE_FRAMES / self.cfg.fps
-        late = time.monotonic() + self._compute_latency > last_slot
+        late = time.monotonic() + float(np.median(self._recent)) > last_slot
         if late:
             self.stats.add(dropped=f, skipped_chunks=1)
+        self._skipped_last = late
         return late
 
     def _observe_compute(self, seconds: float) -> None:
-        """Track the pipeline's latency per chunk; if it outgrows the engine's budget, widen the clock delay
-        (once per growth: the screen holds for that long) so that frames can be on time again."""
-        # Fast attack, slow release: one slow chunk is enough to plan for slow chunks.
-        if seconds > self._compute_latency:
-            self._compute_latency = seconds
-        else:
-            self._compute_latency += COMPUTE_EMA * (seconds - self._compute_latency)
-        self._observed += 1
-        if self.cfg.delay_s is None and self.emitter is not None and self._observed > WARMUP_CHUNKS:
-            f, la = self.engine.frames_per_chunk, self.engine.lookahead_frames
-            needed = (f + la) / self.cfg.fps + self.cfg.jitter_s + DELAY_MARGIN * self._compute_latency
-            if needed > self.delay_s + DELAY_STEP_S:
+        """Track the pipeline's latency per chunk (a high percentile of recent chunks, robust to one stall) and
+        fit the clock delay to it within ``[base delay, MAX_DELAY_S]``: growing holds the screen once, shrinking
+        drops the frames that are then late (the stream skips ahead)."""
+        self._recent.append(seconds)
+        self._compute_latency = float(np.percentile(self._recent, LATENCY_PERCENTILE))
+        if self.cfg.delay_s is None and self.emitter is not None and len(self._recent) > WARMUP_CHUNKS:
+            needed = self._base_delay - self.engine.compute_budget_s + DELAY_MARGIN * self._compute_latency
+            needed = min(max(needed, self._base_delay), MAX_DELAY_S)
+            if abs(needed - self.delay_s) > DELAY_STEP_S:
                 self.delay_s = self.emitter.delay_s = needed
                 self.stats.delay_s = needed
 
