@@ -58,6 +58,11 @@ def ingested(world, tmp_path_factory):
     for clip in _world_clips(world):
         audio, _ = read_wav(clip / "audio.wav")
         write_mp4(inputs / f"{clip.name}.mp4", read_mp4(clip / "video.mp4"), audio=audio)
+    # Two characters one after the other: a cut, two shots, references never taken across it.
+    clips = _world_clips(world)
+    frames = np.concatenate([read_mp4(c / "video.mp4") for c in clips])
+    audio = np.concatenate([read_wav(c / "audio.wav")[0] for c in clips], axis=1)
+    write_mp4(inputs / "two_shots.mp4", frames, audio=audio)
     (inputs / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
     refs = _sweep(inputs / "sweep.mkv", "photo")
     out = tmp_path_factory.mktemp("ingested")
@@ -156,6 +161,19 @@ def test_reference_views_match_rendered_views(ingested):
     front = load_image(out / source.clips[0] / "refs" / "body_front.png").astype(float)
     dist = {v: np.abs(front - world_refs[f"body_{v}"]).mean() for v in ("front", "left", "right")}
     assert min(dist, key=dist.get) == "front", dist
+
+
+def test_cut_splits_shots_and_references_stay_with_their_person(ingested):
+    out, report, _, _ = ingested
+    source = _source(report, "two_shots")
+    assert source.shots == 2
+    cut = SECONDS * 24
+    for cid in source.clips:
+        meta = read_clip(out / cid, load_video=False).meta.extra
+        a, b = meta["source_frames"]
+        assert b <= cut or a >= cut  # no clip spans the cut
+        for frame in meta["ref_frames"].values():
+            assert (frame < cut) == (a < cut)  # the other shot shows another character
 
 
 def test_corrupt_file_is_skipped_with_a_reason(ingested):

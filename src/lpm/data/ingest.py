@@ -24,7 +24,7 @@ from lpm.data.clip import SAMPLE_RATE, write_clip
 from lpm.data.ingest_face import FaceTrack, FaceTracker, square_crop
 from lpm.data.ingest_media import SAMPLE_RATE as MEDIA_RATE
 from lpm.data.ingest_media import iter_frames, probe, read_audio
-from lpm.data.ingest_refs import RefPicker
+from lpm.data.ingest_refs import RefPicker, colour_signature, same_person_shots
 from lpm.data.ingest_shots import ShotDetector
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_write_text
@@ -256,13 +256,17 @@ def ingest_source(path: Path, out: Path, opts: IngestOptions, bar: tqdm | None =
             bar.update()
 
     picker = RefPicker(track, usable)
+    shot_of = np.zeros(n, np.int64)
+    for k, (a, b) in enumerate(shots):
+        shot_of[a:b] = k
+    same_shots = same_person_shots({i: colour_signature(c) for i, c in crops.items()}, shots)
     stereo = np.stack([tracks.self_pcm, tracks.partner_pcm])
     est = np.concatenate([track.pose, track.mouth_open[:, None], track.eye_open], axis=1).astype(np.float32)
     rows, sheet_rows = [], []
     for k, (a, b) in enumerate(kept):
         clip_id = f"{split}_{STYLE}_{_slug(path)}_{k:04d}"
         frames = np.stack([crops[i] for i in range(a, b)])
-        choice = picker.pick(a, b)
+        choice = picker.pick(a, b, same_shots[shot_of[a]][shot_of])  # references show the clip's own person
         refs = {name: crops[i] for name, i in choice.frames.items() if i in crops}
         states = lab.states[a:b]
         meta = {

@@ -20,6 +20,8 @@ SIDE_MIN_DEG = 35.0  # |yaw| beyond this is a side view (mediapipe loses faces n
 # Beyond ~60 degrees of turn the mesh folds and reads as near-frontal with a strong roll; such frames are no
 # view reference (people seldom hold their head this tilted).
 ROLL_MAX_DEG = 15.0
+SIGNATURE_BINS = 8  # colour-signature bins per channel
+SAME_PERSON_DISTANCE = 0.25  # histogram distance (0..1) below which two shots show the same person
 EXPR_CLUSTERS = 5
 MIN_FRAMES_PER_CLUSTER = 12  # half a second of frames per expression cluster at least
 KMEANS_ITERS = 30
@@ -43,6 +45,35 @@ class RefChoice:
 
     frames: dict[str, int]
     outside_clip: bool  # every reference came from outside the clip's own frames
+
+
+def colour_signature(crop: np.ndarray) -> np.ndarray:
+    """Normalised RGB histogram of a head-and-shoulders crop: hair, skin, clothes and backdrop colours.
+
+    Args:
+        crop: (H, W, 3) uint8.
+    Returns:
+        (3 * SIGNATURE_BINS,) float32 summing to 3.
+    """
+    q = (crop.reshape(-1, 3).astype(np.int64) * SIGNATURE_BINS) // 256
+    hist = np.concatenate([np.bincount(q[:, c], minlength=SIGNATURE_BINS) for c in range(3)]).astype(np.float32)
+    return hist / (hist.sum() / 3)
+
+
+def same_person_shots(signatures: dict[int, np.ndarray], shots: list[tuple[int, int]]) -> np.ndarray:
+    """(S, S) bool: shots whose mean colour signatures are close show the same person (a cut to another
+    person changes hair, clothes and backdrop; a new angle on the same person changes little)."""
+    means = []
+    for a, b in shots:
+        sig = [signatures[i] for i in range(a, b) if i in signatures]
+        means.append(np.mean(sig, axis=0) if sig else None)
+    n = len(shots)
+    out = np.eye(n, dtype=bool)
+    for i in range(n):
+        for j in range(n):
+            if i != j and means[i] is not None and means[j] is not None:
+                out[i, j] = 0.5 * np.abs(means[i] - means[j]).sum() / 3 < SAME_PERSON_DISTANCE
+    return out
 
 
 class RefPicker:
@@ -112,9 +143,13 @@ class RefPicker:
         i = int(np.argmin(c))
         return i if np.isfinite(c[i]) else None
 
-    def pick(self, start: int, end: int) -> RefChoice:
-        """References for the clip [start, end): from outside it where the source has such frames."""
-        outside = self.usable.copy()
+    def pick(self, start: int, end: int, same_person: np.ndarray | None = None) -> RefChoice:
+        """References for the clip [start, end): from outside it where the source has such frames.
+
+        Args:
+            same_person: (F,) bool frames that show the clip's person (None: every frame does).
+        """
+        outside = self.usable.copy() if same_person is None else self.usable & same_person
         outside[start:end] = False
         inside = np.zeros_like(self.usable)
         inside[start:end] = self.usable[start:end]
