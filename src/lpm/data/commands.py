@@ -32,7 +32,7 @@ def _ingest(args: argparse.Namespace) -> int:
           f"{report.speed:.2f} s of footage per second; frames dropped: {dropped}")
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}")
-    return 0
+    return 1 if len(skipped) == len(report.sources) else 0
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
