@@ -33,7 +33,8 @@ HEADLINE: tuple[tuple[str, str, str, str], ...] = (
     ("peak RSS MB", "seen", "peak_rss_mb", "{:.0f}"),
 )
 # Instrument validation: the truth row must reach these, or the instrument is flagged as not good enough.
-TRUTH_MIN = {"lipsync_r": 0.8, "listen_f1": 0.6, "silent_mouth_closed": 0.9}
+TRUTH_MIN = {"lipsync_r": 0.8, "listen_f1": 0.6, "silent_mouth_closed": 0.9, "state_acc": 0.7,
+             "text_emotion_acc": 0.8}
 PROBE_CHANNELS = ("jaw_open", "mouth_round", "mouth_wide", "blink_l", "gaze_x", "gaze_y", "head_yaw", "head_pitch",
                   "head_roll", "brow_raise", "smile", "body_yaw")
 
