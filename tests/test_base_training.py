@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from base_fixtures import MICRO, RES, make_dataset, make_vae
+from killing import kill_after_checkpoint
 from lpm.diffusion import Batch, FlowConfig, FlowMatching
 from lpm.models import load_dit
 from lpm.models.latent_codec import load_codec
@@ -121,17 +120,7 @@ def test_resume_after_sigkill(world, tmp_path):
     cmd = [sys.executable, "-m", "lpm.cli", "train", "base", "--data", str(data), "--vae", str(vae),
            "--out", str(run), "--steps", "100000", *MICRO, "checkpoint_every=5"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.time() + 120
-        while not (run / "train_state.pt").is_file():
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.time() < deadline
-            time.sleep(0.05)
-        time.sleep(0.5)  # run past the checkpoint, so there are logged steps to redo
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_after_checkpoint(cmd, run / "train_state.pt", linger_s=0.5)
     ckpt_step = torch.load(run / "train_state.pt", weights_only=False)["step"]
     assert ckpt_step >= 5 and ckpt_step % 5 == 0
     end = ckpt_step + 3

@@ -2,15 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from killing import kill_after_checkpoint
 from lpm.data.clip import write_clip
 from lpm.models.latent_codec import load_codec
 from lpm.training.vae_trainer import VAETrainConfig, VAETrainer, load_train_config, psnr_uint8, ssim
@@ -101,17 +100,7 @@ def test_resume_after_sigkill(tmp_path):
     cmd = [sys.executable, "-m", "lpm.cli", "train", "vae", "--data", str(data), "--out", str(run),
            "--steps", "100000", *TINY, "checkpoint_every=10", "sample_every=1000"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.time() + 120
-        while not (run / "train_state.pt").is_file():
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.time() < deadline
-            time.sleep(0.05)
-        time.sleep(0.3)  # let it run past the checkpoint, so there are logged steps to redo
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_after_checkpoint(cmd, run / "train_state.pt", linger_s=0.3)
     state = torch.load(run / "train_state.pt", weights_only=False)
     ckpt_step = state["step"]
     assert ckpt_step >= 10 and ckpt_step % 10 == 0

@@ -5,17 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from lpm.training.commands import config_overrides
+
 
 def _train_base(args: argparse.Namespace) -> int:
     from lpm.training.base_trainer import BaseTrainer, load_base_config
 
-    overrides = list(args.overrides)
-    # --steps / --batch are shorthands for the config keys; they win over the YAML file like any override.
-    if args.steps is not None:
-        overrides.append(f"steps={args.steps}")
-    if args.batch is not None:
-        overrides.append(f"batch={args.batch}")
-    cfg = load_base_config(args.preset, args.config, overrides)
+    cfg = load_base_config(args.preset, args.config, config_overrides(args))
     trainer = BaseTrainer(cfg, args.data, args.vae, args.out)
     result = trainer.run()
     if trainer.info.is_main:

@@ -6,16 +6,23 @@ import argparse
 import json
 
 
-def _train_vae(args: argparse.Namespace) -> int:
-    from lpm.training.vae_trainer import VAETrainer, load_train_config
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``key=value`` overrides of a train command, with ``--steps`` / ``--batch`` as shorthands.
 
+    The shorthands come last, so they win over the YAML file like any override.
+    """
     overrides = list(args.overrides)
-    # --steps / --batch are shorthands for the config keys; they win over the YAML file like any override.
     if args.steps is not None:
         overrides.append(f"steps={args.steps}")
     if args.batch is not None:
         overrides.append(f"batch={args.batch}")
-    cfg = load_train_config(args.config, overrides)
+    return overrides
+
+
+def _train_vae(args: argparse.Namespace) -> int:
+    from lpm.training.vae_trainer import VAETrainer, load_train_config
+
+    cfg = load_train_config(args.config, config_overrides(args))
     result = VAETrainer(cfg, args.data, args.out).run()
     print(json.dumps(result, indent=1))
     return 0
