@@ -4,8 +4,6 @@ overfitting, outputs, and resume after SIGKILL."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 import torch
 
 from base_fixtures import MICRO, RES, make_dataset, make_vae
-from killing import kill_after_checkpoint
+from killing import kill_after_checkpoint, rerun_until
 from lpm.diffusion import Batch, FlowConfig, FlowMatching
 from lpm.models import load_dit
 from lpm.models.latent_codec import load_codec
@@ -119,15 +117,11 @@ def test_resume_after_sigkill(world, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "lpm.cli", "train", "base", "--data", str(data), "--vae", str(vae),
            "--out", str(run), "--steps", "100000", *MICRO, "checkpoint_every=5"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     kill_after_checkpoint(cmd, run / "train_state.pt", linger_s=0.5)
     ckpt_step = torch.load(run / "train_state.pt", weights_only=False)["step"]
     assert ckpt_step >= 5 and ckpt_step % 5 == 0
     end = ckpt_step + 3
-    cmd[cmd.index("100000")] = str(end)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert f"resuming from step {ckpt_step}" in out.stdout
+    stdout = rerun_until(cmd, "100000", end, ckpt_step)
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, end + 1))  # one row per step: rows past the checkpoint were redone once
-    assert json.loads(out.stdout[out.stdout.index("{"):])["step"] == end
+    assert json.loads(stdout[stdout.index("{"):])["step"] == end

@@ -1,15 +1,13 @@
 """``lpm train vae`` end to end on a tiny data set: outputs, resume after SIGKILL, losses and metrics."""
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from killing import kill_after_checkpoint
+from killing import kill_after_checkpoint, rerun_until
 from lpm.data.clip import write_clip
 from lpm.models.latent_codec import load_codec
 from lpm.training.vae_trainer import VAETrainConfig, VAETrainer, load_train_config, psnr_uint8, ssim
@@ -99,17 +97,13 @@ def test_resume_after_sigkill(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "lpm.cli", "train", "vae", "--data", str(data), "--out", str(run),
            "--steps", "100000", *TINY, "checkpoint_every=10", "sample_every=1000"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     kill_after_checkpoint(cmd, run / "train_state.pt", linger_s=0.3)
     state = torch.load(run / "train_state.pt", weights_only=False)
     ckpt_step = state["step"]
     assert ckpt_step >= 10 and ckpt_step % 10 == 0
     # Rerun the same command with a reachable end: it continues from the checkpoint, not from step 0.
     end = ckpt_step + 4
-    cmd[cmd.index("100000")] = str(end)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert f"resuming from step {ckpt_step}" in out.stdout
+    rerun_until(cmd, "100000", end, ckpt_step)
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(2, end + 1, 2))  # one row per step: rows past the checkpoint were redone once
     assert json.loads((run / "eval.json").read_text())["step"] == end

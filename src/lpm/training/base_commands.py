@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from lpm.training.commands import config_overrides
+from lpm.training.commands import add_run_arguments, config_overrides
 
 
 def _train_base(args: argparse.Namespace) -> int:
@@ -28,11 +28,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                     "Runs under `torchrun --nproc_per_node N` with FSDP2.")
     p.add_argument("--data", required=True, help="clip data set (with manifest.jsonl)")
     p.add_argument("--vae", required=True, help="VAE checkpoint or run (or diffusers:/folder)")
-    p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a run)")
     p.add_argument("--preset", default="tiny", help="DiT size preset (tiny, small, base, lpm-17b)")
-    p.add_argument("--steps", type=int, help="total optimizer steps (config key steps)")
-    p.add_argument("--batch", type=int, help="windows per step over all processes (config key batch)")
-    p.add_argument("--config", help="YAML file with BaseTrainConfig keys")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. lr=1e-4 frames=4 model.num_blocks=4 flow.shift=3")
+    add_run_arguments(p, "BaseTrainConfig", "windows per step over all processes",
+                      "lr=1e-4 frames=4 model.num_blocks=4 flow.shift=3")
     p.set_defaults(func=_train_base)

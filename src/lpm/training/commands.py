@@ -19,6 +19,15 @@ def config_overrides(args: argparse.Namespace) -> list[str]:
     return overrides
 
 
+def add_run_arguments(p: argparse.ArgumentParser, config_class: str, batch_help: str, example: str) -> None:
+    """The arguments every resumable train command shares: --out, --steps, --batch, --config, key=value."""
+    p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a run)")
+    p.add_argument("--steps", type=int, help="total optimizer steps (config key steps)")
+    p.add_argument("--batch", type=int, help=f"{batch_help} (config key batch)")
+    p.add_argument("--config", help=f"YAML file with {config_class} keys")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help=f"config overrides, e.g. {example}")
+
+
 def _train_vae(args: argparse.Namespace) -> int:
     from lpm.training.vae_trainer import VAETrainer, load_train_config
 
@@ -36,10 +45,5 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                     "to resume from RUN/train_state.pt. Ends with PSNR on val / zeroshot in RUN/eval.json.")
     p.add_argument("--data", required=True,
                    help="clip data set (with manifest.jsonl) or a frame set from `lpm world frames`")
-    p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a run)")
-    p.add_argument("--steps", type=int, help="total optimizer steps (config key steps)")
-    p.add_argument("--batch", type=int, help="images per step (config key batch)")
-    p.add_argument("--config", help="YAML file with VAETrainConfig keys")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. lr=5e-4 model.latent_channels=8")
+    add_run_arguments(p, "VAETrainConfig", "images per step", "lr=5e-4 model.latent_channels=8")
     p.set_defaults(func=_train_vae)
