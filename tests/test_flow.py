@@ -17,6 +17,7 @@ from lpm.diffusion import (
     guided,
     sample_euler,
     sample_heun,
+    sample_renoise,
     shift_time,
 )
 from lpm.training.conditioned import ConditionBatch
@@ -96,6 +97,26 @@ def test_samplers_integrate_gaussian_to_point_path_exactly(sampler):
     assert torch.allclose(out, x_star + 0.01 * (noise - x_star), atol=1e-9)  # on the path, at t = 0.01
     if sampler is sample_euler:  # Euler never evaluates at its last time: it lands on the point itself
         assert torch.allclose(sampler(velocity, noise, flow_timesteps(5, shift=3.0).double()), x_star, atol=1e-9)
+
+
+def test_renoise_sampler_predicts_the_point_and_draws_fresh_noise_between_steps():
+    g = torch.Generator().manual_seed(4)
+    x_star, noise = torch.randn(SHAPE, generator=g, dtype=torch.float64), torch.randn(SHAPE, generator=g,
+                                                                                      dtype=torch.float64)
+    seen = []
+
+    def velocity(x, t, cond):
+        seen.append((x.clone(), float(t[0])))
+        return (x - x_star) / t.to(x).reshape(-1, 1, 1, 1, 1)
+
+    ts = flow_timesteps(2, shift=3.0).double()
+    out = sample_renoise(velocity, noise, ts, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, x_star, atol=1e-9)
+    (x1, t1), (x_mid, t_mid) = seen
+    assert t1 == 1.0 and 0 < t_mid < 1
+    eps = (x_mid - (1 - t_mid) * x_star) / t_mid  # the noise the second input was made of
+    assert not torch.allclose(eps, noise)  # fresh, not the starting noise (that would be an Euler step)
+    assert abs(float(eps.std()) - 1.0) < 0.5
 
 
 def test_heun_exact_on_time_linear_field_euler_not():

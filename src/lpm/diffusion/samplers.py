@@ -65,4 +65,30 @@ def sample_heun(velocity: Velocity, x: torch.Tensor, timesteps: torch.Tensor, co
     return x
 
 
-SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "heun": sample_heun}
+@torch.no_grad()
+def sample_renoise(velocity: Velocity, x: torch.Tensor, timesteps: torch.Tensor, cond: Any = None,
+                   callback: Callback | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The few-step sampler of distilled students (DMD2, CausVid, Self-Forcing): predict the clean sample
+    ``x_0 = x_t - t v`` at each time, then move to the next time along the forward process with *fresh*
+    noise, ``x_next = (1 - t_next) x_0 + t_next eps``. A student trained on forward-noised inputs (ODE
+    regression, DMD on its own rollouts) sees inputs of the same distribution as in training; the last step
+    (``t_next = 0``) returns the prediction itself.
+
+    Args:
+        generator: RNG of the fresh noise (None: torch's global RNG).
+    """
+    for i in range(len(timesteps) - 1):
+        t, t_next = timesteps[i], timesteps[i + 1]
+        x_0 = x - t * velocity(x, _times(t, x), cond)
+        if float(t_next) > 0:
+            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            x = (1 - t_next) * x_0 + t_next * eps
+        else:
+            x = x_0
+        if callback is not None:
+            callback(i, x, t_next)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {"euler": sample_euler, "heun": sample_heun,
+                                                     "renoise": sample_renoise}
