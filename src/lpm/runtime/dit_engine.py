@@ -4,9 +4,11 @@ Per session: the reference images are encoded once by the codec and their keys/v
 ``KVCache`` (``DiT.prefill``). Per chunk, stages run in their own threads (``lpm.runtime.pipeline``):
 
 1. ``generate``: log-mel of the new audio of both streams (``MelStream``: equal to the offline features), the
-   chunk's conditioning over ``DiT.audio_frame_range``, ``denoise_steps`` steps of the flow ODE from noise at
-   ``t = 1`` to ``t = 0`` (``lpm.diffusion.samplers``) reading the cache, then one forward of the clean chunk
-   with ``update_cache=True`` (CausVid's commit), so the next chunk sees this one.
+   chunk's conditioning over ``DiT.audio_frame_range``, the sampler's steps from noise at ``t = 1`` to ``t = 0``
+   (``lpm.diffusion.samplers``) reading the cache, then one forward of the clean chunk with ``update_cache=True``
+   (CausVid's commit), so the next chunk sees this one. Timesteps and sampler come from the checkpoint's
+   ``extra["online"]`` when a distilled Online checkpoint carries them (``OnlineSampling``), else ``denoise_steps``
+   Euler steps on the training shift's grid; settings given explicitly win either way.
 2. ``refine`` (optional): the clean chunk re-noised to ``refiner_time`` and taken back to 0 in one step,
    uncached (the chunk plus the references), so it never touches the generator's cache.
 3. ``decode``: the codec's ``decode_chunk`` (state threaded between chunks) to uint8 frames.
@@ -18,8 +20,11 @@ does not advance, so model frame ``m`` shows media frame ``m + offset`` (a cut, 
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +46,9 @@ from lpm.world.render import Renderer
 from lpm.world.synth import render_references
 
 DEFAULT_VAE = "checkpoints/vae_tiny.safetensors"
+DEFAULT_DENOISE_STEPS = 2  # without a checkpoint's own schedule: Euler steps per chunk
+DEFAULT_SAMPLER = "euler"
+DEFAULT_REFINER_TIME = 0.3
 
 
 @dataclass
@@ -49,12 +57,12 @@ class DiTEngineConfig:
 
     checkpoint: str = ""  # DiT safetensors (lpm.models.dit.save_dit); its config builds the model
     vae: str = DEFAULT_VAE  # codec spec for load_codec (lpm VAE checkpoint or diffusers:/folder)
-    denoise_steps: int = 2  # ODE steps per chunk (the distilled Online model's count)
-    sampler: str = "euler"  # lpm.diffusion.samplers.SAMPLERS key
+    denoise_steps: int | None = None  # steps per chunk on the shift's grid; None: the checkpoint's timesteps or 2
+    sampler: str | None = None  # lpm.diffusion.samplers.SAMPLERS key; None: the checkpoint's or "euler"
     shift: float | None = None  # timestep shift of the sampling grid; None: the checkpoint's training shift
     parametrisation: str | None = None  # "x0" or "velocity"; None: the checkpoint's (default x0)
     refiner: bool = False  # run the optional one-step refiner stage
-    refiner_time: float = 0.3  # flow time the refiner re-noises the clean chunk to
+    refiner_time: float | None = None  # flow time the refiner re-noises to; None: the checkpoint's or 0.3
     seed: int = 0  # noise seed of the session
     device: str = "cpu"
     compute_budget_s: float = 0.25  # latency allowed for the pipeline per chunk (sets the session's delay)
@@ -65,6 +73,45 @@ def flow_config_of(checkpoint: str) -> FlowConfig:
     extra = read_metadata(checkpoint).get("extra", {})
     flow = (extra.get("train_config") or {}).get("flow")
     return from_dict(FlowConfig, flow) if isinstance(flow, dict) else FlowConfig()
+
+
+@dataclass(frozen=True)
+class OnlineSampling:
+    """How a distilled Online checkpoint samples (its ``extra["online"]``, written by the distillation stages).
+
+    Attributes:
+        timesteps: decreasing flow times from 1 to 0 the student was trained on (e.g. ``(1.0, 0.75, 0.0)``).
+        sampler: the ``SAMPLERS`` key it was trained for (``renoise`` for DMD / Self-Forcing students).
+        refiner_time: flow time of its one-step refiner, or None when it was not trained with one.
+    """
+
+    timesteps: tuple[float, ...]
+    sampler: str
+    refiner_time: float | None = None
+
+    @classmethod
+    def from_extra(cls, online: dict, source: str) -> OnlineSampling:
+        """Validate ``extra["online"]``; a malformed entry is an ``EngineError`` naming ``source``."""
+        try:
+            timesteps = tuple(float(t) for t in online["timesteps"])
+            sampler = str(online.get("sampler") or DEFAULT_SAMPLER)
+            refiner_time = online.get("refiner_time")
+            refiner_time = None if refiner_time is None else float(refiner_time)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise EngineError(f"{source}: malformed extra['online'] {online!r}: {e!r}") from None
+        steps = list(zip(timesteps, timesteps[1:]))
+        ends_ok = len(timesteps) >= 2 and abs(timesteps[0] - 1.0) < 1e-6 and abs(timesteps[-1]) < 1e-6
+        if not ends_ok or any(b >= a for a, b in steps):
+            raise EngineError(f"{source}: online timesteps must decrease from 1.0 to 0.0, got {list(timesteps)}")
+        if sampler not in SAMPLERS:
+            raise EngineError(f"{source}: unknown online sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
+        return cls(timesteps, sampler, refiner_time)
+
+
+def online_sampling_of(checkpoint: str | Path) -> OnlineSampling | None:
+    """The sampling a checkpoint's ``extra["online"]`` prescribes, or None (a Base or pre-distillation one)."""
+    online = read_metadata(checkpoint).get("extra", {}).get("online")
+    return None if online is None else OnlineSampling.from_extra(online, str(checkpoint))
 
 
 def square_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -110,17 +157,18 @@ class DiTEngine(Engine):
             are rendered).
         cfg: inference settings.
         flow: the objective's parametrisation (x0 or velocity) and shift.
+        online: the checkpoint's few-step sampling; None: read from ``cfg.checkpoint``'s metadata when set.
     """
 
     name = "dit"
 
     def __init__(self, model: DiT, codec: LatentCodec, character: Character, cfg: DiTEngineConfig | None = None,
-                 flow: FlowConfig | None = None) -> None:
+                 flow: FlowConfig | None = None, online: OnlineSampling | None = None) -> None:
         self.cfg = cfg = cfg or DiTEngineConfig()
         mc = model.cfg
         if codec.latent_channels != mc.latent_channels:
             raise EngineError(f"codec has {codec.latent_channels} latent channels, the DiT {mc.latent_channels}")
-        if cfg.sampler not in SAMPLERS:
+        if cfg.sampler is not None and cfg.sampler not in SAMPLERS:
             raise EngineError(f"unknown sampler {cfg.sampler!r}; known: {', '.join(SAMPLERS)}")
         self.model, self.codec = model.eval(), codec
         self.device = torch.device(cfg.device)
@@ -133,10 +181,24 @@ class DiTEngine(Engine):
             flow = FlowConfig(parametrisation=cfg.parametrisation or flow.parametrisation,
                               shift=cfg.shift if cfg.shift is not None else flow.shift)
         self.flow = FlowMatching(flow)
-        self.timesteps = flow_timesteps(cfg.denoise_steps, flow.shift)
-        self.sampler = SAMPLERS[cfg.sampler]
         self.generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.refine_generator = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+        if online is None and cfg.checkpoint:
+            online = online_sampling_of(cfg.checkpoint)
+        self.online = online
+        if cfg.denoise_steps is not None or online is None:
+            steps = cfg.denoise_steps if cfg.denoise_steps is not None else DEFAULT_DENOISE_STEPS
+            self.timesteps = flow_timesteps(steps, flow.shift)
+        else:
+            self.timesteps = torch.tensor(online.timesteps, dtype=torch.float32)
+        self.sampler_name = cfg.sampler or (online.sampler if online is not None else DEFAULT_SAMPLER)
+        self.sampler = SAMPLERS[self.sampler_name]
+        if "generator" in inspect.signature(self.sampler).parameters:  # samplers that draw fresh noise
+            self.sampler = partial(self.sampler, generator=self.generator)  # deterministic by the session seed
+        self.refiner_time = cfg.refiner_time
+        if self.refiner_time is None:
+            trained = online.refiner_time if online is not None else None
+            self.refiner_time = trained if trained is not None else DEFAULT_REFINER_TIME
         # Audio features: enough history for the widest window, the encoder's receptive field and a chunk.
         history = mc.audio_window_frames + model.audio_encoder.history_frames
         capacity = history + 2 * self.frames_per_chunk + self.lookahead_frames
@@ -227,7 +289,7 @@ class DiTEngine(Engine):
     @torch.no_grad()
     def _refine(self, payload: tuple[torch.Tensor, Conditioning], timings: dict[str, float]):
         x_0, cond = payload
-        t_r = self.cfg.refiner_time
+        t_r = self.refiner_time
         noise = torch.randn(x_0.shape, generator=self.refine_generator).to(x_0)
         x_t = (1 - t_r) * x_0 + t_r * noise
         t = torch.full((1,), t_r, device=x_0.device)
