@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lpm.eval.commands",
     "lpm.training.base_commands",
     "lpm.serve.commands",
+    "lpm.runtime.commands",
 )
 
 

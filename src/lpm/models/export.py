@@ -1,0 +1,78 @@
+"""``export_dit``: a training run's DiT weights as one inference checkpoint (``lpm export``).
+
+A run directory (``lpm train base``, the distillation stages) holds ``dit.safetensors`` (the live weights) and
+usually ``dit_ema.safetensors``; the EMA weights are the ones to ship (they sample better). Floating tensors are
+cast to the export dtype (bf16 halves the file); ``lpm.models.dit.load_dit`` casts them back to the model's
+dtype on load (fp32 on CPU: bf16 matmuls are very slow without native bf16). The config and the ``extra``
+metadata (train config, ``online`` sampling, ...) are kept; ``extra["export"]`` records where the weights came
+from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lpm.config import from_dict
+from lpm.errors import LpmError
+from lpm.models.dit import CHECKPOINT_KIND
+from lpm.models.dit_config import DiTConfig
+from lpm.training.checkpoint import load_checkpoint, save_checkpoint
+
+EXPORT_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
+LIVE_WEIGHTS = "dit.safetensors"  # the names the trainers write in a run directory
+EMA_WEIGHTS = "dit_ema.safetensors"
+
+
+@dataclass
+class Export:
+    """What ``export_dit`` wrote."""
+
+    path: Path  # the exported checkpoint
+    source: Path  # the file its weights came from
+    dtype: str  # an EXPORT_DTYPES key
+    num_bytes: int  # size of the exported file
+    source_bytes: int  # size of the source file
+
+
+def dit_weights_of(run: str | Path, ema: bool = True) -> Path:
+    """The DiT weights file of ``run``: the file itself, or in a run directory the EMA weights (when ``ema``
+    and present), else the live weights."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    if not run.exists():
+        raise LpmError(f"run {run} does not exist (expected a run directory or a .safetensors file)")
+    if not run.is_dir():
+        raise LpmError(f"run {run} is neither a directory nor a file")
+    candidates = [run / EMA_WEIGHTS, run / LIVE_WEIGHTS] if ema else [run / LIVE_WEIGHTS]
+    for path in candidates:
+        if path.is_file():
+            return path
+    names = " or ".join(p.name for p in candidates)
+    hint = f" (it has {EMA_WEIGHTS}: drop --no-ema)" if not ema and (run / EMA_WEIGHTS).is_file() else ""
+    raise LpmError(f"run {run} has no {names}{hint}; is it a run of `lpm train base` or a distillation stage?")
+
+
+def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = "bf16") -> Export:
+    """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
+
+    Args:
+        run: a run directory or a DiT ``.safetensors`` file.
+        out: the exported checkpoint.
+        ema: prefer the EMA weights of a run directory.
+        dtype: ``bf16`` or ``fp32``; floating tensors are cast, others kept.
+    """
+    if dtype not in EXPORT_DTYPES:
+        raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
+    source = dit_weights_of(run, ema)
+    state, meta = load_checkpoint(source, kind=CHECKPOINT_KIND)
+    from_dict(DiTConfig, meta["config"])  # a config the current code cannot build fails here, not at load
+    torch_dtype = EXPORT_DTYPES[dtype]
+    state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
+    extra = dict(meta["extra"])
+    extra["export"] = {"run": str(run), "source": source.name, "dtype": dtype}
+    path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)
+    return Export(path, source, dtype, path.stat().st_size, source.stat().st_size)

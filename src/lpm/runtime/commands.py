@@ -1,0 +1,58 @@
+"""``lpm export`` (a run's DiT weights as an inference checkpoint) and ``lpm generate`` (files -> an mp4)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lpm.models.export import export_dit
+
+    done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype)
+    print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
+          f"(source {done.source_bytes / 2**20:.1f} MiB)")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from lpm.runtime.generate import GenerateConfig, generate
+
+    torch.set_num_threads(max(1, args.threads))
+    defaults = {k: v for k, v in (("checkpoint", args.checkpoint), ("vae", args.vae)) if v is not None}
+    cfg = GenerateConfig(out=args.out, reference=args.reference, refs=args.refs, audio=args.audio,
+                         partner=args.partner, text=args.text, seed=args.seed, refiner=args.refiner,
+                         device=args.device, **defaults)
+    print(generate(cfg).summary())
+    return 0
+
+
+def register(sub, groups) -> None:
+    # No model imports here: building the parser stays cheap for every other command.
+    p = sub.add_parser("export", help="a run's DiT weights (EMA by default) as one inference checkpoint")
+    p.add_argument("--run", required=True, help="run directory (dit.safetensors / dit_ema.safetensors) or a file")
+    p.add_argument("--out", required=True, help="the checkpoint to write, e.g. checkpoints/NAME.safetensors")
+    p.add_argument("--no-ema", action="store_true", help="export the live weights, not the EMA")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"),
+                   help="floating-point storage (load_dit casts back to the model's dtype)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("generate", help="offline generation: reference image(s) and voices -> mp4")
+    p.add_argument("--reference", default=None, help="global reference image (any size and mode)")
+    p.add_argument("--refs", default=None,
+                   help="folder of extra references: body_<view>.png, expr_<name>.png (optionally global.png)")
+    p.add_argument("--audio", default=None, help="the character's own voice (wav, mp3, flac, ogg, m4a, ...)")
+    p.add_argument("--partner", default=None, help="the partner's voice (default: silence)")
+    p.add_argument("--text", default="", help="text control (e.g. an emotion: happy)")
+    p.add_argument("--checkpoint", default=None,
+                   help="DiT checkpoint, an Online export (default checkpoints/online_tiny.safetensors)")
+    p.add_argument("--vae", default=None,
+                   help="latent codec the DiT was trained with (default checkpoints/vae_tiny.safetensors)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--refiner", action="store_true", help="add the one-step refiner stage")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads; pipeline stages already run in parallel, one core each")
+    p.add_argument("--out", required=True, help="the mp4 to write")
+    p.set_defaults(func=cmd_generate)

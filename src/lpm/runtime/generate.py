@@ -1,0 +1,223 @@
+"""Offline generation from files (``lpm generate``): reference images and two voices -> an mp4.
+
+It runs the same streaming ``Session`` and ``DiTEngine`` the server runs (``SessionConfig(realtime=False)``:
+chunks start as soon as their audio is there, nothing is skipped), so a file generated here is what a live
+session with the same audio, references and seed shows. Inputs are checked before the model loads:
+
+- audio: wav through the repo's reader, anything else PyAV decodes (mp3, flac, ogg, m4a, ...); any sample rate
+  and channel count (downmixed, resampled to 16 kHz by the session's ``StreamResampler``). Either voice may be
+  missing (silence of the other's length), not both.
+- references: ``--reference`` is the global image; ``--refs DIR`` adds ``body_<view>.png`` / ``expr_<name>.png``
+  (the clip format's ``refs/``; its ``global.png`` stands in when ``--reference`` is not given). Any size and
+  mode (RGBA on white, grayscale, palette -> RGB); the engine centre-crops to a square.
+
+The mp4 has one frame per 1/24 s of audio (the audio's length, rounded to a frame) and stereo audio: the
+character's voice left, the partner's right (the clip format's channel order).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lpm.config import from_dict
+from lpm.data.clip import load_image
+from lpm.data.video import MediaError, read_wav, write_mp4
+from lpm.errors import LpmError
+from lpm.models.dit_config import DiTConfig
+from lpm.runtime.audio_buffer import StreamResampler
+from lpm.runtime.dit_engine import DEFAULT_VAE
+from lpm.runtime.engines import FPS, SAMPLE_RATE, Character
+from lpm.training.checkpoint import read_metadata
+
+DEFAULT_CHECKPOINT = "checkpoints/online_tiny.safetensors"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+@dataclass
+class GenerateConfig:
+    """One offline generation: inputs, model and output."""
+
+    out: str  # the mp4 to write
+    reference: str | None = None  # global reference image (None: ``refs/global.png``)
+    refs: str | None = None  # folder of extra references (body_<view>.png, expr_<name>.png)
+    audio: str | None = None  # the character's own voice
+    partner: str | None = None  # the partner's voice
+    text: str = ""  # text control (an emotion, a caption)
+    checkpoint: str = DEFAULT_CHECKPOINT  # DiT checkpoint (an Online export; its metadata sets the sampling)
+    vae: str = DEFAULT_VAE  # latent codec (lpm.models.latent_codec.load_codec spec)
+    seed: int = 0  # noise seed: the same inputs and seed give the same video
+    refiner: bool = False  # add the one-step refiner stage
+    device: str = "cpu"
+    progress: bool = True  # a progress bar over chunks (stderr)
+
+
+@dataclass
+class GenerateResult:
+    """What ``generate`` wrote and how long the model took."""
+
+    path: Path
+    frames: int
+    seconds: float  # length of the video (and its audio)
+    compute_s: float  # wall time from the session's start to its last frame
+    resolution: int
+
+    @property
+    def compute_fps(self) -> float:
+        return self.frames / max(self.compute_s, 1e-9)
+
+    def summary(self) -> str:
+        return (f"wrote {self.path}: {self.frames} frames, {self.seconds:.2f} s at {FPS} fps, "
+                f"{self.resolution}x{self.resolution}, {self.compute_fps:.1f} compute fps ({self.compute_s:.1f} s)")
+
+
+# ---- audio ----
+def _decode_audio(path: Path) -> tuple[np.ndarray, int]:
+    """Any audio PyAV reads -> ``((C, N) float32, sample_rate)`` at the file's own rate."""
+    import av  # imported here: PyAV is only needed for formats other than 16-bit wav
+
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
+        raise MediaError(f"{path}: not a readable audio file: {e}") from None
+    with container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        to_float = av.AudioResampler(format="fltp")  # planar float, the file's own layout and rate
+        blocks, rate = [], stream.codec_context.sample_rate
+        try:
+            for frame in container.decode(stream):
+                for out in to_float.resample(frame):
+                    rate = out.sample_rate
+                    blocks.append(out.to_ndarray())  # (C, n)
+            for out in to_float.resample(None):
+                blocks.append(out.to_ndarray())
+        except av.FFmpegError as e:
+            raise MediaError(f"{path}: cannot decode audio: {e}") from None
+    if not blocks or not rate:
+        raise MediaError(f"{path}: no audio samples decoded")
+    return np.concatenate(blocks, axis=1).astype(np.float32), int(rate)
+
+
+def load_audio(path: str | Path) -> np.ndarray:
+    """An audio file as the session's input: ``(N,)`` float32 mono at 16 kHz (channels averaged)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MediaError(f"{path}: audio file does not exist")
+    audio = None
+    if path.suffix.lower() == ".wav":
+        try:
+            audio, rate = read_wav(path)
+        except MediaError:
+            audio = None  # not 16-bit PCM (float, 24-bit, ...): PyAV reads it
+    if audio is None:
+        audio, rate = _decode_audio(path)
+    if audio.shape[1] == 0:
+        raise MediaError(f"{path}: the audio is empty")
+    return StreamResampler(rate, SAMPLE_RATE).push(audio.mean(axis=0))
+
+
+def load_voices(audio: str | None, partner: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """Both voices at 16 kHz, the shorter (or a missing one) padded with silence to the longer."""
+    if audio is None and partner is None:
+        raise LpmError("give the character's voice (--audio), the partner's (--partner), or both")
+    own = load_audio(audio) if audio is not None else np.zeros(0, np.float32)
+    other = load_audio(partner) if partner is not None else np.zeros(0, np.float32)
+    n = max(len(own), len(other))
+    return np.pad(own, (0, n - len(own))), np.pad(other, (0, n - len(other)))
+
+
+# ---- references ----
+def load_references(reference: str | None, refs: str | None, known: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Reference kind -> ``(H, W, 3)`` uint8 RGB: the global image and the extras of ``refs``.
+
+    Args:
+        known: the reference kinds the model knows (``DiTConfig.reference_kinds``).
+    """
+    paths: dict[str, Path] = {}
+    if refs is not None:
+        folder = Path(refs)
+        if not folder.is_dir():
+            raise LpmError(f"--refs {folder} is not a directory")
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+                continue
+            if path.stem not in known:
+                extras = ", ".join(k + ".png" for k in known if k != "global")
+                raise LpmError(f"{path}: unknown reference {path.stem!r}; a --refs folder holds {extras} "
+                               "(and optionally global.png)")
+            if path.stem in paths:
+                raise LpmError(f"{folder}: two images for reference {path.stem!r}: {paths[path.stem].name}, "
+                               f"{path.name}")
+            paths[path.stem] = path
+    if reference is not None:
+        paths["global"] = Path(reference)
+    if "global" not in paths:
+        where = f" and {refs} has no global.png" if refs is not None else ""
+        raise LpmError(f"no global reference image: give --reference IMG{where}")
+    return {kind: load_image(path) for kind, path in paths.items()}
+
+
+# ---- generation ----
+def check_checkpoint(checkpoint: str) -> DiTConfig:
+    """The DiT config of ``checkpoint``; a missing one is an error saying how to make it."""
+    if not Path(checkpoint).is_file():
+        how = ""
+        if checkpoint == DEFAULT_CHECKPOINT:
+            how = (f" (the Online tiny model is not shipped yet: export a distilled Online run with "
+                   f"`lpm export --run RUN --out {DEFAULT_CHECKPOINT}`)")
+        raise LpmError(f"DiT checkpoint {checkpoint} does not exist{how}; or pass --checkpoint PATH "
+                       "(any DiT checkpoint, e.g. runs/NAME/dit_ema.safetensors)")
+    return from_dict(DiTConfig, read_metadata(checkpoint)["config"])
+
+
+def generate(cfg: GenerateConfig) -> GenerateResult:
+    """Check every input, then run a session over the whole audio and write the mp4 (see the module docstring)."""
+    from tqdm import tqdm
+
+    from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
+    from lpm.runtime.session import Session, SessionConfig
+
+    model_cfg = check_checkpoint(cfg.checkpoint)
+    self_pcm, partner_pcm = load_voices(cfg.audio, cfg.partner)
+    num_frames = int(round(len(self_pcm) * FPS / SAMPLE_RATE))
+    if num_frames < 1:
+        raise LpmError(f"the audio is shorter than one frame (1/{FPS} s)")
+    character = Character(images=load_references(cfg.reference, cfg.refs, model_cfg.reference_kinds))
+    engine = DiTEngine.load(character, DiTEngineConfig(checkpoint=cfg.checkpoint, vae=cfg.vae, seed=cfg.seed,
+                                                       refiner=cfg.refiner, device=cfg.device))
+    resolution, per_chunk = engine.resolution, engine.frames_per_chunk
+    session_cfg = SessionConfig(realtime=False, vad="off", max_buffer_s=len(self_pcm) / SAMPLE_RATE + 1.0)
+    bar = tqdm(total=-(-num_frames // per_chunk), desc="generate", unit="chunk", disable=not cfg.progress,
+               dynamic_ncols=True)
+    started = time.perf_counter()
+    finished = started
+
+    def frames(session: Session):
+        nonlocal finished
+        count = 0
+        for _, image in session.frames():
+            yield image
+            count += 1
+            if count % per_chunk == 0 or count == num_frames:
+                bar.update(1)
+            if count == num_frames:
+                finished = time.perf_counter()
+                return
+        # Raised inside the writer's iteration, so no partial mp4 replaces ``cfg.out``.
+        if session.error is not None:
+            raise LpmError(f"generation failed: {session.error}")
+        raise LpmError(f"the session ended after {count} of {num_frames} frames")
+
+    with bar, Session(engine, session_cfg) as session:
+        session.set_text(cfg.text)
+        session.push_self_audio(self_pcm, native=True)
+        session.push_partner_audio(partner_pcm, native=True)
+        session.finish()
+        path = write_mp4(cfg.out, frames(session), fps=FPS, audio=np.stack([self_pcm, partner_pcm]),
+                         sample_rate=SAMPLE_RATE)
+    return GenerateResult(path, num_frames, len(self_pcm) / SAMPLE_RATE, finished - started, resolution)

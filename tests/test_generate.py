@@ -1,0 +1,197 @@
+"""``lpm export`` (bf16 round trip), Online checkpoint metadata -> DiT engine sampling, ``lpm generate`` from files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lpm.audio.mel import MelConfig
+from lpm.cli import main
+from lpm.data.video import read_mp4, write_wav
+from lpm.errors import LpmError
+from lpm.models.conditioning import Conditioning, References
+from lpm.models.dit import DiT, load_dit, save_dit
+from lpm.models.dit_config import preset
+from lpm.models.export import export_dit
+from lpm.runtime.dit_engine import DEFAULT_VAE, DiTEngine, DiTEngineConfig
+from lpm.runtime.engines import Character, ChunkInput, samples_for_frames
+from lpm.runtime.generate import DEFAULT_CHECKPOINT, GenerateConfig, generate, load_audio
+from lpm.training.checkpoint import read_metadata
+
+SR = 16000
+ONLINE = {"timesteps": [1.0, 0.75, 0.0], "sampler": "renoise", "refiner_time": None}
+
+
+@pytest.fixture
+def one_thread():
+    """Stages run in parallel threads; one intra-op thread each (OpenMP spinning on a busy 2-core CPU is slow)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_dit(seed: int = 0, **overrides) -> DiT:
+    """A shrunk tiny DiT with the shipped VAE's latent shape (8 channels, 16x16 for 128 px), random weights."""
+    cfg = preset("tiny", num_blocks=2, dim=64, num_heads=2, ffn_dim=128, text_dim=32, text_layers=1, text_heads=2,
+                 audio_dim=32, audio_layers=1, mel=MelConfig(n_mels=16), time_freq_dim=64, **overrides)
+    torch.manual_seed(seed)
+    model = DiT(cfg).eval()
+    with torch.no_grad():  # the head starts at zero: perturb it so outputs depend on every weight
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def online_checkpoint(path, seed: int = 0, online: dict | None = ONLINE):
+    model = small_dit(seed, attention="block_causal")
+    return save_dit(path, model, extra={"step": 7, **({"online": online} if online else {})})
+
+
+def test_export_bf16_roundtrip(tmp_path):
+    run = tmp_path / "run"
+    live, ema = small_dit(0), small_dit(1)
+    save_dit(run / "dit.safetensors", live, extra={"step": 5, "train_config": {"flow": {"shift": 3.0}}})
+    save_dit(run / "dit_ema.safetensors", ema, extra={"step": 5, "train_config": {"flow": {"shift": 3.0}}})
+    out = export_dit(run, tmp_path / "out" / "model.safetensors")
+    assert out.source.name == "dit_ema.safetensors" and out.dtype == "bf16"
+    assert 0.45 < out.num_bytes / out.source_bytes < 0.55
+    meta = read_metadata(out.path)
+    assert meta["extra"]["step"] == 5 and meta["extra"]["train_config"]["flow"]["shift"] == 3.0
+    assert meta["extra"]["export"] == {"run": str(run), "source": "dit_ema.safetensors", "dtype": "bf16"}
+
+    loaded = load_dit(out.path).eval()  # bf16 on disk, cast on load into the fp32 model CPU inference uses
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    cfg, g = ema.cfg, torch.Generator().manual_seed(0)
+    f = cfg.frames_per_chunk
+    x = torch.randn(1, f, cfg.latent_channels, cfg.latent_height, cfg.latent_width, generator=g)
+    mel = lambda: torch.randn(1, f + 1, cfg.mel.steps_per_frame, cfg.mel.n_mels, generator=g)  # noqa: E731
+    refs = References([torch.randn(1, cfg.latent_channels, cfg.latent_height, cfg.latent_width, generator=g)],
+                      ["global"])
+    with torch.no_grad():
+        text, mask = ema.encode_text(["she smiles"])
+        cond = Conditioning(text, mask, mel(), mel(), 0, references=refs)
+        want, got = ema(x, torch.full((1,), 0.5), cond), loaded(x, torch.full((1,), 0.5), cond)
+    assert (got - want).norm() / want.norm() < 0.03  # bf16 weights: ~3 significant digits
+    assert not torch.equal(got, want)
+
+    plain = export_dit(run, tmp_path / "live.safetensors", ema=False, dtype="fp32")
+    assert plain.source.name == "dit.safetensors" and abs(plain.num_bytes - plain.source_bytes) < 4096
+    assert torch.equal(load_dit(plain.path).state_dict()["head.linear.weight"], live.state_dict()["head.linear.weight"])
+    with pytest.raises(LpmError, match="does not exist"):
+        export_dit(tmp_path / "nope", tmp_path / "x.safetensors")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(LpmError, match="no dit_ema.safetensors or dit.safetensors"):
+        export_dit(tmp_path / "empty", tmp_path / "x.safetensors")
+
+
+def _frames_of_first_chunk(engine: DiTEngine) -> np.ndarray:
+    pcm = (np.random.default_rng(0).standard_normal(SR) * 0.1).astype(np.float32)
+    end = samples_for_frames(engine.frames_per_chunk + engine.lookahead_frames)
+    return engine.step(ChunkInput(0, 0, pcm[:end], pcm[:end][::-1].copy(), end, "", 0.0))
+
+
+def test_online_metadata_sets_engine_sampling(tmp_path, one_thread):
+    path = str(online_checkpoint(tmp_path / "online.safetensors"))
+    character = Character(images={"global": np.full((64, 64, 3), 128, np.uint8)})
+    engine = DiTEngine.load(character, DiTEngineConfig(checkpoint=path, seed=4))
+    assert engine.timesteps.tolist() == [1.0, 0.75, 0.0] and engine.sampler_name == "renoise"
+    assert engine.refiner_time == 0.3  # null in the metadata: the default
+    again = DiTEngine.load(character, DiTEngineConfig(checkpoint=path, seed=4))
+    other = DiTEngine.load(character, DiTEngineConfig(checkpoint=path, seed=5))
+    first = _frames_of_first_chunk(engine)
+    assert np.array_equal(first, _frames_of_first_chunk(again))  # renoise draws from the session's generator
+    assert not np.array_equal(first, _frames_of_first_chunk(other))
+
+    explicit = DiTEngine.load(character, DiTEngineConfig(checkpoint=path, denoise_steps=3, sampler="euler",
+                                                         refiner_time=0.2))
+    assert len(explicit.timesteps) == 4 and explicit.sampler_name == "euler" and explicit.refiner_time == 0.2
+    base = str(online_checkpoint(tmp_path / "base.safetensors", online=None))
+    plain = DiTEngine.load(character, DiTEngineConfig(checkpoint=base))
+    assert len(plain.timesteps) == 3 and plain.sampler_name == "euler"  # no metadata: today's behaviour
+    bad = str(online_checkpoint(tmp_path / "bad.safetensors", online={"timesteps": [1.0, 1.0, 0.0]}))
+    with pytest.raises(LpmError, match="decrease from 1.0 to 0.0"):
+        DiTEngine.load(character, DiTEngineConfig(checkpoint=bad))
+
+
+def _write_flac(path, pcm: np.ndarray, rate: int) -> None:
+    """Encode ``(N,)`` float mono audio as flac with PyAV."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("flac", rate=rate)
+        stream.layout = "mono"
+        frame = av.AudioFrame.from_ndarray((pcm * 32767).astype(np.int16)[None], format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_load_audio_formats_rates_and_channels(tmp_path):
+    t = np.arange(22050) / 22050
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # 1 s mono at 22.05 kHz
+    _write_flac(tmp_path / "a.flac", tone, 22050)
+    write_wav(tmp_path / "b.wav", np.stack([tone, tone]), 22050)  # stereo
+    for name in ("a.flac", "b.wav"):
+        pcm = load_audio(tmp_path / name)
+        assert pcm.dtype == np.float32 and abs(len(pcm) - SR) <= 1
+        assert abs(np.sqrt(np.mean(pcm[1000:-1000] ** 2)) - 0.5 / np.sqrt(2)) < 0.02  # the tone survives
+    (tmp_path / "c.mp3").write_bytes(b"not audio at all")
+    with pytest.raises(LpmError, match="c.mp3"):
+        load_audio(tmp_path / "c.mp3")
+
+
+def test_generate_from_files(tmp_path, one_thread):
+    import av
+
+    checkpoint = online_checkpoint(tmp_path / "online.safetensors")
+    rng = np.random.default_rng(0)
+    t = np.arange(44100) / 44100
+    voice = 0.3 * np.sin(2 * np.pi * 220 * t) * (t > 0.3)
+    write_wav(tmp_path / "self.wav", np.stack([voice, 0.5 * voice]), 44100)  # 1 s, 44.1 kHz stereo
+    _write_flac(tmp_path / "partner.flac", (rng.standard_normal(11025) * 0.05).clip(-1, 1), 22050)  # 0.5 s
+    rgba = rng.integers(0, 255, (90, 140, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "face.png")  # RGBA, not square
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8), "L").save(refs / "expr_happy.png")
+    out = tmp_path / "out.mp4"
+    rc = main(["generate", "--reference", str(tmp_path / "face.png"), "--refs", str(refs), "--audio",
+               str(tmp_path / "self.wav"), "--partner", str(tmp_path / "partner.flac"), "--checkpoint",
+               str(checkpoint), "--vae", DEFAULT_VAE, "--seed", "1", "--out", str(out)])
+    assert rc == 0
+    frames = read_mp4(out)
+    assert frames.shape == (24, 128, 128, 3)  # exactly 1 s at 24 fps (the longer voice)
+    with av.open(str(out)) as container:
+        audio = container.streams.audio[0]
+        assert audio.codec_context.channels == 2 and audio.codec_context.sample_rate == SR
+        samples = sum(frame.samples for frame in container.decode(audio))
+    assert abs(samples - SR) < 2048  # 1 s, give or take the AAC encoder's priming and last-frame padding
+
+
+def test_generate_input_errors(tmp_path, monkeypatch):
+    checkpoint = str(online_checkpoint(tmp_path / "online.safetensors"))
+    write_wav(tmp_path / "self.wav", np.zeros(SR // 2, np.float32), SR)
+    corrupt = tmp_path / "face.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    common = dict(out=str(tmp_path / "o.mp4"), audio=str(tmp_path / "self.wav"), checkpoint=checkpoint,
+                  progress=False)
+    with pytest.raises(LpmError, match="face.png"):
+        generate(GenerateConfig(reference=str(corrupt), **common))
+    with pytest.raises(LpmError, match="missing.png"):
+        generate(GenerateConfig(reference=str(tmp_path / "missing.png"), **common))
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.new("RGB", (8, 8)).save(refs / "expr_bored.png")
+    with pytest.raises(LpmError, match="expr_bored.*body_front.png.*expr_happy.png"):
+        generate(GenerateConfig(refs=str(refs), **common))
+    with pytest.raises(LpmError, match="--audio"):
+        generate(GenerateConfig(reference=str(corrupt), **{**common, "audio": None}))
+    monkeypatch.chdir(tmp_path)  # the default checkpoint is a relative path: make sure it is missing
+    with pytest.raises(LpmError, match="online_tiny.safetensors.*lpm export"):
+        generate(GenerateConfig(reference=str(corrupt), **{**common, "checkpoint": DEFAULT_CHECKPOINT}))
+    assert not (tmp_path / "o.mp4").exists()
