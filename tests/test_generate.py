@@ -195,3 +195,11 @@ def test_generate_input_errors(tmp_path, monkeypatch):
     with pytest.raises(LpmError, match="online_tiny.safetensors.*lpm export"):
         generate(GenerateConfig(reference=str(corrupt), **{**common, "checkpoint": DEFAULT_CHECKPOINT}))
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_model_demo_is_side_by_side(tmp_path, one_thread):
+    from lpm.world.demo import LABEL_H, PANEL, render_model_demo
+
+    checkpoint = str(online_checkpoint(tmp_path / "online.safetensors"))
+    out = render_model_demo(tmp_path / "demo.mp4", checkpoint, seed=1, seconds=0.5, progress=False)
+    assert read_mp4(out).shape == (12, LABEL_H + PANEL, 2 * PANEL, 3)

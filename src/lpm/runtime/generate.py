@@ -18,6 +18,8 @@ character's voice left, the partner's right (the clip format's channel order).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from lpm.errors import LpmError
 from lpm.models.dit_config import DiTConfig
 from lpm.runtime.audio_buffer import StreamResampler
 from lpm.runtime.dit_engine import DEFAULT_VAE
-from lpm.runtime.engines import FPS, SAMPLE_RATE, Character
+from lpm.runtime.engines import FPS, SAMPLE_RATE, Character, Engine
 from lpm.training.checkpoint import read_metadata
 
 DEFAULT_CHECKPOINT = "checkpoints/online_tiny.safetensors"
@@ -175,49 +177,78 @@ def check_checkpoint(checkpoint: str) -> DiTConfig:
     return from_dict(DiTConfig, read_metadata(checkpoint)["config"])
 
 
+def frames_for_samples(num_samples: int) -> int:
+    """Video frames for ``num_samples`` of 16 kHz audio: its length rounded to a frame."""
+    return int(round(num_samples * FPS / SAMPLE_RATE))
+
+
+class OfflineRun:
+    """A whole recording through a non-realtime ``Session``: exactly one frame per 1/24 s of audio.
+
+    Args:
+        engine: the engine (the session owns and closes it).
+        self_pcm, partner_pcm: ``(N,)`` float32 at 16 kHz, the same length.
+        text: the text control for the whole recording.
+        progress: a tqdm bar over chunks on stderr.
+
+    Attributes:
+        compute_s: wall time from the session's start to its last frame (set when iteration ends).
+    """
+
+    def __init__(self, engine: Engine, self_pcm: np.ndarray, partner_pcm: np.ndarray, text: str = "",
+                 progress: bool = True) -> None:
+        if len(self_pcm) != len(partner_pcm):
+            raise ValueError("both voices must have the same length")
+        self.engine, self.self_pcm, self.partner_pcm, self.text = engine, self_pcm, partner_pcm, text
+        self.num_frames = frames_for_samples(len(self_pcm))
+        if self.num_frames < 1:
+            raise LpmError(f"the audio is shorter than one frame (1/{FPS} s)")
+        self.progress = progress
+        self.compute_s = 0.0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """``(H, W, 3)`` uint8 frames; raises ``LpmError`` if the session fails or ends early (so a writer
+        consuming this leaves no partial file)."""
+        from tqdm import tqdm
+
+        from lpm.runtime.session import Session, SessionConfig
+
+        per_chunk, n = self.engine.frames_per_chunk, self.num_frames
+        cfg = SessionConfig(realtime=False, vad="off", max_buffer_s=len(self.self_pcm) / SAMPLE_RATE + 1.0)
+        bar = tqdm(total=-(-n // per_chunk), desc="generate", unit="chunk", disable=not self.progress,
+                   dynamic_ncols=True)
+        started, count = time.perf_counter(), 0
+        with bar, Session(self.engine, cfg) as session:
+            session.set_text(self.text)
+            session.push_self_audio(self.self_pcm, native=True)
+            session.push_partner_audio(self.partner_pcm, native=True)
+            session.finish()
+            for _, image in session.frames():
+                count += 1
+                if count % per_chunk == 0 or count == n:
+                    bar.update(1)
+                if count == n:
+                    self.compute_s = time.perf_counter() - started
+                yield image
+                if count == n:
+                    return
+            if session.error is not None:
+                raise LpmError(f"generation failed: {session.error}")
+            raise LpmError(f"the session ended after {count} of {n} frames")
+
+
 def generate(cfg: GenerateConfig) -> GenerateResult:
     """Check every input, then run a session over the whole audio and write the mp4 (see the module docstring)."""
-    from tqdm import tqdm
-
     from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
-    from lpm.runtime.session import Session, SessionConfig
 
     model_cfg = check_checkpoint(cfg.checkpoint)
     self_pcm, partner_pcm = load_voices(cfg.audio, cfg.partner)
-    num_frames = int(round(len(self_pcm) * FPS / SAMPLE_RATE))
-    if num_frames < 1:
+    if frames_for_samples(len(self_pcm)) < 1:
         raise LpmError(f"the audio is shorter than one frame (1/{FPS} s)")
     character = Character(images=load_references(cfg.reference, cfg.refs, model_cfg.reference_kinds))
     engine = DiTEngine.load(character, DiTEngineConfig(checkpoint=cfg.checkpoint, vae=cfg.vae, seed=cfg.seed,
                                                        refiner=cfg.refiner, device=cfg.device))
-    resolution, per_chunk = engine.resolution, engine.frames_per_chunk
-    session_cfg = SessionConfig(realtime=False, vad="off", max_buffer_s=len(self_pcm) / SAMPLE_RATE + 1.0)
-    bar = tqdm(total=-(-num_frames // per_chunk), desc="generate", unit="chunk", disable=not cfg.progress,
-               dynamic_ncols=True)
-    started = time.perf_counter()
-    finished = started
-
-    def frames(session: Session):
-        nonlocal finished
-        count = 0
-        for _, image in session.frames():
-            yield image
-            count += 1
-            if count % per_chunk == 0 or count == num_frames:
-                bar.update(1)
-            if count == num_frames:
-                finished = time.perf_counter()
-                return
-        # Raised inside the writer's iteration, so no partial mp4 replaces ``cfg.out``.
-        if session.error is not None:
-            raise LpmError(f"generation failed: {session.error}")
-        raise LpmError(f"the session ended after {count} of {num_frames} frames")
-
-    with bar, Session(engine, session_cfg) as session:
-        session.set_text(cfg.text)
-        session.push_self_audio(self_pcm, native=True)
-        session.push_partner_audio(partner_pcm, native=True)
-        session.finish()
-        path = write_mp4(cfg.out, frames(session), fps=FPS, audio=np.stack([self_pcm, partner_pcm]),
-                         sample_rate=SAMPLE_RATE)
-    return GenerateResult(path, num_frames, len(self_pcm) / SAMPLE_RATE, finished - started, resolution)
+    run = OfflineRun(engine, self_pcm, partner_pcm, cfg.text, cfg.progress)
+    with closing(iter(run)) as frames:  # the session closes even if the writer fails
+        path = write_mp4(cfg.out, frames, fps=FPS, audio=np.stack([self_pcm, partner_pcm]), sample_rate=SAMPLE_RATE)
+    return GenerateResult(path, run.num_frames, len(self_pcm) / SAMPLE_RATE, run.compute_s, engine.resolution)

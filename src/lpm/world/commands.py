@@ -1,4 +1,4 @@
-"""``lpm world synth|render|show`` and ``lpm demo``."""
+"""``lpm world synth|render|show|frames`` and ``lpm demo``."""
 
 from __future__ import annotations
 
@@ -51,9 +51,20 @@ def _frames(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from lpm.world.demo import render_world_video
+    import sys
 
-    path = render_world_video(args.out, seed=args.seed, style=None, seconds=args.seconds, res=256,
+    from lpm.world.demo import MODEL_DEMO_SECONDS, RIG_DEMO_SECONDS, render_model_demo, render_world_video
+
+    if Path(args.checkpoint).is_file():
+        import torch
+
+        torch.set_num_threads(1)  # the session's stages already run in parallel, one core each
+        path = render_model_demo(args.out, args.checkpoint, seed=args.seed, seconds=args.seconds or MODEL_DEMO_SECONDS)
+        print(f"wrote {path}: {args.checkpoint} (left) beside the traditional pipeline (right), held-out character")
+        return 0
+    print(f"lpm demo: no model checkpoint at {args.checkpoint}: rendering the traditional pipeline only (the world's "
+          "rule-driven rig)", file=sys.stderr)
+    path = render_world_video(args.out, seed=args.seed, style=None, seconds=args.seconds or RIG_DEMO_SECONDS, res=256,
                               mode="conversation", split="val")
     print(f"wrote {path}")
     return 0
@@ -104,5 +115,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p = sub.add_parser("demo", help="render a demo conversation to out/demo.mp4")
     p.add_argument("--out", default="out/demo.mp4")
     p.add_argument("--seed", type=int, default=5)
-    p.add_argument("--seconds", type=float, default=12.0)
+    p.add_argument("--seconds", type=float, default=None, help="default 10 with the model, 12 without")
+    p.add_argument("--checkpoint", default="checkpoints/online_tiny.safetensors",
+                   help="DiT checkpoint shown beside the traditional pipeline (when the file exists)")
     p.set_defaults(func=_demo)
