@@ -2,7 +2,8 @@
 
 It runs the same streaming ``Session`` and ``DiTEngine`` the server runs (``SessionConfig(realtime=False)``:
 chunks start as soon as their audio is there, nothing is skipped), so a file generated here is what a live
-session with the same audio, references and seed shows. Inputs are checked before the model loads:
+session with the same audio, references and seed shows when it keeps up with the clock. Inputs are checked
+before the model loads:
 
 - audio: wav through the repo's reader, anything else PyAV decodes (mp3, flac, ogg, m4a, ...); any sample rate
   and channel count (downmixed, resampled to 16 kHz by the session's ``StreamResampler``). Either voice may be
