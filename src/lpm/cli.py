@@ -13,6 +13,7 @@ GROUPS: dict[str, str] = {
     "world": "the procedural character world: synthesize data sets, render, look at them",
     "model": "inspect model presets",
     "train": "train models",
+    "distill": "distill the Base model into the causal Online model (ODE init, then DMD)",
     "data": "data sets from real footage: ingest videos into the clip format",
     "eval": "bench instruments: train and check the motion probe and identity embedding",
 }
@@ -25,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lpm.data.commands",
     "lpm.eval.commands",
     "lpm.training.base_commands",
+    "lpm.distill.commands",
     "lpm.serve.commands",
     "lpm.runtime.commands",
 )

@@ -139,6 +139,14 @@ class FlowMatching:
         tb = _expand(t, x_t).clamp(min=self.cfg.min_time_x0)
         return (x_t - output) / tb
 
+    def x0(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output as a clean-sample prediction. ``output, x_t (B, F, C, h, w)``, ``t (B,)`` or
+        ``(B, F)`` (one time per frame, as the Online model's chunks carry)."""
+        if self.cfg.parametrisation == "x0":
+            return output
+        tb = t.reshape(*t.shape, *([1] * (x_t.dim() - t.dim())))
+        return x_t - tb * output  # x_0 = x_t - t v on the straight path
+
     def denoiser(self, model: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         """Wrap ``model(x_t, t, cond) -> output`` as ``(x_t, t, cond) -> velocity`` for the samplers."""
 

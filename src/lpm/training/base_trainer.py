@@ -183,21 +183,24 @@ class BaseTrainer:
     def _state_path(self) -> Path:
         return self.run_dir / "train_state.pt"
 
-    def _optimizer_state(self) -> dict:
+    def _optimizer_state(self, model: torch.nn.Module | None = None, opt: torch.optim.Optimizer | None = None) -> dict:
+        """The full optimizer state of ``opt`` over ``model`` (default: the trained model's); a collective."""
+        model, opt = model or self.model, opt or self.opt
         if not self.info.distributed:
-            return self.opt.state_dict()
+            return opt.state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(self.model, self.opt,
-                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
-    def _load_optimizer_state(self, state: dict) -> None:
+    def _load_optimizer_state(self, state: dict, model: torch.nn.Module | None = None,
+                              opt: torch.optim.Optimizer | None = None) -> None:
+        model, opt = model or self.model, opt or self.opt
         if not self.info.distributed:
-            self.opt.load_state_dict(state)
+            opt.load_state_dict(state)
             return
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(self.model, self.opt, state,
+        set_optimizer_state_dict(model, opt, state,
                                  options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
     def _resume(self) -> None:
@@ -214,6 +217,7 @@ class BaseTrainer:
             for name, e in zip(names, self.ema):
                 e.copy_(D.shard_like(state["ema"][name], e))
         self._load_optimizer_state(state["optimizer"] if self.info.is_main else {})
+        self._load_extra_state(state)
         self.step = int(state["step"])
         log = self.run_dir / "log.jsonl"
         if self.info.is_main and log.is_file():
@@ -222,6 +226,18 @@ class BaseTrainer:
             log.write_text("".join(r + "\n" for r in rows))
         if self.info.is_main:
             print(f"resuming from step {self.step} ({path})", flush=True)
+
+    # ---- hooks of the trainers built on this one (lpm.distill) ----
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        """Extra metadata stored with the exported weights."""
+        return {}
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Extra entries of the train state (other models, their optimizers); a collective every rank calls."""
+        return {}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``_extra_state`` saved."""
 
     def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Full (unsharded, CPU) live and EMA state dicts; a collective every rank calls."""
@@ -241,16 +257,17 @@ class BaseTrainer:
     def _checkpoint(self) -> None:
         live, ema = self._full_states()
         optimizer = self._optimizer_state()
+        more = self._extra_state()
         if not self.info.is_main:
             return
-        extra = {"step": self.step, "train_config": to_dict(self.cfg)}
+        extra = {"step": self.step, "train_config": to_dict(self.cfg), **self._checkpoint_extra()}
         save_dit(self.run_dir / "dit.safetensors", self._as_dit(live), extra)
         save_dit(self.run_dir / "dit_ema.safetensors", self._as_dit(ema), extra)
         # The train state carries its own copy of the weights: a kill between the writes cannot leave a
         # resumable state that disagrees with its weights.
         save_train_state(self._state_path(), {
             "step": self.step, "model": live, "ema": ema, "optimizer": optimizer,
-            "config": to_dict(self.cfg), "dit_config": to_dict(self.dit_cfg)})
+            "config": to_dict(self.cfg), "dit_config": to_dict(self.dit_cfg), **more})
         plot_base_losses(self.run_dir / "log.jsonl", self.run_dir / "loss.png")
 
     def _write_sample(self) -> None:
@@ -324,6 +341,10 @@ class BaseTrainer:
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+            # What the run was made from, so later stages (lpm distill) can default to the same data and VAE.
+            vae = str(Path(self.vae_spec).resolve()) if Path(self.vae_spec).exists() else self.vae_spec
+            sources = {"data": str(self.data_dir.resolve()), "vae": vae}
+            (self.run_dir / "sources.json").write_text(json.dumps(sources, indent=1))
         self._load_data()
         self._build_model()
         if info.is_main:

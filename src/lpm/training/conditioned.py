@@ -21,6 +21,7 @@ from torch import nn
 
 from lpm.models.conditioning import Conditioning, References
 from lpm.models.dit import DiT
+from lpm.models.kv_cache import KVCache
 
 GLOBAL_REFERENCE = "global"
 
@@ -96,19 +97,29 @@ class ConditionedDiT(nn.Module):
         super().__init__()
         self.dit = dit
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: ConditionBatch) -> torch.Tensor:
+    def conditioning(self, cond: ConditionBatch, dtype: torch.dtype, device: torch.device) -> Conditioning:
+        """The DiT's ``Conditioning`` of a batch (captions encoded here, a module call so FSDP hooks run)."""
         encoder = self.dit.text_encoder
         ids, mask = encoder.tokenize(cond.captions)  # (B, L) each
-        ids, mask = ids.to(x_t.device), mask.to(x_t.device)
-        tokens = encoder(ids, mask)  # (B, L, text_dim); a module call, so FSDP hooks run
+        ids, mask = ids.to(device), mask.to(device)
+        tokens = encoder(ids, mask)  # (B, L, text_dim)
         kinds = list(cond.references)
-        conditioning = Conditioning(
+        return Conditioning(
             text_tokens=tokens,
             text_mask=mask,
-            audio_self=cond.mel_self.to(x_t.dtype),
-            audio_partner=cond.mel_partner.to(x_t.dtype),
+            audio_self=cond.mel_self.to(dtype),
+            audio_partner=cond.mel_partner.to(dtype),
             audio_start_frame=cond.audio_start_frame,
             pose=cond.pose,
-            references=References([cond.references[k].to(x_t.dtype) for k in kinds], kinds),
+            references=References([cond.references[k].to(dtype) for k in kinds], kinds),
         )
-        return self.dit(x_t, t, conditioning)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: ConditionBatch, cache: KVCache | None = None,
+                update_cache: bool = False) -> torch.Tensor:
+        """``x_t (B, F, C, h, w)``, ``t (B,)`` or ``(B, F)``; with a ``cache``, one chunk of the stream (the
+        batch's ``audio_start_frame`` is then in stream frames, see ``DiT.forward``)."""
+        conditioning = self.conditioning(cond, x_t.dtype, x_t.device)
+        if cache is not None and cond.pose is not None:  # the window's pose track: keep the chunk's frames
+            first = cache.chunks_seen * cache.frames_per_chunk
+            conditioning.pose = cond.pose[:, first:first + x_t.shape[1]]
+        return self.dit(x_t, t, conditioning, cache=cache, update_cache=update_cache)

@@ -1,0 +1,72 @@
+"""``lpm distill ode`` and ``lpm distill dmd`` (argument parsing only; the work is in ``ode`` and ``dmd``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lpm.training.commands import add_run_arguments, config_overrides
+
+
+def _sources(args: argparse.Namespace) -> tuple[str, str]:
+    """--data / --vae, defaulting to what the teacher run was trained on."""
+    from lpm.distill.trainer import run_sources
+    from lpm.errors import LpmError
+
+    known = run_sources(args.teacher)
+    data, vae = args.data or known.get("data"), args.vae or known.get("vae")
+    if not data or not vae:
+        raise LpmError(f"the teacher run {args.teacher} does not record its data set and VAE (sources.json); "
+                       "give --data and --vae")
+    return data, vae
+
+
+def _distill_ode(args: argparse.Namespace) -> int:
+    from lpm.distill.ode import OdeDistiller, load_ode_config
+
+    cfg = load_ode_config(args.config, [*config_overrides(args), f"teacher={args.teacher}"])
+    data, vae = _sources(args)
+    trainer = OdeDistiller(cfg, data, vae, args.out)
+    result = trainer.run()
+    if trainer.info.is_main:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+def _distill_dmd(args: argparse.Namespace) -> int:
+    from lpm.distill.dmd import DmdDistiller, load_dmd_config
+
+    cfg = load_dmd_config(args.config, [*config_overrides(args), f"teacher={args.teacher}",
+                                        f"student={args.student}"])
+    data, vae = _sources(args)
+    trainer = DmdDistiller(cfg, data, vae, args.out)
+    result = trainer.run()
+    if trainer.info.is_main:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, config_class: str, example: str) -> None:
+    p.add_argument("--teacher", required=True, help="the Base run (or its .safetensors) to distill")
+    p.add_argument("--data", help="clip data set (default: the teacher run's, from its sources.json)")
+    p.add_argument("--vae", help="VAE checkpoint (default: the teacher run's)")
+    add_run_arguments(p, config_class, "windows per step over all processes", example)
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    """Add ``lpm distill ode`` and ``lpm distill dmd``."""
+    p = groups["distill"].add_parser(
+        "ode", help="causal student initialisation: regress onto teacher ODE trajectories; rerunning resumes",
+        description="Generate teacher ODE trajectories (Euler with CFG, stored in RUN/pairs) and regress the "
+                    "block-causal student, initialised from the teacher, onto them at its few timesteps "
+                    "(CausVid). Rerun the same command to resume. Runs under torchrun with FSDP2.")
+    _common(p, "OdeConfig", "pairs=256 steps=600 student_steps=2")
+    p.set_defaults(func=_distill_ode)
+    p = groups["distill"].add_parser(
+        "dmd", help="Distribution Matching Distillation on the student's own rollouts; rerunning resumes",
+        description="Train the causal student with DMD (real score: the teacher with CFG; fake score: trained "
+                    "on the student's samples) on its own autoregressive rollouts through its KV cache "
+                    "(Self-Forcing). Rerun the same command to resume. Runs under torchrun with FSDP2.")
+    p.add_argument("--student", required=True, help="the ODE stage's run (or its .safetensors)")
+    _common(p, "DmdConfig", "generator_every=5 lr=2e-5 fake_lr=1e-4")
+    p.set_defaults(func=_distill_dmd)

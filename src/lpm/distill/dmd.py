@@ -1,0 +1,212 @@
+"""``lpm distill dmd``: Distribution Matching Distillation on the student's own autoregressive rollouts.
+
+DMD (Yin et al. 2024, "One-step Diffusion with Distribution Matching Distillation"; DMD2, Yin et al. 2024)
+moves the generator's output distribution toward the teacher's by the difference of two scores at noised
+versions of its samples: the *real* score (the frozen teacher, with classifier-free guidance) and the *fake*
+score (a copy of the teacher trained online, by the flow-matching loss, on the generator's samples). In the
+x0 parametrisation, at ``x_t = (1 - t) x + t eps``:
+
+    grad = (x0_fake(x_t) - x0_real(x_t)) / mean|x - x0_real(x_t)|       (DMD eq. 7 with its weighting)
+    loss = 0.5 || x - stopgrad(x - grad) ||^2                           (its gradient in x is ``grad``)
+
+The samples are the student's own rollouts through its KV cache (Self-Forcing, Huang et al. 2025): chunk by
+chunk, each from noise with the student's few steps, the clean chunk committed to the cache, the gradient
+carried by one denoising step drawn per rollout (``lpm.distill.student.rollout``). The student thus learns on
+the context it will really have when streaming, its own earlier output.
+
+Two-time-scale updates (DMD2): the fake score is updated every iteration, the generator every
+``generator_every``-th, on a fresh rollout.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lpm.config import load_config, to_dict
+from lpm.diffusion.cfg import GuidanceSpec, guided
+from lpm.diffusion.flow import Batch, shift_time
+from lpm.distill.student import rollout
+from lpm.distill.trainer import DistillConfig, DistillTrainer, resolve_weights
+from lpm.errors import LpmError
+from lpm.models.dit import DiT, load_dit
+from lpm.training import distributed as D
+from lpm.training.base_batches import shard_batch
+from lpm.training.conditioned import ConditionedDiT
+
+
+@dataclass
+class DmdConfig(DistillConfig):
+    """``lpm distill dmd`` settings (the Base trainer's keys apply; ``lr`` is the generator's)."""
+
+    steps: int = 300
+    batch: int = 2
+    lr: float = 2e-5
+    warmup_steps: int = 0
+    ema_decay: float = 0.99
+    sample_every: int = 0
+    # The student to start from (the ODE stage's run or weights); set by --student.
+    student: str = ""
+    # Update the generator every this many iterations; the fake score every iteration (DMD2's TTUR: 5).
+    generator_every: int = 5
+    # Learning rate of the fake score.
+    fake_lr: float = 1e-4
+    # Range of the noise level the scores are compared at (before the timestep shift).
+    time_min: float = 0.02
+    time_max: float = 0.98
+
+
+@dataclass
+class DmdGradient:
+    """The DMD update of a batch: ``loss`` (its gradient in ``x`` is ``grad``) and diagnostics."""
+
+    loss: torch.Tensor
+    grad: torch.Tensor
+    real_x0: torch.Tensor
+    fake_x0: torch.Tensor
+
+
+def dmd_gradient(x: torch.Tensor, real_x0: torch.Tensor, fake_x0: torch.Tensor) -> DmdGradient:
+    """``x (B, F, C, h, w)`` the generator's samples (with grad); the two scores' clean predictions at a noised
+    ``x`` (no grad). Returns the surrogate loss whose gradient in ``x`` is the normalised score difference."""
+    norm = (x.detach() - real_x0).abs().flatten(1).mean(1).clamp_min(1e-6)  # (B,)
+    grad = (fake_x0 - real_x0) / norm.reshape(-1, *([1] * (x.dim() - 1)))
+    target = (x - grad).detach()
+    loss = 0.5 * (x - target).square().flatten(1).sum(1).mean() / x[0].numel()
+    return DmdGradient(loss=loss, grad=grad, real_x0=real_x0, fake_x0=fake_x0)
+
+
+class DmdDistiller(DistillTrainer):
+    """One DMD run (see the module docstring)."""
+
+    stage = "dmd"
+
+    def _student_state(self, teacher: DiT) -> dict[str, torch.Tensor]:
+        if not self.cfg.student:
+            raise LpmError("lpm distill dmd needs --student (the ODE stage's run)")
+        student = load_dit(resolve_weights(self.cfg.student, "student"))
+        mine = {**vars(teacher.cfg), "attention": "block_causal"}
+        if vars(student.cfg) != mine:
+            diff = sorted(k for k in mine if vars(student.cfg)[k] != mine[k])
+            raise LpmError(f"student {self.cfg.student} is not a student of this teacher (config differs in {diff})")
+        return student.state_dict()
+
+    def _build_model(self) -> None:
+        super()._build_model()
+        cfg = self.cfg
+        fake = load_dit(self.teacher_path)  # the fake score starts as the teacher (DMD2)
+        self.fake = ConditionedDiT(fake).to(self.info.device).train()
+        D.shard_model(self.fake, fake.blocks, self.info)
+        self.fake_params = [p for p in self.fake.parameters() if p.requires_grad]
+        self.fake_opt = torch.optim.AdamW(self.fake_params, lr=cfg.fake_lr, betas=cfg.betas,
+                                          weight_decay=cfg.weight_decay)
+        self.real = guided(self._x0_of(self.teacher), GuidanceSpec(dict(cfg.guidance)))
+
+    def _x0_of(self, model: ConditionedDiT):
+        def x0(x_t, t, cond):
+            return self.flow.x0(model(x_t, t, cond).float(), x_t, t)
+
+        return x0
+
+    # ---- state of the fake score ----
+    def _extra_state(self) -> dict[str, Any]:
+        return {"fake": D.full_state_dict(self.fake), "fake_optimizer": self._optimizer_state(self.fake, self.fake_opt)}
+
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
+        if "fake" not in state:
+            raise LpmError(f"{self.run_dir}: the train state has no fake score; not a DMD run")
+        D.load_full_state_dict(self.fake, state["fake"])
+        self._load_optimizer_state(state["fake_optimizer"] if self.info.is_main else {}, self.fake, self.fake_opt)
+
+    # ---- one iteration ----
+    def _draws(self, step: int) -> dict[str, Any]:
+        """Everything random of iteration ``step``, drawn for the global batch (so ranks agree)."""
+        cfg = self.cfg
+        batch = self.sampler.batch(step, cfg.batch)
+        shape = tuple(batch.x_0.shape)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        steps = len(self.times) - 1
+
+        def times() -> torch.Tensor:
+            u = cfg.time_min + (cfg.time_max - cfg.time_min) * torch.rand(cfg.batch, generator=g)
+            return shift_time(u, cfg.flow.shift)
+
+        return {"batch": batch, "shape": shape, "noise": torch.randn(shape, generator=g),
+                "renoise": torch.randn((max(steps - 1, 0), *shape), generator=g),
+                "exit_step": int(torch.randint(0, steps, (1,), generator=g)),
+                "t_dmd": times(), "eps_dmd": torch.randn(shape, generator=g),
+                "t_fake": times(), "eps_fake": torch.randn(shape, generator=g)}
+
+    def _local(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        info = self.info
+        n = x.shape[dim]
+        return x.narrow(dim, info.rank * n // info.world_size, n // info.world_size).to(info.device)
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, info = self.cfg, self.info
+        draws = self._draws(step)
+        batch = shard_batch(draws["batch"], info.rank, info.world_size)
+        cond = batch.cond.to(info.device)
+        shape = (batch.x_0.shape[0], *draws["shape"][1:])
+        update_generator = step % cfg.generator_every == 0
+        out: dict[str, float] = {}
+        # 1. The student's own rollout (gradients only when the generator is updated).
+        self.model.train()
+        with torch.set_grad_enabled(update_generator):
+            video = rollout(self.model, self.flow, cond, shape, self.times, self._local(draws["noise"]),
+                            self._local(draws["renoise"], 1), draws["exit_step"], self.dit_cfg).video
+        # 2. Generator: the DMD gradient at a noised copy of the rollout.
+        if update_generator:
+            t = self._local(draws["t_dmd"])
+            tb = t.reshape(-1, 1, 1, 1, 1)
+            x_t = (1 - tb) * video.detach() + tb * self._local(draws["eps_dmd"])
+            with torch.no_grad():
+                real_x0 = self.real(x_t, t, cond)
+                fake_x0 = self._x0_of(self.fake)(x_t, t, cond)
+            dmd = dmd_gradient(video, real_x0, fake_x0)
+            self.opt.zero_grad(set_to_none=True)
+            dmd.loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            self.opt.step()
+            decay = cfg.ema_decay
+            with torch.no_grad():
+                for e, p in zip(self.ema, self.params):
+                    e.lerp_(p.detach(), 1 - decay)
+            out["dmd_loss"] = D.all_mean(dmd.loss.item(), info)
+            out["grad_norm"] = float(D.full_tensor(norm))
+            out["score_gap"] = D.all_mean(dmd.grad.abs().mean().item(), info)
+        # 3. Fake score: flow matching on the (detached) rollout.
+        fake_batch = Batch(x_0=video.detach(), cond=cond, t=self._local(draws["t_fake"]),
+                           noise=self._local(draws["eps_fake"]))
+        fake_loss = self.flow.loss(self.fake, fake_batch).loss
+        self.fake_opt.zero_grad(set_to_none=True)
+        fake_loss.backward()
+        fake_norm = torch.nn.utils.clip_grad_norm_(self.fake_params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        self.fake_opt.step()
+        out["fake_loss"] = D.all_mean(fake_loss.item(), info)
+        out["fake_grad_norm"] = float(D.full_tensor(fake_norm))
+        out["loss"] = out["fake_loss"]  # logged every iteration; the generator's figures on its steps
+        out.setdefault("grad_norm", out["fake_grad_norm"])
+        return out
+
+    @torch.no_grad()
+    def batch_loss(self, step: int) -> float:
+        """The fake score's loss on iteration ``step``'s rollout, no update (ranks averaged)."""
+        draws = self._draws(step)
+        batch = shard_batch(draws["batch"], self.info.rank, self.info.world_size)
+        cond = batch.cond.to(self.info.device)
+        shape = (batch.x_0.shape[0], *draws["shape"][1:])
+        video = rollout(self.model, self.flow, cond, shape, self.times, self._local(draws["noise"]),
+                        self._local(draws["renoise"], 1), draws["exit_step"], self.dit_cfg).video
+        fake_batch = Batch(x_0=video, cond=cond, t=self._local(draws["t_fake"]), noise=self._local(draws["eps_fake"]))
+        return D.all_mean(self.flow.loss(self.fake, fake_batch).loss.item(), self.info)
+
+
+def load_dmd_config(yaml_path: str | None, overrides: list[str]) -> DmdConfig:
+    """DmdConfig from an optional YAML file and ``key=value`` overrides."""
+    cfg = load_config(DmdConfig, base=DmdConfig(), yaml_path=yaml_path, overrides=overrides)
+    to_dict(cfg)  # every key serialisable (it is saved with the run)
+    return cfg

@@ -1,0 +1,170 @@
+"""``lpm distill ode``: the causal student's initialisation by regression onto teacher ODE trajectories
+(CausVid, Yin et al. 2025, Sec. 3.3: "student initialization" with ODE pairs).
+
+1. Pairs: the teacher (bidirectional, with classifier-free guidance) integrates the flow ODE from noise with
+   Euler on a grid that refines the student's (``teacher_steps_per_step`` teacher steps per student step);
+   the states at the student's times and the end point are stored in ``RUN/pairs/pairs_XXXXX.safetensors``
+   (one shard per ``pair_batch`` windows, written atomically: a killed run generates only what is missing).
+   The CFG dropout of the Base trainer applies here too (per pair), so the student also learns the teacher's
+   answer without a caption or with a silent voice.
+2. Regression: each sample picks a chunk ``j`` and a student step ``i``; one block-causal forward gets the
+   clean trajectory end before chunk ``j`` and the trajectory's state at ``times[i]`` from chunk ``j`` on
+   (``lpm.distill.student.causal_inputs``: chunk ``j`` sees exactly what it sees when streaming); the loss is
+   the face-weighted squared error of its clean prediction against the trajectory's end, on chunk ``j``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from lpm.config import load_config
+from lpm.diffusion.cfg import GuidanceSpec, guided
+from lpm.diffusion.samplers import sample_euler
+from lpm.distill.student import causal_inputs, teacher_grid
+from lpm.distill.trainer import DistillConfig, DistillTrainer
+from lpm.errors import LpmError
+from lpm.training import distributed as D
+from lpm.training.base_batches import Window
+
+PAIR_SEED = 7919  # separates the pair draws from the training batches of the same seed
+
+
+@dataclass
+class OdeConfig(DistillConfig):
+    """``lpm distill ode`` settings (the Base trainer's keys apply: batch, lr, frames, checkpoints, ...)."""
+
+    steps: int = 400
+    lr: float = 1e-4
+    warmup_steps: int = 20
+    ema_decay: float = 0.99
+    sample_every: int = 0
+    # Teacher trajectories to generate, and how many per teacher call.
+    pairs: int = 128
+    pair_batch: int = 4
+    # Teacher Euler steps per student step (the teacher grid refines the student's).
+    teacher_steps_per_step: int = 3
+
+
+@dataclass
+class OdeLoss:
+    """``loss`` (scalar) and ``per_sample (B,)``."""
+
+    loss: torch.Tensor
+    per_sample: torch.Tensor
+
+
+class OdeDistiller(DistillTrainer):
+    """One ODE-regression run (see the module docstring)."""
+
+    stage = "ode"
+
+    def setup(self) -> None:
+        super().setup()
+        self._ensure_pairs()
+
+    # ---- pairs ----
+    def _pair_path(self, shard: int) -> Path:
+        return self.run_dir / "pairs" / f"pairs_{shard:05d}.safetensors"
+
+    @torch.no_grad()
+    def _generate_shard(self, shard: int) -> None:
+        cfg, info = self.cfg, self.info
+        rng = np.random.default_rng([cfg.seed, PAIR_SEED, shard])
+        windows = self.sampler.windows(rng, cfg.pair_batch)
+        d = cfg.dropout
+        drop = {name: rng.random(cfg.pair_batch) < p for name, p in
+                (("text", d.text), ("audio_self", d.audio_self), ("audio_partner", d.audio_partner))}
+        batch = self.sampler.assemble(windows, drop)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + PAIR_SEED * 1009 + shard)
+        noise = torch.randn(batch.x_0.shape, generator=g)
+        grid, index = teacher_grid(self.times, cfg.teacher_steps_per_step, cfg.flow.shift)
+        keep = {i: None for i in index[1:-1]}  # grid indices of the student's inner times
+
+        def remember(i: int, x: torch.Tensor, t: torch.Tensor) -> None:
+            if i + 1 in keep:
+                keep[i + 1] = x.cpu().clone()
+
+        velocity = guided(self.flow.denoiser(self.teacher), GuidanceSpec(dict(cfg.guidance)))
+        end = sample_euler(velocity, noise.to(info.device), grid.to(info.device), batch.cond.to(info.device),
+                           callback=remember)
+        states = torch.stack([noise, *(keep[i] for i in index[1:-1])], 1)  # (B, S, F, C, h, w)
+        meta = {"windows": json.dumps([[w.clip.id, w.start] for w in windows]),
+                "drop": json.dumps({k: v.tolist() for k, v in drop.items()}),
+                "times": json.dumps(self.times), "guidance": json.dumps(dict(cfg.guidance))}
+        path = self._pair_path(shard)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({"states": states.contiguous(), "x_0": end.cpu().contiguous()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)  # atomic: a kill never leaves half a shard
+
+    def _ensure_pairs(self) -> None:
+        cfg, info = self.cfg, self.info
+        shards = math.ceil(cfg.pairs / cfg.pair_batch)
+        mine = [s for s in range(shards) if s % info.world_size == info.rank and not self._pair_path(s).is_file()]
+        self.teacher.eval()
+        for s in tqdm(mine, desc="teacher ODE pairs", disable=not info.is_main or not mine, dynamic_ncols=True):
+            self._generate_shard(s)
+        D.barrier(info)
+        by_id = {c.id: c for c in self.sampler.clips}
+        states, ends, self.pair_windows, drops = [], [], [], {"text": [], "audio_self": [], "audio_partner": []}
+        for s in range(shards):
+            path = self._pair_path(s)
+            tensors = load_file(str(path))
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata()
+            if json.loads(meta["times"]) != self.times:
+                raise LpmError(f"{path} holds pairs for student times {meta['times']}, this run uses {self.times}; "
+                               "use another --out")
+            for clip_id, start in json.loads(meta["windows"]):
+                if clip_id not in by_id:
+                    raise LpmError(f"{path}: clip {clip_id} is not in this run's training data")
+                self.pair_windows.append(Window(by_id[clip_id], int(start)))
+            for k, v in json.loads(meta["drop"]).items():
+                drops[k].extend(v)
+            states.append(tensors["states"])
+            ends.append(tensors["x_0"])
+        self.pair_states, self.pair_ends = torch.cat(states), torch.cat(ends)
+        self.pair_drop = {k: np.array(v, bool) for k, v in drops.items()}
+        if info.is_main:
+            print(f"{len(self.pair_windows)} teacher trajectories, student times {self.times}", flush=True)
+
+    # ---- the objective ----
+    def _loss(self, step: int) -> OdeLoss:
+        cfg, info = self.cfg, self.info
+        rng = np.random.default_rng([cfg.seed, step])
+        n, b = len(self.pair_windows), cfg.batch
+        idx = rng.integers(0, n, b)
+        chunk = torch.from_numpy(rng.integers(0, cfg.frames // self.dit_cfg.frames_per_chunk, b))
+        step_i = torch.from_numpy(rng.integers(0, len(self.times) - 1, b))
+        part = slice(info.rank * b // info.world_size, (info.rank + 1) * b // info.world_size)
+        idx, chunk, step_i = idx[part], chunk[part], step_i[part]
+        batch = self.sampler.assemble([self.pair_windows[i] for i in idx],
+                                      {k: v[idx] for k, v in self.pair_drop.items()})
+        device = info.device
+        target = self.pair_ends[idx].to(device)
+        inputs = causal_inputs(self.pair_states[idx].to(device), target, self.times, chunk.to(device),
+                               step_i.to(device), self.dit_cfg.frames_per_chunk)
+        device_type = torch.device(device).type
+        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            out = self.model(inputs.x_t, inputs.t, batch.cond.to(device))
+        pred = self.flow.x0(out.float(), inputs.x_t, inputs.t)
+        err = (pred - target).square().mean(2)  # (B, F, h, w)
+        w = batch.weights.to(device) * inputs.loss_mask[..., None, None]
+        per_sample = (err * w).flatten(1).sum(1) / w.flatten(1).sum(1)
+        return OdeLoss(loss=per_sample.mean(), per_sample=per_sample)
+
+
+def load_ode_config(yaml_path: str | None, overrides: list[str]) -> OdeConfig:
+    """OdeConfig from an optional YAML file and ``key=value`` overrides."""
+    return load_config(OdeConfig, base=OdeConfig(), yaml_path=yaml_path, overrides=overrides)

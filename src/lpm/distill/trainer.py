@@ -1,0 +1,153 @@
+"""What the distillation stages share: a frozen teacher, a block-causal student initialised from weights,
+the student's few times, Online metadata on every export, and rollout samples.
+
+Both stages are ``BaseTrainer`` runs (same data windows, resume, checkpoints, log, torchrun + FSDP2), with
+the student as the trained model: ``lpm.distill.ode`` regresses it onto teacher trajectories,
+``lpm.distill.dmd`` trains it with distribution matching on its own rollouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lpm.config import from_dict
+from lpm.data.clip import read_manifest
+from lpm.diffusion.flow import FlowConfig, FlowMatching
+from lpm.distill.student import rollout, student_times
+from lpm.errors import LpmError
+from lpm.models.dit import DiT, load_dit
+from lpm.models.dit_config import DiTConfig
+from lpm.training import distributed as D
+from lpm.training.base_batches import Window, WindowSampler
+from lpm.training.base_samples import write_sample
+from lpm.training.base_trainer import BaseTrainConfig, BaseTrainer
+from lpm.training.checkpoint import read_metadata
+from lpm.training.conditioned import ConditionedDiT
+from lpm.training.latent_cache import silent_mel
+
+ONLINE_SAMPLER = "renoise"  # lpm.diffusion.samplers key of the students' few-step sampler
+
+
+@dataclass
+class DistillConfig(BaseTrainConfig):
+    """Keys every distillation stage reads (on top of the Base trainer's)."""
+
+    # The teacher's weights: a Base run directory (its dit_ema.safetensors) or a .safetensors file.
+    teacher: str = ""
+    # Denoising steps per chunk of the Online student (LPM 1.0: 2).
+    student_steps: int = 2
+
+
+def resolve_weights(spec: str, what: str) -> Path:
+    """A run directory (its ``dit_ema.safetensors``, else ``dit.safetensors``) or a checkpoint file."""
+    path = Path(spec)
+    if path.is_dir():
+        for name in ("dit_ema.safetensors", "dit.safetensors"):
+            if (path / name).is_file():
+                return path / name
+        raise LpmError(f"{what} {spec}: no dit_ema.safetensors or dit.safetensors in the run (has it checkpointed?)")
+    if not path.is_file():
+        raise LpmError(f"{what} {spec}: no such run directory or checkpoint file")
+    return path
+
+
+def run_sources(spec: str) -> dict[str, str]:
+    """The data set and VAE a run was trained on (``RUN/sources.json``), if recorded."""
+    path = Path(spec)
+    folder = path if path.is_dir() else path.parent
+    try:
+        import json
+
+        return json.loads((folder / "sources.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+class DistillTrainer(BaseTrainer):
+    """A ``BaseTrainer`` whose model is a block-causal student of a frozen teacher.
+
+    Args:
+        cfg: the stage's config (``teacher`` set).
+        data_dir, vae, run_dir: as for ``BaseTrainer``.
+    """
+
+    stage = ""  # "ode" or "dmd": recorded in the exported metadata
+
+    def __init__(self, cfg: DistillConfig, data_dir: str | Path, vae: str, run_dir: str | Path) -> None:
+        self.teacher_path = resolve_weights(cfg.teacher, "teacher")
+        meta = read_metadata(self.teacher_path)
+        flow = ((meta.get("extra") or {}).get("train_config") or {}).get("flow")
+        # The student inherits the teacher's objective (parametrisation and shift) and network shape (the
+        # latent cache is keyed on its mel features, so the shape is set before the data is read).
+        cfg = dataclasses.replace(cfg, teacher=str(self.teacher_path), model=from_dict(DiTConfig, meta["config"]),
+                                  flow=from_dict(FlowConfig, flow) if isinstance(flow, dict) else cfg.flow)
+        super().__init__(cfg, data_dir, vae, run_dir)
+        self.flow = FlowMatching(cfg.flow)
+        self.times = student_times(cfg.student_steps, cfg.flow.shift)
+
+    # ---- models ----
+    def _student_state(self, teacher: DiT) -> dict[str, torch.Tensor]:
+        """Initial student weights: the teacher's (CausVid); the DMD stage starts from the ODE student."""
+        return teacher.state_dict()
+
+    def _build_model(self) -> None:
+        cfg, info = self.cfg, self.info
+        teacher = load_dit(self.teacher_path)
+        c, h, w = self.train_clips[0].latents.shape[1:]
+        tc = teacher.cfg
+        takes = (tc.latent_channels, tc.latent_height, tc.latent_width)
+        if takes != (c, h, w):
+            raise LpmError(f"teacher {self.teacher_path} takes latents {takes}, the data's are {(c, h, w)}: "
+                           "a different VAE or resolution")
+        if cfg.frames % tc.frames_per_chunk:
+            raise LpmError(f"frames {cfg.frames} is not a multiple of the chunk ({tc.frames_per_chunk} frames)")
+        self.dit_cfg = dataclasses.replace(tc, attention="block_causal")
+        self.cfg = dataclasses.replace(cfg, model=self.dit_cfg)
+        student = DiT(self.dit_cfg)
+        student.load_state_dict(self._student_state(teacher), strict=True)
+        self.export_dit = DiT(self.dit_cfg) if info.is_main else None
+        start, end = student.audio_frame_range(0, cfg.frames)
+        self.sampler = WindowSampler(self.train_clips, cfg.frames, -start, end - cfg.frames, silent_mel(self.mel),
+                                     cfg.dropout, cfg.face_weight, cfg.balance_modes, cfg.seed)
+        self.teacher = self._frozen(teacher)
+        self.model = ConditionedDiT(student).to(info.device)
+        D.shard_model(self.model, student.blocks, info)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ema = [p.detach().clone() for p in self.params]
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.num_params = sum(p.numel() for p in student.parameters())
+
+    def _frozen(self, dit: DiT) -> ConditionedDiT:
+        """A model that is only evaluated (teacher), sharded like the student."""
+        model = ConditionedDiT(dit).to(self.info.device).eval().requires_grad_(False)
+        D.shard_model(model, dit.blocks, self.info)
+        return model
+
+    # ---- outputs ----
+    def _checkpoint_extra(self) -> dict[str, Any]:
+        return {"stage": self.stage, "teacher": str(self.teacher_path),
+                "online": {"timesteps": self.times, "sampler": ONLINE_SAMPLER, "refiner_time": None}}
+
+    @torch.no_grad()
+    def _write_sample(self) -> None:
+        model = self._as_dit(self._full_states()[1])
+        if model is None:
+            return
+        clip = self.sample_clip
+        batch = self.sampler.assemble([Window(clip, 0)])
+        shape = tuple(batch.x_0.shape)
+        g = torch.Generator().manual_seed(self.cfg.seed)
+        noise = torch.randn(shape, generator=g)
+        renoise = torch.randn((len(self.times) - 2, *shape), generator=g)
+        model.eval()
+        video = rollout(ConditionedDiT(model), self.flow, batch.cond, shape, self.times, noise, renoise, None,
+                        self.dit_cfg).video
+        rows = {r["id"]: r for r in read_manifest(self.data_dir)}
+        write_sample(self.run_dir / "samples" / f"step_{self.step:06d}.mp4", video, self.codec,
+                     self.data_dir / rows[clip.id]["path"], start=0)
+
