@@ -98,7 +98,8 @@ def cmd_perform(args: argparse.Namespace) -> int:
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="DiT checkpoint; without it the rule-driven rig engine runs")
     p.add_argument("--vae", default="checkpoints/vae_tiny.safetensors", help="codec of the DiT engine")
-    p.add_argument("--steps", type=int, default=2, help="denoising steps per chunk (DiT engine)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="denoising steps per chunk (DiT engine; default: the checkpoint's Online times, else 2)")
     p.add_argument("--refiner", action="store_true", help="add the one-step refiner stage (DiT engine)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--res", type=int, default=256, help="frame size of the rig engine")
