@@ -26,8 +26,12 @@ def _threads() -> int:
 
 def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, identity: str | Path,
               checkpoints: dict[str, str] | None = None, minutes: float = 0.0, seed: int = 0,
-              log=print) -> dict:
-    """Run one suite and write ``out/report.json``, ``report.md`` and plots; returns the report object."""
+              refiner: bool = False, base_steps: int | None = None, log=print) -> dict:
+    """Run one suite and write ``out/report.json``, ``report.md`` and plots; returns the report object.
+
+    ``refiner``: also run ``online+refiner`` (the online checkpoint with the one-step refiner on);
+    ``base_steps``: ODE steps per window of ``base`` (None: its default).
+    """
     if suite not in SUITES:
         raise LpmError(f"unknown suite {suite!r}; expected one of {SUITES}")
     for path, what in ((probe, "--probe"), (identity, "--identity")):
@@ -42,7 +46,7 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
                "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     t0 = time.time()
     inst = load_instruments(probe, identity, data)
-    systems = make_systems(checkpoints, seed)
+    systems = make_systems(checkpoints, seed, refiner, base_steps)
     rows = select_clips(data, suite)
     log(f"bench {suite}: {len(rows)} clips, systems {', '.join(s.name for s in systems)}")
     results, truths = run_clip_suite(systems, rows, data, inst, log)

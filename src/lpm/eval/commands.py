@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from lpm.errors import LpmError
 
@@ -14,8 +15,12 @@ DEFAULT_DATA = "data/world128"
 DEFAULT_MINUTES = {"long": 45.0, "full": 10.0, "quick": 0.0}
 
 
-def _parse_checkpoints(items: list[str]) -> dict[str, str]:
-    """``base=PATH`` / ``online=PATH``; a bare PATH is named by its checkpoint's stored ``stage`` or kind."""
+def _parse_checkpoints(items: list[str], defaults: bool = True) -> dict[str, str]:
+    """``base=PATH`` / ``online=PATH`` / ``online+refiner=PATH``; a bare PATH is named by its checkpoint: a DiT by
+    its attention mode (block-causal = online), others by the stored ``stage`` or kind. Names not given take the
+    shipped ``DEFAULT_CHECKPOINTS`` that exist (unless ``defaults`` is False)."""
+    from lpm.eval.systems import DEFAULT_CHECKPOINTS, MODEL_SYSTEMS
+
     out = {}
     for item in items:
         if "=" in item:
@@ -24,11 +29,18 @@ def _parse_checkpoints(items: list[str]) -> dict[str, str]:
             from lpm.training.checkpoint import read_metadata
 
             meta = read_metadata(item)
-            name = "online" if "online" in (meta["extra"].get("stage", "") + meta["kind"]) else "base"
+            if meta["kind"] == "dit":
+                name = "online" if meta["config"].get("attention") == "block_causal" else "base"
+            else:
+                name = "online" if "online" in (meta["extra"].get("stage", "") + meta["kind"]) else "base"
             path = item
-        if name not in ("base", "online"):
-            raise LpmError(f"--checkpoint {item!r}: name must be base or online")
+        if name not in MODEL_SYSTEMS:
+            raise LpmError(f"--checkpoint {item!r}: name must be one of {', '.join(MODEL_SYSTEMS)}")
         out[name] = path
+    if defaults:
+        for name, path in DEFAULT_CHECKPOINTS.items():
+            if name not in out and Path(path).is_file():
+                out[name] = path
     return out
 
 
@@ -37,7 +49,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     minutes = args.minutes if args.minutes is not None else DEFAULT_MINUTES[args.suite]
     report = run_bench(args.suite, args.out, data=args.data, probe=args.probe, identity=args.identity,
-                       checkpoints=_parse_checkpoints(args.checkpoint), minutes=minutes, seed=args.seed)
+                       checkpoints=_parse_checkpoints(args.checkpoint, not args.no_default_checkpoints),
+                       minutes=minutes, seed=args.seed, refiner=args.refiner, base_steps=args.base_steps)
     print(f"wrote {args.out}/report.json, report.md, {', '.join(report['plots'])} in {report['wall_s']:.0f} s")
     return 0
 
@@ -64,7 +77,14 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--suite", choices=SUITES, default="quick",
                    help="quick (minutes on a CPU) | full (all eval clips + a long session) | long (45 min session)")
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="[base=|online=]PATH",
-                   help="trained model checkpoints to compare (base, online)")
+                   help="trained model checkpoints to compare (base, online); a bare PATH is named by its attention "
+                        "mode; default: checkpoints/base_tiny.safetensors, checkpoints/online_tiny.safetensors")
+    p.add_argument("--no-default-checkpoints", action="store_true",
+                   help="do not pick up the shipped base/online checkpoints for names not given")
+    p.add_argument("--refiner", action="store_true",
+                   help="also run online+refiner: the online checkpoint with the one-step refiner on")
+    p.add_argument("--base-steps", type=int, default=None,
+                   help="ODE steps per window of the base system (default 8; fewer trade quality for CPU time)")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--data", default=DEFAULT_DATA, help="world clip data set (train clips fit the state reader)")
     p.add_argument("--probe", default=DEFAULT_PROBE)

@@ -8,8 +8,9 @@ whole clip before its first chunk, which is exactly their latency; streaming sys
 - ``traditional``: the world's rig + behaviour controller performing the clip's audio (``perform_audio``). It
   needs a hand-built rig for the character, which only world characters have.
 - ``static``: the global reference image held still (the floor).
-- ``base`` / ``online``: trained lpm models, from ``--checkpoint``; a loader per checkpoint kind registers in
-  ``MODEL_LOADERS`` (the runtime will add its own). Until then they report why they are not available.
+- ``base`` / ``online`` (and ``online+refiner``): trained lpm models, from ``--checkpoint`` or the shipped
+  ``DEFAULT_CHECKPOINTS``; a loader per checkpoint kind registers in ``MODEL_LOADERS`` (DiT checkpoints:
+  ``lpm.eval.dit_systems``). A model that cannot run reports why instead.
 """
 
 from __future__ import annotations
@@ -209,27 +210,38 @@ class TraditionalSystem(System):
                 yield renderer.render_sequence(motion[s: s + chunk_frames])
 
 
-# Checkpoint kind -> loader returning a ready System. The runtime registers its loaders here.
-MODEL_LOADERS: dict[str, Callable[[str, Path], System]] = {}
+# Checkpoint kind -> loader returning a ready System (or raising with the reason it cannot run).
+MODEL_LOADERS: dict[str, Callable[..., System]] = {}
+# The model systems a bench can run, and the shipped checkpoint each uses when none is given.
+MODEL_SYSTEMS = ("base", "online", "online+refiner")
+DEFAULT_CHECKPOINTS = {"base": "checkpoints/base_tiny.safetensors", "online": "checkpoints/online_tiny.safetensors"}
 
 
-def register_model_loader(kind: str, loader: Callable[[str, Path], System]) -> None:
-    """Let ``lpm bench --checkpoint`` run checkpoints of ``kind`` (loader(name, path) -> System)."""
+def register_model_loader(kind: str, loader: Callable[..., System]) -> None:
+    """Let ``lpm bench --checkpoint`` run checkpoints of ``kind`` (``loader(name, path, **settings) -> System``;
+    ``settings`` are the bench's options for that system, e.g. ``steps`` of ``base``)."""
     MODEL_LOADERS[kind] = loader
 
 
 class ModelSystem(System):
-    """A trained lpm model (``base`` or ``online``) from a checkpoint, when a loader for its kind exists."""
+    """A trained lpm model (``base`` or ``online``) from a checkpoint, when a loader for its kind exists.
 
-    def __init__(self, name: str, checkpoint: str | Path | None):
+    Args:
+        settings: keyword options passed to the loader (None values left out).
+    """
+
+    def __init__(self, name: str, checkpoint: str | Path | None, settings: dict | None = None):
         self.name = name
         self.checkpoint = Path(checkpoint) if checkpoint else None
         self._system: System | None = None
         self._reason: str | None = None
         self.note = f"trained lpm model ({name})"
         if self.checkpoint is None:
-            self._reason = f"no trained {name} checkpoint given (--checkpoint {name}=PATH); none shipped yet"
+            given = name.split("+")[0]
+            self._reason = (f"no trained {given} checkpoint given (--checkpoint {given}=PATH) and none shipped at "
+                            f"{DEFAULT_CHECKPOINTS.get(given, '(no default)')}")
             return
+        import lpm.eval.dit_systems  # noqa: F401 - registers the loader of DiT checkpoints
         from lpm.training.checkpoint import CheckpointError, read_metadata
 
         try:
@@ -243,11 +255,17 @@ class ModelSystem(System):
                             f"for that kind (lpm.eval.systems.register_model_loader); known: "
                             f"{sorted(MODEL_LOADERS) or 'none yet'}")
             return
-        self._system = loader(name, self.checkpoint)
+        try:
+            self._system = loader(name, self.checkpoint,
+                                  **{k: v for k, v in (settings or {}).items() if v is not None})
+        except Exception as e:  # noqa: BLE001 - a checkpoint that cannot run is a report row, never a traceback
+            self._reason = f"{self.checkpoint}: {e}" if str(self.checkpoint) not in str(e) else str(e)
+            return
         self.measures_speed = self._system.measures_speed
+        self.note = self._system.note or self.note
 
     def unavailable(self) -> str | None:
-        return self._reason
+        return self._reason or (self._system.unavailable() if self._system is not None else None)
 
     def generate(self, inputs: ClipInputs) -> np.ndarray:
         if self._system is None:
@@ -281,8 +299,20 @@ def timed_stream(system: System, inputs: ClipInputs,
         yield chunk, secs, system.needs_audio_until(inputs, done)
 
 
-def make_systems(checkpoints: dict[str, str] | None = None, seed: int = 0) -> list[System]:
-    """The systems of one bench run, in report order."""
+def make_systems(checkpoints: dict[str, str] | None = None, seed: int = 0, refiner: bool = False,
+                 base_steps: int | None = None) -> list[System]:
+    """The systems of one bench run, in report order.
+
+    Args:
+        checkpoints: model system name (``MODEL_SYSTEMS``) -> checkpoint path.
+        refiner: add ``online+refiner``: the online checkpoint (or the one given for ``online+refiner``) with the
+            engine's one-step refiner on, so its effect is measured in the same run.
+        base_steps: ODE steps per window of ``base`` (None: its default, ``lpm.eval.dit_systems.BaseSampling``).
+    """
     checkpoints = checkpoints or {}
-    return [TruthSystem(), TraditionalSystem(seed), StaticSystem(),
-            ModelSystem("base", checkpoints.get("base")), ModelSystem("online", checkpoints.get("online"))]
+    systems = [TruthSystem(), TraditionalSystem(seed), StaticSystem(),
+               ModelSystem("base", checkpoints.get("base"), {"steps": base_steps}),
+               ModelSystem("online", checkpoints.get("online"))]
+    if refiner or "online+refiner" in checkpoints:
+        systems.append(ModelSystem("online+refiner", checkpoints.get("online+refiner", checkpoints.get("online"))))
+    return systems

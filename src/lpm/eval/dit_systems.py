@@ -1,0 +1,321 @@
+"""The bench's trained DiT systems, and the loader that lets ``lpm bench --checkpoint`` run DiT checkpoints.
+
+- ``online`` (``OnlineSystem``): a block-causal (distilled) checkpoint in the streaming ``DiTEngine``: the
+  references go into the KV cache once per case, then chunk after chunk of ``frames_per_chunk`` frames is made
+  from the audio up to its end plus the model's lookahead, exactly the ``ChunkInput`` a ``Session`` cuts. The
+  engine's stages run in order in the bench's thread (a ``Session`` would overlap them in threads; on the bench's
+  2-core CPU those would oversubscribe the cores its torch threads already use), so ``fps`` is the sequential
+  throughput and the latency is chunk + lookahead + the chunk's compute. ``online+refiner``: the same with the
+  engine's one-step refiner stage on.
+- ``base`` (``BaseSystem``): a bidirectional (Base) checkpoint, offline: the clip is cut into windows of the
+  model's training length, each sampled on its own (flow ODE from noise, fixed seed per window) with
+  classifier-free guidance on the trainer's conditioning (``ConditionBatch``), then decoded. A window can be made
+  once the audio to its end is in, so its chunks are timed window by window.
+
+Both take the case's reference images (``ClipInputs.refs``, the kinds the model knows) and caption; no pose
+track (the DiT runs without one, as it is trained to with ``pose_dropout``). Frames come out at the case's
+resolution (resized when the model's differs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lpm.audio.mel import LogMel
+from lpm.data.clip import image_to_tensor
+from lpm.diffusion.cfg import GuidanceSpec, guided
+from lpm.diffusion.flow import FlowMatching
+from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
+from lpm.eval.systems import CHUNK_FRAMES, ClipInputs, System, SystemUnavailable, register_model_loader
+from lpm.models.dit import CHECKPOINT_KIND, DiT, load_dit
+from lpm.models.latent_codec import LatentCodec, load_codec
+from lpm.runtime.dit_engine import DEFAULT_VAE, DiTEngine, DiTEngineConfig, flow_config_of, square_image
+from lpm.runtime.engines import Character, ChunkInput, samples_for_frames
+from lpm.training.base_samples import to_uint8
+from lpm.training.checkpoint import read_metadata
+from lpm.training.conditioned import GLOBAL_REFERENCE, ConditionBatch, ConditionedDiT
+from lpm.training.latent_cache import silent_mel
+
+REFINER_SUFFIX = "+refiner"
+# The attention mode each system name needs from its checkpoint.
+ATTENTION_OF = {"base": "bidirectional", "online": "block_causal", f"online{REFINER_SUFFIX}": "block_causal"}
+# Without the checkpoint's own training settings: the Base trainer's sample-time guidance.
+DEFAULT_GUIDANCE = {"text": 2.0, "audio_self": 2.0}
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_window() -> int:
+    """The Base trainer's default window (for a checkpoint that does not record its own)."""
+    from lpm.training.base_trainer import BaseTrainConfig
+
+    return BaseTrainConfig().frames
+
+
+def fit_frames(frames: np.ndarray, res: int) -> np.ndarray:
+    """``(F, R, R, 3)`` uint8 -> ``(F, res, res, 3)`` (resized only when ``R != res``)."""
+    if frames.shape[1] == res and frames.shape[2] == res:
+        return frames
+    return np.stack([np.array(Image.fromarray(f).resize((res, res), Image.Resampling.BILINEAR)) for f in frames])
+
+
+def reference_images(inputs: ClipInputs, kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The case's references of the kinds the model knows (``global`` is required)."""
+    if GLOBAL_REFERENCE not in inputs.refs:
+        raise SystemUnavailable(f"{inputs.clip_id}: no global reference image")
+    return {k: inputs.refs[k] for k in kinds if k in inputs.refs}
+
+
+def padded_pcm(pcm: np.ndarray, start: int, end: int) -> np.ndarray:
+    """``pcm[start:end]`` float32, zero-padded past the end of the recording (silence after the clip)."""
+    out = np.zeros(end - start, np.float32)
+    part = pcm[start:end]
+    out[:len(part)] = part
+    return out
+
+
+def check_checkpoint(name: str, checkpoint: str | Path) -> dict:
+    """The checkpoint's metadata, when it is a DiT of the attention mode system ``name`` needs."""
+    meta = read_metadata(checkpoint)
+    if meta["kind"] != CHECKPOINT_KIND:
+        raise SystemUnavailable(f"{checkpoint} holds {meta['kind']!r} weights, not a DiT")
+    attention = meta["config"].get("attention", "bidirectional")
+    want = ATTENTION_OF.get(name)
+    if want is not None and attention != want:
+        other = "online" if attention == "block_causal" else "base"
+        raise SystemUnavailable(f"{checkpoint} is a {attention} DiT, {name} needs a {want} one "
+                                f"(give it as --checkpoint {other}=PATH)")
+    return meta
+
+
+class OnlineSystem(System):
+    """A block-causal DiT checkpoint streamed chunk by chunk through ``DiTEngine`` (see the module docstring).
+
+    Args:
+        name: the report's name (``online``, ``online+refiner``).
+        checkpoint: the DiT safetensors; its ``extra["online"]`` sets the sampler and timesteps (read by the
+            engine).
+        vae: the latent codec spec the model was trained with.
+        refiner: run the engine's one-step refiner stage.
+        seed: the engine's noise seed (the same for every case).
+    """
+
+    def __init__(self, name: str, checkpoint: str | Path, vae: str = DEFAULT_VAE, refiner: bool = False,
+                 seed: int = 0, device: str | None = None) -> None:
+        check_checkpoint(name, checkpoint)
+        self.name, self.checkpoint, self.vae, self.refiner, self.seed = name, str(checkpoint), str(vae), refiner, seed
+        self.device = device or default_device()
+        # Loaded once (strictly: a bad file is reported before the suite runs) and shared by every case's engine.
+        self.model: DiT = load_dit(checkpoint, device=self.device).eval()
+        self.codec: LatentCodec = load_codec(vae, device=self.device)
+        self.flow = flow_config_of(str(checkpoint))
+        mc = self.model.cfg
+        if self.codec.latent_channels != mc.latent_channels:
+            raise SystemUnavailable(f"{vae} has {self.codec.latent_channels} latent channels, the DiT "
+                                    f"{mc.latent_channels}")
+        self.frames_per_chunk = mc.frames_per_chunk
+        self.lookahead_frames = mc.audio_lookahead_frames
+        self.note = (f"trained Online DiT {checkpoint} streamed chunk by chunk ({self.frames_per_chunk} frames, "
+                     f"KV cache), stages in sequence{', with the one-step refiner' if refiner else ''}")
+
+    def engine(self, inputs: ClipInputs) -> DiTEngine:
+        """A fresh engine for one case: the references encoded and prefilled into its cache (the engine reads the
+        checkpoint's own sampling settings from ``cfg.checkpoint``)."""
+        cfg = DiTEngineConfig(checkpoint=self.checkpoint, vae=self.vae, refiner=self.refiner, seed=self.seed,
+                              device=self.device)
+        images = reference_images(inputs, self.model.cfg.reference_kinds)
+        return DiTEngine(self.model, self.codec, Character(images=images), cfg, self.flow)
+
+    def needs_audio_until(self, inputs: ClipInputs, frame_end: int) -> int:
+        f = self.frames_per_chunk
+        return min(inputs.num_frames, -(-frame_end // f) * f + self.lookahead_frames)
+
+    def generate(self, inputs: ClipInputs) -> np.ndarray:
+        return np.concatenate(list(self.stream(inputs)))
+
+    def stream(self, inputs: ClipInputs, chunk_frames: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+        # Built here, before the first chunk is asked for: the session's set-up is not a chunk's compute.
+        return self._chunks(self.engine(inputs), inputs, chunk_frames)
+
+    def _chunks(self, engine: DiTEngine, inputs: ClipInputs, chunk_frames: int) -> Iterator[np.ndarray]:
+        f, la, n = engine.frames_per_chunk, engine.lookahead_frames, inputs.num_frames
+        pending: list[np.ndarray] = []
+        held, done, prev = 0, 0, 0
+        try:
+            for k in range(-(-n // f)):
+                # What a Session hands the engine: both streams up to the chunk's end + lookahead, the samples
+                # new since the previous chunk, silence past the recording.
+                end = samples_for_frames((k + 1) * f + la)
+                chunk = ChunkInput(k, k * f, padded_pcm(inputs.self_audio, prev, end),
+                                   padded_pcm(inputs.partner_audio, prev, end), end, inputs.caption, 0.0)
+                prev = end
+                frames = engine.step(chunk)[: n - k * f]  # (<= f, R, R, 3)
+                pending.append(fit_frames(frames, inputs.res))
+                held += len(pending[-1])
+                while held >= chunk_frames or (held and done + held == n):
+                    block = np.concatenate(pending)
+                    out, rest = block[:chunk_frames], block[chunk_frames:]
+                    pending, held = ([rest] if len(rest) else []), len(rest)
+                    done += len(out)
+                    yield out
+        finally:
+            engine.close()
+
+
+@dataclass
+class BaseSampling:
+    """How ``BaseSystem`` samples a window."""
+
+    steps: int = 8  # ODE steps per window
+    sampler: str = "euler"  # lpm.diffusion.samplers.SAMPLERS key
+    guidance: dict[str, float] | None = None  # CFG scales; None: the checkpoint's training ones (DEFAULT_GUIDANCE)
+    window_frames: int | None = None  # frames per window; None: the checkpoint's training window (or the trainer's)
+    seed: int = 0  # window k starts from the noise of seed + k
+
+
+class BaseSystem(System):
+    """A bidirectional DiT checkpoint generating a case offline, window by window (see the module docstring).
+
+    Args:
+        name: the report's name (``base``).
+        checkpoint: the DiT safetensors (its ``extra["train_config"]`` gives the flow, window and guidance).
+        vae: the latent codec spec the model was trained with.
+        sampling: steps, sampler, guidance, window and seed.
+    """
+
+    def __init__(self, name: str, checkpoint: str | Path, vae: str = DEFAULT_VAE, sampling: BaseSampling | None = None,
+                 device: str | None = None) -> None:
+        meta = check_checkpoint(name, checkpoint)
+        self.name, self.sampling = name, sampling or BaseSampling()
+        self.device = torch.device(device or default_device())
+        self.model: DiT = load_dit(checkpoint, device=str(self.device)).eval()
+        self.codec: LatentCodec = load_codec(vae, device=self.device)
+        mc = self.model.cfg
+        if self.codec.latent_channels != mc.latent_channels:
+            raise SystemUnavailable(f"{vae} has {self.codec.latent_channels} latent channels, the DiT "
+                                    f"{mc.latent_channels}")
+        if self.sampling.sampler not in SAMPLERS:
+            raise SystemUnavailable(f"unknown sampler {self.sampling.sampler!r}; known: {', '.join(SAMPLERS)}")
+        train = meta["extra"].get("train_config") or {}
+        self.window = int(self.sampling.window_frames or train.get("frames") or default_window())
+        if self.window % mc.frames_per_chunk:
+            raise SystemUnavailable(f"window {self.window} is not a multiple of frames_per_chunk "
+                                    f"{mc.frames_per_chunk}")
+        guidance = self.sampling.guidance if self.sampling.guidance is not None else train.get("guidance")
+        self.guidance = GuidanceSpec(dict(DEFAULT_GUIDANCE if guidance is None else guidance))
+        self.flow = FlowMatching(flow_config_of(str(checkpoint)))
+        self.timesteps = flow_timesteps(self.sampling.steps, self.flow.cfg.shift, device=self.device)
+        self.denoiser = guided(self.flow.denoiser(ConditionedDiT(self.model)), self.guidance)
+        self.log_mel = LogMel(mc.mel)
+        self.silent = silent_mel(mc.mel)
+        # The audio a window's forward reads, around its frames, as the trainer cuts it (WindowSampler).
+        start, end = self.model.audio_frame_range(0, self.window)
+        self.audio_before, self.audio_after = -start, end - self.window
+        self.resolution = mc.latent_height * self.codec.downsample
+        scales = ", ".join(f"{k} {v:g}" for k, v in self.guidance.scales.items()) or "none"
+        self.note = (f"trained Base DiT {checkpoint}, offline: {self.window}-frame bidirectional windows, "
+                     f"{self.sampling.steps} {self.sampling.sampler} steps, CFG ({scales})")
+
+    # ---- windows ----
+    def windows(self, num_frames: int) -> list[tuple[int, int, int]]:
+        """``(start, keep_from, keep_to)`` of each window: windows of ``self.window`` frames from frame 0, the
+        last one ending at the clip's end (overlapping its predecessor; only its new frames are kept)."""
+        w = self.window
+        starts = list(range(0, max(num_frames - w, 0) + 1, w))
+        if starts[-1] + w < num_frames:
+            starts.append(num_frames - w)
+        out, kept = [], 0
+        for s in starts:
+            stop = min(s + w, num_frames)
+            out.append((s, kept, stop))
+            kept = stop
+        return out
+
+    def needs_audio_until(self, inputs: ClipInputs, frame_end: int) -> int:
+        for start, _, stop in self.windows(inputs.num_frames):
+            if frame_end <= stop:
+                return min(inputs.num_frames, start + self.window + self.audio_after)
+        return inputs.num_frames
+
+    # ---- conditioning (the Base trainer's: latent_cache.encode_clip + WindowSampler.assemble) ----
+    @torch.no_grad()
+    def clip_mel(self, inputs: ClipInputs) -> torch.Tensor:
+        """``(2, F, k, M)`` log-mel of own (row 0) and partner (row 1) voice; silence past the recording."""
+        pcm = torch.from_numpy(np.stack([inputs.self_audio, inputs.partner_audio]).astype(np.float32))
+        mel = self.log_mel(pcm)[:, :inputs.num_frames]  # (2, F', k, M)
+        if mel.shape[1] < inputs.num_frames:
+            pad = torch.full((2, inputs.num_frames - mel.shape[1], *mel.shape[2:]), self.silent)
+            mel = torch.cat([mel, pad], 1)
+        return mel
+
+    @torch.no_grad()
+    def reference_latents(self, inputs: ClipInputs) -> dict[str, torch.Tensor]:
+        """Kind -> ``(1, C, h, w)`` latents of the case's references, in the model's canonical order."""
+        images = reference_images(inputs, self.model.cfg.reference_kinds)
+        pixels = torch.stack([image_to_tensor(square_image(im, self.resolution)) for im in images.values()])
+        latents = self.codec.encode_images(pixels.to(self.device))  # (R, C, h, w)
+        return {k: latents[i:i + 1] for i, k in enumerate(images)}
+
+    def conditioning(self, inputs: ClipInputs, mel: torch.Tensor, references: dict[str, torch.Tensor],
+                     start: int) -> ConditionBatch:
+        """The window at ``start``: mel of frames ``start - audio_before .. start + window + audio_after``."""
+        frames = torch.arange(start - self.audio_before, start + self.window + self.audio_after)
+        inside = (frames >= 0) & (frames < mel.shape[1])
+        window_mel = mel[:, frames.clamp(0, mel.shape[1] - 1)].clone()  # (2, Fa, k, M)
+        window_mel[:, ~inside] = self.silent
+        return ConditionBatch(captions=[inputs.caption], mel_self=window_mel[:1], mel_partner=window_mel[1:],
+                              audio_start_frame=-self.audio_before, references=references, pose=None,
+                              silent_mel=self.silent).to(self.device)
+
+    # ---- generation ----
+    @torch.no_grad()
+    def sample_window(self, cond: ConditionBatch, seed: int) -> np.ndarray:
+        """One window from noise: ``(window, R, R, 3)`` uint8."""
+        mc = self.model.cfg
+        shape = (1, self.window, mc.latent_channels, mc.latent_height, mc.latent_width)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
+        latents = SAMPLERS[self.sampling.sampler](self.denoiser, noise, self.timesteps, cond)  # (1, W, C, h, w)
+        return to_uint8(self.codec.decode(latents.float())[0])
+
+    def generate(self, inputs: ClipInputs) -> np.ndarray:
+        return np.concatenate(list(self.stream(inputs)))
+
+    def stream(self, inputs: ClipInputs, chunk_frames: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+        return self._chunks(inputs, self.reference_latents(inputs), chunk_frames)
+
+    def _chunks(self, inputs: ClipInputs, references: dict[str, torch.Tensor],
+                chunk_frames: int) -> Iterator[np.ndarray]:
+        mel = self.clip_mel(inputs)
+        for k, (start, keep_from, keep_to) in enumerate(self.windows(inputs.num_frames)):
+            frames = self.sample_window(self.conditioning(inputs, mel, references, start), self.sampling.seed + k)
+            frames = fit_frames(frames[keep_from - start: keep_to - start], inputs.res)
+            for s in range(0, len(frames), chunk_frames):
+                yield frames[s: s + chunk_frames]
+
+
+def load_dit_system(name: str, checkpoint: Path, steps: int | None = None) -> System:
+    """``lpm bench``'s loader of ``dit`` checkpoints: ``base`` / ``online`` / ``online+refiner`` by name, any other
+    name by the checkpoint's attention mode (bidirectional -> Base, block-causal -> Online).
+
+    Args:
+        steps: ODE steps per window of a Base system (None: ``BaseSampling``'s); an Online checkpoint's steps are
+            its own (``extra["online"]``).
+    """
+    if name in ATTENTION_OF:
+        attention = ATTENTION_OF[name]
+    else:
+        attention = check_checkpoint(name, checkpoint)["config"].get("attention", "bidirectional")
+    if attention == "bidirectional":
+        return BaseSystem(name, checkpoint, sampling=BaseSampling() if steps is None else BaseSampling(steps=steps))
+    return OnlineSystem(name, checkpoint, refiner=name.endswith(REFINER_SUFFIX))
+
+
+register_model_loader(CHECKPOINT_KIND, load_dit_system)
