@@ -111,8 +111,8 @@ class DistillTrainer(BaseTrainer):
         student = DiT(self.dit_cfg)
         student.load_state_dict(self._student_state(teacher), strict=True)
         self.export_dit = DiT(self.dit_cfg) if info.is_main else None
-        start, end = student.audio_frame_range(0, cfg.frames)
-        self.sampler = WindowSampler(self.train_clips, cfg.frames, -start, end - cfg.frames, silent_mel(self.mel),
+        before, after = student.audio_margin()  # real audio before the window: the windows' and encoder's history
+        self.sampler = WindowSampler(self.train_clips, cfg.frames, before, after, silent_mel(self.mel),
                                      cfg.dropout, cfg.face_weight, cfg.balance_modes, cfg.seed)
         self.teacher = self._frozen(teacher)
         self.model = ConditionedDiT(student).to(info.device)

@@ -217,8 +217,7 @@ class BaseSystem(System):
         self.log_mel = LogMel(mc.mel)
         self.silent = silent_mel(mc.mel)
         # The audio a window's forward reads, around its frames, as the trainer cuts it (WindowSampler).
-        start, end = self.model.audio_frame_range(0, self.window)
-        self.audio_before, self.audio_after = -start, end - self.window
+        self.audio_before, self.audio_after = self.model.audio_margin()
         self.resolution = mc.latent_height * self.codec.downsample
         scales = ", ".join(f"{k} {v:g}" for k, v in self.guidance.scales.items()) or "none"
         self.note = (f"trained Base DiT {checkpoint}, offline: {self.window}-frame bidirectional windows, "

@@ -122,6 +122,11 @@ class DiT(nn.Module):
         start = first_frame - self.cfg.audio_window_frames - self.audio_encoder.history_frames
         return max(0, start), first_frame + num_frames + self.cfg.audio_lookahead_frames
 
+    def audio_margin(self) -> tuple[int, int]:
+        """Frames of audio a window needs before its first frame and after its last: ``audio_frame_range``
+        without the clipping at the stream's start (a window inside a clip has real audio before it)."""
+        return self.cfg.audio_window_frames + self.audio_encoder.history_frames, self.cfg.audio_lookahead_frames
+
     def _modulation(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = timestep_features(t, self.cfg.time_freq_dim).to(self.patch_embed.weight.dtype)
         e = self.time_embed(feats)  # (..., D)

@@ -169,8 +169,8 @@ class BaseTrainer:
         torch.manual_seed(cfg.seed)
         dit = DiT(self.dit_cfg)
         self.export_dit = DiT(self.dit_cfg) if self.info.is_main else None  # full CPU copy for saving/samples
-        start, end = dit.audio_frame_range(0, cfg.frames)
-        self.sampler = WindowSampler(self.train_clips, cfg.frames, -start, end - cfg.frames, silent_mel(self.mel),
+        before, after = dit.audio_margin()  # real audio before the window: the windows' and encoder's history
+        self.sampler = WindowSampler(self.train_clips, cfg.frames, before, after, silent_mel(self.mel),
                                      cfg.dropout, cfg.face_weight, cfg.balance_modes, cfg.seed)
         self.model = ConditionedDiT(dit).to(self.info.device)
         D.shard_model(self.model, dit.blocks, self.info)
