@@ -94,3 +94,14 @@ def test_bench_quick_writes_contract_report(tiny_world):
     md = (out / "report.md").read_text()
     assert "| traditional |" in md and "not available" in md
     assert (out / "lipsync.png").is_file() and (out / "identity_long.png").is_file()
+
+
+def test_spread_subset_is_fixed_and_keeps_the_zero_shot_share():
+    from lpm.eval.suites import spread_subset
+
+    rows = [{"split": "val"}] * 29 + [{"split": "zeroshot"}] * 12
+    six = spread_subset(rows, 6)
+    assert six == spread_subset(rows, 6) and len(six) == 6
+    assert [rows[i]["split"] for i in six].count("zeroshot") == 2
+    assert six[0] == 0 and six[3] == 28  # spread from the first val clip to the last
+    assert spread_subset(rows, 3) == [0, 28, 29] and spread_subset(rows, 100) == list(range(41))

@@ -10,7 +10,7 @@ import torch
 
 from lpm.errors import LpmError
 from lpm.eval.report import instrument_summary, write_report
-from lpm.eval.suites import SUITES, clip_metrics, load_instruments, run_clip_suite, select_clips
+from lpm.eval.suites import QUICK_MODEL_CLIPS, SUITES, clip_metrics, load_instruments, run_clip_suite, select_clips
 from lpm.eval.systems import make_systems
 
 # Most threads for the instruments' convolutions (this is a 2-core machine).
@@ -49,7 +49,8 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
     systems = make_systems(checkpoints, seed, refiner, base_steps)
     rows = select_clips(data, suite)
     log(f"bench {suite}: {len(rows)} clips, systems {', '.join(s.name for s in systems)}")
-    results, truths = run_clip_suite(systems, rows, data, inst, log)
+    results, truths = run_clip_suite(systems, rows, data, inst, log,
+                                     model_clips=QUICK_MODEL_CLIPS if suite == "quick" else None)
     by_name = {r.name: r for r in results}
     if minutes > 0:
         from lpm.eval.long import run_long

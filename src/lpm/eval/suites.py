@@ -29,6 +29,11 @@ from lpm.world.motion import EMOTIONS, MOTION_INDEX, MOTION_NAMES
 
 SUITES = ("quick", "full", "long")
 QUICK_ZEROSHOT_CLIPS = 12
+# Trained models on a 2-core CPU take 15-60 s per 4-s clip (``base`` samples offline with 3 forwards per step):
+# in the quick suite they rate a fixed, evenly spread subset, the zero-shot share kept (name -> clips;
+# "*" = any other model system). The report states each system's clip count.
+QUICK_MODEL_CLIPS = {"base": 3, "*": 6}
+BUILTIN_SYSTEMS = ("truth", "traditional", "static")
 # Reactions whose onset is this close to the clip's end are too short to see; they are not scored.
 EDGE_FRAMES = 8
 SPEAK = STATE_NAMES.index("speak")
@@ -286,9 +291,29 @@ class SystemResult:
     long: dict | None = None  # per-minute series of the long session
 
 
+def spread_subset(rows: list[dict], count: int) -> list[int]:
+    """Indices of ``count`` rows evenly spread over the ``val`` rows and the ``zeroshot`` rows (a third of
+    them, at least one when there are any), in manifest order: fixed by the data set, no randomness."""
+    if count >= len(rows):
+        return list(range(len(rows)))
+    val = [i for i, r in enumerate(rows) if r["split"] != "zeroshot"]
+    zs = [i for i, r in enumerate(rows) if r["split"] == "zeroshot"]
+    n_zs = min(len(zs), max(1 if zs else 0, count // 3))
+    n_val = min(len(val), count - n_zs)
+
+    def pick(idx: list[int], n: int) -> list[int]:
+        return [idx[round(k * (len(idx) - 1) / max(1, n - 1))] for k in range(n)] if n > 1 else idx[:n]
+
+    return sorted(set(pick(val, n_val) + pick(zs, n_zs)))
+
+
 def run_clip_suite(systems: list[System], rows: list[dict], data: str | Path, inst: Instruments,
-                   log=print) -> tuple[list[SystemResult], list[ClipTruth]]:
-    """Every available system over every clip; metrics per category."""
+                   log=print, model_clips: dict[str, int] | None = None) -> tuple[list[SystemResult], list[ClipTruth]]:
+    """Every available system over every clip; metrics per category.
+
+    Args:
+        model_clips: system name (``"*"``: any but the built-in ones) -> clips it rates (``spread_subset``).
+    """
     loaded = [load_clip(data, r) for r in rows]
     truths = [t for _, t in loaded]
     results = []
@@ -301,17 +326,22 @@ def run_clip_suite(systems: list[System], rows: list[dict], data: str | Path, in
             log(f"{system.name}: not available: {reason}")
             continue
         t0 = time.time()
+        cap = None
+        if model_clips and system.name not in BUILTIN_SYSTEMS:
+            cap = model_clips.get(system.name, model_clips.get("*"))
+        keep = spread_subset(rows, cap) if cap else list(range(len(rows)))
+        mine = [loaded[i] for i in keep]
         try:
-            res.readings = [perform_and_read(system, inputs, inst) for inputs, _ in loaded]
+            res.readings = [perform_and_read(system, inputs, inst) for inputs, _ in mine]
         except SystemUnavailable as e:
             res.available, res.reason, res.readings = False, str(e), []
             log(f"{system.name}: not available: {e}")
             continue
         if system.name == "truth":
             truth_features = {r.inputs_id: r.track.features for r in res.readings}
-        log(f"{system.name}: {len(rows)} clips in {time.time() - t0:.1f} s")
+        log(f"{system.name}: {len(mine)} clips in {time.time() - t0:.1f} s")
         for cat, (split, modes) in CATEGORIES.items():
-            pairs = [(r, t) for r, (inp, t) in zip(res.readings, loaded)
+            pairs = [(r, t) for r, (inp, t) in zip(res.readings, mine)
                      if inp.split == split and (modes is None or t.mode in modes)]
             feats = [truth_features[r.inputs_id] for r, _ in pairs] if truth_features else None
             res.metrics[cat] = clip_metrics(pairs, feats, inst, system)
