@@ -93,7 +93,7 @@ def test_bench_quick_writes_contract_report(tiny_world):
     assert static["fps"] > 0 and static["identity_sim"] == pytest.approx(1.0, abs=1e-4)
     md = (out / "report.md").read_text()
     assert "| traditional |" in md and "not available" in md
-    assert (out / "lipsync.png").is_file() and (out / "identity_long.png").is_file()
+    assert (out / "lipsync.png").is_file() and (out / "identity_long.png").is_file() and (out / "strip.png").is_file()
 
 
 def test_spread_subset_is_fixed_and_keeps_the_zero_shot_share():

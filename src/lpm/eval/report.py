@@ -156,6 +156,8 @@ def plot_all(out: Path, results: list[SystemResult], truths: dict[str, ClipTruth
     paths = []
     ran = [r for r in results if r.available and r.readings]
     by_id = {r.name: {x.inputs_id: x for x in r.readings} for r in ran}
+    common = set.intersection(*(set(v) for v in by_id.values())) if by_id else set()
+    truths = {i: t for i, t in truths.items() if i in common}  # clips every system performed (subsets differ)
     val = {i: t for i, t in truths.items() if i.startswith("val")} or truths
     clip = _pick(val, lambda t: int((t.states == 0).sum())) or _pick(truths, lambda t: int((t.states == 0).sum()))
     if clip:
@@ -197,6 +199,23 @@ def plot_all(out: Path, results: list[SystemResult], truths: dict[str, ClipTruth
         axes[-1].set_xlabel("s")
         fig.tight_layout()
         paths.append(out / "listening.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    clip = next((i for i in val if all(by_id[r.name][i].thumbs is not None for r in ran)), None)
+    if clip:  # a strip of frames per system: the first clip every system performed
+        rows = [(r.name, by_id[r.name][clip].thumbs) for r in ran]
+        cols = len(rows[0][1])
+        fig, axes = plt.subplots(len(rows), cols, figsize=(1.5 * cols, 1.6 * len(rows)), squeeze=False)
+        for (name, thumbs), line in zip(rows, axes):
+            for k, ax in enumerate(line):
+                ax.imshow(thumbs[k])
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if k == 0:
+                    ax.set_ylabel(name, fontsize=8)
+        fig.suptitle(f"Frames of {clip} (evenly spaced over the clip)", fontsize=9)
+        fig.tight_layout()
+        paths.append(out / "strip.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     longs = [r for r in results if r.long]

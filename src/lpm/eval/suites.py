@@ -171,6 +171,10 @@ class Reading:
     chunk_frames: list[int] = field(default_factory=list)  # per chunk
     needs_until: list[int] = field(default_factory=list)  # per chunk: frame up to which it needed audio
     peak_rss_mb: float = float("nan")
+    thumbs: np.ndarray | None = None  # (THUMBS, H, W, 3) uint8 frames evenly spaced over the clip (report strip)
+
+
+THUMBS = 6
 
 
 def perform_and_read(system: System, inputs: ClipInputs, inst: Instruments) -> Reading:
@@ -186,8 +190,10 @@ def perform_and_read(system: System, inputs: ClipInputs, inst: Instruments) -> R
         raise SystemUnavailable(f"{system.name} gave {len(frames)} frames for {inputs.clip_id}, "
                                 f"expected {inputs.num_frames}")
     ref = embed_frames(inst.identity, inputs.refs["global"][None])[0]
+    thumbs = frames[np.linspace(0, len(frames) - 1, THUMBS).round().astype(int)].copy()
     return Reading(inputs.clip_id, inputs.split, read_frames(inst.probe, frames),
-                   embed_frames(inst.identity, frames) @ ref, compute, [len(c) for c in chunks], needs, rss.peak_mb)
+                   embed_frames(inst.identity, frames) @ ref, compute, [len(c) for c in chunks], needs, rss.peak_mb,
+                   thumbs)
 
 
 def _nanstat(fn, values) -> float | None:
