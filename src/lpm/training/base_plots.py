@@ -1,4 +1,5 @@
-"""PNG plot of the Base trainer's curves from ``RUN/log.jsonl``: loss (raw and smoothed) and gradient norm."""
+"""PNG plot of the Base trainer's curves from ``RUN/log.jsonl``: loss (raw and smoothed) and gradient norm; for a
+DMD run (rows with ``dmd_loss``) also the generator's DMD loss and the score gap on its update steps."""
 
 from __future__ import annotations
 
@@ -32,7 +33,9 @@ def plot_base_losses(log_path: Path, out_path: Path) -> None:
 
     steps = np.array([r["step"] for r in rows])
     loss = np.array([r["loss"] for r in rows])
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    gen = [r for r in rows if "dmd_loss" in r]
+    fig, axes = plt.subplots(1, 3 if gen else 2, figsize=(15 if gen else 10, 4))
+    ax1, ax2 = axes[0], axes[1]
     ax1.plot(steps, loss, alpha=0.3, label="loss")
     ax1.plot(steps, moving_average(loss, SMOOTH_STEPS), label=f"mean of {SMOOTH_STEPS}")
     ax1.set_yscale("log")
@@ -43,6 +46,14 @@ def plot_base_losses(log_path: Path, out_path: Path) -> None:
     ax2.set_yscale("log")
     ax2.set_xlabel("step")
     ax2.set_ylabel("gradient norm (before clipping)")
+    if gen:  # DMD: the logged loss is the fake score's; the generator's figures on its own steps
+        ax1.set_ylabel("fake score: weighted velocity MSE")
+        ax3 = axes[2]
+        ax3.plot([r["step"] for r in gen], [r["dmd_loss"] for r in gen], color="C2", label="DMD loss")
+        ax3.plot([r["step"] for r in gen], [r["score_gap"] for r in gen], color="C4", label="mean |score gap|")
+        ax3.set_xlabel("step")
+        ax3.set_yscale("log")
+        ax3.legend()
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
