@@ -4,12 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = "0" ] || echo sudo)
 
-.PHONY: demo test lint sysdeps venv clean
+.PHONY: demo test lint sysdeps browserdeps venv clean
 
 sysdeps:
 	@command -v espeak-ng >/dev/null 2>&1 && command -v ffmpeg >/dev/null 2>&1 \
 	  && ldconfig -p | grep -q libespeak-ng || \
 	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng libespeak-ng1 ffmpeg; }
+
+# Only `make test` needs a browser: Debian's chromium and its matching driver (tests/test_serve_browser.py runs the
+# live page in it; nothing downloads a browser at run time).
+browserdeps:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver; }
 
 $(BIN)/lpm: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,7 +28,7 @@ venv: sysdeps $(BIN)/lpm
 demo: venv
 	$(BIN)/lpm demo --out out/demo.mp4
 
-test: venv
+test: venv browserdeps
 	$(BIN)/ruff check src tests
 	$(BIN)/python -m pytest
 

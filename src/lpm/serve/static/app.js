@@ -76,7 +76,8 @@ async function connect() {
     const blob = new Blob([new Uint8Array(ev.data, 9)], { type: "image/jpeg" });
     const bitmap = await createImageBitmap(blob);
     ctx.drawImage(bitmap, 0, 0, $("view").width, $("view").height);
-    frames++;
+    $("view").dataset.frames = ++frames;  // hooks for tests: frames drawn, last media timestamp
+    $("view").dataset.ts = ts;
   };
   ws.onclose = (ev) => { log(`closed (${ev.code})`); setRunning(false); stopMic(); };
 }
@@ -103,7 +104,11 @@ async function startMic() {
   const ac = new AudioContext({ sampleRate: RATE });  // the browser resamples the microphone to 16 kHz
   const src = ac.createMediaStreamSource(stream);
   const proc = ac.createScriptProcessor(MIC_BLOCK, 1, 1);
-  proc.onaudioprocess = (e) => { if (ws && ws.readyState === 1) ws.send(pcm16(TAG_PARTNER, e.inputBuffer.getChannelData(0))); };
+  proc.onaudioprocess = (e) => {
+    if (!ws || ws.readyState !== 1) return;
+    ws.send(pcm16(TAG_PARTNER, e.inputBuffer.getChannelData(0)));
+    $("mic").dataset.sent = (+$("mic").dataset.sent || 0) + 1;  // microphone blocks sent (a test hook)
+  };
   src.connect(proc); proc.connect(ac.destination);
   mic = { stream, ac, proc };
   $("mic").textContent = "Mic off";
