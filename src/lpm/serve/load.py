@@ -142,7 +142,8 @@ async def run_client(url: str, index: int, seconds: float, own: np.ndarray, part
     result = ClientResult(index)
     headers = {"Authorization": f"Bearer {token}"} if token else None
     packet = int(PACKET_S * SAMPLE_RATE)
-    async with connect(url, additional_headers=headers, max_size=2**24, open_timeout=60) as ws:
+    # No keepalive pings from this side, as a browser sends none (the server still pings).
+    async with connect(url, additional_headers=headers, max_size=2**24, open_timeout=60, ping_interval=None) as ws:
         await ws.send(json.dumps({"type": "start", "character": character, "sample_rate": SAMPLE_RATE}))
         while result.ready is None:
             msg = json.loads(await ws.recv())
@@ -165,10 +166,12 @@ async def run_client(url: str, index: int, seconds: float, own: np.ndarray, part
                         result.stats.append({**msg, "received": time.monotonic()})
                     elif msg["type"] == "error":
                         result.errors.append(msg)
-            except ConnectionClosed:
-                pass
+            except ConnectionClosed as e:
+                if result.end_wall == 0.0:  # before ``stop``: say who closed and why
+                    result.closed_early = f"connection closed before stop (received {e.rcvd}, sent {e.sent})"
+                return
             if result.end_wall == 0.0:
-                result.closed_early = "the server closed the connection"
+                result.closed_early = "the server closed the connection before stop"
 
         receiver = asyncio.create_task(receive())
         result.audio_t0 = time.monotonic()
