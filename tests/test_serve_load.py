@@ -1,0 +1,99 @@
+"""Load (SLOW, ~80 s: marked ``slow``; deselect with ``-m "not slow"``): 8 concurrent sessions of a tiny DiT
+(random weights, the shipped VAE) on a real ``lpm serve`` over loopback for 60 s, each client streaming both
+voices at real time. ``LPM_LOAD_REPORT=PATH`` keeps the figures as JSON.
+
+Two CPU cores cannot make 8 x 24 fps of DiT frames, so this checks the degradation, not the frame rate: no
+errors, every session alive to the end (frames and ``stats`` keep coming), end-to-end latency within what the
+session's degradation allows (on time within its clock delay; when compute cannot fit that, about two chunk
+computations, never growing) and stats that account for every frame not shown. It is marked xfail while the
+known problems of docs/serve.md make it fail on the 2-core development CPU; drop the marks once it passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lpm.runtime.pipeline import LATE_TOLERANCE_FRAMES
+from lpm.runtime.session import SessionConfig
+from lpm.serve.load import LoadReport, random_tiny_dit, run_load, spawn_server
+
+SESSIONS, SECONDS = 8, 60.0
+VAE = Path(__file__).resolve().parents[1] / "checkpoints" / "vae_tiny.safetensors"
+TRANSPORT_S = 1.0  # JPEG encoding, the asyncio send queue and loopback, on two saturated cores
+STATS_GAP_S = 10.0  # stats come every second (every few on a starved event loop); never further apart than this
+WARMUP_S = 10.0  # the first seconds (weights paged in, the clock delay settling) are left out of drift checks
+KNOWN_FAILURES = (
+    "fails on the 2-core dev CPU (docs/serve.md, 'Known problems'): Session skips at most every other chunk, so an "
+    "engine slower than two chunk periods per chunk never catches up and shows nothing; and the server's event loop "
+    "cannot take in 8 real-time audio streams while 8 DiT sessions hold the GIL, so uvicorn's keepalive closes them"
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> LoadReport:
+    checkpoint = random_tiny_dit(tmp_path_factory.mktemp("dit") / "tiny_dit.safetensors")
+    with spawn_server("--checkpoint", str(checkpoint), "--vae", str(VAE), "--max-sessions", str(SESSIONS)) as url:
+        report = asyncio.run(run_load(url, SESSIONS, SECONDS, kind="speech"))
+    if os.environ.get("LPM_LOAD_REPORT"):  # keep the figures (docs/serve.md quotes a run)
+        Path(os.environ["LPM_LOAD_REPORT"]).write_text(json.dumps(report.summary(), indent=1) + "\n")
+    return report
+
+
+def stated_bound_s(ready: dict, stats: dict) -> float:
+    """The most end-to-end latency the session's stated degradation allows (plus transport).
+
+    On time: the clock delay plus the late tolerance. Behind: the freshest chunk runs as soon as its audio is in
+    (chunk + lookahead + jitter), after the chunk the generator is on, then through every stage.
+    """
+    fps, stages = ready["fps"], stats["stage_ms"]
+    on_time = stats["delay_s"] + LATE_TOLERANCE_FRAMES / fps
+    compute = sum(stages.get(name, 0.0) for name in ("generate", "refine", "decode")) / 1000
+    behind = (ready["frames_per_chunk"] + ready["lookahead_frames"]) / fps + SessionConfig().jitter_s
+    behind += stages.get("generate", 0.0) / 1000 + compute
+    return max(on_time, behind) + TRANSPORT_S
+
+
+@pytest.mark.xfail(reason=KNOWN_FAILURES)
+def test_no_errors_and_no_session_lost(report):
+    assert [c.ready is not None for c in report.clients] == [True] * SESSIONS
+    for c in report.clients:
+        assert c.errors == [] and c.closed_early is None, (c.index, c.errors, c.closed_early)
+        walls = [wall for _, wall in c.frames]
+        assert walls, f"session {c.index} received no frame"
+        hold = max(stated_bound_s(c.ready, s) for s in c.stats)  # the screen may hold a frame this long, no longer
+        assert c.end_wall - walls[-1] < hold, (c.index, c.end_wall - walls[-1], hold)
+        assert c.summary()["longest_hold_s"] < hold + WARMUP_S, c.summary()
+        assert len(c.stats) >= SECONDS / 4 and c.end_wall - c.stats[-1]["received"] < STATS_GAP_S, c.summary()
+
+
+@pytest.mark.xfail(reason=KNOWN_FAILURES)
+def test_latency_is_bounded_and_does_not_grow(report):
+    for c in report.clients:
+        bound = max(stated_bound_s(c.ready, s) for s in c.stats)  # the loosest moment of the session
+        latency = c.latencies()
+        assert len(latency) and np.percentile(latency, 95) < bound, (c.index, c.summary(), bound)
+        late = np.array([ts for ts, _ in c.frames]) > WARMUP_S
+        halves = np.array_split(latency[late], 2)
+        # No drift: the second half no later than the first, give or take where a frame falls in a computation.
+        cycle = sum(c.stats[-1]["stage_ms"].get(name, 0.0) for name in ("generate", "refine", "decode")) / 1000
+        if min(len(h) for h in halves) >= 3:
+            assert np.median(halves[1]) < np.median(halves[0]) + 0.5 + cycle, (c.index, c.summary())
+
+
+@pytest.mark.xfail(reason=KNOWN_FAILURES)
+def test_stats_report_the_drops(report):
+    for c in report.clients:
+        stats = c.stats[-1]
+        # every media frame up to the session's end was either shown or counted as dropped
+        assert stats["frames"] + stats["dropped"] >= 0.8 * SECONDS * c.ready["fps"], (c.index, stats)
+        assert stats["dropped"] > 0 and stats["skipped_chunks"] > 0  # two cores are behind: it says so
+    summary = report.summary()
+    assert summary["dropped"] == sum(c.stats[-1]["dropped"] for c in report.clients)
