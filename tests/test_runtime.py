@@ -146,6 +146,26 @@ def test_session_catches_up_when_compute_is_slow():
     assert stats["latency_p95_s"] < 1.0  # latency stays bounded instead of growing with the backlog
 
 
+def test_session_far_behind_still_shows_frames_at_bounded_latency():
+    """An engine six chunk periods per chunk (no clock delay can hide it): the session skips to the live edge, shows
+    each made chunk's last frame late, and its latency stays near two computations instead of growing."""
+    seconds = 6 * 4 / 24
+    engine = SlowEngine(seconds)
+    with Session(engine, SessionConfig(vad="off")) as session:
+        t_end, got = time.monotonic() + 6.0, []
+        for ts, _ in session.frames(timeout=3.0):
+            got.append((time.monotonic() - session.t0, ts))
+            if time.monotonic() > t_end:
+                break
+        stats = session.stats.snapshot()
+    assert len(got) >= 3, stats
+    walls, stamps = np.array(got).T
+    assert np.all(np.diff(stamps) > 0)
+    lag = walls - stamps  # wall time shown minus media time: bounded, not growing with the session
+    assert lag.max() < 2 * seconds + 0.5 and lag[-1] < lag[0] + 0.5, lag
+    assert stats["skipped_chunks"] > 0 and engine.skipped > 0 and stats["dropped"] > 3 * stats["frames"]
+
+
 @pytest.fixture
 def one_thread():
     """Stages run in parallel threads; one intra-op thread each (OpenMP spinning on a busy 2-core CPU is slow)."""

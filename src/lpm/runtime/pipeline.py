@@ -8,7 +8,8 @@ its kernels, which is what makes threads enough here.
 
 ``Emitter`` shows frame ``i`` at wall time ``t0 + delay_s + i / fps`` (realtime) or as soon as it exists
 (offline). A frame that arrives after its slot plus ``LATE_TOLERANCE_FRAMES`` is dropped and counted, so the
-screen holds the previous frame and the stream catches up instead of drifting later and later.
+screen holds the previous frame and the stream catches up instead of drifting later and later; the last frame
+of a late chunk is shown anyway (late), so an engine slower than the clock allows still updates the screen.
 """
 
 from __future__ import annotations
@@ -200,8 +201,8 @@ class Emitter:
                     index = chunk.first_frame + i
                     if self.realtime:
                         lateness = time.monotonic() - self.slot(index)
-                        if lateness > LATE_TOLERANCE_FRAMES / self.fps:
-                            self.stats.add(dropped=1)  # the screen holds the previous frame
+                        if lateness > LATE_TOLERANCE_FRAMES / self.fps and i < len(work.payload) - 1:
+                            self.stats.add(dropped=1)  # the screen holds the previous frame until the chunk's last
                             continue
                         if lateness < 0:
                             if self.stop.wait(-lateness):

@@ -12,9 +12,11 @@ Degradation (stated): ``delay_s`` follows the pipeline's measured latency (90th 
 when it outgrows the engine's budget, up to ``MAX_DELAY_S`` (growing holds the screen once; ``stats.delay_s``
 reports it). When compute falls behind,
 a chunk whose frames would all miss their slots is skipped (its audio still feeds the engine's features, so
-nothing downstream jumps); frames that finish later than one frame period past their slot are dropped.
-Either way the last frame stays on screen, ``stats.dropped`` counts the frames, and the stream catches up
-instead of letting latency grow.
+nothing downstream jumps), up to the freshest chunk, which always runs; frames that finish later than one frame
+period past their slot are dropped, except a chunk's last frame, shown late. Either way the screen holds a frame
+meanwhile, ``stats.dropped`` counts the frames, and the stream catches up instead of letting latency grow: an
+engine too slow for ``MAX_DELAY_S`` shows one late frame per chunk it makes, at a latency of about two chunk
+computations (the chunk in progress, then the freshest).
 
 Offline (``realtime=False``, e.g. ``lpm perform``): chunks start as soon as their audio is there, frames leave
 as fast as they are made, nothing is skipped; ``finish()`` pads the last chunk and ends ``frames()``.
@@ -87,7 +89,6 @@ class Session:
         self._events: queue.Queue[dict] = queue.Queue()
         self._frames: queue.Queue = queue.Queue(maxsize=max(1, int(OUT_QUEUE_S * cfg.fps)))
         self._compute_latency = 0.0
-        self._skipped_last = False
         self._recent: deque[float] = deque(maxlen=RECENT_CHUNKS)  # pipeline latency of recent chunks (s)
         self._last_speech_wall = -1e9
         self.error: BaseException | None = None
@@ -214,18 +215,20 @@ class Session:
     def _late(self, chunk: ChunkInput) -> bool:
         """Would every frame of ``chunk`` miss its slot if started now? Then it is skipped (and counted).
 
-        Never two chunks in a row: a chunk that runs refreshes the latency estimate (a stale one could
-        otherwise skip forever).
+        Never the freshest chunk (the next one's audio is not due yet): skipping runs up to the live edge and
+        stops there, so a session catches up however slow its engine is, and the chunk that runs refreshes the
+        latency estimate (a stale one could otherwise skip forever).
         """
-        if self._skipped_last or not self._recent:
-            self._skipped_last = False
+        f, la = self.engine.frames_per_chunk, self.engine.lookahead_frames
+        now = time.monotonic()
+        next_due = self.t0 + samples_for_frames(chunk.first_frame + 2 * f + la, SAMPLE_RATE, self.cfg.fps) / \
+            SAMPLE_RATE + self.cfg.jitter_s
+        if not self._recent or now < next_due:
             return False
-        f = self.engine.frames_per_chunk
         last_slot = self.emitter.slot(chunk.first_frame + f - 1) + LATE_TOLERANCE_FRAMES / self.cfg.fps
-        late = time.monotonic() + float(np.median(self._recent)) > last_slot
+        late = now + float(np.median(self._recent)) > last_slot
         if late:
             self.stats.add(dropped=f, skipped_chunks=1)
-        self._skipped_last = late
         return late
 
     def _observe_compute(self, seconds: float) -> None:

@@ -161,7 +161,10 @@ class Connection:
         session, limits = live.session, self.cfg.limits
         if message.get("bytes") is not None:
             tag, pcm = parse_audio(message["bytes"], limits)
-            (session.push_self_audio if tag == TAG_SELF_AUDIO else session.push_partner_audio)(pcm)
+            # Resampling and voice activity run off the event loop (awaited, so packets stay in order): with
+            # many sessions computing, the loop must stay free to read every client's audio on time.
+            await asyncio.to_thread(session.push_self_audio if tag == TAG_SELF_AUDIO else session.push_partner_audio,
+                                    pcm)
             return True
         msg = parse_json(message.get("text") or "", limits)
         kind = msg["type"]

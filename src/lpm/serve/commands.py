@@ -55,8 +55,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
                        engine=_engine_spec(args), limits=limits)
     engine = "dit (" + args.checkpoint + ")" if args.checkpoint else "rig (world characters; no --checkpoint given)"
     print(f"lpm serve: http://{args.host}:{args.port}/  engine: {engine}", file=sys.stderr)
+    # Keepalive: a client must answer pings within a minute; on a saturated CPU a 20 s reply (uvicorn's default)
+    # can be late for a live client, and dead clients are found by the session idle timeout anyway.
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, ws_max_size=limits.max_message_bytes,
-                log_level="warning")
+                ws_ping_interval=20.0, ws_ping_timeout=60.0, log_level="warning")
     return 0
 
 
