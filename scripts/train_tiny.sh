@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The shipped tiny models, end to end, on CPU: data -> Base -> ODE init -> DMD -> export.
+# Every stage is resumable: rerun this script after a stop and each stage continues from its last checkpoint
+# (a finished stage returns at once). Figures and wall times of the shipped run: checkpoints/README.md.
+#
+#   bash scripts/train_tiny.sh                 # all stages
+#   BASE_STEPS=3000 bash scripts/train_tiny.sh # longer Base (a rerun with a larger value continues it)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LPM=${LPM:-.venv/bin/lpm}
+DATA=${DATA:-data/world128}
+RUNS=${RUNS:-runs}
+VAE=${VAE:-checkpoints/vae_tiny.safetensors}
+THREADS=${THREADS:-0}  # torch CPU threads (0 = torch's default)
+BASE_STEPS=${BASE_STEPS:-900}
+ODE_STEPS=${ODE_STEPS:-150}
+ODE_PAIRS=${ODE_PAIRS:-64}
+DMD_STEPS=${DMD_STEPS:-90}
+
+if [ ! -f "$DATA/manifest.jsonl" ]; then
+  "$LPM" world synth --out "$DATA" --clips 320 --seconds 4 --res 128 --seed 0
+fi
+"$LPM" train base --data "$DATA" --vae "$VAE" --preset tiny --out "$RUNS/base_tiny" --steps "$BASE_STEPS" \
+  lr=6e-4 warmup_steps=100 ema_decay=0.995 sample_every=800 checkpoint_minutes=4 threads="$THREADS"
+"$LPM" distill ode --teacher "$RUNS/base_tiny" --out "$RUNS/ode_tiny" --steps "$ODE_STEPS" \
+  pairs="$ODE_PAIRS" pair_batch=4 teacher_steps_per_step=2 batch=4 lr=2e-4 checkpoint_minutes=4 \
+  sample_every=0 threads="$THREADS"
+"$LPM" distill dmd --teacher "$RUNS/base_tiny" --student "$RUNS/ode_tiny" --out "$RUNS/dmd_tiny" \
+  --steps "$DMD_STEPS" batch=2 generator_every=2 lr=5e-5 fake_lr=2e-4 checkpoint_minutes=4 sample_every=0 \
+  threads="$THREADS"
+"$LPM" export --run "$RUNS/base_tiny" --out checkpoints/base_tiny.safetensors
+"$LPM" export --run "$RUNS/dmd_tiny" --out checkpoints/online_tiny.safetensors
