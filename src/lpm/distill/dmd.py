@@ -171,7 +171,8 @@ class DmdDistiller(DistillTrainer):
             dmd.loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             self.opt.step()
-            decay = cfg.ema_decay
+            updates = step // cfg.generator_every  # the EMA warms up over generator updates, as in BaseTrainer
+            decay = min(cfg.ema_decay, (1 + updates) / (10 + updates))
             with torch.no_grad():
                 for e, p in zip(self.ema, self.params):
                     e.lerp_(p.detach(), 1 - decay)
