@@ -4,15 +4,13 @@ time of one Online chunk of the generator with a full KV cache)."""
 from __future__ import annotations
 
 import argparse
-import time
 from collections import OrderedDict
 
 import torch
 
-from lpm.models.conditioning import Conditioning, References
 from lpm.models.dit import DiT
 from lpm.models.dit_config import PRESETS, DiTConfig, preset
-from lpm.models.kv_cache import KVCache
+from lpm.models.timing import time_online_chunk
 
 # Parts of the parameter table, matched in order by name prefix / fragment.
 _PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -67,45 +65,6 @@ def _info(args: argparse.Namespace) -> int:
     for name, n in counts.items():
         print(f"  {name:<{width}}  {n:>15,d}  {n / 1e6:>10.2f} M")
     return 0
-
-
-def full_references(cfg: DiTConfig, batch: int = 1, dtype: torch.dtype = torch.float32) -> References:
-    """Random latents for every reference kind of ``cfg`` (the largest reference set a session can have)."""
-    kinds = list(cfg.reference_kinds)
-    shape = (batch, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
-    return References([torch.randn(shape, dtype=dtype) for _ in kinds], kinds)
-
-
-def time_online_chunk(cfg: DiTConfig, iters: int = 20, warmup: int = 5, bf16: bool = True) -> float:
-    """Seconds per generator forward of one chunk with a full cache (refs + S sinks + W window chunks).
-
-    Random weights (the head made non-zero so nothing is skipped), every reference kind, batch 1.
-    """
-    model = DiT(cfg).eval()
-    torch.nn.init.normal_(model.head.linear.weight, std=0.02)
-    fc = cfg.frames_per_chunk
-    latents = torch.randn(1, fc, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
-    mel = torch.randn(1, 10_000, cfg.mel.steps_per_frame, cfg.mel.n_mels)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
-    with torch.inference_mode(), autocast:
-        text, mask = model.encode_text(["a person listening, then answering with a smile"])
-        cache = KVCache.empty(cfg, 1, dtype=torch.bfloat16 if bf16 else torch.float32)
-        model.prefill(cache, full_references(cfg))
-
-        def step(commit: bool) -> None:
-            first = cache.chunks_seen * fc
-            start, end = model.audio_frame_range(first, fc)
-            cond = Conditioning(text, mask, mel[:, start:end], mel[:, start:end], start)
-            model(latents, torch.full((1,), 0.5), cond, cache=cache, update_cache=commit)
-
-        for _ in range(cfg.sink_chunks + cfg.window_chunks + 1):  # fill sinks and window, then one eviction
-            step(commit=True)
-        for _ in range(warmup):
-            step(commit=False)
-        begin = time.perf_counter()
-        for _ in range(iters):
-            step(commit=False)
-        return (time.perf_counter() - begin) / iters
 
 
 def _time(args: argparse.Namespace) -> int:
