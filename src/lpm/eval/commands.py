@@ -44,7 +44,24 @@ def _parse_checkpoints(items: list[str], defaults: bool = True) -> dict[str, str
     return out
 
 
+def _speed(args: argparse.Namespace) -> int:
+    import torch
+
+    from lpm.eval.speed import DEFAULT_PRESETS, run_speed
+    from lpm.models.dit_config import preset
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    names = args.preset or DEFAULT_PRESETS.get(device, ())
+    budget = None if args.memory_gib is None else int(args.memory_gib * 2**30)
+    report = run_speed(args.out, {name: preset(name) for name in names}, res=args.res, device=device,
+                       repeats=args.repeats, memory_budget=budget, threads=args.threads)
+    print(f"wrote {args.out}/report.json, report.md in {report['wall_s']:.0f} s")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.suite == "speed":
+        return _speed(args)
     from lpm.eval.bench import run_bench
 
     minutes = args.minutes if args.minutes is not None else DEFAULT_MINUTES[args.suite]
@@ -69,13 +86,16 @@ def _train(kind: str):
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add ``lpm bench`` and ``lpm eval train-probe|train-identity``."""
+    from lpm.eval.speed import DEFAULT_REPEATS
     from lpm.eval.suites import SUITES
     from lpm.eval.train import IDENTITY_KIND, PROBE_KIND
+    from lpm.models.dit_config import PRESETS
 
     p = sub.add_parser("bench", help="LPM-Bench: every system, every metric, with validated instruments",
                        description="Run the bench suite and write OUT/report.json, OUT/report.md and PNG plots.")
-    p.add_argument("--suite", choices=SUITES, default="quick",
-                   help="quick (minutes on a CPU) | full (all eval clips + a long session) | long (45 min session)")
+    p.add_argument("--suite", choices=(*SUITES, "speed"), default="quick",
+                   help="quick (minutes on a CPU) | full (all eval clips + a long session) | long (45 min session) "
+                        "| speed (ms per chunk, fps and memory of DiT presets with random weights)")
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="[base=|online=]PATH",
                    help="trained model checkpoints to compare (base, online); a bare PATH is named by its attention "
                         "mode; default: checkpoints/base_tiny.safetensors, checkpoints/online_tiny.safetensors")
@@ -92,6 +112,17 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--minutes", type=float, default=None,
                    help="long-session length (default 45 for --suite long, 10 for full, none for quick)")
     p.add_argument("--seed", type=int, default=0)
+    speed = p.add_argument_group("speed suite")
+    speed.add_argument("--preset", nargs="+", choices=list(PRESETS), default=None,
+                       help="DiT presets to time (default: tiny small on CPU, every preset on CUDA)")
+    speed.add_argument("--res", default=None, metavar="128|256|480p|720p",
+                       help="video resolution: 480p = 480x832, 720p = 720x1280, N = NxN px (default: each preset's)")
+    speed.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when present")
+    speed.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
+                       help="timed chunks per stage after one warm-up (the median is reported)")
+    speed.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    speed.add_argument("--memory-gib", type=float, default=None,
+                       help="memory a preset may need (default: what the device has free); bigger ones are skipped")
     p.set_defaults(func=_bench)
 
     for name, kind, what in (("train-probe", PROBE_KIND, "the motion probe"),
