@@ -13,9 +13,9 @@ RUNS=${RUNS:-runs}
 VAE=${VAE:-checkpoints/vae_tiny.safetensors}
 THREADS=${THREADS:-0}  # torch CPU threads (0 = torch's default)
 BASE_STEPS=${BASE_STEPS:-900}
-ODE_STEPS=${ODE_STEPS:-150}
-ODE_PAIRS=${ODE_PAIRS:-64}
-DMD_STEPS=${DMD_STEPS:-90}
+ODE_STEPS=${ODE_STEPS:-120}
+ODE_PAIRS=${ODE_PAIRS:-48}
+DMD_STEPS=${DMD_STEPS:-60}
 
 if [ ! -f "$DATA/manifest.jsonl" ]; then
   "$LPM" world synth --out "$DATA" --clips 320 --seconds 4 --res 128 --seed 0
