@@ -68,6 +68,19 @@ def run_sources(spec: str) -> dict[str, str]:
         return {}
 
 
+def teacher_cache(weights: Path) -> str:
+    """The latent cache of the teacher's run, if there is one: encoding the data again would take minutes."""
+    run = weights.parent
+    try:
+        import json
+
+        given = json.loads((run / "config.json").read_text()).get("cache_dir")
+    except (OSError, ValueError):
+        given = None
+    folder = Path(given) if given else run / "cache"
+    return str(folder) if folder.is_dir() else ""
+
+
 class DistillTrainer(BaseTrainer):
     """A ``BaseTrainer`` whose model is a block-causal student of a frozen teacher.
 
@@ -85,7 +98,8 @@ class DistillTrainer(BaseTrainer):
         # The student inherits the teacher's objective (parametrisation and shift) and network shape (the
         # latent cache is keyed on its mel features, so the shape is set before the data is read).
         cfg = dataclasses.replace(cfg, teacher=str(self.teacher_path), model=from_dict(DiTConfig, meta["config"]),
-                                  flow=from_dict(FlowConfig, flow) if isinstance(flow, dict) else cfg.flow)
+                                  flow=from_dict(FlowConfig, flow) if isinstance(flow, dict) else cfg.flow,
+                                  cache_dir=cfg.cache_dir or teacher_cache(self.teacher_path))
         super().__init__(cfg, data_dir, vae, run_dir)
         self.flow = FlowMatching(cfg.flow)
         self.times = student_times(cfg.student_steps, cfg.flow.shift)
