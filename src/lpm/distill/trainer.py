@@ -91,6 +91,10 @@ class DistillTrainer(BaseTrainer):
 
     stage = ""  # "ode" or "dmd": recorded in the exported metadata
 
+    @property
+    def progress_label(self) -> str:
+        return f"distill {self.stage}"
+
     def __init__(self, cfg: DistillConfig, data_dir: str | Path, vae: str, run_dir: str | Path) -> None:
         self.teacher_path = resolve_weights(cfg.teacher, "teacher")
         meta = read_metadata(self.teacher_path)

@@ -130,6 +130,8 @@ class BaseTrainer:
         run_dir: where everything is written (see the module docstring).
     """
 
+    progress_label = "train base"  # the progress bar's label (the distillation stages name themselves)
+
     def __init__(self, cfg: BaseTrainConfig, data_dir: str | Path, vae: str, run_dir: str | Path) -> None:
         self.cfg, self.data_dir, self.vae_spec, self.run_dir = cfg, Path(data_dir), str(vae), Path(run_dir)
         self.info = D.init_distributed(cfg.device)
@@ -363,7 +365,7 @@ class BaseTrainer:
         log = (self.run_dir / "log.jsonl").open("a") if info.is_main else None
         from tqdm import tqdm
 
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train base", dynamic_ncols=True,
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=self.progress_label, dynamic_ncols=True,
                    disable=not info.is_main)
         last = {}
         t_ckpt = t_step = time.perf_counter()
