@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from lpm.errors import LpmError
@@ -34,8 +35,9 @@ def _parse_checkpoints(items: list[str], defaults: bool = True) -> dict[str, str
             else:
                 name = "online" if "online" in (meta["extra"].get("stage", "") + meta["kind"]) else "base"
             path = item
-        if name not in MODEL_SYSTEMS:
-            raise LpmError(f"--checkpoint {item!r}: name must be one of {', '.join(MODEL_SYSTEMS)}")
+        if name in ("truth", "traditional", "static") or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+            raise LpmError(f"--checkpoint {item!r}: name a model system {', '.join(MODEL_SYSTEMS)} or any other "
+                           "name of letters, digits, _ . + - (not truth / traditional / static)")
         out[name] = path
     if defaults:
         for name, path in DEFAULT_CHECKPOINTS.items():
@@ -96,9 +98,10 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--suite", choices=(*SUITES, "speed"), default="quick",
                    help="quick (minutes on a CPU) | full (all eval clips + a long session) | long (45 min session) "
                         "| speed (ms per chunk, fps and memory of DiT presets with random weights)")
-    p.add_argument("--checkpoint", nargs="*", default=[], metavar="[base=|online=]PATH",
-                   help="trained model checkpoints to compare (base, online); a bare PATH is named by its attention "
-                        "mode; default: checkpoints/base_tiny.safetensors, checkpoints/online_tiny.safetensors")
+    p.add_argument("--checkpoint", nargs="*", default=[], metavar="[NAME=]PATH",
+                   help="trained model checkpoints to compare: base=PATH, online=PATH, or NAME=PATH for any other "
+                        "system; a bare PATH is named by its attention mode; default: "
+                        "checkpoints/base_tiny.safetensors, checkpoints/online_tiny.safetensors")
     p.add_argument("--no-default-checkpoints", action="store_true",
                    help="do not pick up the shipped base/online checkpoints for names not given")
     p.add_argument("--refiner", action="store_true",

@@ -304,7 +304,7 @@ def make_systems(checkpoints: dict[str, str] | None = None, seed: int = 0, refin
     """The systems of one bench run, in report order.
 
     Args:
-        checkpoints: model system name (``MODEL_SYSTEMS``) -> checkpoint path.
+        checkpoints: system name (``MODEL_SYSTEMS`` or any other) -> checkpoint path.
         refiner: add ``online+refiner``: the online checkpoint (or the one given for ``online+refiner``) with the
             engine's one-step refiner on, so its effect is measured in the same run.
         base_steps: ODE steps per window of ``base`` (None: its default, ``lpm.eval.dit_systems.BaseSampling``).
@@ -315,4 +315,6 @@ def make_systems(checkpoints: dict[str, str] | None = None, seed: int = 0, refin
                ModelSystem("online", checkpoints.get("online"))]
     if refiner or "online+refiner" in checkpoints:
         systems.append(ModelSystem("online+refiner", checkpoints.get("online+refiner", checkpoints.get("online"))))
+    # Any other named checkpoint (e.g. an intermediate stage, ``ode=runs/ode/dit_ema.safetensors``) is rated too.
+    systems += [ModelSystem(name, path) for name, path in checkpoints.items() if name not in MODEL_SYSTEMS]
     return systems
