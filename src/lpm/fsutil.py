@@ -22,9 +22,9 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, FILE_MODE)
     try:
         yield tmp
+        os.chmod(tmp, FILE_MODE)  # after the write: writers that recreate the file (safetensors) keep mkstemp's 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
