@@ -85,7 +85,7 @@ def to_json(suite: str, results: list[SystemResult], instruments: dict, wall_s: 
     systems = []
     for r in results:
         row = {"name": r.name, "available": r.available, "reason": r.reason, "note": r.note,
-               "metrics": {cat: {k: m.get(k) for k in (*METRIC_KEYS, "clips")} for cat, m in r.metrics.items()}}
+               "metrics": {cat: {k: m.get(k) for k in METRIC_KEYS} for cat, m in r.metrics.items()}}
         if r.long is not None:
             row["long"] = r.long
         systems.append(row)
@@ -111,7 +111,7 @@ def to_markdown(report: dict) -> str:
         cells = [_fmt(s["metrics"].get(cat, {}).get(key), fmt) for _, cat, key, fmt in HEADLINE]
         lines.append(f"| {s['name']} | " + " | ".join(cells) + " |")
     lines += ["", "## Per category", ""]
-    keys = ["clips", *(k for k in METRIC_KEYS if k not in ("fps", "latency_p50_s", "latency_p95_s", "peak_rss_mb"))]
+    keys = [k for k in METRIC_KEYS if k not in ("fps", "latency_p50_s", "latency_p95_s", "peak_rss_mb")]
     cats = []
     for s in report["systems"]:
         cats += [c for c in s["metrics"] if c not in cats]
