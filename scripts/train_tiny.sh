@@ -12,6 +12,7 @@ DATA=${DATA:-data/world128}
 RUNS=${RUNS:-runs}
 VAE=${VAE:-checkpoints/vae_tiny.safetensors}
 THREADS=${THREADS:-0}  # torch CPU threads (0 = torch's default)
+EXTRA=${EXTRA:-}       # key=value overrides for every training stage, e.g. EXTRA="device=cuda"
 BASE_STEPS=${BASE_STEPS:-900}
 ODE_STEPS=${ODE_STEPS:-300}
 ODE_PAIRS=${ODE_PAIRS:-160}
@@ -21,13 +22,13 @@ if [ ! -f "$DATA/manifest.jsonl" ]; then
   "$LPM" world synth --out "$DATA" --clips 320 --seconds 4 --res 128 --seed 0
 fi
 "$LPM" train base --data "$DATA" --vae "$VAE" --preset tiny --out "$RUNS/base_tiny" --steps "$BASE_STEPS" \
-  lr=6e-4 warmup_steps=100 ema_decay=0.995 sample_every=800 checkpoint_minutes=4 threads="$THREADS"
+  lr=6e-4 warmup_steps=100 ema_decay=0.995 sample_every=800 checkpoint_minutes=4 threads="$THREADS" $EXTRA
 "$LPM" distill ode --teacher "$RUNS/base_tiny" --out "$RUNS/ode_tiny" --steps "$ODE_STEPS" \
   pairs="$ODE_PAIRS" pair_batch=4 teacher_steps_per_step=2 batch=4 lr=2e-4 checkpoint_minutes=4 \
-  sample_every=0 threads="$THREADS"
+  sample_every=0 threads="$THREADS" $EXTRA
 "$LPM" distill dmd --teacher "$RUNS/base_tiny" --student "$RUNS/ode_tiny" --out "$RUNS/dmd_tiny" \
   --steps "$DMD_STEPS" batch=2 generator_every=2 lr=5e-5 fake_lr=2e-4 checkpoint_minutes=4 sample_every=0 \
-  threads="$THREADS"
+  threads="$THREADS" $EXTRA
 "$LPM" export --run "$RUNS/base_tiny" --out checkpoints/base_tiny.safetensors
 # The shipped Online model is the ODE student: on the quick bench it beat the DMD student of this short run
 # (75 generator updates) on silent mouth, world-FID and identity (checkpoints/README.md); the DMD export is kept.
