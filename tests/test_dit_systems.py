@@ -22,12 +22,7 @@ RES, FRAMES = 64, 14  # 14 frames: a partial last chunk (4-frame chunks) and an 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _dit(attention: str) -> DiT:

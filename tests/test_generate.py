@@ -24,15 +24,6 @@ SR = 16000
 ONLINE = {"timesteps": [1.0, 0.75, 0.0], "sampler": "renoise", "refiner_time": None}
 
 
-@pytest.fixture
-def one_thread():
-    """Stages run in parallel threads; one intra-op thread each (OpenMP spinning on a busy 2-core CPU is slow)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_dit(seed: int = 0, **overrides) -> DiT:
     """A shrunk tiny DiT with the shipped VAE's latent shape (8 channels, 16x16 for 128 px), random weights."""
     cfg = preset("tiny", num_blocks=2, dim=64, num_heads=2, ffn_dim=128, text_dim=32, text_layers=1, text_heads=2,

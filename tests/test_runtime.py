@@ -166,15 +166,6 @@ def test_session_far_behind_still_shows_frames_at_bounded_latency():
     assert stats["skipped_chunks"] > 0 and engine.skipped > 0 and stats["dropped"] > 3 * stats["frames"]
 
 
-@pytest.fixture
-def one_thread():
-    """Stages run in parallel threads; one intra-op thread each (OpenMP spinning on a busy 2-core CPU is slow)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_dit() -> tuple[DiT, LpmVAE]:
     torch.manual_seed(0)
     cfg = DiTConfig(latent_height=8, latent_width=8, dim=64, num_blocks=2, num_heads=2, ffn_dim=128, text_dim=32,

@@ -21,25 +21,19 @@ def _sources(args: argparse.Namespace) -> tuple[str, str]:
     return data, vae
 
 
-def _distill_ode(args: argparse.Namespace) -> int:
-    from lpm.distill.ode import OdeDistiller, load_ode_config
-
-    cfg = load_ode_config(args.config, [*config_overrides(args), f"teacher={args.teacher}"])
+def _distill(args: argparse.Namespace, stage: str) -> int:
+    """Run one distillation stage (``ode`` or ``dmd``) from its parsed arguments."""
+    if stage == "ode":
+        from lpm.distill.ode import OdeDistiller as Trainer
+        from lpm.distill.ode import load_ode_config as load
+        extra = []
+    else:
+        from lpm.distill.dmd import DmdDistiller as Trainer
+        from lpm.distill.dmd import load_dmd_config as load
+        extra = [f"student={args.student}"]
+    cfg = load(args.config, [*config_overrides(args), f"teacher={args.teacher}", *extra])
     data, vae = _sources(args)
-    trainer = OdeDistiller(cfg, data, vae, args.out)
-    result = trainer.run()
-    if trainer.info.is_main:
-        print(json.dumps(result, indent=1))
-    return 0
-
-
-def _distill_dmd(args: argparse.Namespace) -> int:
-    from lpm.distill.dmd import DmdDistiller, load_dmd_config
-
-    cfg = load_dmd_config(args.config, [*config_overrides(args), f"teacher={args.teacher}",
-                                        f"student={args.student}"])
-    data, vae = _sources(args)
-    trainer = DmdDistiller(cfg, data, vae, args.out)
+    trainer = Trainer(cfg, data, vae, args.out)
     result = trainer.run()
     if trainer.info.is_main:
         print(json.dumps(result, indent=1))
@@ -61,7 +55,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                     "block-causal student, initialised from the teacher, onto them at its few timesteps "
                     "(CausVid). Rerun the same command to resume. Runs under torchrun with FSDP2.")
     _common(p, "OdeConfig", "pairs=256 steps=600 student_steps=2")
-    p.set_defaults(func=_distill_ode)
+    p.set_defaults(func=lambda args: _distill(args, "ode"))
     p = groups["distill"].add_parser(
         "dmd", help="Distribution Matching Distillation on the student's own rollouts; rerunning resumes",
         description="Train the causal student with DMD (real score: the teacher with CFG; fake score: trained "
@@ -69,4 +63,4 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                     "(Self-Forcing). Rerun the same command to resume. Runs under torchrun with FSDP2.")
     p.add_argument("--student", required=True, help="the ODE stage's run (or its .safetensors)")
     _common(p, "DmdConfig", "generator_every=5 lr=2e-5 fake_lr=1e-4")
-    p.set_defaults(func=_distill_dmd)
+    p.set_defaults(func=lambda args: _distill(args, "dmd"))
