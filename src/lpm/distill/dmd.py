@@ -145,19 +145,30 @@ class DmdDistiller(DistillTrainer):
         n = x.shape[dim]
         return x.narrow(dim, info.rank * n // info.world_size, n // info.world_size).to(info.device)
 
-    def train_step(self, step: int) -> dict[str, float]:
-        cfg, info = self.cfg, self.info
-        draws = self._draws(step)
+    def _rollout(self, draws: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """This rank's share of the iteration's student rollout ``(video (B, F, C, h, w), conditioning)``."""
+        info = self.info
         batch = shard_batch(draws["batch"], info.rank, info.world_size)
         cond = batch.cond.to(info.device)
         shape = (batch.x_0.shape[0], *draws["shape"][1:])
+        video = rollout(self.model, self.flow, cond, shape, self.times, self._local(draws["noise"]),
+                        self._local(draws["renoise"], 1), draws["exit_step"], self.dit_cfg).video
+        return video, cond
+
+    def _fake_batch(self, draws: dict[str, Any], video: torch.Tensor, cond: Any) -> Batch:
+        """The fake score's flow-matching batch on the (detached) rollout."""
+        return Batch(x_0=video.detach(), cond=cond, t=self._local(draws["t_fake"]),
+                     noise=self._local(draws["eps_fake"]))
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg, info = self.cfg, self.info
+        draws = self._draws(step)
         update_generator = step % cfg.generator_every == 0
         out: dict[str, float] = {}
         # 1. The student's own rollout (gradients only when the generator is updated).
         self.model.train()
         with torch.set_grad_enabled(update_generator):
-            video = rollout(self.model, self.flow, cond, shape, self.times, self._local(draws["noise"]),
-                            self._local(draws["renoise"], 1), draws["exit_step"], self.dit_cfg).video
+            video, cond = self._rollout(draws)
         # 2. Generator: the DMD gradient at a noised copy of the rollout.
         if update_generator:
             t = self._local(draws["t_dmd"])
@@ -180,9 +191,7 @@ class DmdDistiller(DistillTrainer):
             out["grad_norm"] = float(D.full_tensor(norm))
             out["score_gap"] = D.all_mean(dmd.grad.abs().mean().item(), info)
         # 3. Fake score: flow matching on the (detached) rollout.
-        fake_batch = Batch(x_0=video.detach(), cond=cond, t=self._local(draws["t_fake"]),
-                           noise=self._local(draws["eps_fake"]))
-        fake_loss = self.flow.loss(self.fake, fake_batch).loss
+        fake_loss = self.flow.loss(self.fake, self._fake_batch(draws, video, cond)).loss
         self.fake_opt.zero_grad(set_to_none=True)
         fake_loss.backward()
         fake_norm = torch.nn.utils.clip_grad_norm_(self.fake_params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
@@ -197,13 +206,8 @@ class DmdDistiller(DistillTrainer):
     def batch_loss(self, step: int) -> float:
         """The fake score's loss on iteration ``step``'s rollout, no update (ranks averaged)."""
         draws = self._draws(step)
-        batch = shard_batch(draws["batch"], self.info.rank, self.info.world_size)
-        cond = batch.cond.to(self.info.device)
-        shape = (batch.x_0.shape[0], *draws["shape"][1:])
-        video = rollout(self.model, self.flow, cond, shape, self.times, self._local(draws["noise"]),
-                        self._local(draws["renoise"], 1), draws["exit_step"], self.dit_cfg).video
-        fake_batch = Batch(x_0=video, cond=cond, t=self._local(draws["t_fake"]), noise=self._local(draws["eps_fake"]))
-        return D.all_mean(self.flow.loss(self.fake, fake_batch).loss.item(), self.info)
+        video, cond = self._rollout(draws)
+        return D.all_mean(self.flow.loss(self.fake, self._fake_batch(draws, video, cond)).loss.item(), self.info)
 
 
 def load_dmd_config(yaml_path: str | None, overrides: list[str]) -> DmdConfig:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from lpm.config import load_config
@@ -33,6 +32,7 @@ from lpm.diffusion.samplers import sample_euler
 from lpm.distill.student import causal_inputs, teacher_grid
 from lpm.distill.trainer import DistillConfig, DistillTrainer
 from lpm.errors import LpmError
+from lpm.fsutil import atomic_path
 from lpm.training import distributed as D
 from lpm.training.base_batches import Window
 
@@ -81,9 +81,7 @@ class OdeDistiller(DistillTrainer):
         cfg, info = self.cfg, self.info
         rng = np.random.default_rng([cfg.seed, PAIR_SEED, shard])
         windows = self.sampler.windows(rng, cfg.pair_batch)
-        d = cfg.dropout
-        drop = {name: rng.random(cfg.pair_batch) < p for name, p in
-                (("text", d.text), ("audio_self", d.audio_self), ("audio_partner", d.audio_partner))}
+        drop = self.sampler.draw_dropout(rng, cfg.pair_batch)
         batch = self.sampler.assemble(windows, drop)
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + PAIR_SEED * 1009 + shard)
         noise = torch.randn(batch.x_0.shape, generator=g)
@@ -101,11 +99,8 @@ class OdeDistiller(DistillTrainer):
         meta = {"windows": json.dumps([[w.clip.id, w.start] for w in windows]),
                 "drop": json.dumps({k: v.tolist() for k, v in drop.items()}),
                 "times": json.dumps(self.times), "guidance": json.dumps(dict(cfg.guidance))}
-        path = self._pair_path(shard)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({"states": states.contiguous(), "x_0": end.cpu().contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)  # atomic: a kill never leaves half a shard
+        with atomic_path(self._pair_path(shard), ".safetensors") as tmp:  # a kill never leaves half a shard
+            save_file({"states": states.contiguous(), "x_0": end.cpu().contiguous()}, tmp, metadata=meta)
 
     def _ensure_pairs(self) -> None:
         cfg, info = self.cfg, self.info
@@ -119,9 +114,9 @@ class OdeDistiller(DistillTrainer):
         states, ends, self.pair_windows, drops = [], [], [], {"text": [], "audio_self": [], "audio_partner": []}
         for s in range(shards):
             path = self._pair_path(s)
-            tensors = load_file(str(path))
-            with safe_open(str(path), "pt") as f:
+            with safe_open(str(path), "pt") as f:  # one read: metadata and tensors
                 meta = f.metadata()
+                tensors = {k: f.get_tensor(k) for k in ("states", "x_0")}
             if json.loads(meta["times"]) != self.times:
                 raise LpmError(f"{path} holds pairs for student times {meta['times']}, this run uses {self.times}; "
                                "use another --out")

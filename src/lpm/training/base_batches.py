@@ -80,11 +80,15 @@ class WindowSampler:
         """The global batch of training step ``step`` (without times and noise), CFG dropout applied."""
         rng = np.random.default_rng([self.seed, step])
         windows = self.windows(rng, size)
-        d = self.dropout
-        drop = {name: rng.random(size) < p for name, p in
-                (("text", d.text), ("audio_self", d.audio_self), ("audio_partner", d.audio_partner))}
-        drop_refs = bool(rng.random() < d.references)
+        drop = self.draw_dropout(rng, size)
+        drop_refs = bool(rng.random() < self.dropout.references)
         return self.assemble(windows, drop, drop_refs)
+
+    def draw_dropout(self, rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
+        """Per-sample CFG dropout masks of text, own audio and partner audio (``assemble``'s ``drop``)."""
+        d = self.dropout
+        return {name: rng.random(size) < p for name, p in
+                (("text", d.text), ("audio_self", d.audio_self), ("audio_partner", d.audio_partner))}
 
     def assemble(self, windows: list[Window], drop: dict[str, np.ndarray] | None = None,
                  drop_references: bool = False) -> Batch:
