@@ -12,6 +12,7 @@ import torch
 
 from base_fixtures import MICRO, RES, make_dataset, make_vae
 from killing import kill_after_checkpoint, rerun_until
+from lpm.config import ConfigError
 from lpm.diffusion import Batch, FlowConfig, FlowMatching
 from lpm.models import load_dit
 from lpm.models.latent_codec import load_codec
@@ -125,3 +126,29 @@ def test_resume_after_sigkill(world, tmp_path):
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, end + 1))  # one row per step: rows past the checkpoint were redone once
     assert json.loads(stdout[stdout.index("{"):])["step"] == end
+
+
+def test_init_starts_from_given_weights(world, tmp_path):
+    first = _trainer(world, tmp_path / "a", ["seed=1"])
+    first._checkpoint()
+    given = load_dit(tmp_path / "a" / "dit_ema.safetensors").state_dict()
+    tuned = _trainer(world, tmp_path / "b", ["seed=2", f"init={tmp_path / 'a'}"])
+    mine = tuned.model.dit.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in given.items())
+    assert tuned.step == 0  # a fresh schedule and optimizer
+    fresh = _trainer(world, tmp_path / "c", ["seed=2"]).model.dit.state_dict()
+    assert not all(torch.equal(fresh[k], v) for k, v in given.items())
+    with pytest.raises(ConfigError, match="another shape.*dim"):
+        _trainer(world, tmp_path / "d", [f"init={tmp_path / 'a'}", "model.dim=64"])
+
+
+def test_max_minutes_stops_with_a_checkpoint(world, tmp_path):
+    data, vae = world
+    run = tmp_path / "run"
+    cfg = load_base_config("tiny", None, [*MICRO, "steps=100000", "max_minutes=0.0001", "checkpoint_every=1000"])
+    result = BaseTrainer(cfg, data, str(vae), run).run()
+    assert 1 <= result["step"] < 100000
+    assert torch.load(run / "train_state.pt", weights_only=False)["step"] == result["step"]
+    again = BaseTrainer(load_base_config("tiny", None, [*MICRO, "steps=100000", "max_minutes=0.0001"]),
+                        data, str(vae), run).run()
+    assert again["step"] > result["step"]  # a rerun continues

@@ -19,6 +19,7 @@ from lpm.config import from_dict
 from lpm.data.clip import read_manifest
 from lpm.diffusion.flow import FlowConfig, FlowMatching
 from lpm.distill.student import rollout, student_times
+from lpm.config import ConfigError
 from lpm.errors import LpmError
 from lpm.models.dit import DiT, load_dit
 from lpm.models.dit_config import DiTConfig
@@ -96,6 +97,9 @@ class DistillTrainer(BaseTrainer):
         return f"distill {self.stage}"
 
     def __init__(self, cfg: DistillConfig, data_dir: str | Path, vae: str, run_dir: str | Path) -> None:
+        if cfg.init:
+            raise ConfigError("init is a key of `lpm train base`: a student starts from its teacher's weights "
+                              "(the DMD stage from --student)")
         self.teacher_path = resolve_weights(cfg.teacher, "teacher")
         meta = read_metadata(self.teacher_path)
         flow = ((meta.get("extra") or {}).get("train_config") or {}).get("flow")

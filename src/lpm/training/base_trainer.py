@@ -19,6 +19,7 @@ RUN/cache/                      the latent cache (unless cache_dir is set)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -35,8 +36,9 @@ from lpm.diffusion.cfg import GuidanceSpec
 from lpm.diffusion.flow import FlowConfig, FlowMatching
 from lpm.diffusion.samplers import SAMPLERS
 from lpm.errors import LpmError
-from lpm.models.dit import DiT, save_dit
+from lpm.models.dit import DiT, load_dit, save_dit
 from lpm.models.dit_config import DiTConfig, preset
+from lpm.models.export import dit_weights_of
 from lpm.models.latent_codec import load_codec
 from lpm.training import distributed as D
 from lpm.training.base_batches import ConditionDropout, Window, WindowSampler, shard_batch
@@ -91,6 +93,9 @@ class BaseTrainConfig:
     # Checkpoint every this many steps, and also when this many minutes passed since the last one.
     checkpoint_every: int = 200
     checkpoint_minutes: float = 5.0
+    # Stop (with a checkpoint) after this many minutes of steps in this invocation, even before ``steps``
+    # (0 = no limit): for time-boxed runs on a lent machine. A rerun continues.
+    max_minutes: float = 0.0
     # Write a sample mp4 every this many steps (0 = never); the sampler, its steps and the CFG scales.
     sample_every: int = 1000
     sample_steps: int = 8
@@ -102,6 +107,9 @@ class BaseTrainConfig:
     seed: int = 0
     # Where the latent cache lives ("" = RUN/cache).
     cache_dir: str = ""
+    # Start from these weights (a DiT checkpoint, e.g. an exported Base, or a run directory) instead of random
+    # ones, with a fresh optimizer and schedule: fine-tuning. Used only when the run has no train state yet.
+    init: str = ""
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.steps < 0 or self.frames < 1:
@@ -170,6 +178,8 @@ class BaseTrainer:
         self.dit_cfg = resolve_dit_config(cfg, c, (h, w))
         torch.manual_seed(cfg.seed)
         dit = DiT(self.dit_cfg)
+        if cfg.init and not self._state_path().is_file():
+            self._load_init(dit)
         self.export_dit = DiT(self.dit_cfg) if self.info.is_main else None  # full CPU copy for saving/samples
         before, after = dit.audio_margin()  # real audio before the window: the windows' and encoder's history
         self.sampler = WindowSampler(self.train_clips, cfg.frames, before, after, silent_mel(self.mel),
@@ -180,6 +190,19 @@ class BaseTrainer:
         self.ema = [p.detach().clone() for p in self.params]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.num_params = sum(p.numel() for p in dit.parameters())  # global numel, also for DTensors
+
+    def _load_init(self, dit: DiT) -> None:
+        """The ``init`` weights into ``dit`` (its config must match the run's, attention aside)."""
+        path = dit_weights_of(self.cfg.init)
+        stored = load_dit(path)
+        mine = dataclasses.replace(self.dit_cfg, attention=stored.cfg.attention)
+        if stored.cfg != mine:
+            diff = [f"{k}: init {v!r} vs run {to_dict(mine)[k]!r}" for k, v in to_dict(stored.cfg).items()
+                    if to_dict(mine)[k] != v]
+            raise ConfigError(f"init {path} is a DiT of another shape: {'; '.join(diff)}")
+        dit.load_state_dict(stored.state_dict())
+        if self.info.is_main:
+            print(f"initialised from {path}", flush=True)
 
     # ---- state ----
     def _state_path(self) -> Path:
@@ -368,7 +391,7 @@ class BaseTrainer:
         bar = tqdm(total=cfg.steps, initial=self.step, desc=self.progress_label, dynamic_ncols=True,
                    disable=not info.is_main)
         last = {}
-        t_ckpt = t_step = time.perf_counter()
+        t_start = t_ckpt = t_step = time.perf_counter()
         while self.step < cfg.steps:
             self.step += 1
             lr = self.lr_at(self.step)
@@ -387,13 +410,18 @@ class BaseTrainer:
                 self._write_sample()
             due = self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps
             due = due or (now - t_ckpt) / 60 >= cfg.checkpoint_minutes
+            stop = bool(cfg.max_minutes) and (now - t_start) / 60 >= cfg.max_minutes
             if info.distributed:  # rank 0's clock decides, so every rank enters the collectives together
-                flag = torch.tensor([float(due)], device=info.device)
-                torch.distributed.broadcast(flag, 0)
-                due = bool(flag.item())
-            if due:
+                flags = torch.tensor([float(due), float(stop)], device=info.device)
+                torch.distributed.broadcast(flags, 0)
+                due, stop = bool(flags[0].item()), bool(flags[1].item())
+            if due or stop:
                 self._checkpoint()
                 t_ckpt = time.perf_counter()
+            if stop:
+                if info.is_main:
+                    print(f"\nstopped at step {self.step}: max_minutes {cfg.max_minutes} reached", flush=True)
+                break
         bar.close()
         if log is not None:
             log.close()
