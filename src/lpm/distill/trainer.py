@@ -15,11 +15,10 @@ from typing import Any
 
 import torch
 
-from lpm.config import from_dict
+from lpm.config import ConfigError, from_dict
 from lpm.data.clip import read_manifest
 from lpm.diffusion.flow import FlowConfig, FlowMatching
 from lpm.distill.student import rollout, student_times
-from lpm.config import ConfigError
 from lpm.errors import LpmError
 from lpm.models.dit import DiT, load_dit
 from lpm.models.dit_config import DiTConfig
