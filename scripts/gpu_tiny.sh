@@ -13,7 +13,7 @@ set -u -o pipefail
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 OUT=${OUT:-out/gpu_tiny}; DEVICE=${DEVICE:-cuda}; WORK=${WORK:-/tmp/lpm_gpu_tiny}; PACK=${PACK:-.gpu/pack}
 BASE_S=${BASE_S:-240}; ODE_S=${ODE_S:-80}; BATCH=${BATCH:-32}; ODE_BATCH=${ODE_BATCH:-32}
-SPEED_PRESETS=${SPEED_PRESETS:-tiny small base lpm-17b}; SPEED_S=${SPEED_S:-50}
+SPEED_PRESETS=${SPEED_PRESETS-tiny small base lpm-17b}  # "" = none; SPEED_S=${SPEED_S:-50}
 VAE=checkpoints/vae_tiny.safetensors
 mkdir -p "$OUT" "$WORK/logs"
 LOG="$WORK/logs/run.log"
@@ -30,7 +30,7 @@ say "cache rebuilt"
 
 COMMON="device=$DEVICE cache_dir=$WORK/cache sample_every=0 checkpoint_minutes=1 checkpoint_every=100000"
 # (key=value overrides must all come last, after the --options)
-BASE="lpm train base --data $PACK/data --vae $VAE --preset tiny"
+BASE="python3 -m lpm.cli train base --data $PACK/data --vae $VAE --preset tiny"
 BASE_KEYS="init=checkpoints/base_tiny.safetensors $COMMON batch=$BATCH lr=3e-4 warmup_steps=100 ema_decay=0.999"
 # Probe: 25 steps; the seconds per step of the last 15 set the real run's steps.
 $BASE --out "$WORK/probe" --steps 25 $BASE_KEYS > "$WORK/logs/probe.log" 2>&1 || { tail -n 30 "$WORK/logs/probe.log"; exit 1; }
@@ -43,7 +43,7 @@ timeout $((BASE_S + 60)) $BASE --out "$WORK/base" --steps "$STEPS" $BASE_KEYS ma
   > "$WORK/logs/base.log" 2>&1
 say "base done (exit $?): $(tail -c 400 "$WORK/logs/base.log" | tr '\r' '\n' | grep -v '^$' | tail -n 1)"
 
-ODE="lpm distill ode --teacher $WORK/base --out $WORK/ode --steps 100000 $COMMON"
+ODE="python3 -m lpm.cli distill ode --teacher $WORK/base --out $WORK/ode --steps 100000 $COMMON"
 ODE="$ODE pair_batch=${PAIR_BATCH:-64} teacher_steps_per_step=2 batch=$ODE_BATCH lr=2e-4 warmup_steps=50"
 # Teacher pairs first (not timed by max_minutes), then ODE_S seconds of regression at a near-constant rate.
 PAIRS=${PAIRS:-1536}
