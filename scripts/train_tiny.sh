@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The shipped tiny models, end to end, on CPU: data -> Base -> ODE init -> DMD -> export.
+# The tiny models, end to end, on CPU: data -> Base -> ODE init -> DMD -> export.
+# The shipped checkpoints are this CPU run fine-tuned on a lent H100 (scripts/gpu_tiny.sh; checkpoints/README.md).
 # Every stage is resumable: rerun this script after a stop and each stage continues from its last checkpoint
 # (a finished stage returns at once). Figures and wall times of the shipped run: checkpoints/README.md.
 #
