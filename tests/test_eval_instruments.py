@@ -76,3 +76,23 @@ def test_tiny_training_run_saves_loadable_instruments(tmp_path):
     logs = []
     train_instrument(PROBE_KIND, tmp_path / "probe", cfg, log=logs.append)
     assert logs[0] == "resumed motion_probe at step 2"
+
+
+def test_channel_weights_lift_rarely_moving_channels():
+    from lpm.eval.probe import channel_weights
+
+    rng = np.random.default_rng(0)
+    targets = np.stack([rng.uniform(-1, 1, 500), rng.normal(0, 0.1, 500), np.zeros(500)], 1)
+    w = channel_weights(targets)
+    assert w.mean() == pytest.approx(1.0) and w[1] > 5 * w[0]
+    assert w[2] == pytest.approx(w.max())  # a constant channel is capped by the floor, not infinite
+
+
+def test_probe_stem_is_saved_and_loaded(tmp_path):
+    cfg = InstrumentTrainConfig(train_identities=2, val_identities=1, zeroshot_identities=1, per_identity=2, res=64,
+                                steps=1, batch=2, threads=1, probe_stem=4)
+    train_instrument(PROBE_KIND, tmp_path / "probe", cfg, log=lambda *_: None)
+    probe, meta = load_probe(tmp_path / "probe" / "model.safetensors")
+    assert probe.cfg.stem == 4 and meta["config"]["net"]["stem"] == 4
+    old, _ = load_probe("checkpoints/probe.safetensors")  # saved before the stem existed
+    assert old.cfg.stem == 0

@@ -10,7 +10,15 @@ import torch
 
 from lpm.errors import LpmError
 from lpm.eval.report import instrument_summary, write_report
-from lpm.eval.suites import QUICK_MODEL_CLIPS, SUITES, clip_metrics, load_instruments, run_clip_suite, select_clips
+from lpm.eval.suites import (
+    QUICK_BASE_STEPS,
+    QUICK_MODEL_CLIPS,
+    SUITES,
+    clip_metrics,
+    load_instruments,
+    run_clip_suite,
+    select_clips,
+)
 from lpm.eval.systems import make_systems
 
 # Most threads for the instruments' convolutions (this is a 2-core machine).
@@ -30,7 +38,7 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
     """Run one suite and write ``out/report.json``, ``report.md`` and plots; returns the report object.
 
     ``refiner``: also run ``online+refiner`` (the online checkpoint with the one-step refiner on);
-    ``base_steps``: ODE steps per window of ``base`` (None: its default).
+    ``base_steps``: ODE steps per window of ``base`` (None: its default; ``QUICK_BASE_STEPS`` in the quick suite).
     """
     if suite not in SUITES:
         raise LpmError(f"unknown suite {suite!r}; expected one of {SUITES}")
@@ -46,6 +54,8 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
                "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     t0 = time.time()
     inst = load_instruments(probe, identity, data)
+    if base_steps is None and suite == "quick":
+        base_steps = QUICK_BASE_STEPS
     systems = make_systems(checkpoints, seed, refiner, base_steps)
     rows = select_clips(data, suite)
     log(f"bench {suite}: {len(rows)} clips, systems {', '.join(s.name for s in systems)}")

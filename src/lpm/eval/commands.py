@@ -107,7 +107,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--refiner", action="store_true",
                    help="also run online+refiner: the online checkpoint with the one-step refiner on")
     p.add_argument("--base-steps", type=int, default=None,
-                   help="ODE steps per window of the base system (default 8; fewer trade quality for CPU time)")
+                   help="ODE steps per window of the base system (default 8, in the quick suite 4; fewer trade "
+                        "quality for CPU time)")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--data", default=DEFAULT_DATA, help="world clip data set (train clips fit the state reader)")
     p.add_argument("--probe", default=DEFAULT_PROBE)

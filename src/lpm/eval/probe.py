@@ -37,6 +37,9 @@ class ProbeConfig:
     res: int = 96  # the head crop is resized to this (square); 96 keeps a 128 frame's pixels 1:1
     widths: tuple[int, ...] = (16, 32, 64, 96)  # channels per stage; each stage halves the resolution
     feature_dim: int = 128  # penultimate features: the world-FID space
+    # Channels of a full-resolution stem (two 3x3 convs at stride 1) before the strided stages; 0 = none. Eyelids,
+    # pupils and brows are a few pixels wide at 128x128: a stride-2 first layer averages them away.
+    stem: int = 0
 
 
 # The head crop, as fractions of the frame (top, bottom, left, right): every face channel lives there, and the
@@ -92,9 +95,15 @@ class MotionProbe(nn.Module):
     def __init__(self, cfg: ProbeConfig = ProbeConfig()):
         super().__init__()
         self.cfg = cfg
-        chans = (3, *cfg.widths)
-        # The first stage is a single conv: full-resolution 3x3 convs would cost most of the compute.
-        self.stages = nn.Sequential(*[conv_stage(a, b, double=i > 0)
+        chans = (cfg.stem or 3, *cfg.widths)
+        self.stem = nn.Identity()
+        if cfg.stem:
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, cfg.stem, 3, padding=1, bias=False), nn.BatchNorm2d(cfg.stem), nn.ReLU(inplace=True),
+                nn.Conv2d(cfg.stem, cfg.stem, 3, padding=1, bias=False), nn.BatchNorm2d(cfg.stem),
+                nn.ReLU(inplace=True))
+        # Without a stem the first stage is a single conv (full-resolution convs cost most of the compute).
+        self.stages = nn.Sequential(*[conv_stage(a, b, double=i > 0 or bool(cfg.stem))
                                       for i, (a, b) in enumerate(zip(chans[:-1], chans[1:]))])
         side = cfg.res // 2 ** len(cfg.widths)
         # Flatten rather than pool: where the head, eyes and mouth are is itself the signal (pose, gaze).
@@ -115,7 +124,7 @@ class MotionProbe(nn.Module):
         if x.shape[-1] != self.cfg.res or x.shape[-2] != self.cfg.res:
             x = F.interpolate(x, size=(self.cfg.res, self.cfg.res), mode="bilinear", antialias=True,
                               align_corners=False)
-        h = self.neck(self.stages(x))  # (B, feature_dim)
+        h = self.neck(self.stages(self.stem(x)))  # (B, feature_dim)
         return self.regress(h), self.emotion(h), h
 
 
@@ -171,10 +180,23 @@ def read_frames(probe: MotionProbe, frames: np.ndarray, batch: int = 256) -> Pro
     return ProbeTrack(decode_targets(np.concatenate(outs)), np.concatenate(probs), np.concatenate(feats))
 
 
-def probe_loss(probe: MotionProbe, x: torch.Tensor, targets: torch.Tensor, emotion: torch.Tensor) -> torch.Tensor:
-    """Smooth-L1 on the scaled channels plus cross-entropy on the emotion."""
+def channel_weights(targets: np.ndarray, floor: float = 0.05) -> np.ndarray:
+    """(NUM_TARGETS,) loss weights ``1 / std`` of each target over a training set, mean 1.
+
+    Channels that rarely move (blinks, brows, gaze) then weigh as much as the jaw or the head turn: with equal
+    weights a probe can leave them at their mean for a small loss."""
+    w = 1.0 / np.maximum(targets.std(axis=0), floor)
+    return (w / w.mean()).astype(np.float32)
+
+
+def probe_loss(probe: MotionProbe, x: torch.Tensor, targets: torch.Tensor, emotion: torch.Tensor,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Smooth-L1 on the scaled channels (``weights`` per channel, default equal) plus cross-entropy on the
+    emotion."""
     pred, logits, _ = probe(x)
-    return F.smooth_l1_loss(pred, targets, beta=0.1) + 0.5 * F.cross_entropy(logits, emotion)
+    per = F.smooth_l1_loss(pred, targets, beta=0.1, reduction="none")  # (B, NUM_TARGETS)
+    reg = per.mean() if weights is None else (per * weights).mean()
+    return reg + 0.5 * F.cross_entropy(logits, emotion)
 
 
 @dataclass

@@ -19,7 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from lpm.eval.identity import IdentityConfig, IdentityNet, embed_frames, supcon_loss, verification
-from lpm.eval.probe import MotionProbe, ProbeConfig, encode_targets, frames_to_tensor, probe_accuracy, probe_loss
+from lpm.eval.probe import (
+    MotionProbe,
+    ProbeConfig,
+    channel_weights,
+    encode_targets,
+    frames_to_tensor,
+    probe_accuracy,
+    probe_loss,
+)
 from lpm.eval.renders import RenderSet, cached_render_set, load_clip_motion
 from lpm.training.checkpoint import (
     load_checkpoint,
@@ -52,6 +60,10 @@ class InstrumentTrainConfig:
     checkpoint_every: int = 250
     threads: int = 2
     init_from: str = ""  # warm start: weights from another run's train_state.pt or model.safetensors
+    # Motion probe only: channels of its full-resolution stem (ProbeConfig.stem; 0 = the first probe's shape),
+    # and per-channel loss weights 1 / std (``channel_weights``) instead of equal ones.
+    probe_stem: int = 16
+    balance_channels: bool = True
 
 
 def load_sets(cfg: InstrumentTrainConfig, cache: str | Path, data: str | Path | None) -> dict[str, RenderSet]:
@@ -107,7 +119,7 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
     run.mkdir(parents=True, exist_ok=True)
     sets = load_sets(cfg, run.parent / "renders", data)
     if kind == PROBE_KIND:
-        net_cfg: Any = ProbeConfig()
+        net_cfg: Any = ProbeConfig(stem=cfg.probe_stem)
         model: torch.nn.Module = MotionProbe(net_cfg)
     elif kind == IDENTITY_KIND:
         net_cfg = IdentityConfig()
@@ -133,6 +145,7 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
         log(f"resumed {kind} at step {step}")
     train = sets["train"]
     targets, emotion = encode_targets(train.poses)
+    weights = torch.from_numpy(channel_weights(targets)) if cfg.balance_channels else None
     meta = {"train": dataclasses.asdict(cfg), "net": dataclasses.asdict(net_cfg)}
 
     def save_state() -> None:
@@ -147,7 +160,7 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
             idx = _batch_indices(kind, train, cfg, rng)
             x = augment(frames_to_tensor(train.frames[idx]), cfg.blur_prob, gen)
             if kind == PROBE_KIND:
-                loss = probe_loss(model, x, torch.from_numpy(targets[idx]), torch.from_numpy(emotion[idx]))
+                loss = probe_loss(model, x, torch.from_numpy(targets[idx]), torch.from_numpy(emotion[idx]), weights)
             else:
                 loss = supcon_loss(model(x), torch.from_numpy(train.identity[idx]), net_cfg.temperature)
             opt.zero_grad(set_to_none=True)
@@ -175,7 +188,8 @@ def load_probe(path: str | Path) -> tuple[MotionProbe, dict[str, Any]]:
     """The trained probe and its metadata (``extra.accuracy`` holds its held-out accuracy)."""
     state, meta = load_checkpoint(path, PROBE_KIND)
     net = meta["config"]["net"]
-    model = MotionProbe(ProbeConfig(res=net["res"], widths=tuple(net["widths"]), feature_dim=net["feature_dim"]))
+    model = MotionProbe(ProbeConfig(res=net["res"], widths=tuple(net["widths"]), feature_dim=net["feature_dim"],
+                                    stem=net.get("stem", 0)))  # probes saved before the stem have none
     load_into(model, state, str(path))
     return model.eval(), meta
 
