@@ -22,6 +22,7 @@ from lpm.distill.student import rollout, student_times
 from lpm.errors import LpmError
 from lpm.models.dit import DiT, load_dit
 from lpm.models.dit_config import DiTConfig
+from lpm.models.export import dit_weights_of
 from lpm.training import distributed as D
 from lpm.training.base_batches import Window, WindowSampler
 from lpm.training.base_samples import write_sample
@@ -44,16 +45,12 @@ class DistillConfig(BaseTrainConfig):
 
 
 def resolve_weights(spec: str, what: str) -> Path:
-    """A run directory (its ``dit_ema.safetensors``, else ``dit.safetensors``) or a checkpoint file."""
-    path = Path(spec)
-    if path.is_dir():
-        for name in ("dit_ema.safetensors", "dit.safetensors"):
-            if (path / name).is_file():
-                return path / name
-        raise LpmError(f"{what} {spec}: no dit_ema.safetensors or dit.safetensors in the run (has it checkpointed?)")
-    if not path.is_file():
-        raise LpmError(f"{what} {spec}: no such run directory or checkpoint file")
-    return path
+    """A run directory (its ``dit_ema.safetensors``, else ``dit.safetensors``) or a checkpoint file; errors name
+    the role (``what``: teacher, student)."""
+    try:
+        return dit_weights_of(spec)
+    except LpmError as e:
+        raise LpmError(f"{what}: {e}") from None
 
 
 def run_sources(spec: str) -> dict[str, str]:
