@@ -152,3 +152,33 @@ def test_max_minutes_stops_with_a_checkpoint(world, tmp_path):
     again = BaseTrainer(load_base_config("tiny", None, [*MICRO, "steps=100000", "max_minutes=0.0001"]),
                         data, str(vae), run).run()
     assert again["step"] > result["step"]  # a rerun continues
+
+
+def test_audio_gain_measures_reliance_on_own_voice(world, tmp_path):
+    trainer = _trainer(world, tmp_path / "run")
+    torch.manual_seed(0)
+    with torch.no_grad():  # the head starts at zero (the output ignores every input): give it weights
+        torch.nn.init.normal_(trainer.model.dit.head.linear.weight, std=0.5)
+    trainer.audio_gain()
+    batch = trainer._audio_batch  # the fixture's voices are steady tones: give each window its own
+    batch.cond.mel_self = torch.randn(batch.cond.mel_self.shape, generator=torch.Generator().manual_seed(0)) * 3
+    gain = trainer.audio_gain()
+    assert gain == trainer.audio_gain() and 0 < abs(gain) < 1.0  # fixed batch, times and noise
+    voices = batch.cond.mel_self
+    batch.cond.mel_self = voices[:1].expand_as(voices).clone()  # one voice for all: shuffling changes nothing
+    assert trainer.audio_gain() == 0.0
+    batch.cond.mel_self = voices
+    with torch.no_grad():  # a model that cannot hear: no gain either
+        for block in trainer.model.dit.blocks:
+            block.cross_attn.audio_v.weight.zero_()
+            block.cross_attn.audio_v.bias.zero_()
+    assert trainer.audio_gain() == 0.0
+
+
+def test_audio_gain_is_logged(world, tmp_path):
+    data, vae = world
+    run = tmp_path / "run"
+    cfg = load_base_config("tiny", None, [*MICRO, "steps=4", "audio_check_every=2", "checkpoint_every=4"])
+    BaseTrainer(cfg, data, str(vae), run).run()
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [("audio_gain" in r) for r in rows] == [False, True, False, True]

@@ -212,3 +212,44 @@ def test_text_encoder_interface():
     tokens, mask = model.encode_text(["", "héllo wörld, a long caption that is cut"])
     assert tokens.shape == (2, 17, 16) and mask.shape == (2, 17)
     assert mask[0].sum() == 1 and mask[1].all()  # BOS only; truncated to text_max_bytes
+
+
+def _audio_effect(separate: bool, caption_len: int) -> float:
+    """Mean change of a cross-attention's output when the audio changes, with a caption of ``caption_len`` tokens."""
+    from lpm.models.blocks import WindowedCrossAttention, audio_window
+
+    torch.manual_seed(0)
+    att = WindowedCrossAttention(16, 2, 8, 3, True, 1e-6, separate=separate)
+    x, text = torch.randn(1, 2, 4, 16), torch.randn(1, caption_len, 16)
+    mask = torch.ones(1, caption_len, dtype=torch.bool)
+    window = audio_window(0, 2, -1, 4, 1, 1)
+    a, b = torch.randn(2, 1, 4, 2, 8)
+    return (att(x, text, mask, a, window) - att(x, text, mask, b, window)).abs().mean().item()
+
+
+def test_separate_audio_attention_is_not_diluted_by_long_captions():
+    # Joint softmax: 128 caption tokens take the attention the audio needs; separate: the audio keeps its share.
+    assert _audio_effect(False, 128) < 0.25 * _audio_effect(False, 4)
+    assert _audio_effect(True, 128) > 0.5 * _audio_effect(True, 4)
+    assert _audio_effect(True, 128) > 3 * _audio_effect(False, 128)
+
+
+def test_separate_audio_attention_with_no_audio_in_reach():
+    from lpm.models.blocks import WindowedCrossAttention, audio_window
+
+    att = WindowedCrossAttention(16, 2, 8, 3, True, 1e-6, separate=True)
+    x = torch.randn(1, 2, 4, 16, requires_grad=True)
+    window = audio_window(10, 2, 0, 4, 1, 1)  # frames 10-11: the 4 audio frames end long before
+    assert not window.valid.any()
+    out = att(x, torch.randn(1, 3, 16), torch.ones(1, 3, dtype=torch.bool), torch.randn(1, 4, 2, 8), window)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+
+
+def test_checkpoints_saved_before_audio_attention_load_as_joint(tmp_path):
+    from lpm.config import to_dict
+    from lpm.models.dit_config import stored_dit_config
+
+    old = to_dict(preset("tiny"))
+    old.pop("audio_attention")
+    assert stored_dit_config(old).audio_attention == "joint" and preset("tiny").audio_attention == "separate"

@@ -21,7 +21,7 @@ from lpm.diffusion.flow import FlowConfig, FlowMatching
 from lpm.distill.student import rollout, student_times
 from lpm.errors import LpmError
 from lpm.models.dit import DiT, load_dit
-from lpm.models.dit_config import DiTConfig
+from lpm.models.dit_config import stored_dit_config
 from lpm.models.export import dit_weights_of
 from lpm.training import distributed as D
 from lpm.training.base_batches import Window, WindowSampler
@@ -42,6 +42,8 @@ class DistillConfig(BaseTrainConfig):
     teacher: str = ""
     # Denoising steps per chunk of the Online student (LPM 1.0: 2).
     student_steps: int = 2
+    # The Base trainer's audio check measures a bidirectional denoiser; students are rated by the bench instead.
+    audio_check_every: int = 0
 
 
 def resolve_weights(spec: str, what: str) -> Path:
@@ -101,7 +103,7 @@ class DistillTrainer(BaseTrainer):
         flow = ((meta.get("extra") or {}).get("train_config") or {}).get("flow")
         # The student inherits the teacher's objective (parametrisation and shift) and network shape (the
         # latent cache is keyed on its mel features, so the shape is set before the data is read).
-        cfg = dataclasses.replace(cfg, teacher=str(self.teacher_path), model=from_dict(DiTConfig, meta["config"]),
+        cfg = dataclasses.replace(cfg, teacher=str(self.teacher_path), model=stored_dit_config(meta["config"]),
                                   flow=from_dict(FlowConfig, flow) if isinstance(flow, dict) else cfg.flow,
                                   cache_dir=cfg.cache_dir or teacher_cache(self.teacher_path))
         super().__init__(cfg, data_dir, vae, run_dir)

@@ -85,9 +85,10 @@ class WindowedCrossAttention(nn.Module):
         window: Wn, frames in this block's audio window (before + 1 + after).
     """
 
-    def __init__(self, dim: int, num_heads: int, audio_dim: int, window: int, qk_norm: bool, eps: float):
+    def __init__(self, dim: int, num_heads: int, audio_dim: int, window: int, qk_norm: bool, eps: float,
+                 separate: bool = True):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.separate = num_heads, separate
         self.q, self.o = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.text_k, self.text_v = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.audio_k, self.audio_v = nn.Linear(audio_dim, dim), nn.Linear(audio_dim, dim)
@@ -133,7 +134,17 @@ class WindowedCrossAttention(nn.Module):
         q = q.reshape(b * f, n, h, -1).transpose(1, 2)  # (B*F, H, N, d)
         k = k.reshape(b * f, -1, h, d // h).transpose(1, 2)  # (B*F, H, Lk, d)
         v = v.reshape(b * f, -1, h, d // h).transpose(1, 2)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.reshape(b * f, 1, 1, -1))  # (B*F, H, N, d)
+        mask = mask.reshape(b * f, 1, 1, -1)
+        if not self.separate:  # one softmax over [caption | audio window]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B*F, H, N, d)
+        else:  # a softmax each, summed; a group with no valid key (e.g. audio off the clip) adds nothing
+            o = 0
+            for part in (slice(0, length), slice(length, None)):
+                m = mask[..., part]
+                some = m.any(-1, keepdim=True)  # (B*F, 1, 1, 1)
+                # rows with no valid key attend to all (finite values and gradients), then count for nothing
+                out = F.scaled_dot_product_attention(q, k[:, :, part], v[:, :, part], attn_mask=m | ~some)
+                o = o + out * some
         return self.o(o.transpose(1, 2).reshape(b, f, n, d))
 
 
@@ -156,7 +167,8 @@ class DiTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(d, eps=eps, elementwise_affine=False)
         self.self_attn = SelfAttention(d, cfg.num_heads, cfg.qk_norm, eps)
         self.norm2 = nn.LayerNorm(d, eps=eps)  # Wan2.1's affine cross-attention norm
-        self.cross_attn = WindowedCrossAttention(d, cfg.num_heads, cfg.audio_dim, window, cfg.qk_norm, eps)
+        self.cross_attn = WindowedCrossAttention(d, cfg.num_heads, cfg.audio_dim, window, cfg.qk_norm, eps,
+                                                 separate=cfg.audio_attention == "separate")
         self.norm3 = nn.LayerNorm(d, eps=eps, elementwise_affine=False)
         self.mlp = nn.Sequential(
             nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d)

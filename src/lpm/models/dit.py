@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from lpm.audio.encoder import PARTNER_STREAM, SELF_STREAM, AudioEncoder
-from lpm.config import from_dict, to_dict
+from lpm.config import to_dict
 from lpm.models.attention import attend, plan_chunk, plan_full, plan_references
 from lpm.models.blocks import CrossInputs, DiTBlock, audio_window
 from lpm.models.conditioning import (
@@ -37,7 +37,7 @@ from lpm.models.conditioning import (
     patchify,
     unpatchify,
 )
-from lpm.models.dit_config import DiTConfig
+from lpm.models.dit_config import DiTConfig, stored_dit_config
 from lpm.models.kv_cache import KVCache
 from lpm.models.rope import Rope3D
 from lpm.models.text import ByteTextEncoder
@@ -274,7 +274,7 @@ def load_dit(path: str | Path, expect: DiTConfig | None = None, device: str = "c
             differing fields are listed in the error.
     """
     state, meta = load_checkpoint(path, kind=CHECKPOINT_KIND, device=device)
-    cfg = from_dict(DiTConfig, meta["config"])
+    cfg = stored_dit_config(meta["config"])
     if expect is not None and cfg != expect:
         diff = [
             f"{k}: checkpoint {v!r} vs expected {to_dict(expect)[k]!r}"

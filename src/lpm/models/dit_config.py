@@ -14,6 +14,7 @@ from lpm.audio.mel import MelConfig
 from lpm.config import ConfigError
 
 ATTENTION_MODES = ("bidirectional", "block_causal")
+AUDIO_ATTENTION_MODES = ("separate", "joint")
 
 
 @dataclass
@@ -49,6 +50,11 @@ class DiTConfig:
     self_audio_lookahead_frames: int = 1  # own-speech window: frames after (the only non-causal input)
     partner_audio_before_frames: int = 16  # partner-speech window, past-leaning (odd blocks)
     partner_audio_after_frames: int = 0  # partner-speech window after the query frame
+    # How a frame's cross-attention weighs caption and audio tokens: "separate" softmaxes, summed (audio gets its
+    # own unit of attention whatever the caption's length), or "joint": one softmax over [caption | audio], where
+    # ~129 caption tokens starved 10 audio tokens (the stop-9/10 models put 0.01-0.13 % of their attention on audio
+    # and ignored it). Checkpoints saved before this key existed are "joint" (``stored_dit_config``).
+    audio_attention: str = "separate"
     # --- pose: optional per-frame control (head yaw, pitch, roll, body yaw in degrees) ---
     pose_dim: int = 4  # channels of the pose track
     pose_dropout: float = 0.3  # probability a training sample is seen without its pose track
@@ -65,6 +71,8 @@ class DiTConfig:
     def __post_init__(self) -> None:
         if self.attention not in ATTENTION_MODES:
             raise ConfigError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        if self.audio_attention not in AUDIO_ATTENTION_MODES:
+            raise ConfigError(f"audio_attention must be one of {AUDIO_ATTENTION_MODES}, got {self.audio_attention!r}")
         if self.dim % self.num_heads:
             raise ConfigError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
         for name, size in (("latent_height", self.latent_height), ("latent_width", self.latent_width)):
@@ -216,3 +224,13 @@ def preset(name: str, **overrides) -> DiTConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown DiT preset {name!r}; known: {', '.join(PRESETS)}")
     return dataclasses.replace(PRESETS[name](), **overrides)
+
+
+def stored_dit_config(stored: dict) -> DiTConfig:
+    """The ``DiTConfig`` of a checkpoint's metadata; keys added since it was saved get the behaviour it was
+    trained with (``audio_attention``: "joint"), not today's default."""
+    from lpm.config import from_dict
+
+    stored = dict(stored)
+    stored.setdefault("audio_attention", "joint")
+    return from_dict(DiTConfig, stored)

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
-from lpm.config import from_dict
 from lpm.errors import LpmError
 from lpm.models.dit import CHECKPOINT_KIND
-from lpm.models.dit_config import DiTConfig
+from lpm.models.dit_config import stored_dit_config
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
 EXPORT_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -69,7 +68,7 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
     source = dit_weights_of(run, ema)
     state, meta = load_checkpoint(source, kind=CHECKPOINT_KIND)
-    from_dict(DiTConfig, meta["config"])  # a config the current code cannot build fails here, not at load
+    stored_dit_config(meta["config"])  # a config the current code cannot build fails here, not at load
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     extra = dict(meta["extra"])

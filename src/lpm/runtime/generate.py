@@ -26,11 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lpm.config import from_dict
 from lpm.data.clip import load_image
 from lpm.data.video import MediaError, read_wav, write_mp4
 from lpm.errors import LpmError
-from lpm.models.dit_config import DiTConfig
+from lpm.models.dit_config import DiTConfig, stored_dit_config
 from lpm.runtime.audio_buffer import StreamResampler
 from lpm.runtime.dit_engine import DEFAULT_VAE
 from lpm.runtime.engines import FPS, SAMPLE_RATE, Character, Engine
@@ -175,7 +174,7 @@ def check_checkpoint(checkpoint: str) -> DiTConfig:
                    f"`lpm export --run RUN --out {DEFAULT_CHECKPOINT}`)")
         raise LpmError(f"DiT checkpoint {checkpoint} does not exist{how}; or pass --checkpoint PATH "
                        "(any DiT checkpoint, e.g. runs/NAME/dit_ema.safetensors)")
-    return from_dict(DiTConfig, read_metadata(checkpoint)["config"])
+    return stored_dit_config(read_metadata(checkpoint)["config"])
 
 
 def frames_for_samples(num_samples: int) -> int:

@@ -46,6 +46,13 @@ def plot_base_losses(log_path: Path, out_path: Path) -> None:
     ax2.set_yscale("log")
     ax2.set_xlabel("step")
     ax2.set_ylabel("gradient norm (before clipping)")
+    checks = [r for r in rows if "audio_gain" in r]
+    if checks:  # does the model use its own voice? (BaseTrainer.audio_gain)
+        ax4 = ax1.twinx()
+        ax4.plot([r["step"] for r in checks], [100 * r["audio_gain"] for r in checks], "o-", color="C2", ms=3,
+                 label="audio gain")
+        ax4.axhline(0, color="C2", lw=0.5)
+        ax4.set_ylabel("loss rise with shuffled own voice (%)", color="C2")
     if gen:  # DMD: the logged loss is the fake score's; the generator's figures on its own steps
         ax1.set_ylabel("fake score: weighted velocity MSE")
         ax3 = axes[2]

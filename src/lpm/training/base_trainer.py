@@ -27,17 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from lpm.audio.mel import MelConfig
 from lpm.config import ConfigError, apply_overrides, load_config, to_dict
 from lpm.data.clip import read_manifest
+from lpm.diffusion import Batch
 from lpm.diffusion.cfg import GuidanceSpec
 from lpm.diffusion.flow import FlowConfig, FlowMatching
 from lpm.diffusion.samplers import SAMPLERS
 from lpm.errors import LpmError
 from lpm.models.dit import DiT, load_dit, save_dit
-from lpm.models.dit_config import DiTConfig, preset
+from lpm.models.dit_config import DiTConfig, preset, stored_dit_config
 from lpm.models.export import dit_weights_of
 from lpm.models.latent_codec import load_codec
 from lpm.training import distributed as D
@@ -48,6 +50,8 @@ from lpm.training.checkpoint import load_train_state, save_train_state
 from lpm.training.conditioned import ConditionedDiT
 from lpm.training.latent_cache import load_latent_cache, silent_mel
 from lpm.training.vae_trainer import resolve_precision
+
+AUDIO_CHECK_SEED = 7177  # the fixed batch and noise of ``BaseTrainer.audio_gain``
 
 
 @dataclass
@@ -93,6 +97,10 @@ class BaseTrainConfig:
     # Checkpoint every this many steps, and also when this many minutes passed since the last one.
     checkpoint_every: int = 200
     checkpoint_minutes: float = 5.0
+    # Every this many steps, log ``audio_gain``: how much the face-weighted loss of a fixed batch of speaking windows
+    # rises when each window gets another window's own voice (relative; ~0 = the model ignores its audio, so it
+    # cannot lip-sync). 0 = never.
+    audio_check_every: int = 100
     # Stop (with a checkpoint) after this many minutes of steps in this invocation, even before ``steps``
     # (0 = no limit): for time-boxed runs on a lent machine. A rerun continues.
     max_minutes: float = 0.0
@@ -233,7 +241,7 @@ class BaseTrainer:
         if not path.is_file():
             return
         state = load_train_state(path)
-        if state["dit_config"] != to_dict(self.dit_cfg):
+        if stored_dit_config(state["dit_config"]) != self.dit_cfg:
             raise LpmError(f"{self.run_dir} holds a run of another DiT config; use another --out or the same "
                            f"preset and model keys (saved: {state['dit_config']})")
         D.load_full_state_dict(self.model, state["model"])
@@ -341,6 +349,32 @@ class BaseTrainer:
             return self.flow.loss(self.model, self.local_batch(step))
 
     @torch.no_grad()
+    def audio_gain(self, windows: int = 8, times: tuple[float, ...] = (0.3, 0.6)) -> float:
+        """(loss with own voices shuffled across the batch - loss with the right ones) / the latter, on a fixed
+        batch of speaking windows (no CFG dropout), at fixed times and noise; the same on every rank."""
+        if getattr(self, "_audio_batch", None) is None:
+            speaking = [c for c in self.train_clips if c.mode in ("speak", "conversation")] or self.train_clips
+            rng = np.random.default_rng([self.cfg.seed, AUDIO_CHECK_SEED])
+            picked = [speaking[int(rng.integers(len(speaking)))] for _ in range(windows)]
+            batch = self.sampler.assemble([Window(c, int(rng.integers(0, c.frames - self.cfg.frames + 1)))
+                                           for c in picked])
+            g = torch.Generator().manual_seed(AUDIO_CHECK_SEED)
+            batch.noise = torch.randn(batch.x_0.shape, generator=g)
+            self._audio_batch = batch
+        b, device = self._audio_batch, self.info.device
+        x_0, noise, weights, cond = b.x_0.to(device), b.noise.to(device), b.weights.to(device), b.cond.to(device)
+        shuffled = dataclasses.replace(cond, mel_self=cond.mel_self.roll(1, 0))
+        device_type = torch.device(device).type
+        losses = {}
+        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            for name, c in (("right", cond), ("shuffled", shuffled)):
+                losses[name] = sum(
+                    self.flow.loss(self.model, Batch(x_0, c, weights, torch.full((len(x_0),), t, device=device),
+                                                     noise)).loss.item() for t in times)
+        return (losses["shuffled"] - losses["right"]) / max(losses["right"], 1e-12)
+
+    @torch.no_grad()
     def batch_loss(self, step: int) -> float:
         """The loss of step ``step``'s global batch at the current weights (mean over ranks), no update."""
         return D.all_mean(self._loss(step).loss.item(), self.info)
@@ -400,6 +434,8 @@ class BaseTrainer:
             last = self.train_step(self.step)
             now = time.perf_counter()
             row = {"step": self.step, **last, "lr": lr, "s_per_step": now - t_step}
+            if cfg.audio_check_every and self.step % cfg.audio_check_every == 0:
+                row["audio_gain"] = self.audio_gain()
             t_step = now
             if log is not None:
                 log.write(json.dumps(row) + "\n")
