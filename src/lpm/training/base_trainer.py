@@ -200,10 +200,12 @@ class BaseTrainer:
         self.num_params = sum(p.numel() for p in dit.parameters())  # global numel, also for DTensors
 
     def _load_init(self, dit: DiT) -> None:
-        """The ``init`` weights into ``dit`` (its config must match the run's, attention aside)."""
+        """The ``init`` weights into ``dit``: its config must match the run's except the attention modes
+        (``attention``, ``audio_attention``), which use the same weights differently."""
         path = dit_weights_of(self.cfg.init)
         stored = load_dit(path)
-        mine = dataclasses.replace(self.dit_cfg, attention=stored.cfg.attention)
+        mine = dataclasses.replace(self.dit_cfg, attention=stored.cfg.attention,
+                                   audio_attention=stored.cfg.audio_attention)
         if stored.cfg != mine:
             diff = [f"{k}: init {v!r} vs run {to_dict(mine)[k]!r}" for k, v in to_dict(stored.cfg).items()
                     if to_dict(mine)[k] != v]
