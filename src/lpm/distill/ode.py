@@ -35,6 +35,7 @@ from lpm.errors import LpmError
 from lpm.fsutil import atomic_path
 from lpm.training import distributed as D
 from lpm.training.base_batches import Window
+from lpm.training.vae_trainer import autocast
 
 PAIR_SEED = 7919  # separates the pair draws from the training batches of the same seed
 
@@ -149,9 +150,7 @@ class OdeDistiller(DistillTrainer):
         target = self.pair_ends[idx].to(device)
         inputs = causal_inputs(self.pair_states[idx].to(device), target, self.times, chunk.to(device),
                                step_i.to(device), self.dit_cfg.frames_per_chunk)
-        device_type = torch.device(device).type
-        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with autocast(device, self.autocast_dtype):
             out = self.model(inputs.x_t, inputs.t, batch.cond.to(device))
         pred = self.flow.x0(out.float(), inputs.x_t, inputs.t)
         err = (pred - target).square().mean(2)  # (B, F, h, w)

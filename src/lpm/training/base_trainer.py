@@ -49,7 +49,7 @@ from lpm.training.base_samples import generate, write_sample
 from lpm.training.checkpoint import load_train_state, save_train_state
 from lpm.training.conditioned import ConditionedDiT
 from lpm.training.latent_cache import load_latent_cache, silent_mel
-from lpm.training.vae_trainer import resolve_precision
+from lpm.training.vae_trainer import autocast, resolve_precision
 
 AUDIO_CHECK_SEED = 7177  # the fixed batch and noise of ``BaseTrainer.audio_gain``
 
@@ -345,9 +345,7 @@ class BaseTrainer:
         return batch
 
     def _loss(self, step: int):
-        device_type = torch.device(self.info.device).type
-        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with autocast(self.info.device, self.autocast_dtype):
             return self.flow.loss(self.model, self.local_batch(step))
 
     @torch.no_grad()
@@ -366,10 +364,8 @@ class BaseTrainer:
         b, device = self._audio_batch, self.info.device
         x_0, noise, weights, cond = b.x_0.to(device), b.noise.to(device), b.weights.to(device), b.cond.to(device)
         shuffled = dataclasses.replace(cond, mel_self=cond.mel_self.roll(1, 0))
-        device_type = torch.device(device).type
         losses = {}
-        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with autocast(device, self.autocast_dtype):
             for name, c in (("right", cond), ("shuffled", shuffled)):
                 losses[name] = sum(
                     self.flow.loss(self.model, Batch(x_0, c, weights, torch.full((len(x_0),), t, device=device),

@@ -110,6 +110,12 @@ def resolve_precision(precision: str, device: str) -> torch.dtype | None:
     return torch.bfloat16 if fast else None
 
 
+def autocast(device: str, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` on ``device`` (a ``resolve_precision`` result); None: a context that changes nothing."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype or torch.float32,
+                          enabled=dtype is not None)
+
+
 # Data ---------------------------------------------------------------------------------------------------
 def _even(n: int, k: int) -> np.ndarray:
     return np.arange(n) if k <= 0 or k >= n else np.linspace(0, n - 1, k).round().astype(int)
@@ -351,9 +357,7 @@ class VAETrainer:
     def train_step(self, x: torch.Tensor) -> dict[str, float]:
         """One optimizer step on images ``x`` (B, 3, H, W); returns the loss parts."""
         cfg = self.cfg
-        device_type = torch.device(cfg.device).type
-        with torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
+        with autocast(cfg.device, self.autocast_dtype):
             mean, logvar = self.vae.encode_frames(x)
             z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)  # reparameterised posterior sample
             x_hat = self.vae.decode_frames(z).float()
