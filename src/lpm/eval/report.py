@@ -146,6 +146,9 @@ def _pick(truths: dict[str, ClipTruth], key) -> str | None:
     return max(ids, key=lambda i: key(truths[i])) if ids else None
 
 
+PLOTS = ("lipsync.png", "listening.png", "strip.png", "identity_long.png")  # every plot ``plot_all`` may write
+
+
 def plot_all(out: Path, results: list[SystemResult], truths: dict[str, ClipTruth]) -> list[Path]:
     """Lip-sync trace vs truth, listening events on a timeline, identity over time (long session)."""
     import matplotlib
@@ -157,14 +160,23 @@ def plot_all(out: Path, results: list[SystemResult], truths: dict[str, ClipTruth
     ran = [r for r in results if r.available and r.readings]
     by_id = {r.name: {x.inputs_id: x for x in r.readings} for r in ran}
     common = set.intersection(*(set(v) for v in by_id.values())) if by_id else set()
-    truths = {i: t for i, t in truths.items() if i in common}  # clips every system performed (subsets differ)
-    val = {i: t for i, t in truths.items() if i.startswith("val")} or truths
-    clip = _pick(val, lambda t: int((t.states == 0).sum())) or _pick(truths, lambda t: int((t.states == 0).sum()))
+
+    def choose(key) -> tuple[str | None, list[SystemResult]]:
+        """The clip to plot: the best by ``key`` among the clips every system performed (subsets differ), else
+        among all clips; and the systems that performed it."""
+        for pool in ({i: t for i, t in truths.items() if i in common}, truths):
+            val = {i: t for i, t in pool.items() if i.startswith("val")} or pool
+            clip = _pick(val, key) or _pick(pool, key)
+            if clip:
+                return clip, [r for r in ran if clip in by_id[r.name]]
+        return None, []
+
+    clip, shown = choose(lambda t: int((t.states == 0).sum()))
     if clip:
         fig, ax = plt.subplots(figsize=(10, 3.2))
         t = np.arange(len(truths[clip].motion)) / M.FPS
         ax.plot(t, truths[clip].motion[:, MOTION_INDEX["jaw_open"]], "k", lw=2.5, label="truth motion")
-        for r in ran:
+        for r in shown:
             ax.plot(t, by_id[r.name][clip].track.channel("jaw_open"), lw=1.2, label=f"{r.name} (probe)")
         ax.fill_between(t, 0, 1, where=truths[clip].states == 0, color="0.9", label="speaking", step="mid")
         ax.set(xlabel="s", ylabel="jaw_open", title=f"Lip sync: {clip}", ylim=(0, 1))
@@ -173,11 +185,11 @@ def plot_all(out: Path, results: list[SystemResult], truths: dict[str, ClipTruth
         paths.append(out / "lipsync.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
-    clip = _pick(val, lambda t: len(t.reactions)) or _pick(truths, lambda t: len(t.reactions))
+    clip, shown = choose(lambda t: len(t.reactions))
     if clip:
         truth = truths[clip]
         rows = [("truth motion", truth.motion)] + [(f"{r.name} (probe)", by_id[r.name][clip].track.motion)
-                                                    for r in ran]
+                                                    for r in shown]
         fig, axes = plt.subplots(len(rows), 1, figsize=(10, 1.6 * len(rows)), sharex=True)
         axes = np.atleast_1d(axes)
         t = np.arange(len(truth.motion)) / M.FPS
@@ -201,6 +213,8 @@ def plot_all(out: Path, results: list[SystemResult], truths: dict[str, ClipTruth
         paths.append(out / "listening.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
+    both = {i: t for i, t in truths.items() if i in common}
+    val = [i for i in both if i.startswith("val")] or list(both)
     clip = next((i for i in val if all(by_id[r.name][i].thumbs is not None for r in ran)), None)
     if clip:  # a strip of frames per system: the first clip every system performed
         rows = [(r.name, by_id[r.name][clip].thumbs) for r in ran]
@@ -240,6 +254,8 @@ def write_report(out: str | Path, suite: str, results: list[SystemResult], truth
     out.mkdir(parents=True, exist_ok=True)
     report = to_json(suite, results, instruments, wall_s, validation(results), machine)
     report["plots"] = [p.name for p in plot_all(out, results, truths)]
+    for name in set(PLOTS) - set(report["plots"]):  # a plot this run could not draw is not left from an old one
+        (out / name).unlink(missing_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "report.md").write_text(to_markdown(report))
     return report
