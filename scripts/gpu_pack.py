@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -33,6 +32,7 @@ from safetensors.torch import save_file
 
 from lpm.data.clip import read_manifest
 from lpm.errors import LpmError
+from lpm.fsutil import atomic_path
 from lpm.training.base_trainer import load_base_config
 from lpm.training.latent_cache import CachedClip, cache_key
 
@@ -131,6 +131,10 @@ def unpack(args: argparse.Namespace) -> None:
     data = src / "data"
     mel = load_base_config(args.preset, None, []).model.mel
     codec = load_codec(args.vae, device=args.device)
+    folders = {}  # split -> cache folder (its key hashes the VAE file: once per split, not per clip)
+    for split in SPLITS:
+        folders[split] = _cache_folder(cache, data, split, args.vae, mel)
+        folders[split].mkdir(parents=True, exist_ok=True)
     with safe_open(str(src / "clips.safetensors"), framework="pt") as f:
         clips = json.loads(f.metadata()["clips"])
         keys = set(f.keys())
@@ -143,8 +147,9 @@ def unpack(args: argparse.Namespace) -> None:
             frames = decode_mp4(get("mp4").numpy().tobytes())[: m["frames"]]
             video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
             latents = torch.cat([codec.encode(part[None].to(args.device))[0].cpu() for part in video.split(32)])
-            refs = {k[len(cid) + 5:]: dequantise(get(k[len(cid) + 1:]), get(k[len(cid) + 1:] + ".range"), 0).half()
-                    for k in sorted(keys) if k.startswith(f"{cid}/ref.") and not k.endswith(".range")}
+            ref_names = sorted(k.split("/", 1)[1] for k in keys
+                               if k.startswith(f"{cid}/ref.") and not k.endswith(".range"))  # "ref.<kind>"
+            refs = {name[len("ref."):]: dequantise(get(name), get(f"{name}.range"), 0).half() for name in ref_names}
             clip = CachedClip(
                 id=cid, mode=m["mode"], caption=m["caption"], latents=latents.half(),
                 mel=dequantise(get("mel"), get("mel_range"), 0),
@@ -153,12 +158,8 @@ def unpack(args: argparse.Namespace) -> None:
                 coverage=get("coverage").float().div(255).half() if f"{cid}/coverage" in keys else None,
                 states=get("states").long(),
             )
-            folder = _cache_folder(cache, data, m["split"], args.vae, mel)
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"{cid}.pt"
-            tmp = path.with_suffix(".tmp")
-            torch.save(dataclasses.asdict(clip), tmp)
-            os.replace(tmp, path)
+            with atomic_path(folders[m["split"]] / f"{cid}.pt", ".pt") as tmp:
+                torch.save(dataclasses.asdict(clip), tmp)
     print(f"unpacked {len(clips)} clips into {cache}")
 
 

@@ -46,7 +46,7 @@ from lpm.training import distributed as D
 from lpm.training.base_batches import ConditionDropout, Window, WindowSampler, shard_batch
 from lpm.training.base_plots import plot_base_losses
 from lpm.training.base_samples import generate, write_sample
-from lpm.training.checkpoint import load_train_state, save_train_state
+from lpm.training.checkpoint import CheckpointError, load_train_state, read_metadata, save_train_state
 from lpm.training.conditioned import ConditionedDiT
 from lpm.training.latent_cache import load_latent_cache, silent_mel
 from lpm.training.vae_trainer import autocast, resolve_precision
@@ -159,6 +159,7 @@ class BaseTrainer:
         self.codec = load_codec(self.vae_spec, device=self.info.device)
         self.flow = FlowMatching(cfg.flow)
         self.step = 0
+        self._audio_batch: Batch | None = None  # audio_gain's fixed batch, drawn on first use
 
     # ---- setup ----
     def _load_data(self) -> None:
@@ -203,14 +204,12 @@ class BaseTrainer:
         """The ``init`` weights into ``dit``: its config must match the run's except the attention modes
         (``attention``, ``audio_attention``), which use the same weights differently."""
         path = dit_weights_of(self.cfg.init)
-        stored = load_dit(path)
-        mine = dataclasses.replace(self.dit_cfg, attention=stored.cfg.attention,
-                                   audio_attention=stored.cfg.audio_attention)
-        if stored.cfg != mine:
-            diff = [f"{k}: init {v!r} vs run {to_dict(mine)[k]!r}" for k, v in to_dict(stored.cfg).items()
-                    if to_dict(mine)[k] != v]
-            raise ConfigError(f"init {path} is a DiT of another shape: {'; '.join(diff)}")
-        dit.load_state_dict(stored.state_dict())
+        stored = stored_dit_config(read_metadata(path)["config"])
+        mine = dataclasses.replace(self.dit_cfg, attention=stored.attention, audio_attention=stored.audio_attention)
+        try:
+            dit.load_state_dict(load_dit(path, expect=mine).state_dict())
+        except CheckpointError as e:
+            raise ConfigError(f"init is a DiT of another shape: {e}") from None
         if self.info.is_main:
             print(f"initialised from {path}", flush=True)
 
@@ -352,7 +351,7 @@ class BaseTrainer:
     def audio_gain(self, windows: int = 8, times: tuple[float, ...] = (0.3, 0.6)) -> float:
         """(loss with own voices shuffled across the batch - loss with the right ones) / the latter, on a fixed
         batch of speaking windows (no CFG dropout), at fixed times and noise; the same on every rank."""
-        if getattr(self, "_audio_batch", None) is None:
+        if self._audio_batch is None:
             speaking = [c for c in self.train_clips if c.mode in ("speak", "conversation")] or self.train_clips
             rng = np.random.default_rng([self.cfg.seed, AUDIO_CHECK_SEED])
             picked = [speaking[int(rng.integers(len(speaking)))] for _ in range(windows)]
