@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The tiny models, end to end, on CPU: data -> Base -> ODE init -> DMD -> export.
+# The tiny models, end to end, on CPU: data -> speech network -> Base -> ODE init -> DMD -> export.
 # The shipped checkpoints are this CPU run fine-tuned on a lent H100 (scripts/gpu_tiny.sh; checkpoints/README.md).
 # Every stage is resumable: rerun this script after a stop and each stage continues from its last checkpoint
 # (a finished stage returns at once). Figures and wall times of the shipped run: checkpoints/README.md.
 #
 #   bash scripts/train_tiny.sh                 # all stages
 #   BASE_STEPS=3000 bash scripts/train_tiny.sh # longer Base (a rerun with a larger value continues it)
+#   BASE_INIT=checkpoints/base_tiny.safetensors bash scripts/train_tiny.sh   # fine-tune a Base instead of scratch
+#
+# The Base learns to render the motion track (lpm.models.motion_track) from the truth, and gets it from the speech
+# network (trained first, on world truth, then frozen) for PREDICTED_MOTION of its samples and at inference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LPM=${LPM:-.venv/bin/lpm}
@@ -18,12 +22,20 @@ BASE_STEPS=${BASE_STEPS:-900}
 ODE_STEPS=${ODE_STEPS:-300}
 ODE_PAIRS=${ODE_PAIRS:-160}
 DMD_STEPS=${DMD_STEPS:-150}
+SPEECH_STEPS=${SPEECH_STEPS:-3000}
+BASE_INIT=${BASE_INIT:-}      # "" = the Base from random weights
+MOUTH_WEIGHT=${MOUTH_WEIGHT:-20}
+PREDICTED_MOTION=${PREDICTED_MOTION:-0.25}
 
 if [ ! -f "$DATA/manifest.jsonl" ]; then
   "$LPM" world synth --out "$DATA" --clips 320 --seconds 4 --res 128 --seed 0
 fi
+"$LPM" train speech --data "$DATA" --out "$RUNS/speech_tiny" --steps "$SPEECH_STEPS" threads="$THREADS"
 "$LPM" train base --data "$DATA" --vae "$VAE" --preset tiny --out "$RUNS/base_tiny" --steps "$BASE_STEPS" \
-  lr=6e-4 warmup_steps=100 ema_decay=0.995 sample_every=800 checkpoint_minutes=4 threads="$THREADS" $EXTRA
+  speech="$RUNS/speech_tiny/speech.safetensors" ${BASE_INIT:+init="$BASE_INIT"} flow.loss_space=x0 \
+  mouth_weight="$MOUTH_WEIGHT" predicted_motion="$PREDICTED_MOTION" cache_dir="$RUNS/cache" \
+  lr=6e-4 warmup_steps=100 ema_decay=0.995 sample_every=800 audio_check_every=150 checkpoint_minutes=4 \
+  threads="$THREADS" $EXTRA
 "$LPM" distill ode --teacher "$RUNS/base_tiny" --out "$RUNS/ode_tiny" --steps "$ODE_STEPS" \
   pairs="$ODE_PAIRS" pair_batch=4 teacher_steps_per_step=2 batch=4 lr=2e-4 checkpoint_minutes=4 \
   sample_every=0 threads="$THREADS" $EXTRA
@@ -31,6 +43,7 @@ fi
   --steps "$DMD_STEPS" batch=2 generator_every=2 lr=5e-5 fake_lr=2e-4 checkpoint_minutes=4 sample_every=0 \
   threads="$THREADS" $EXTRA
 "$LPM" export --run "$RUNS/base_tiny" --out checkpoints/base_tiny.safetensors
+cp "$RUNS/speech_tiny/speech.safetensors" checkpoints/speech_tiny.safetensors  # also inside both DiTs
 # The shipped Online model is the ODE student: on the quick bench it beat the DMD student of this short run
 # (75 generator updates) on silent mouth, world-FID and identity (checkpoints/README.md); the DMD export is kept.
 "$LPM" export --run "$RUNS/ode_tiny" --out checkpoints/online_tiny.safetensors

@@ -19,7 +19,7 @@ MICRO = [
     "model.text_layers=1", "model.text_heads=2", "model.text_max_bytes=32", "model.audio_dim=16",
     "model.audio_layers=1", "model.mel.n_mels=8", "model.frames_per_chunk=2", "model.time_freq_dim=32",
     "model.partner_audio_before_frames=4", "model.reference_patch_size=4", "model.pose_dropout=0.0",
-    "frames=4", "batch=4", "threads=1", "sample_every=0", "warmup_steps=0",
+    "model.motion_dropout=0.0", "frames=4", "batch=4", "threads=1", "sample_every=0", "warmup_steps=0",
 ]
 
 

@@ -146,6 +146,8 @@ class OdeDistiller(DistillTrainer):
         idx, chunk, step_i = idx[part], chunk[part], step_i[part]
         batch = self.sampler.assemble([self.pair_windows[i] for i in idx],
                                       {k: v[idx] for k, v in self.pair_drop.items()})
+        if batch.cond.motion is not None and cfg.predicted_motion > 0:  # as the Base: some see the track from audio
+            batch.cond.motion_from_audio = torch.from_numpy(rng.random(len(idx)) < cfg.predicted_motion)
         device = info.device
         target = self.pair_ends[idx].to(device)
         inputs = causal_inputs(self.pair_states[idx].to(device), target, self.times, chunk.to(device),

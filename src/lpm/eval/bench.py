@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from lpm.errors import LpmError
+from lpm.eval import DEFAULT_DATA, DEFAULT_DATA_RECIPE
 from lpm.eval.report import instrument_summary, write_report
 from lpm.eval.suites import (
     QUICK_BASE_STEPS,
@@ -32,6 +33,17 @@ def _threads() -> int:
     return max(1, min(MAX_THREADS, cores - busy))
 
 
+def build_default_data(data: str | Path, log=print) -> None:
+    """Synthesize the default world data set (``DEFAULT_DATA_RECIPE``; about a minute on two cores). A rerun after
+    a kill keeps the finished clips."""
+    from lpm.world.synth import plan, synth
+
+    r = DEFAULT_DATA_RECIPE
+    log(f"building the bench's case set {data} (lpm world synth --clips {r['clips']} --seconds {r['seconds']:g} "
+        f"--res {r['res']} --seed {r['seed']})")
+    synth(data, plan(r["clips"], r["seed"], r["seconds"], r["res"]))
+
+
 def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, identity: str | Path,
               checkpoints: dict[str, str] | None = None, minutes: float = 0.0, seed: int = 0,
               refiner: bool = False, base_steps: int | None = None, log=print) -> dict:
@@ -47,7 +59,9 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
             raise LpmError(f"{what} {path} does not exist (train it with `lpm eval train-probe` / "
                            "`lpm eval train-identity`, or use the shipped one under checkpoints/)")
     if not (Path(data) / "manifest.jsonl").is_file():
-        raise LpmError(f"--data {data} is not a clip data set (make one with `lpm world synth`)")
+        if Path(data).resolve() != Path(DEFAULT_DATA).resolve():
+            raise LpmError(f"--data {data} is not a clip data set (make one with `lpm world synth`)")
+        build_default_data(data, log)
     threads = _threads()
     torch.set_num_threads(threads)
     machine = {"cpus": os.cpu_count(), "threads": threads,

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 from lpm.errors import LpmError
+from lpm.eval import DEFAULT_DATA
 
 DEFAULT_PROBE = "checkpoints/probe.safetensors"
 DEFAULT_IDENTITY = "checkpoints/identity.safetensors"
-DEFAULT_DATA = "data/world128"
 # --minutes when not given: the long suite's 45-minute session; the full suite runs a shorter one.
 DEFAULT_MINUTES = {"long": 45.0, "full": 10.0, "quick": 0.0}
 

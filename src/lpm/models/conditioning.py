@@ -43,6 +43,10 @@ class Conditioning:
             start of the range given by ``DiT.audio_frame_range``).
         pose: ``(B, F, pose_dim)`` degrees for the frames being generated, or None.
         references: the references, or None (a cached forward takes them from the cache).
+        motion: ``(B, F, P)`` the motion track of the frames being generated (``lpm.models.motion_track``,
+            track units), or None: the DiT then predicts it from the audio (inference).
+        motion_from_audio: ``(B,)`` bool, samples whose given ``motion`` is replaced by the prediction
+            (training shows the DiT the predicted track too), or None.
     """
 
     text_tokens: torch.Tensor
@@ -52,6 +56,8 @@ class Conditioning:
     audio_start_frame: int = 0
     pose: torch.Tensor | None = None
     references: References | None = None
+    motion: torch.Tensor | None = None
+    motion_from_audio: torch.Tensor | None = None
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:

@@ -39,6 +39,7 @@ from lpm.models.conditioning import (
 )
 from lpm.models.dit_config import DiTConfig, stored_dit_config
 from lpm.models.kv_cache import KVCache
+from lpm.models.motion_track import MotionEmbedder, SpeechMotion
 from lpm.models.rope import Rope3D
 from lpm.models.text import ByteTextEncoder
 from lpm.training.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
@@ -97,6 +98,10 @@ class DiT(nn.Module):
             cfg.audio_kernel_steps,
             cfg.audio_tokens_per_frame,
         )
+        if cfg.motion_channels:
+            self.speech_motion = SpeechMotion(cfg.mel.n_mels, cfg.mel.steps_per_frame, cfg.motion_channels,
+                                              cfg.speech_dim, cfg.speech_dilations, cfg.self_audio_lookahead_frames)
+            self.motion_embed = MotionEmbedder(len(cfg.motion_channels), d)
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.num_blocks))
         self.head = Head(d, c * p * p, cfg.eps)
         self.rope = Rope3D(cfg.head_dim, cfg.rope_theta)
@@ -110,6 +115,8 @@ class DiT(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.zeros_(self.head.linear.weight)
         nn.init.zeros_(self.head.linear.bias)
+        if self.cfg.motion_channels:
+            self.motion_embed.zero_output()
 
     # ---- conditioning helpers ----
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,17 +126,47 @@ class DiT(nn.Module):
     def audio_frame_range(self, first_frame: int, num_frames: int) -> tuple[int, int]:
         """Global audio frames ``[start, end)`` a forward of frames ``first_frame ..`` needs: the windows,
         the encoder's causal history and the declared own-speech lookahead."""
-        start = first_frame - self.cfg.audio_window_frames - self.audio_encoder.history_frames
-        return max(0, start), first_frame + num_frames + self.cfg.audio_lookahead_frames
+        before, after = self.audio_margin()
+        return max(0, first_frame - before), first_frame + num_frames + after
 
     def audio_margin(self) -> tuple[int, int]:
         """Frames of audio a window needs before its first frame and after its last: ``audio_frame_range``
         without the clipping at the stream's start (a window inside a clip has real audio before it)."""
-        return self.cfg.audio_window_frames + self.audio_encoder.history_frames, self.cfg.audio_lookahead_frames
+        before = max(self.cfg.audio_window_frames + self.audio_encoder.history_frames, self.cfg.speech_history_frames)
+        return before, self.cfg.audio_lookahead_frames
 
-    def _modulation(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_motion(self, cond: Conditioning, first_frame: int, num_frames: int) -> torch.Tensor:
+        """The motion track of frames ``first_frame ..`` predicted from ``cond``'s audio: ``(B, F, P)``."""
+        start = first_frame - cond.audio_start_frame
+        track = self.speech_motion(cond.audio_self, cond.audio_partner)  # (B, Fa, P)
+        if start < 0 or start + num_frames > track.shape[1]:
+            raise ValueError(f"the audio (frames {cond.audio_start_frame}..{cond.audio_start_frame + track.shape[1]})"
+                             f" does not cover frames {first_frame}..{first_frame + num_frames}")
+        return track[:, start:start + num_frames]
+
+    def _motion(self, cond: Conditioning, first_frame: int, num_frames: int) -> torch.Tensor | None:
+        """The track's embedding ``(B, F, D)``: the given track, the predicted one where asked (or when none is
+        given), dropped per sample in training (an exact zero, as with no track)."""
+        if not self.cfg.motion_channels:
+            return None
+        track = cond.motion
+        if track is None or cond.motion_from_audio is not None:
+            predicted = self.predict_motion(cond, first_frame, num_frames)
+            track = predicted if track is None else torch.where(
+                cond.motion_from_audio[:, None, None].to(predicted.device), predicted, track.to(predicted))
+        e = self.motion_embed(track.to(self.patch_embed.weight.dtype))  # (B, F, D)
+        if self.training and self.cfg.motion_dropout > 0:
+            keep = torch.rand(e.shape[0], 1, 1, device=e.device) >= self.cfg.motion_dropout
+            e = e * keep
+        return e
+
+    def _modulation(self, t: torch.Tensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow-time embedding ``e (..., D)`` (plus ``extra``, e.g. the motion track's, as DiT adds its class
+        embedding) and the six adaLN vectors ``(..., 6, D)``."""
         feats = timestep_features(t, self.cfg.time_freq_dim).to(self.patch_embed.weight.dtype)
         e = self.time_embed(feats)  # (..., D)
+        if extra is not None:
+            e = e + extra
         return e, self.time_proj(e).unflatten(-1, (6, self.cfg.dim))  # (..., 6, D)
 
     def _references(self, refs: References | None, batch: int, device) -> tuple:
@@ -221,12 +258,16 @@ class DiT(nn.Module):
         x = self.patch_embed(patchify(x_t, cfg.patch_size))  # (B, F, N, D)
         if cond.pose is not None:
             x = x + self.pose_embed(cond.pose)[:, :, None]
-        e, e6 = self._modulation(t)  # (B, F, D), (B, F, 6, D)
+        first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk
+        motion = self._motion(cond, first_frame, f)  # (B, F, D) or None
+        if motion is not None:
+            x = x + motion[:, :, None]
+        e, e6 = self._modulation(t, motion)  # (B, F, D), (B, F, 6, D)
         device = x.device
         if cache is None:
             x_ref, e_ref, ref_pos = self._references(cond.references, b, device)
             groups = plan_full(cfg, self.rope, ref_pos, f, mode or cfg.attention, device)
-            first_frame, num_slots = 0, 0
+            num_slots = 0
         else:
             if f != cfg.frames_per_chunk:
                 raise ValueError(
@@ -235,7 +276,6 @@ class DiT(nn.Module):
             if not cache.is_prefilled:
                 self.prefill(cache, cond.references)
             x_ref = e_ref = None
-            first_frame = cache.chunks_seen * cfg.frames_per_chunk
             groups, num_slots = plan_chunk(cfg, self.rope, cache, device)
         cross = self._cross_inputs(cond, first_frame, f)
         new_kv = []

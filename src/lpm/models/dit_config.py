@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from lpm.audio.mel import MelConfig
 from lpm.config import ConfigError
+from lpm.models.motion_track import TRACK_SCALE
 
 ATTENTION_MODES = ("bidirectional", "block_causal")
 AUDIO_ATTENTION_MODES = ("separate", "joint")
@@ -58,6 +59,12 @@ class DiTConfig:
     # --- pose: optional per-frame control (head yaw, pitch, roll, body yaw in degrees) ---
     pose_dim: int = 4  # channels of the pose track
     pose_dropout: float = 0.3  # probability a training sample is seen without its pose track
+    # --- motion track (lpm.models.motion_track): audio -> per-frame face/head motion -> adaLN and tokens ---
+    # Channels of the track (lpm.world.motion names); () = no track (checkpoints saved before it existed).
+    motion_channels: tuple[str, ...] = ()
+    motion_dropout: float = 0.1  # probability a training sample is seen without its track (an exact zero)
+    speech_dim: int = 128  # width of the speech -> motion network
+    speech_dilations: tuple[int, ...] = (1, 2, 4, 8)  # its causal blocks (kernel 3): 2 * sum frames of history
     # --- references: VAE latents of the global image, body views and expression exemplars ---
     body_views: tuple[str, ...] = ("front", "left", "right", "back")  # kinds "body_<view>"
     expressions: tuple[str, ...] = ("neutral", "happy", "sad", "surprised", "angry")  # kinds "expr_<name>"
@@ -84,6 +91,11 @@ class DiTConfig:
             raise ConfigError("reference_time_gap must exceed the number of body views and of expressions")
         if self.mel.steps_per_frame % self.audio_tokens_per_frame:
             raise ConfigError("mel.steps_per_frame must be divisible by audio_tokens_per_frame")
+        if not 0 <= self.motion_dropout <= 1:
+            raise ConfigError(f"motion_dropout must be in [0, 1], got {self.motion_dropout}")
+        unknown = [c for c in self.motion_channels if c not in TRACK_SCALE]
+        if unknown:
+            raise ConfigError(f"unknown motion_channels {unknown}; known: {', '.join(TRACK_SCALE)}")
         if self.sink_chunks < 0 or self.window_chunks < 1:
             raise ConfigError("sink_chunks must be >= 0 and window_chunks >= 1")
 
@@ -144,15 +156,26 @@ class DiTConfig:
         return max(self.self_audio_lookahead_frames, self.partner_audio_after_frames)
 
     @property
+    def speech_history_frames(self) -> int:
+        """Frames of audio before a frame that the motion track's prediction reads (0 without a track)."""
+        return 2 * sum(self.speech_dilations) if self.motion_channels else 0
+
+    @property
     def max_time_chunks(self) -> int:
         """Largest chunk time position the Online model ever uses: ``S + W`` (the first full window)."""
         return self.sink_chunks + self.window_chunks
 
 
+# The motion track of the presets: what own speech (mouth, blinks, prosodic head motion, brows) and partner speech
+# (nods, brow raises, smiles) drive. Gaze, breath, body turn and emotions are left to the references and the text.
+TRACK_CHANNELS = ("jaw_open", "mouth_round", "mouth_wide", "blink_l", "blink_r", "head_yaw", "head_pitch",
+                  "head_roll", "brow_raise", "smile")
+
+
 # ---- presets: plain functions, collected in one dict ----
 def tiny() -> DiTConfig:
     """CPU-trainable: 128x128, 4-frame chunks, about 10M parameters."""
-    return DiTConfig()
+    return DiTConfig(motion_channels=TRACK_CHANNELS)
 
 
 def small() -> DiTConfig:
@@ -170,6 +193,7 @@ def small() -> DiTConfig:
         audio_dim=256,
         audio_layers=4,
         mel=MelConfig(n_mels=80),
+        motion_channels=TRACK_CHANNELS,
     )
 
 
@@ -191,6 +215,8 @@ def base() -> DiTConfig:
         audio_layers=6,
         mel=MelConfig(n_mels=80),
         reference_patch_size=4,
+        motion_channels=TRACK_CHANNELS,
+        speech_dim=512,
     )
 
 
@@ -213,6 +239,8 @@ def lpm_17b() -> DiTConfig:
         audio_layers=8,
         mel=MelConfig(n_mels=80),
         reference_patch_size=4,
+        motion_channels=TRACK_CHANNELS,
+        speech_dim=1024,
     )
 
 

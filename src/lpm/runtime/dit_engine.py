@@ -199,8 +199,9 @@ class DiTEngine(Engine):
         if self.refiner_time is None:
             trained = online.refiner_time if online is not None else None
             self.refiner_time = trained if trained is not None else DEFAULT_REFINER_TIME
-        # Audio features: enough history for the widest window, the encoder's receptive field and a chunk.
-        history = mc.audio_window_frames + model.audio_encoder.history_frames
+        # Audio features: enough history for the widest window, the encoder's and the speech network's receptive
+        # fields, and a chunk.
+        history = model.audio_margin()[0]
         capacity = history + 2 * self.frames_per_chunk + self.lookahead_frames
         self.mel = [MelStream(mc.mel, device=self.device) for _ in range(2)]
         self.features = [FeatureRing(capacity) for _ in range(2)]

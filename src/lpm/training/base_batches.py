@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from lpm.diffusion.flow import Batch
+from lpm.models.motion_track import to_track
 from lpm.training.conditioned import GLOBAL_REFERENCE, ConditionBatch
 from lpm.training.face_weights import loss_weights
 from lpm.training.latent_cache import CachedClip
+from lpm.world.motion import MOTION_NAMES
 
 
 @dataclass
@@ -51,19 +53,25 @@ class WindowSampler:
         silent: the log-mel of silence (the null audio).
         dropout: CFG dropout probabilities.
         face_weight: loss weight added on mouth/eye cells (``face_weights.loss_weights``).
+        motion_channels: the DiT's motion track; windows carry their true track when every clip has motion.
+        predicted_motion: share of samples (drawn per step) that get the track predicted from audio instead.
+        mouth_weight: loss weight added on mouth-only cells.
         balance_modes: draw the clip's mode (speak / listen / conversation / idle) uniformly first, so rarer
             behaviours are seen as often as common ones.
         seed: the run's seed.
     """
 
     def __init__(self, clips: list[CachedClip], frames: int, audio_before: int, audio_after: int, silent: float,
-                 dropout: ConditionDropout, face_weight: float, balance_modes: bool, seed: int) -> None:
+                 dropout: ConditionDropout, face_weight: float, balance_modes: bool, seed: int,
+                 motion_channels: tuple[str, ...] = (), predicted_motion: float = 0.0,
+                 mouth_weight: float = 0.0) -> None:
         clips = [c for c in clips if c.frames >= frames]
         if not clips:
             raise ValueError(f"no clip has {frames} frames or more")
         self.clips, self.frames = clips, frames
         self.audio_before, self.audio_after, self.silent = audio_before, audio_after, silent
         self.dropout, self.face_weight, self.seed = dropout, face_weight, seed
+        self.motion_channels, self.predicted_motion, self.mouth_weight = motion_channels, predicted_motion, mouth_weight
         modes = sorted({c.mode for c in clips})
         self.by_mode = [[i for i, c in enumerate(clips) if c.mode == m] for m in modes] if balance_modes else [
             list(range(len(clips)))]
@@ -82,7 +90,10 @@ class WindowSampler:
         windows = self.windows(rng, size)
         drop = self.draw_dropout(rng, size)
         drop_refs = bool(rng.random() < self.dropout.references)
-        return self.assemble(windows, drop, drop_refs)
+        batch = self.assemble(windows, drop, drop_refs)
+        if batch.cond.motion is not None and self.predicted_motion > 0:
+            batch.cond.motion_from_audio = torch.from_numpy(rng.random(size) < self.predicted_motion)
+        return batch
 
     def draw_dropout(self, rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
         """Per-sample CFG dropout masks of text, own audio and partner audio (``assemble``'s ``drop``)."""
@@ -109,11 +120,17 @@ class WindowSampler:
             pose = torch.stack([w.clip.pose[w.start:w.start + f] for w in windows])  # (B, F, 4)
         weights = torch.stack([
             loss_weights(None if w.clip.coverage is None else w.clip.coverage[w.start:w.start + f],
-                         self.face_weight, (f, *x_0.shape[-2:])) for w in windows])  # (B, F, h, w)
+                         self.face_weight, (f, *x_0.shape[-2:]),
+                         None if w.clip.mouth is None else w.clip.mouth[w.start:w.start + f], self.mouth_weight)
+            for w in windows])  # (B, F, h, w)
+        motion = None
+        if self.motion_channels and all(w.clip.motion is not None for w in windows):
+            motion = torch.stack([to_track(w.clip.motion[w.start:w.start + f], MOTION_NAMES, self.motion_channels)
+                                  for w in windows])  # (B, F, P)
         captions = ["" if d else w.clip.caption for w, d in zip(windows, drop.get("text", no))]
         cond = ConditionBatch(captions=captions, mel_self=mels[:, 0], mel_partner=mels[:, 1],
                               audio_start_frame=-self.audio_before, references=references, pose=pose,
-                              silent_mel=self.silent)
+                              silent_mel=self.silent, motion=motion)
         return Batch(x_0=x_0, cond=cond, weights=weights)
 
     def _mel(self, w: Window) -> torch.Tensor:

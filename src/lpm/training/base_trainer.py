@@ -117,11 +117,23 @@ class BaseTrainConfig:
     cache_dir: str = ""
     # Start from these weights (a DiT checkpoint, e.g. an exported Base, or a run directory) instead of random
     # ones, with a fresh optimizer and schedule: fine-tuning. Used only when the run has no train state yet.
+    # A checkpoint saved before the motion track existed loads with a fresh (zero-output) track.
     init: str = ""
+    # The speech -> motion network (``lpm train speech`` RUN/speech.safetensors) loaded into the DiT when the run
+    # starts ("" = keep what ``init`` or the random init gave). Frozen unless ``train_speech``.
+    speech: str = ""
+    train_speech: bool = False
+    # Share of samples that see the motion track predicted from their audio instead of the true one (the rest
+    # see the truth, so the DiT learns to render the track; these teach it to render what inference gives it).
+    predicted_motion: float = 0.25
+    # Extra loss weight on mouth-only latent cells (on top of face_weight's mouth-and-eyes weight).
+    mouth_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.steps < 0 or self.frames < 1:
             raise ConfigError("batch and frames must be >= 1, steps >= 0")
+        if not 0 <= self.predicted_motion <= 1:
+            raise ConfigError(f"predicted_motion must be in [0, 1], got {self.predicted_motion}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         GuidanceSpec(dict(self.guidance))  # validates the condition names
@@ -160,6 +172,7 @@ class BaseTrainer:
         self.flow = FlowMatching(cfg.flow)
         self.step = 0
         self._audio_batch: Batch | None = None  # audio_gain's fixed batch, drawn on first use
+        self._checks: list | None = None  # the fixed batches of ``audio_checks``, drawn on first use
 
     # ---- setup ----
     def _load_data(self) -> None:
@@ -187,12 +200,25 @@ class BaseTrainer:
         self.dit_cfg = resolve_dit_config(cfg, c, (h, w))
         torch.manual_seed(cfg.seed)
         dit = DiT(self.dit_cfg)
-        if cfg.init and not self._state_path().is_file():
+        fresh = not self._state_path().is_file()
+        if cfg.init and fresh:
             self._load_init(dit)
+        if cfg.speech and fresh:
+            if not self.dit_cfg.motion_channels:
+                raise ConfigError("speech= needs a DiT with a motion track (model.motion_channels is empty)")
+            from lpm.training.speech_trainer import load_speech_into
+
+            extra = load_speech_into(dit.speech_motion, cfg.speech, self.dit_cfg)
+            if self.info.is_main:
+                print(f"speech network from {cfg.speech} (val r {extra.get('val_r', {}).get('jaw_open', '?')} "
+                      f"for jaw_open)", flush=True)
+        if self.dit_cfg.motion_channels and not cfg.train_speech:
+            dit.speech_motion.requires_grad_(False)
         self.export_dit = DiT(self.dit_cfg) if self.info.is_main else None  # full CPU copy for saving/samples
         before, after = dit.audio_margin()  # real audio before the window: the windows' and encoder's history
         self.sampler = WindowSampler(self.train_clips, cfg.frames, before, after, silent_mel(self.mel),
-                                     cfg.dropout, cfg.face_weight, cfg.balance_modes, cfg.seed)
+                                     cfg.dropout, cfg.face_weight, cfg.balance_modes, cfg.seed,
+                                     self.dit_cfg.motion_channels, cfg.predicted_motion, cfg.mouth_weight)
         self.model = ConditionedDiT(dit).to(self.info.device)
         D.shard_model(self.model, dit.blocks, self.info)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -202,14 +228,20 @@ class BaseTrainer:
 
     def _load_init(self, dit: DiT) -> None:
         """The ``init`` weights into ``dit``: its config must match the run's except the attention modes
-        (``attention``, ``audio_attention``), which use the same weights differently."""
+        (``attention``, ``audio_attention``), which use the same weights differently, and the motion track: a
+        checkpoint without one loads into a DiT with one, whose track then starts fresh (its embedding outputs
+        zero, so the loaded model is unchanged)."""
         path = dit_weights_of(self.cfg.init)
         stored = stored_dit_config(read_metadata(path)["config"])
         mine = dataclasses.replace(self.dit_cfg, attention=stored.attention, audio_attention=stored.audio_attention)
+        if not stored.motion_channels:
+            track_fields = ("motion_channels", "motion_dropout", "speech_dim", "speech_dilations")
+            mine = dataclasses.replace(mine, **{k: getattr(stored, k) for k in track_fields})
         try:
-            dit.load_state_dict(load_dit(path, expect=mine).state_dict())
+            loaded = load_dit(path, expect=mine).state_dict()
         except CheckpointError as e:
             raise ConfigError(f"init is a DiT of another shape: {e}") from None
+        dit.load_state_dict(loaded, strict=not (self.dit_cfg.motion_channels and not stored.motion_channels))
         if self.info.is_main:
             print(f"initialised from {path}", flush=True)
 
@@ -362,14 +394,34 @@ class BaseTrainer:
             self._audio_batch = batch
         b, device = self._audio_batch, self.info.device
         x_0, noise, weights, cond = b.x_0.to(device), b.noise.to(device), b.weights.to(device), b.cond.to(device)
+        cond = dataclasses.replace(cond, motion=None, motion_from_audio=None)  # the track from audio, as at inference
         shuffled = dataclasses.replace(cond, mel_self=cond.mel_self.roll(1, 0))
+        was_training = self.model.training
+        self.model.eval()  # train mode drops the pose track at random between the two passes
         losses = {}
         with autocast(device, self.autocast_dtype):
             for name, c in (("right", cond), ("shuffled", shuffled)):
                 losses[name] = sum(
                     self.flow.loss(self.model, Batch(x_0, c, weights, torch.full((len(x_0),), t, device=device),
                                                      noise)).loss.item() for t in times)
+        self.model.train(was_training)
         return (losses["shuffled"] - losses["right"]) / max(losses["right"], 1e-12)
+
+    @torch.no_grad()
+    def audio_checks(self) -> dict[str, float]:
+        """``lpm.training.diagnostics`` gaps (mouth error with own voices swapped, head error with partner voices
+        swapped, mouth error with the true tracks swapped) in eval mode at high t; the same on every rank."""
+        from lpm.training.diagnostics import audio_checks, gap
+
+        device = self.info.device
+        if self._checks is None:
+            self._checks = audio_checks(self.sampler, self.train_clips, self.cfg.seed)
+            for check in self._checks:
+                b = check.batch
+                b.x_0, b.noise, b.cond = b.x_0.to(device), b.noise.to(device), b.cond.to(device)
+                check.weights = check.weights.to(device)
+        with autocast(device, self.autocast_dtype):
+            return {check.name: gap(self.model, self.flow, check) for check in self._checks}
 
     @torch.no_grad()
     def batch_loss(self, step: int) -> float:
@@ -433,6 +485,7 @@ class BaseTrainer:
             row = {"step": self.step, **last, "lr": lr, "s_per_step": now - t_step}
             if cfg.audio_check_every and self.step % cfg.audio_check_every == 0:
                 row["audio_gain"] = self.audio_gain()
+                row.update(self.audio_checks())
             t_step = now
             if log is not None:
                 log.write(json.dumps(row) + "\n")

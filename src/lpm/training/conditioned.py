@@ -38,6 +38,8 @@ class ConditionBatch:
         references: kind -> ``(B, C, h, w)`` clean latents, canonical order, ``global`` always present.
         pose: ``(B, F, pose_dim)`` degrees, or None.
         silent_mel: the log-mel value of silence (``log(MelConfig.log_floor)``), used for dropped audio.
+        motion: ``(B, F, P)`` the true motion track (``lpm.models.motion_track``), or None (predicted from audio).
+        motion_from_audio: ``(B,)`` bool, samples that get the predicted track instead of ``motion``, or None.
     """
 
     captions: list[str]
@@ -47,6 +49,8 @@ class ConditionBatch:
     references: dict[str, torch.Tensor]
     pose: torch.Tensor | None
     silent_mel: float
+    motion: torch.Tensor | None = None
+    motion_from_audio: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -74,6 +78,8 @@ class ConditionBatch:
             mel_partner=self.mel_partner[index],
             references={k: v[index] for k, v in self.references.items()},
             pose=None if self.pose is None else self.pose[index],
+            motion=None if self.motion is None else self.motion[index],
+            motion_from_audio=None if self.motion_from_audio is None else self.motion_from_audio[index],
         )
 
     def to(self, device: torch.device | str) -> ConditionBatch:
@@ -83,6 +89,8 @@ class ConditionBatch:
             mel_partner=self.mel_partner.to(device),
             references={k: v.to(device) for k, v in self.references.items()},
             pose=None if self.pose is None else self.pose.to(device),
+            motion=None if self.motion is None else self.motion.to(device),
+            motion_from_audio=None if self.motion_from_audio is None else self.motion_from_audio.to(device),
         )
 
 
@@ -112,6 +120,8 @@ class ConditionedDiT(nn.Module):
             audio_start_frame=cond.audio_start_frame,
             pose=cond.pose,
             references=References([cond.references[k].to(dtype) for k in kinds], kinds),
+            motion=cond.motion,
+            motion_from_audio=cond.motion_from_audio,
         )
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: ConditionBatch, cache: KVCache | None = None,
@@ -119,7 +129,10 @@ class ConditionedDiT(nn.Module):
         """``x_t (B, F, C, h, w)``, ``t (B,)`` or ``(B, F)``; with a ``cache``, one chunk of the stream (the
         batch's ``audio_start_frame`` is then in stream frames, see ``DiT.forward``)."""
         conditioning = self.conditioning(cond, x_t.dtype, x_t.device)
-        if cache is not None and cond.pose is not None:  # the window's pose track: keep the chunk's frames
+        if cache is not None:  # the window's pose and motion tracks: keep the chunk's frames
             first = cache.chunks_seen * cache.frames_per_chunk
-            conditioning.pose = cond.pose[:, first:first + x_t.shape[1]]
+            if cond.pose is not None:
+                conditioning.pose = cond.pose[:, first:first + x_t.shape[1]]
+            if cond.motion is not None:
+                conditioning.motion = cond.motion[:, first:first + x_t.shape[1]]
         return self.dit(x_t, t, conditioning, cache=cache, update_cache=update_cache)

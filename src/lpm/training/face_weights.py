@@ -18,8 +18,9 @@ FACE_FEATURES = ("mouth", "eye_l", "eye_r")
 
 
 def face_coverage(meta: dict[str, Any], style: str, motion: torch.Tensor | None, motion_names: tuple[str, ...],
-                  height: int, width: int, downsample: int) -> torch.Tensor | None:
-    """Fraction of each latent cell covered by a mouth or eye box, per frame.
+                  height: int, width: int, downsample: int,
+                  features: tuple[str, ...] = FACE_FEATURES) -> torch.Tensor | None:
+    """Fraction of each latent cell covered by the boxes of ``features`` (mouth and eyes by default), per frame.
 
     Args:
         meta: the clip's ``meta.json`` extras (needs ``identity.seed``).
@@ -48,17 +49,23 @@ def face_coverage(meta: dict[str, Any], style: str, motion: torch.Tensor | None,
     mask = np.zeros((motion.shape[0], height, width), np.float32)
     for f, row in enumerate(rows):
         for name, (x0, y0, x1, y1) in renderer.face_regions(row).items():
-            if name in FACE_FEATURES:
+            if name in features:
                 mask[f, max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 1.0
     return F.avg_pool2d(torch.from_numpy(mask)[:, None], downsample)[:, 0]  # (F, H/d, W/d)
 
 
-def loss_weights(coverage: torch.Tensor | None, face_weight: float, shape: tuple[int, ...]) -> torch.Tensor:
-    """Per-position loss weights ``1 + face_weight * coverage`` (ones where there is no map).
+def loss_weights(coverage: torch.Tensor | None, face_weight: float, shape: tuple[int, ...],
+                 mouth: torch.Tensor | None = None, mouth_weight: float = 0.0) -> torch.Tensor:
+    """Per-position loss weights ``1 + face_weight * coverage + mouth_weight * mouth`` (ones where there is no map).
+
+    The mouth alone is ~2.5 % of latent cells and the only region audio can explain, so it gets its own weight
+    (ARCHITECTURE.md, "Learnability").
 
     Args:
-        coverage: ``(F, h, w)`` or None. shape: ``(F, h, w)`` of the weights to return.
+        coverage: ``(F, h, w)`` mouth-and-eyes coverage, or None. shape: ``(F, h, w)`` of the weights to return.
+        mouth: ``(F, h, w)`` mouth-only coverage, or None.
     """
-    if coverage is None:
-        return torch.ones(shape)
-    return 1.0 + face_weight * coverage.float()
+    w = torch.ones(shape) if coverage is None else 1.0 + face_weight * coverage.float()
+    if mouth is not None and mouth_weight:
+        w = w + mouth_weight * mouth.float()
+    return w

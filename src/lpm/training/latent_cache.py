@@ -26,8 +26,9 @@ from lpm.data.clip import read_clip, read_manifest
 from lpm.errors import LpmError
 from lpm.models.latent_codec import LatentCodec
 from lpm.training.face_weights import face_coverage
+from lpm.world.motion import MOTION_NAMES
 
-CACHE_VERSION = 1  # bump when the cached content changes
+CACHE_VERSION = 2  # bump when the cached content changes (2: full motion and the mouth-only map)
 POSE_CHANNELS = ("head_yaw", "head_pitch", "head_roll", "body_yaw")  # the DiT's pose track, degrees
 SELF_CHANNEL, PARTNER_CHANNEL = 0, 1  # clip audio rows (ARCHITECTURE.md clip format)
 
@@ -43,6 +44,8 @@ class CachedClip:
         pose: ``(F, 4)`` degrees (``POSE_CHANNELS``) or None.
         coverage: ``(F, h, w)`` float16 mouth/eye coverage of each latent cell, or None.
         states: ``(F,)`` int64 speak / listen / idle per frame.
+        motion: ``(F, NUM_MOTION)`` float32 ground-truth motion in ``MOTION_NAMES`` order (world clips), or None.
+        mouth: ``(F, h, w)`` float16 mouth-only coverage of each latent cell, or None.
     """
 
     id: str
@@ -54,6 +57,8 @@ class CachedClip:
     pose: torch.Tensor | None
     coverage: torch.Tensor | None
     states: torch.Tensor
+    motion: torch.Tensor | None = None
+    mouth: torch.Tensor | None = None
 
     @property
     def frames(self) -> int:
@@ -99,12 +104,17 @@ def encode_clip(clip_dir: Path, codec: LatentCodec, log_mel: LogMel, frames_per_
     pose = None
     if clip.motion is not None and all(n in clip.motion_names for n in POSE_CHANNELS):
         pose = clip.motion[:, [clip.motion_names.index(n) for n in POSE_CHANNELS]].clone()  # (F, 4)
-    coverage = face_coverage(clip.meta.extra, clip.meta.style, clip.motion, clip.motion_names, h, w,
-                             h // latents.shape[-2])
+    down = h // latents.shape[-2]
+    coverage = face_coverage(clip.meta.extra, clip.meta.style, clip.motion, clip.motion_names, h, w, down)
+    mouth = face_coverage(clip.meta.extra, clip.meta.style, clip.motion, clip.motion_names, h, w, down, ("mouth",))
+    motion = None
+    if clip.motion is not None and all(n in clip.motion_names for n in MOTION_NAMES):
+        motion = clip.motion[:, [clip.motion_names.index(n) for n in MOTION_NAMES]].float().clone()  # (F, P)
     return CachedClip(
         id=clip.meta.id, mode=str(clip.meta.extra.get("mode", "")), caption=clip.meta.caption,
         latents=latents.half(), mel=mel[:, :f].contiguous(), references=refs, pose=pose,
-        coverage=None if coverage is None else coverage.half(), states=clip.states,
+        coverage=None if coverage is None else coverage.half(), states=clip.states, motion=motion,
+        mouth=None if mouth is None else mouth.half(),
     )
 
 

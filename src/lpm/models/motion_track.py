@@ -1,0 +1,131 @@
+"""The motion track: a per-frame face/head motion vector between the audio and the DiT.
+
+Why (ARCHITECTURE.md, "Learnability"): a DiT trained only through the diffusion loss did not learn to read its
+own speech (lip r 0.00), while a small network reads the mouth from the same log-mel at r ~0.98 in minutes. So
+the model is split the way EchoMimic / Loopy split it, inside one network:
+
+- ``SpeechMotion`` (the *speech encoder*): both audio streams -> the motion track ``(B, F, P)``. Own speech
+  drives the mouth (with the own-speech lookahead of the cross-attention windows), partner speech drives the
+  listening reactions (nods, brow raises, smiles), through dilated causal convolutions over frames. Trained on
+  the world's ground-truth motion (``lpm train speech``); frozen while the DiT trains.
+- ``MotionEmbedder``: the track -> a per-frame embedding added to the flow-time embedding (adaLN of every
+  block, as DiT adds a class embedding) and to every token of its frame.
+
+In training the DiT gets the *true* track (dropped per sample, and replaced by the predicted one for a share of
+samples); at inference it gets ``SpeechMotion``'s prediction from audio alone, so the Online model still takes
+audio and references and nothing else.
+
+Track values are the rig's channels (``lpm.world.motion``) divided by ``TRACK_SCALE`` so each is O(1).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Per-channel divisor from rig units to track units (angles in degrees: a nod is a few degrees).
+TRACK_SCALE: dict[str, float] = {
+    "jaw_open": 1.0, "mouth_round": 1.0, "mouth_wide": 1.0, "blink_l": 1.0, "blink_r": 1.0,
+    "gaze_x": 1.0, "gaze_y": 1.0, "head_yaw": 10.0, "head_pitch": 10.0, "head_roll": 10.0,
+    "brow_raise": 1.0, "smile": 1.0, "body_yaw": 90.0, "breath": 1.0,
+    "emo_happy": 1.0, "emo_sad": 1.0, "emo_surprised": 1.0, "emo_angry": 1.0,
+}
+
+
+def track_scale(channels: tuple[str, ...]) -> torch.Tensor:
+    """``(P,)`` divisors of ``channels`` (an unknown name is a clear error)."""
+    unknown = [c for c in channels if c not in TRACK_SCALE]
+    if unknown:
+        raise ValueError(f"unknown motion channels {unknown}; known: {', '.join(TRACK_SCALE)}")
+    return torch.tensor([TRACK_SCALE[c] for c in channels])
+
+
+def to_track(motion: torch.Tensor, motion_names: tuple[str, ...], channels: tuple[str, ...]) -> torch.Tensor:
+    """Rig motion ``(..., len(motion_names))`` -> the track ``(..., P)`` of ``channels`` in track units."""
+    scale = track_scale(channels)
+    missing = [c for c in channels if c not in motion_names]
+    if missing:
+        raise ValueError(f"the motion has no channel(s) {missing} (it has {', '.join(motion_names)})")
+    index = [motion_names.index(c) for c in channels]
+    return motion[..., index].float() / scale.to(motion.device)
+
+
+class DilatedCausalBlock(nn.Module):
+    """Pre-norm residual block over frames: LayerNorm -> causal depthwise conv (kernel K, dilation d) -> GELU ->
+    GLU projection. Output frame ``f`` sees input frames ``f - (K-1) d .. f``."""
+
+    def __init__(self, dim: int, kernel: int, dilation: int) -> None:
+        super().__init__()
+        self.reach = (kernel - 1) * dilation
+        self.norm = nn.LayerNorm(dim)
+        self.conv = nn.Conv1d(dim, dim, kernel, dilation=dilation, groups=dim)
+        self.proj = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, F, D) -> (B, F, D)``."""
+        h = self.norm(x).transpose(1, 2)  # (B, D, F)
+        h = self.conv(nn.functional.pad(h, (self.reach, 0))).transpose(1, 2)  # (B, F, D)
+        a, b = self.proj(nn.functional.gelu(h)).chunk(2, dim=-1)
+        return x + self.out(a * torch.sigmoid(b))
+
+
+class SpeechMotion(nn.Module):
+    """Both voices' log-mel -> the motion track.
+
+    Args:
+        n_mels, steps_per_frame: the mel layout ``(k, M)`` per frame.
+        channels: the track's channel names (P).
+        dim: width of the per-frame features.
+        dilations: one causal block per entry (kernel 3); the reach back is ``2 * sum(dilations)`` frames.
+        lookahead: frames of own speech read ahead (the cross-attention's ``self_audio_lookahead_frames``).
+    """
+
+    def __init__(self, n_mels: int, steps_per_frame: int, channels: tuple[str, ...], dim: int,
+                 dilations: tuple[int, ...], lookahead: int) -> None:
+        super().__init__()
+        self.channels, self.lookahead = tuple(channels), lookahead
+        self.self_in = nn.Linear(steps_per_frame * n_mels, dim)
+        self.partner_in = nn.Linear(steps_per_frame * n_mels, dim)
+        self.blocks = nn.ModuleList(DilatedCausalBlock(dim, 3, d) for d in dilations)
+        self.norm = nn.LayerNorm(dim)
+        self.out = nn.Linear(dim, len(channels))
+
+    @property
+    def history_frames(self) -> int:
+        """Frames of audio before a frame that its prediction depends on."""
+        return sum(b.reach for b in self.blocks)
+
+    def forward(self, mel_self: torch.Tensor, mel_partner: torch.Tensor) -> torch.Tensor:
+        """Args:
+            mel_self, mel_partner: ``(B, Fa, k, M)`` log-mel of the same frames.
+        Returns:
+            ``(B, Fa, P)`` track; frame ``f`` depends on own speech up to ``f + lookahead`` and partner speech up
+            to ``f``. The last ``lookahead`` frames see the own-speech features of the range's last frame.
+        """
+        b, fa = mel_self.shape[:2]
+        s = self.self_in(mel_self.reshape(b, fa, -1))  # (B, Fa, D)
+        if self.lookahead:
+            # Own speech ahead: frame f reads the features of frame f + L (the range's last frame at its end).
+            idx = torch.arange(fa, device=s.device).add(self.lookahead).clamp(max=fa - 1)
+            s = s[:, idx]
+        x = s + self.partner_in(mel_partner.reshape(b, fa, -1))  # (B, Fa, D)
+        for block in self.blocks:
+            x = block(x)
+        return self.out(self.norm(x))  # (B, Fa, P)
+
+
+class MotionEmbedder(nn.Module):
+    """Track ``(B, F, P)`` -> ``(B, F, D)``: a two-layer MLP whose output layer starts at zero, so adding the
+    track to a trained DiT starts as the identity (ControlNet's zero convolution)."""
+
+    def __init__(self, num_channels: int, dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(num_channels, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def zero_output(self) -> None:
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, track: torch.Tensor) -> torch.Tensor:
+        return self.mlp(track)

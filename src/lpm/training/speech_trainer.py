@@ -1,0 +1,244 @@
+"""``lpm train speech``: the speech -> motion network (``lpm.models.motion_track.SpeechMotion``) on world truth.
+
+Supervised regression of the motion track from both voices' log-mel: own speech -> mouth, partner speech ->
+listening reactions. It needs no video, so it reads only ``audio.wav`` and ``motion.npz`` and trains in minutes on
+the CPU. The result is loaded into a DiT before the Base trains (``lpm train base speech=PATH``) and frozen there.
+
+Run directory:
+```
+RUN/config.json            the resolved SpeechTrainConfig
+RUN/log.jsonl              step, loss, lr (and val_loss / val_r_<channel> at every eval)
+RUN/speech.safetensors     the network's weights, kind "speech_motion", the DiT config it fits in the metadata
+RUN/train_state.pt         weights, optimizer, step (a rerun resumes)
+RUN/eval.json              Pearson r per channel on the val split, own vs shuffled voices
+```
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lpm.audio.mel import LogMel
+from lpm.config import ConfigError, load_config, to_dict
+from lpm.data.clip import read_clip, read_manifest
+from lpm.errors import LpmError
+from lpm.models.dit_config import DiTConfig, preset
+from lpm.models.motion_track import SpeechMotion, to_track
+from lpm.training.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from lpm.training.latent_cache import PARTNER_CHANNEL, SELF_CHANNEL, silent_mel
+
+CHECKPOINT_KIND = "speech_motion"
+
+
+@dataclass
+class SpeechTrainConfig:
+    """Everything ``lpm train speech`` reads; saved as RUN/config.json."""
+
+    preset: str = "tiny"  # the DiT preset whose speech network (mel layout, channels, width) is trained
+    steps: int = 3000  # optimizer steps in total (a rerun with a larger value continues)
+    batch: int = 32  # windows per step
+    frames: int = 48  # frames per window (the loss is on all of them; the audio adds the network's history)
+    lr: float = 2e-3  # peak AdamW learning rate (warm-up, cosine to 5 %)
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    eval_every: int = 500  # steps between val evaluations (and checkpoints)
+    clips: int = 0  # train clips used (0 = all)
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch < 1 or self.frames < 1:
+            raise ConfigError("steps must be >= 0, batch and frames >= 1")
+
+
+@dataclass
+class SpeechClip:
+    """One clip's inputs and target: ``mel (2, F, k, M)`` (own, partner) and ``track (F, P)``."""
+
+    id: str
+    mel: torch.Tensor
+    track: torch.Tensor
+
+
+def load_speech_clips(data_dir: str | Path, split: str, dit: DiTConfig, limit: int = 0) -> list[SpeechClip]:
+    """Every clip of ``split`` with motion, as log-mel and track (no video is decoded)."""
+    rows = read_manifest(data_dir, split)
+    if limit > 0:
+        rows = rows[:limit]
+    log_mel = LogMel(dit.mel)
+    out = []
+    for row in tqdm(rows, desc=f"reading {split} audio", leave=False):
+        clip = read_clip(Path(data_dir) / row["path"], load_video=False)
+        if clip.motion is None:
+            continue
+        f = clip.motion.shape[0]
+        mel = log_mel(clip.audio[[SELF_CHANNEL, PARTNER_CHANNEL]].float())  # (2, F', k, M)
+        if mel.shape[1] < f:
+            pad = torch.full((2, f - mel.shape[1], *mel.shape[2:]), silent_mel(dit.mel))
+            mel = torch.cat([mel, pad], 1)
+        out.append(SpeechClip(clip.meta.id, mel[:, :f].contiguous(),
+                              to_track(clip.motion, clip.motion_names, dit.motion_channels)))
+    return out
+
+
+def window_batch(clips: list[SpeechClip], rng: np.random.Generator, size: int, frames: int, before: int,
+                 after: int, silent: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``size`` random windows: mel ``(2, B, before + F + after, k, M)`` (silence outside the clip) and the
+    target track ``(B, F, P)``."""
+    mels, tracks = [], []
+    for _ in range(size):
+        clip = clips[int(rng.integers(len(clips)))]
+        n = clip.track.shape[0]
+        f = min(frames, n)
+        start = int(rng.integers(0, n - f + 1))
+        idx = torch.arange(start - before, start + frames + after)
+        inside = (idx >= 0) & (idx < n)
+        mel = clip.mel[:, idx.clamp(0, n - 1)].clone()  # (2, Fa, k, M)
+        mel[:, ~inside] = silent
+        track = clip.track[torch.arange(start, start + frames).clamp(max=n - 1)]
+        mels.append(mel)
+        tracks.append(track)
+    return torch.stack(mels, 1), torch.stack(tracks)
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Pearson r of two flat tensors (0 when either is constant)."""
+    a, b = a.flatten().double() - a.double().mean(), b.flatten().double() - b.double().mean()
+    denom = (a.square().sum() * b.square().sum()).sqrt()
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+@torch.no_grad()
+def evaluate(net: SpeechMotion, clips: list[SpeechClip], shuffle_self: bool = False) -> dict[str, Any]:
+    """Pearson r per channel over whole clips (the clip's audio from its start, as streaming sees it), and MSE.
+
+    ``shuffle_self`` gives every clip another clip's own voice: the r of the mouth channels must collapse, which
+    validates that the figures measure the audio, not the channels' means."""
+    net.eval()
+    preds, truths = [], []
+    for i, clip in enumerate(clips):
+        mel_self = clips[(i + 1) % len(clips)].mel[0] if shuffle_self else clip.mel[0]
+        n = min(mel_self.shape[0], clip.mel.shape[1])
+        preds.append(net(mel_self[None, :n], clip.mel[1][None, :n])[0])
+        truths.append(clip.track[:n])
+    pred, truth = torch.cat(preds), torch.cat(truths)  # (N, P)
+    net.train()
+    r = {c: pearson(pred[:, j], truth[:, j]) for j, c in enumerate(net.channels)}
+    return {"r": r, "mse": float((pred - truth).square().mean())}
+
+
+def save_speech(path: str | Path, net: SpeechMotion, dit: DiTConfig, extra: dict[str, Any]) -> Path:
+    return save_checkpoint(path, net.state_dict(), to_dict(dit), CHECKPOINT_KIND, extra)
+
+
+def load_speech_into(speech_motion: torch.nn.Module, path: str | Path, dit: DiTConfig) -> dict[str, Any]:
+    """Load a ``lpm train speech`` checkpoint into a DiT's ``speech_motion``; the stored DiT config must agree
+    on every field the network depends on. Returns the checkpoint's extra metadata."""
+    state, meta = load_checkpoint(path, kind=CHECKPOINT_KIND)
+    stored = meta["config"]
+    fields = ("motion_channels", "speech_dim", "speech_dilations", "self_audio_lookahead_frames", "mel")
+    mine = to_dict(dit)
+    diff = [f"{k}: checkpoint {stored.get(k)!r} vs model {mine[k]!r}" for k in fields if stored.get(k) != mine[k]]
+    if diff:
+        raise LpmError(f"{path}: the speech network was trained for another DiT: {'; '.join(diff)}")
+    from lpm.training.checkpoint import load_into
+
+    load_into(speech_motion, state, source=str(path))
+    return meta.get("extra", {})
+
+
+class SpeechTrainer:
+    """One ``lpm train speech`` run (resumable)."""
+
+    def __init__(self, cfg: SpeechTrainConfig, data_dir: str | Path, run_dir: str | Path) -> None:
+        self.cfg, self.data_dir, self.run_dir = cfg, Path(data_dir), Path(run_dir)
+        self.dit = preset(cfg.preset)
+        if not self.dit.motion_channels:
+            raise ConfigError(f"preset {cfg.preset!r} has no motion track (motion_channels is empty)")
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        if step <= cfg.warmup_steps:
+            return cfg.lr * step / max(1, cfg.warmup_steps)
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def run(self) -> dict[str, Any]:
+        cfg, dit = self.cfg, self.dit
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+        train = load_speech_clips(self.data_dir, "train", dit, cfg.clips)
+        val = load_speech_clips(self.data_dir, "val", dit)
+        if not train:
+            raise LpmError(f"{self.data_dir}: no train clips with motion.npz (world clips) to learn from")
+        torch.manual_seed(cfg.seed)
+        net = SpeechMotion(dit.mel.n_mels, dit.mel.steps_per_frame, dit.motion_channels, dit.speech_dim,
+                           dit.speech_dilations, dit.self_audio_lookahead_frames)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # Each channel's error in units of its variance, so small channels (nods, brows) count as much as the jaw.
+        all_tracks = torch.cat([c.track for c in train])
+        inv_var = 1.0 / all_tracks.var(0).clamp(min=1e-4)  # (P,)
+        step, state_path = 0, self.run_dir / "train_state.pt"
+        if state_path.is_file():
+            state = load_train_state(state_path)
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            step = int(state["step"])
+            print(f"resuming from step {step}", flush=True)
+        before, after = dit.speech_history_frames, dit.self_audio_lookahead_frames
+        silent = silent_mel(dit.mel)
+        log = (self.run_dir / "log.jsonl").open("a")
+        bar = tqdm(total=cfg.steps, initial=step, desc="train speech", dynamic_ncols=True)
+        result: dict[str, Any] = {}
+        t0 = time.perf_counter()
+        while step < cfg.steps:
+            step += 1
+            rng = np.random.default_rng([cfg.seed, step])
+            mel, target = window_batch(train, rng, cfg.batch, cfg.frames, before, after, silent)
+            pred = net(mel[0], mel[1])[:, before:before + cfg.frames]  # (B, F, P)
+            loss = ((pred - target).square() * inv_var).mean()
+            for g in opt.param_groups:
+                g["lr"] = self.lr_at(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            row: dict[str, Any] = {"step": step, "loss": float(loss), "lr": self.lr_at(step)}
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                result = self._checkpoint(net, opt, step, val or train, time.perf_counter() - t0)
+                row.update({"val_mse": result["val"]["mse"],
+                            **{f"val_r_{k}": v for k, v in result["val"]["r"].items()}})
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.4f}")
+        bar.close()
+        log.close()
+        if not result:
+            result = self._checkpoint(net, opt, step, val or train, time.perf_counter() - t0)
+        return result
+
+    def _checkpoint(self, net: SpeechMotion, opt: torch.optim.Optimizer, step: int, val: list[SpeechClip],
+                    seconds: float) -> dict[str, Any]:
+        right, shuffled = evaluate(net, val), evaluate(net, val, shuffle_self=True)
+        result = {"step": step, "val": right, "val_shuffled_own_voice": shuffled, "train_seconds": round(seconds)}
+        save_speech(self.run_dir / "speech.safetensors", net, self.dit, {"step": step, "val_r": right["r"]})
+        save_train_state(self.run_dir / "train_state.pt",
+                         {"step": step, "model": net.state_dict(), "optimizer": opt.state_dict()})
+        (self.run_dir / "eval.json").write_text(json.dumps(result, indent=1))
+        return result
+
+
+def load_speech_config(yaml_path: str | None, overrides: list[str]) -> SpeechTrainConfig:
+    return load_config(SpeechTrainConfig, yaml_path=yaml_path, overrides=overrides)

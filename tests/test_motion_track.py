@@ -1,0 +1,175 @@
+"""The motion track: the speech -> motion network's causality and lookahead, the track in the DiT (streaming
+equals the full forward past the network's reach, a zero-output embedding changes nothing, per-sample choice
+of true vs predicted track), the x0-space loss, the audio-use diagnostics on cases with a known answer, and
+``lpm train speech`` on a micro world."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from base_fixtures import MICRO, make_dataset, make_vae
+from lpm.diffusion.flow import Batch, FlowConfig, FlowMatching
+from lpm.models.motion_track import SpeechMotion, to_track
+from lpm.training.diagnostics import GapCheck, gap
+from lpm.world.motion import MOTION_NAMES
+from test_dit import make_inputs, make_model, micro, stream
+
+
+def test_speech_motion_reads_own_speech_with_lookahead_and_partner_causally():
+    torch.manual_seed(0)
+    net = SpeechMotion(8, 4, ("jaw_open", "head_pitch"), 16, (1, 2), lookahead=1).double().eval()
+    assert net.history_frames == 6
+    own, partner = torch.randn(2, 1, 20, 4, 8, dtype=torch.float64)
+    with torch.no_grad():
+        ref = net(own, partner)
+        for stream_mel, name, reach in ((own, "own", 1), (partner, "partner", 0)):
+            k = 10
+            changed_mel = stream_mel.clone()
+            changed_mel[:, k:] += 3.0
+            out = net(changed_mel, partner) if name == "own" else net(own, changed_mel)
+            diff = (out - ref).abs().amax(-1)[0] > 1e-12  # (Fa,) per frame
+            # Frame f reads its stream up to f + reach: frames < k - reach are untouched, frame k - reach is not.
+            assert not diff[:k - reach].any() and diff[k - reach]
+            # Nothing older than the network's history matters.
+            old = stream_mel.clone()
+            old[:, :2] -= 4.0
+            out = net(old, partner) if name == "own" else net(own, old)
+            assert torch.allclose(out[:, 2 + net.history_frames + 1:], ref[:, 2 + net.history_frames + 1:])
+
+
+def test_streaming_with_the_track_equals_the_full_forward_past_its_reach():
+    # A short reach (6 frames), so later chunks get their audio from mid-stream, not from frame 0.
+    model = make_model(micro(speech_dilations=(1, 2)))
+    assert model.cfg.speech_history_frames == 6 and model.audio_margin()[0] >= 6
+    x, t, cond = make_inputs(model)
+    with torch.no_grad():
+        full = model(x, t, cond)
+    streamed = stream(model, x, t, cond)
+    assert (streamed - full).abs().max() <= 1e-10 * full.abs().max()
+
+
+def test_zero_output_track_changes_nothing_and_given_track_is_used():
+    with_track = make_model(micro())
+    without = make_model(micro(motion_channels=()))
+    state = {k: v for k, v in with_track.state_dict().items() if not k.startswith(("speech_motion.", "motion_embed."))}
+    without.load_state_dict(state)
+    x, t, cond = make_inputs(with_track)
+    with torch.no_grad():
+        with_track.motion_embed.zero_output()
+        assert torch.allclose(with_track(x, t, cond), without(x, t, cond), atol=1e-12)
+        torch.nn.init.normal_(with_track.motion_embed.mlp[2].weight, 0, 0.3)
+        f, p = x.shape[1], len(with_track.cfg.motion_channels)
+        predicted = with_track(x, t, cond)
+        track = torch.randn(1, f, p, dtype=x.dtype)
+        given = with_track(x, t, dataclasses.replace(cond, motion=track))
+        assert (given - predicted).abs().max() > 1e-6
+        # motion_from_audio picks the prediction per sample, even when a track is given.
+        picked = with_track(x, t, dataclasses.replace(cond, motion=track, motion_from_audio=torch.tensor([True])))
+        assert torch.allclose(picked, predicted, atol=1e-12)
+
+
+def test_to_track_scales_channels():
+    motion = torch.zeros(3, len(MOTION_NAMES))
+    motion[:, MOTION_NAMES.index("head_pitch")] = 10.0
+    motion[:, MOTION_NAMES.index("jaw_open")] = 0.5
+    track = to_track(motion, MOTION_NAMES, ("jaw_open", "head_pitch"))
+    assert torch.allclose(track, torch.tensor([[0.5, 1.0]] * 3))
+    with pytest.raises(ValueError, match="nope"):
+        to_track(motion, MOTION_NAMES, ("nope",))
+
+
+def test_x0_space_loss_weighs_every_time_alike():
+    x_0 = torch.randn(2, 2, 3, 4, 4)
+    noise = torch.randn_like(x_0)
+    off = 0.1
+
+    def model(x_t, t, cond):  # an x0 predictor that is off by a constant
+        return x_0 + off
+
+    for t in (0.05, 0.5, 0.95):
+        ts = torch.full((2,), t)
+        x0_loss = FlowMatching(FlowConfig(loss_space="x0")).loss(model, Batch(x_0, None, None, ts, noise)).loss
+        v_loss = FlowMatching(FlowConfig()).loss(model, Batch(x_0, None, None, ts, noise)).loss
+        assert abs(float(x0_loss) - off**2) < 1e-6
+        assert abs(float(v_loss) - off**2 / max(t, 0.05) ** 2) < 1e-4 * float(v_loss)
+
+
+class _AudioModel(torch.nn.Module):
+    """A 'DiT' whose x0 prediction is the mean of the own-speech mel (uses audio) or a constant (does not)."""
+
+    def __init__(self, uses_audio: bool) -> None:
+        super().__init__()
+        self.uses_audio = uses_audio
+
+    def forward(self, x_t, t, cond):
+        level = cond.mel_self.mean(dim=(1, 2, 3)) if self.uses_audio else torch.zeros(x_t.shape[0])
+        return torch.zeros_like(x_t) + level[:, None, None, None, None]
+
+
+def _check(mel_self: torch.Tensor) -> GapCheck:
+    from lpm.training.conditioned import ConditionBatch
+
+    b = mel_self.shape[0]
+    # The clean frames follow the voice (their level is the mel's mean), plus detail no input explains.
+    x_0 = mel_self.mean(dim=(1, 2, 3))[:, None, None, None, None] + 0.1 * torch.randn(
+        b, 2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    cond = ConditionBatch([""] * b, mel_self, torch.zeros_like(mel_self), 0, {}, None, -11.5)
+    batch = Batch(x_0, cond, noise=torch.randn_like(x_0))
+    return GapCheck("gap_own_audio", batch, torch.ones(b, 2, 4, 4),
+                    lambda c: dataclasses.replace(c, mel_self=c.mel_self.roll(1, 0)), predicted_track=True)
+
+
+def test_audio_gap_is_zero_without_audio_use_and_positive_with_it():
+    flow = FlowMatching(FlowConfig())
+    varied = torch.randn(4, 6, 4, 8, generator=torch.Generator().manual_seed(1))
+    varied = varied + torch.arange(4.0)[:, None, None, None]  # four distinct voices
+    same = varied[:1].expand(4, -1, -1, -1).clone()
+    assert gap(_AudioModel(True), flow, _check(same)) == 0.0  # every window has the same voice
+    assert gap(_AudioModel(False), flow, _check(varied)) == 0.0  # the model ignores its audio
+    assert gap(_AudioModel(True), flow, _check(varied)) > 0.1
+
+
+def test_train_speech_learns_the_jaw_and_loads_into_a_dit(tmp_path):
+    from lpm.training.checkpoint import read_metadata
+    from lpm.training.speech_trainer import SpeechTrainConfig, SpeechTrainer, load_speech_into
+
+    data = make_dataset(tmp_path / "data")
+    cfg = SpeechTrainConfig(steps=40, batch=4, frames=8, lr=3e-3, warmup_steps=0, eval_every=20, threads=1)
+    result = SpeechTrainer(cfg, data, tmp_path / "run").run()
+    assert set(result["val"]["r"]) == set(SpeechTrainer(cfg, data, tmp_path / "run").dit.motion_channels)
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["step"] == 40
+    rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    assert read_metadata(tmp_path / "run" / "speech.safetensors")["kind"] == "speech_motion"
+    # A rerun with more steps resumes.
+    result = SpeechTrainer(dataclasses.replace(cfg, steps=45), data, tmp_path / "run").run()
+    assert result["step"] == 45
+    from lpm.errors import LpmError
+    from lpm.models import DiT, preset
+
+    path = tmp_path / "run" / "speech.safetensors"
+    with pytest.raises(LpmError, match="speech_dim"):  # trained for the tiny preset, not this shape
+        load_speech_into(make_model(micro(speech_dim=8)).speech_motion, path, micro(speech_dim=8))
+    dit = DiT(preset("tiny"))
+    load_speech_into(dit.speech_motion, path, dit.cfg)
+
+
+def test_base_training_with_the_track_from_a_checkpoint_without_one(tmp_path):
+    from lpm.training.base_trainer import BaseTrainer, load_base_config
+
+    data, vae = make_dataset(tmp_path / "data"), make_vae(tmp_path / "vae.safetensors")
+    old = load_base_config("tiny", None, [*MICRO, "steps=0", "model.motion_channels=[]"])
+    trainer = BaseTrainer(old, data, str(vae), tmp_path / "old")
+    trainer.run()
+    assert not trainer.dit_cfg.motion_channels
+    keys = [*MICRO, "steps=2", f"init={tmp_path / 'old' / 'dit.safetensors'}", "flow.loss_space=x0",
+            "mouth_weight=5", "audio_check_every=1", "predicted_motion=0.5"]
+    new = BaseTrainer(load_base_config("tiny", None, keys), data, str(vae), tmp_path / "new")
+    new.run()
+    rows = [json.loads(r) for r in (tmp_path / "new" / "log.jsonl").read_text().splitlines()]
+    assert {"gap_own_audio", "gap_partner_audio", "gap_track"} <= set(rows[-1])
+    assert new.dit_cfg.motion_channels and not any(p.requires_grad for p in new.model.dit.speech_motion.parameters())
