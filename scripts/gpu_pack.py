@@ -84,6 +84,10 @@ def pack(args: argparse.Namespace) -> None:
                 part["pose"] = clip.pose.float()
             if clip.coverage is not None:
                 part["coverage"] = (clip.coverage.float() * 255).round().clamp(0, 255).to(torch.uint8)
+            if clip.mouth is not None:
+                part["mouth"] = (clip.mouth.float() * 255).round().clamp(0, 255).to(torch.uint8)
+            if clip.motion is not None:
+                part["motion"] = clip.motion.float()
             nbytes = sum(t.numel() * t.element_size() for t in part.values())
             if split == "train" and args.max_mb and size + nbytes > args.max_mb * 1e6:
                 break
@@ -157,6 +161,8 @@ def unpack(args: argparse.Namespace) -> None:
                 pose=get("pose") if f"{cid}/pose" in keys else None,
                 coverage=get("coverage").float().div(255).half() if f"{cid}/coverage" in keys else None,
                 states=get("states").long(),
+                motion=get("motion") if f"{cid}/motion" in keys else None,
+                mouth=get("mouth").float().div(255).half() if f"{cid}/mouth" in keys else None,
             )
             with atomic_path(folders[m["split"]] / f"{cid}.pt", ".pt") as tmp:
                 torch.save(dataclasses.asdict(clip), tmp)

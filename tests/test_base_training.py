@@ -38,6 +38,10 @@ def test_latent_cache_round_trip(world, tmp_path, monkeypatch):
     assert c.mel.shape == (2, 12, mel.steps_per_frame, mel.n_mels)
     assert c.pose.shape == (12, 4) and set(c.references) == {"global", "body_front", "expr_neutral"}
     assert 0 < c.coverage.max() <= 1 and c.mode == "speak" and c.caption == "clip number 0"
+    # The mouth-only map lies inside the mouth-and-eyes map and covers less; the full motion is kept.
+    assert 0 < c.mouth.max() and (c.mouth.float() <= c.coverage.float() + 1e-3).all()
+    assert c.mouth.float().sum() < c.coverage.float().sum()
+    assert c.motion.shape == (12, 18) and torch.allclose(c.motion[:, 0], torch.linspace(0, 1, 12))
     from lpm.data.clip import read_clip
 
     video = read_clip(data / "c0").video

@@ -46,11 +46,14 @@ def build_default_data(data: str | Path, log=print) -> None:
 
 def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, identity: str | Path,
               checkpoints: dict[str, str] | None = None, minutes: float = 0.0, seed: int = 0,
-              refiner: bool = False, base_steps: int | None = None, log=print) -> dict:
+              refiner: bool = False, base_steps: int | None = None, model_clips: dict[str, int] | None = None,
+              log=print) -> dict:
     """Run one suite and write ``out/report.json``, ``report.md`` and plots; returns the report object.
 
     ``refiner``: also run ``online+refiner`` (the online checkpoint with the one-step refiner on);
-    ``base_steps``: ODE steps per window of ``base`` (None: its default; ``QUICK_BASE_STEPS`` in the quick suite).
+    ``base_steps``: ODE steps per window of ``base`` (None: its default; ``QUICK_BASE_STEPS`` in the quick suite);
+    ``model_clips``: clips each trained model rates in the quick suite, by system name (``"*"``: any other), over
+    ``QUICK_MODEL_CLIPS``.
     """
     if suite not in SUITES:
         raise LpmError(f"unknown suite {suite!r}; expected one of {SUITES}")
@@ -73,8 +76,8 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
     systems = make_systems(checkpoints, seed, refiner, base_steps)
     rows = select_clips(data, suite)
     log(f"bench {suite}: {len(rows)} clips, systems {', '.join(s.name for s in systems)}")
-    results, truths = run_clip_suite(systems, rows, data, inst, log,
-                                     model_clips=QUICK_MODEL_CLIPS if suite == "quick" else None)
+    caps = {**QUICK_MODEL_CLIPS, **(model_clips or {})} if suite == "quick" else None
+    results, truths = run_clip_suite(systems, rows, data, inst, log, model_clips=caps)
     by_name = {r.name: r for r in results}
     if minutes > 0:
         from lpm.eval.long import run_long

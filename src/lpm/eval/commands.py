@@ -61,6 +61,20 @@ def _speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_model_clips(items: list[str] | None) -> dict[str, int]:
+    """``["12", "base=4"]`` -> ``{"*": 12, "base": 4}``: clips a trained model rates in the quick suite."""
+    out = {}
+    for item in items or []:
+        name, _, count = item.rpartition("=")
+        try:
+            out[name or "*"] = int(count)
+        except ValueError:
+            raise LpmError(f"--model-clips {item!r}: expected N or NAME=N") from None
+        if out[name or "*"] < 1:
+            raise LpmError(f"--model-clips {item!r}: the count must be >= 1")
+    return out
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.suite == "speed":
         return _speed(args)
@@ -69,7 +83,8 @@ def _bench(args: argparse.Namespace) -> int:
     minutes = args.minutes if args.minutes is not None else DEFAULT_MINUTES[args.suite]
     report = run_bench(args.suite, args.out, data=args.data, probe=args.probe, identity=args.identity,
                        checkpoints=_parse_checkpoints(args.checkpoint, not args.no_default_checkpoints),
-                       minutes=minutes, seed=args.seed, refiner=args.refiner, base_steps=args.base_steps)
+                       minutes=minutes, seed=args.seed, refiner=args.refiner, base_steps=args.base_steps,
+                       model_clips=_parse_model_clips(args.model_clips))
     print(f"wrote {args.out}/report.json, report.md, {', '.join(report['plots'])} in {report['wall_s']:.0f} s")
     return 0
 
@@ -109,6 +124,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--base-steps", type=int, default=None,
                    help="ODE steps per window of the base system (default 8, in the quick suite 4; fewer trade "
                         "quality for CPU time)")
+    p.add_argument("--model-clips", nargs="*", metavar="N|NAME=N",
+                   help="clips each trained model rates in the quick suite (default base=3, others 6; more clips "
+                        "narrow the intervals and cost CPU time), e.g. --model-clips 12 base=4")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--data", default=DEFAULT_DATA, help="world clip data set (train clips fit the state reader)")
     p.add_argument("--probe", default=DEFAULT_PROBE)

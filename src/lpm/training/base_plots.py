@@ -1,5 +1,6 @@
-"""PNG plot of the Base trainer's curves from ``RUN/log.jsonl``: loss (raw and smoothed) and gradient norm; for a
-DMD run (rows with ``dmd_loss``) also the generator's DMD loss and the score gap on its update steps."""
+"""PNG plot of the Base trainer's curves from ``RUN/log.jsonl``: loss (raw and smoothed) and gradient norm; the
+audio-use checks (``lpm.training.diagnostics``) when logged; for a DMD run (rows with ``dmd_loss``) also the
+generator's DMD loss and the score gap on its update steps."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ from pathlib import Path
 import numpy as np
 
 SMOOTH_STEPS = 50  # moving-average window of the smoothed loss curve
+GAP_LABELS = {  # lpm.training.diagnostics checks
+    "gap_own_audio": "mouth, own voices swapped (track from audio)",
+    "gap_track": "mouth, true tracks swapped",
+    "gap_partner_audio": "whole frame, partner voices swapped",
+}
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -34,13 +40,15 @@ def plot_base_losses(log_path: Path, out_path: Path) -> None:
     steps = np.array([r["step"] for r in rows])
     loss = np.array([r["loss"] for r in rows])
     gen = [r for r in rows if "dmd_loss" in r]
-    fig, axes = plt.subplots(1, 3 if gen else 2, figsize=(15 if gen else 10, 4))
+    gaps = [r for r in rows if any(k in r for k in GAP_LABELS)]
+    panels = 2 + bool(gen) + bool(gaps)
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     ax1, ax2 = axes[0], axes[1]
     ax1.plot(steps, loss, alpha=0.3, label="loss")
     ax1.plot(steps, moving_average(loss, SMOOTH_STEPS), label=f"mean of {SMOOTH_STEPS}")
     ax1.set_yscale("log")
     ax1.set_xlabel("step")
-    ax1.set_ylabel("weighted velocity MSE")
+    ax1.set_ylabel("weighted MSE (the objective's space)")
     ax1.legend()
     ax2.plot(steps, [r["grad_norm"] for r in rows], color="C3")
     ax2.set_yscale("log")
@@ -53,6 +61,16 @@ def plot_base_losses(log_path: Path, out_path: Path) -> None:
                  label="audio gain")
         ax4.axhline(0, color="C2", lw=0.5)
         ax4.set_ylabel("loss rise with shuffled own voice (%)", color="C2")
+    if gaps:  # does the model use its audio and its motion track, where only they can tell (t >= 0.7)?
+        ax5 = axes[-1]
+        for key, label in GAP_LABELS.items():
+            pts = [(r["step"], 100 * r[key]) for r in gaps if key in r]
+            if pts:
+                ax5.plot(*zip(*pts), "o-", ms=3, label=label)
+        ax5.axhline(0, color="k", lw=0.5)
+        ax5.set_xlabel("step")
+        ax5.set_ylabel("x0 error rise at t = 0.7-0.95 (%)")
+        ax5.legend(fontsize=8)
     if gen:  # DMD: the logged loss is the fake score's; the generator's figures on its own steps
         ax1.set_ylabel("fake score: weighted velocity MSE")
         ax3 = axes[2]
