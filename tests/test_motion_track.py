@@ -55,12 +55,16 @@ def test_streaming_with_the_track_equals_the_full_forward_past_its_reach():
 def test_zero_output_track_changes_nothing_and_given_track_is_used():
     with_track = make_model(micro())
     without = make_model(micro(motion_channels=()))
-    state = {k: v for k, v in with_track.state_dict().items() if not k.startswith(("speech_motion.", "motion_embed."))}
-    without.load_state_dict(state)
+    assert with_track.cfg.motion_spatial  # the tiny preset's per-token path
+    new = ("speech_motion.", "motion_embed.", "motion_map")
+    without.load_state_dict({k: v for k, v in with_track.state_dict().items() if not k.startswith(new)})
     x, t, cond = make_inputs(with_track)
     with torch.no_grad():
         with_track.motion_embed.zero_output()
+        with_track.motion_map.zero_()
         assert torch.allclose(with_track(x, t, cond), without(x, t, cond), atol=1e-12)
+        with_track.motion_map.normal_(0, 0.3)  # the per-token path alone moves the output
+        assert (with_track(x, t, cond) - without(x, t, cond)).abs().max() > 1e-6
         torch.nn.init.normal_(with_track.motion_embed.mlp[2].weight, 0, 0.3)
         f, p = x.shape[1], len(with_track.cfg.motion_channels)
         predicted = with_track(x, t, cond)

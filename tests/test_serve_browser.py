@@ -69,7 +69,7 @@ def test_page_streams_frames_and_hears_the_microphone(tmp_path):
                  "--window-size=1200,800", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
                  f"--use-file-for-fake-audio-capture={wav}", "--autoplay-policy=no-user-gesture-required"):
         options.add_argument(flag)
-    with spawn_server("--res", "128") as url:
+    with spawn_server("--rig", "--res", "128") as url:
         page = url.replace("ws://", "http://").replace("/v1/session", "/")
         driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
         try:

@@ -27,7 +27,7 @@ _PARTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reference embedding", ("reference_embed.",)),
     ("text encoder (byte-level)", ("text_encoder.",)),
     ("audio encoder", ("audio_encoder.",)),
-    ("motion track: speech -> motion network, track embedding", ("speech_motion.", "motion_embed.")),
+    ("motion track: speech -> motion network, track embeddings", ("speech_motion.", "motion_embed.", "motion_map")),
     ("head", ("head.",)),
 )
 

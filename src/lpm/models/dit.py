@@ -102,6 +102,11 @@ class DiT(nn.Module):
             self.speech_motion = SpeechMotion(cfg.mel.n_mels, cfg.mel.steps_per_frame, cfg.motion_channels,
                                               cfg.speech_dim, cfg.speech_dilations, cfg.self_audio_lookahead_frames)
             self.motion_embed = MotionEmbedder(len(cfg.motion_channels), d)
+            if cfg.motion_spatial:
+                # Per token position, per channel, a direction added to that token: the mouth tokens learn what an
+                # open jaw adds to them directly (RoPE gives tokens no absolute position of their own, so a
+                # frame-wide embedding must be routed to the mouth by attention first).
+                self.motion_map = nn.Parameter(torch.zeros(cfg.tokens_per_frame, len(cfg.motion_channels), d))
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.num_blocks))
         self.head = Head(d, c * p * p, cfg.eps)
         self.rope = Rope3D(cfg.head_dim, cfg.rope_theta)
@@ -144,9 +149,11 @@ class DiT(nn.Module):
                              f" does not cover frames {first_frame}..{first_frame + num_frames}")
         return track[:, start:start + num_frames]
 
-    def _motion(self, cond: Conditioning, first_frame: int, num_frames: int) -> torch.Tensor | None:
-        """The track's embedding ``(B, F, D)``: the given track, the predicted one where asked (or when none is
-        given), dropped per sample in training (an exact zero, as with no track)."""
+    def _motion(self, cond: Conditioning, first_frame: int,
+                num_frames: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The track's embedding ``(B, F, D)`` and, with ``motion_spatial``, its per-token part ``(B, F, N, D)``:
+        from the given track, the predicted one where asked (or when none is given), dropped per sample in
+        training (an exact zero, as with no track)."""
         if not self.cfg.motion_channels:
             return None
         track = cond.motion
@@ -154,11 +161,15 @@ class DiT(nn.Module):
             predicted = self.predict_motion(cond, first_frame, num_frames)
             track = predicted if track is None else torch.where(
                 cond.motion_from_audio[:, None, None].to(predicted.device), predicted, track.to(predicted))
-        e = self.motion_embed(track.to(self.patch_embed.weight.dtype))  # (B, F, D)
+        track = track.to(self.patch_embed.weight.dtype)  # (B, F, P)
         if self.training and self.cfg.motion_dropout > 0:
-            keep = torch.rand(e.shape[0], 1, 1, device=e.device) >= self.cfg.motion_dropout
-            e = e * keep
-        return e
+            keep = torch.rand(track.shape[0], 1, 1, device=track.device) >= self.cfg.motion_dropout
+            track = track * keep
+        e = self.motion_embed(track)  # (B, F, D)
+        if self.training and self.cfg.motion_dropout > 0:
+            e = e * keep  # the MLP's biases must not leak through a dropped track
+        tokens = torch.einsum("bfp,npd->bfnd", track, self.motion_map) if self.cfg.motion_spatial else None
+        return e, tokens
 
     def _modulation(self, t: torch.Tensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Flow-time embedding ``e (..., D)`` (plus ``extra``, e.g. the motion track's, as DiT adds its class
@@ -259,10 +270,14 @@ class DiT(nn.Module):
         if cond.pose is not None:
             x = x + self.pose_embed(cond.pose)[:, :, None]
         first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk
-        motion = self._motion(cond, first_frame, f)  # (B, F, D) or None
+        motion = self._motion(cond, first_frame, f)
+        motion_e = None
         if motion is not None:
-            x = x + motion[:, :, None]
-        e, e6 = self._modulation(t, motion)  # (B, F, D), (B, F, 6, D)
+            motion_e, motion_tokens = motion  # (B, F, D), (B, F, N, D) or None
+            x = x + motion_e[:, :, None]
+            if motion_tokens is not None:
+                x = x + motion_tokens
+        e, e6 = self._modulation(t, motion_e)  # (B, F, D), (B, F, 6, D)
         device = x.device
         if cache is None:
             x_ref, e_ref, ref_pos = self._references(cond.references, b, device)

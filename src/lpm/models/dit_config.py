@@ -63,6 +63,9 @@ class DiTConfig:
     # Channels of the track (lpm.world.motion names); () = no track (checkpoints saved before it existed).
     motion_channels: tuple[str, ...] = ()
     motion_dropout: float = 0.1  # probability a training sample is seen without its track (an exact zero)
+    # Also add the track per token position (a learned (tokens_per_frame, P, D) map, zero at init): a direct path
+    # from jaw_open to the mouth's tokens. False in checkpoints saved before it existed.
+    motion_spatial: bool = False
     speech_dim: int = 128  # width of the speech -> motion network
     speech_dilations: tuple[int, ...] = (1, 2, 4, 8)  # its causal blocks (kernel 3): 2 * sum frames of history
     # --- references: VAE latents of the global image, body views and expression exemplars ---
@@ -175,7 +178,7 @@ TRACK_CHANNELS = ("jaw_open", "mouth_round", "mouth_wide", "blink_l", "blink_r",
 # ---- presets: plain functions, collected in one dict ----
 def tiny() -> DiTConfig:
     """CPU-trainable: 128x128, 4-frame chunks, about 10M parameters."""
-    return DiTConfig(motion_channels=TRACK_CHANNELS)
+    return DiTConfig(motion_channels=TRACK_CHANNELS, motion_spatial=True)
 
 
 def small() -> DiTConfig:

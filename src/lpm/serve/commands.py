@@ -14,6 +14,9 @@ from lpm.errors import LpmError
 MAX_SCRIPT_CHARS = 20_000  # a script longer than this is refused (espeak would take minutes)
 
 
+DEFAULT_CHECKPOINT = "checkpoints/online_tiny.safetensors"  # the shipped Online model
+
+
 def _character(reference: str):
     """``--reference``: a world character id (``anime:42``, ``world:anime:42``) or an image file."""
     from lpm.data.clip import load_image
@@ -33,8 +36,12 @@ def _engine_spec(args):
     torch.set_num_threads(max(1, args.threads))
     from lpm.serve.manager import EngineSpec
 
+    checkpoint = None if args.rig else args.checkpoint
+    if checkpoint is not None and not Path(checkpoint).is_file():
+        raise LpmError(f"--checkpoint {checkpoint} does not exist (the shipped model is {DEFAULT_CHECKPOINT}; "
+                       "--rig runs the rule-driven rig engine instead)")
     dit = DiTEngineConfig(vae=args.vae, denoise_steps=args.steps, refiner=args.refiner, device=args.device)
-    return EngineSpec(checkpoint=args.checkpoint, dit=dit, rig_resolution=args.res)
+    return EngineSpec(checkpoint=checkpoint, dit=dit, rig_resolution=args.res)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -53,7 +60,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = Limits(idle_timeout_s=args.idle_timeout)
     cfg = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
                        engine=_engine_spec(args), limits=limits)
-    engine = "dit (" + args.checkpoint + ")" if args.checkpoint else "rig (world characters; no --checkpoint given)"
+    spec = cfg.engine
+    engine = f"dit ({spec.checkpoint})" if spec.checkpoint else "rig (world characters only; --rig given)"
     print(f"lpm serve: http://{args.host}:{args.port}/  engine: {engine}", file=sys.stderr)
     # Keepalive: a client must answer pings within a minute; on a saturated CPU a 20 s reply (uvicorn's default)
     # can be late for a live client, and dead clients are found by the session idle timeout anyway.
@@ -98,7 +106,11 @@ def cmd_perform(args: argparse.Namespace) -> int:
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", default=None, help="DiT checkpoint; without it the rule-driven rig engine runs")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help=f"Online DiT checkpoint (default: the shipped model, {DEFAULT_CHECKPOINT})")
+    p.add_argument("--rig", action="store_true",
+                   help="run the rule-driven rig engine (the traditional pipeline; world characters only) "
+                        "instead of the model")
     p.add_argument("--vae", default="checkpoints/vae_tiny.safetensors", help="codec of the DiT engine")
     p.add_argument("--steps", type=int, default=None,
                    help="denoising steps per chunk (DiT engine; default: the checkpoint's Online times, else 2)")

@@ -234,14 +234,18 @@ class BaseTrainer:
         path = dit_weights_of(self.cfg.init)
         stored = stored_dit_config(read_metadata(path)["config"])
         mine = dataclasses.replace(self.dit_cfg, attention=stored.attention, audio_attention=stored.audio_attention)
+        track_fields = ("motion_dropout", "motion_spatial")
         if not stored.motion_channels:
-            track_fields = ("motion_channels", "motion_dropout", "speech_dim", "speech_dilations")
-            mine = dataclasses.replace(mine, **{k: getattr(stored, k) for k in track_fields})
+            track_fields += ("motion_channels", "speech_dim", "speech_dilations")
+        mine = dataclasses.replace(mine, **{k: getattr(stored, k) for k in track_fields})
         try:
             loaded = load_dit(path, expect=mine).state_dict()
         except CheckpointError as e:
             raise ConfigError(f"init is a DiT of another shape: {e}") from None
-        dit.load_state_dict(loaded, strict=not (self.dit_cfg.motion_channels and not stored.motion_channels))
+        missing, unexpected = dit.load_state_dict(loaded, strict=False)
+        new = ("speech_motion.", "motion_embed.", "motion_map")  # parts a checkpoint without them leaves fresh
+        if unexpected or any(not k.startswith(new) for k in missing):
+            raise ConfigError(f"init {path}: keys differ from the model: missing {missing}, unexpected {unexpected}")
         if self.info.is_main:
             print(f"initialised from {path}", flush=True)
 
