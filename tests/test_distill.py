@@ -85,7 +85,8 @@ def test_rollout_equals_full_causal_forwards(world):
             for i in range(len(times) - 1):
                 seq = torch.cat([*done, x], 1)
                 t = torch.cat([torch.zeros(1, c * fpc), torch.full((1, fpc), times[i])], 1)
-                cond = dataclasses.replace(batch.cond, pose=batch.cond.pose[:, :seq.shape[1]])
+                cond = dataclasses.replace(batch.cond, pose=batch.cond.pose[:, :seq.shape[1]],
+                                           motion=batch.cond.motion[:, :seq.shape[1]])
                 x_0 = flow.x0(model(seq, t, cond)[:, -fpc:], x, t[:, -fpc:])
                 if i < len(times) - 2:
                     x = (1 - times[i + 1]) * x_0 + times[i + 1] * renoise[i, :, c * fpc:(c + 1) * fpc]
