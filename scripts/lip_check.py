@@ -15,12 +15,12 @@ import time
 import numpy as np
 import torch
 
+from lpm.data.clip import read_manifest
 from lpm.eval import DEFAULT_DATA
 from lpm.eval import metrics as M
 from lpm.eval.dit_systems import BaseSampling, BaseSystem, OnlineSystem
 from lpm.eval.suites import SPEAK, load_clip, load_instruments, perform_and_read
 from lpm.world.motion import MOTION_INDEX
-from lpm.data.clip import read_manifest
 
 
 def main() -> None:
