@@ -177,3 +177,29 @@ def test_base_training_with_the_track_from_a_checkpoint_without_one(tmp_path):
     rows = [json.loads(r) for r in (tmp_path / "new" / "log.jsonl").read_text().splitlines()]
     assert {"gap_own_audio", "gap_partner_audio", "gap_track"} <= set(rows[-1])
     assert new.dit_cfg.motion_channels and not any(p.requires_grad for p in new.model.dit.speech_motion.parameters())
+
+
+def test_export_replaces_the_speech_network(tmp_path):
+    from lpm.errors import LpmError
+    from lpm.models import DiT, load_dit, preset, save_dit
+    from lpm.models.export import export_dit
+    from lpm.models.motion_track import save_speech
+
+    cfg = preset("tiny", num_blocks=1, dim=32, num_heads=2, ffn_dim=32, text_dim=16, text_layers=1, text_heads=2)
+    torch.manual_seed(0)
+    dit_path = save_dit(tmp_path / "dit.safetensors", DiT(cfg))
+    other = DiT(cfg).speech_motion
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    speech = save_speech(tmp_path / "speech.safetensors", other, cfg, {"val_r": {"jaw_open": 0.9}})
+    out = export_dit(dit_path, tmp_path / "out.safetensors", dtype="fp32", speech=speech)
+    loaded = load_dit(out.path)
+    for name, p in other.state_dict().items():
+        assert torch.equal(loaded.speech_motion.state_dict()[name], p)
+    source = load_dit(dit_path)
+    rest = [k for k in source.state_dict() if not k.startswith("speech_motion.")]
+    assert all(torch.equal(loaded.state_dict()[k], source.state_dict()[k]) for k in rest)
+    wrong = save_speech(tmp_path / "wrong.safetensors", other, dataclasses.replace(cfg, speech_dim=64), {})
+    with pytest.raises(LpmError, match="speech_dim"):
+        export_dit(dit_path, tmp_path / "bad.safetensors", speech=wrong)

@@ -18,6 +18,7 @@ import torch
 from lpm.errors import LpmError
 from lpm.models.dit import CHECKPOINT_KIND
 from lpm.models.dit_config import stored_dit_config
+from lpm.models.motion_track import load_speech
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
 EXPORT_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -55,7 +56,8 @@ def dit_weights_of(run: str | Path, ema: bool = True) -> Path:
     raise LpmError(f"run {run} has no {names}{hint}; is it a run of `lpm train base` or a distillation stage?")
 
 
-def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = "bf16") -> Export:
+def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = "bf16",
+               speech: str | Path | None = None) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -63,15 +65,28 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         out: the exported checkpoint.
         ema: prefer the EMA weights of a run directory.
         dtype: ``bf16`` or ``fp32``; floating tensors are cast, others kept.
+        speech: a ``lpm train speech`` checkpoint whose weights replace the DiT's speech network (one retrained on
+            more data after the DiT trained: the DiT renders whatever track it is given).
     """
     if dtype not in EXPORT_DTYPES:
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
     source = dit_weights_of(run, ema)
     state, meta = load_checkpoint(source, kind=CHECKPOINT_KIND)
     stored_dit_config(meta["config"])  # a config the current code cannot build fails here, not at load
-    torch_dtype = EXPORT_DTYPES[dtype]
-    state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     extra = dict(meta["extra"])
     extra["export"] = {"run": str(run), "source": source.name, "dtype": dtype}
+    if speech is not None:
+        cfg = stored_dit_config(meta["config"])
+        if not cfg.motion_channels:
+            raise LpmError(f"{source} has no motion track: a speech network has nothing to replace")
+        speech_state, speech_extra = load_speech(speech, cfg)
+        prefix = "speech_motion."
+        own = {k[len(prefix):] for k in state if k.startswith(prefix)}
+        if own != set(speech_state):
+            raise LpmError(f"{speech} holds {sorted(speech_state)}, the DiT's speech network {sorted(own)}")
+        state.update({prefix + k: v for k, v in speech_state.items()})
+        extra["export"]["speech"] = {"path": str(speech), "val_r": speech_extra.get("val_r")}
+    torch_dtype = EXPORT_DTYPES[dtype]
+    state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)
     return Export(path, source, dtype, path.stat().st_size, source.stat().st_size)

@@ -20,8 +20,19 @@ Track values are the rig's channels (``lpm.world.motion``) divided by ``TRACK_SC
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import nn
+
+from lpm.config import to_dict
+from lpm.errors import LpmError
+from lpm.training.checkpoint import load_checkpoint, save_checkpoint
+
+SPEECH_KIND = "speech_motion"  # checkpoint kind of a ``SpeechMotion`` (``lpm train speech``)
+# DiTConfig fields a speech network's weights depend on: a checkpoint fits a DiT that agrees on all of them.
+SPEECH_FIELDS = ("motion_channels", "speech_dim", "speech_dilations", "self_audio_lookahead_frames", "mel")
 
 # Per-channel divisor from rig units to track units (angles in degrees: a nod is a few degrees).
 TRACK_SCALE: dict[str, float] = {
@@ -129,3 +140,21 @@ class MotionEmbedder(nn.Module):
 
     def forward(self, track: torch.Tensor) -> torch.Tensor:
         return self.mlp(track)
+
+
+# ---- checkpoints of the speech network alone: safetensors + the DiT config it fits ----
+def save_speech(path: str | Path, net: SpeechMotion, dit_cfg: Any, extra: dict[str, Any]) -> Path:
+    """Write ``net``'s weights with the DiT config (``DiTConfig``) it was built for."""
+    return save_checkpoint(path, net.state_dict(), to_dict(dit_cfg), SPEECH_KIND, extra)
+
+
+def load_speech(path: str | Path, dit_cfg: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A speech checkpoint's ``(state_dict, extra)``; its DiT config must agree with ``dit_cfg`` on
+    ``SPEECH_FIELDS`` (a clear error lists the differences)."""
+    state, meta = load_checkpoint(path, kind=SPEECH_KIND)
+    stored, mine = meta["config"], to_dict(dit_cfg)
+    diff = [f"{k}: checkpoint {stored.get(k)!r} vs model {mine[k]!r}"
+            for k in SPEECH_FIELDS if stored.get(k) != mine[k]]
+    if diff:
+        raise LpmError(f"{path}: the speech network was trained for another DiT: {'; '.join(diff)}")
+    return state, meta.get("extra", {})

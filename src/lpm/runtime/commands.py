@@ -8,7 +8,7 @@ import argparse
 def cmd_export(args: argparse.Namespace) -> int:
     from lpm.models.export import export_dit
 
-    done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype)
+    done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
     return 0
@@ -36,6 +36,9 @@ def register(sub, groups) -> None:
     p.add_argument("--no-ema", action="store_true", help="export the live weights, not the EMA")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32"),
                    help="floating-point storage (load_dit casts back to the model's dtype)")
+    p.add_argument("--speech", default=None,
+                   help="a `lpm train speech` checkpoint replacing the DiT's speech network (e.g. one retrained on "
+                        "more world clips after the DiT trained)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="offline generation: reference image(s) and voices -> mp4")

@@ -32,11 +32,9 @@ from lpm.config import ConfigError, load_config, to_dict
 from lpm.data.clip import read_clip, read_manifest
 from lpm.errors import LpmError
 from lpm.models.dit_config import DiTConfig, preset
-from lpm.models.motion_track import SpeechMotion, to_track
-from lpm.training.checkpoint import load_checkpoint, load_train_state, save_checkpoint, save_train_state
+from lpm.models.motion_track import SpeechMotion, load_speech, save_speech, to_track
+from lpm.training.checkpoint import load_into, load_train_state, save_train_state
 from lpm.training.latent_cache import PARTNER_CHANNEL, SELF_CHANNEL, silent_mel
-
-CHECKPOINT_KIND = "speech_motion"
 
 
 @dataclass
@@ -163,24 +161,12 @@ def evaluate(net: SpeechMotion, clips: list[SpeechClip], shuffle_self: bool = Fa
     return {"r": r, "mse": float((pred - truth).square().mean())}
 
 
-def save_speech(path: str | Path, net: SpeechMotion, dit: DiTConfig, extra: dict[str, Any]) -> Path:
-    return save_checkpoint(path, net.state_dict(), to_dict(dit), CHECKPOINT_KIND, extra)
-
-
 def load_speech_into(speech_motion: torch.nn.Module, path: str | Path, dit: DiTConfig) -> dict[str, Any]:
-    """Load a ``lpm train speech`` checkpoint into a DiT's ``speech_motion``; the stored DiT config must agree
-    on every field the network depends on. Returns the checkpoint's extra metadata."""
-    state, meta = load_checkpoint(path, kind=CHECKPOINT_KIND)
-    stored = meta["config"]
-    fields = ("motion_channels", "speech_dim", "speech_dilations", "self_audio_lookahead_frames", "mel")
-    mine = to_dict(dit)
-    diff = [f"{k}: checkpoint {stored.get(k)!r} vs model {mine[k]!r}" for k in fields if stored.get(k) != mine[k]]
-    if diff:
-        raise LpmError(f"{path}: the speech network was trained for another DiT: {'; '.join(diff)}")
-    from lpm.training.checkpoint import load_into
-
+    """Load a ``lpm train speech`` checkpoint into a DiT's ``speech_motion`` (``motion_track.load_speech``
+    checks that it fits); returns the checkpoint's extra metadata."""
+    state, extra = load_speech(path, dit)
     load_into(speech_motion, state, source=str(path))
-    return meta.get("extra", {})
+    return extra
 
 
 class SpeechTrainer:
