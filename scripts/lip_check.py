@@ -30,11 +30,12 @@ def main() -> None:
     p.add_argument("--clips", type=int, default=4)
     p.add_argument("--steps", type=int, default=4, help="ODE steps per Base window")
     p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--split", default="val", help="val (held-out identities) or zeroshot (the unseen style)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     inst = load_instruments("checkpoints/probe.safetensors", "checkpoints/identity.safetensors", args.data)
-    rows = [r for r in read_manifest(args.data, "val")]
+    rows = read_manifest(args.data, args.split)
     system = (OnlineSystem("online", args.checkpoint) if args.online
               else BaseSystem("base", args.checkpoint, sampling=BaseSampling(steps=args.steps)))
     jaw = MOTION_INDEX["jaw_open"]
