@@ -229,7 +229,7 @@ class SpeechTrainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
-            row: dict[str, Any] = {"step": step, "loss": float(loss), "lr": self.lr_at(step)}
+            row: dict[str, Any] = {"step": step, "loss": loss.item(), "lr": self.lr_at(step)}
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 result = self._checkpoint(net, opt, step, val or train, time.perf_counter() - t0)
                 row.update({"val_mse": result["val"]["mse"],
@@ -237,7 +237,7 @@ class SpeechTrainer:
             log.write(json.dumps(row) + "\n")
             log.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}")
         bar.close()
         log.close()
         if not result:
