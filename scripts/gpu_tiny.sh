@@ -31,7 +31,9 @@ say "cache rebuilt"
 COMMON="device=$DEVICE cache_dir=$WORK/cache sample_every=0 checkpoint_minutes=1 checkpoint_every=100000"
 # (key=value overrides must all come last, after the --options)
 BASE="python3 -m lpm.cli train base --data $PACK/data --vae $VAE --preset tiny"
+# The shipped Base already carries its motion track and speech network (stop 17): keep its objective.
 BASE_KEYS="init=checkpoints/base_tiny.safetensors $COMMON batch=$BATCH lr=3e-4 warmup_steps=100 ema_decay=0.999"
+BASE_KEYS="$BASE_KEYS flow.loss_space=x0 mouth_weight=20"
 # Probe: 25 steps; the seconds per step of the last 15 set the real run's steps.
 $BASE --out "$WORK/probe" --steps 25 $BASE_KEYS > "$WORK/logs/probe.log" 2>&1 || { tail -n 30 "$WORK/logs/probe.log"; exit 1; }
 SPS=$(python3 -c "import json;r=[json.loads(l) for l in open('$WORK/probe/log.jsonl')][10:];\
@@ -44,7 +46,7 @@ timeout $((BASE_S + 60)) $BASE --out "$WORK/base" --steps "$STEPS" $BASE_KEYS ma
 say "base done (exit $?): $(tail -c 400 "$WORK/logs/base.log" | tr '\r' '\n' | grep -v '^$' | tail -n 1)"
 
 ODE="python3 -m lpm.cli distill ode --teacher $WORK/base --out $WORK/ode --steps 100000 $COMMON"
-ODE="$ODE pair_batch=${PAIR_BATCH:-64} teacher_steps_per_step=2 batch=$ODE_BATCH lr=2e-4 warmup_steps=50"
+ODE="$ODE pair_batch=${PAIR_BATCH:-64} teacher_steps_per_step=2 batch=$ODE_BATCH lr=2e-4 warmup_steps=50 mouth_weight=20"
 # Teacher pairs first (not timed by max_minutes), then ODE_S seconds of regression at a near-constant rate.
 PAIRS=${PAIRS:-1536}
 timeout $((ODE_S + 120)) $ODE pairs="$PAIRS" max_minutes=$(python3 -c "print($ODE_S / 60)") \
