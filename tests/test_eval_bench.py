@@ -105,3 +105,16 @@ def test_spread_subset_is_fixed_and_keeps_the_zero_shot_share():
     assert [rows[i]["split"] for i in six].count("zeroshot") == 2
     assert six[0] == 0 and six[3] == 28  # spread from the first val clip to the last
     assert spread_subset(rows, 3) == [0, 28, 29] and spread_subset(rows, 100) == list(range(41))
+
+
+def test_bench_builds_its_default_case_set_and_refuses_other_missing_data(tmp_path, monkeypatch):
+    import lpm.eval.bench as bench
+    from lpm.data.clip import read_manifest
+    from lpm.errors import LpmError
+
+    monkeypatch.setattr(bench, "DEFAULT_DATA_RECIPE", {"clips": 2, "seconds": 0.5, "res": 64, "seed": 0})
+    bench.build_default_data(tmp_path / "world", log=lambda *a: None)
+    assert len(read_manifest(tmp_path / "world")) == 2
+    with pytest.raises(LpmError, match="not a clip data set"):
+        bench.run_bench("quick", tmp_path / "out", data=tmp_path / "missing", probe="checkpoints/probe.safetensors",
+                        identity="checkpoints/identity.safetensors")

@@ -203,3 +203,4 @@ def test_export_replaces_the_speech_network(tmp_path):
     wrong = save_speech(tmp_path / "wrong.safetensors", other, dataclasses.replace(cfg, speech_dim=64), {})
     with pytest.raises(LpmError, match="speech_dim"):
         export_dit(dit_path, tmp_path / "bad.safetensors", speech=wrong)
+
