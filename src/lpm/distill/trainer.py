@@ -24,12 +24,11 @@ from lpm.models.dit import DiT, load_dit
 from lpm.models.dit_config import stored_dit_config
 from lpm.models.export import dit_weights_of
 from lpm.training import distributed as D
-from lpm.training.base_batches import Window, WindowSampler
+from lpm.training.base_batches import Window
 from lpm.training.base_samples import write_sample
 from lpm.training.base_trainer import BaseTrainConfig, BaseTrainer
 from lpm.training.checkpoint import read_metadata
 from lpm.training.conditioned import ConditionedDiT
-from lpm.training.latent_cache import silent_mel
 
 ONLINE_SAMPLER = "renoise"  # lpm.diffusion.samplers key of the students' few-step sampler
 
@@ -131,14 +130,10 @@ class DistillTrainer(BaseTrainer):
         student = DiT(self.dit_cfg)
         student.load_state_dict(self._student_state(teacher), strict=True)
         self.export_dit = DiT(self.dit_cfg) if info.is_main else None
-        before, after = student.audio_margin()  # real audio before the window: the windows' and encoder's history
         # As the Base: windows carry their true motion track (teacher pairs render it; the student sees the
         # speech network's prediction for ``predicted_motion`` of its samples), the mouth weighted up.
-        self.sampler = WindowSampler(self.train_clips, cfg.frames, before, after, silent_mel(self.mel),
-                                     cfg.dropout, cfg.face_weight, cfg.balance_modes, cfg.seed,
-                                     self.dit_cfg.motion_channels, cfg.predicted_motion, cfg.mouth_weight)
-        if self.dit_cfg.motion_channels and not cfg.train_speech:
-            student.speech_motion.requires_grad_(False)  # trained on world truth; the student keeps it
+        self.sampler = self._window_sampler(student)
+        self._freeze_speech(student)
         self.teacher = self._frozen(teacher)
         self.model = ConditionedDiT(student).to(info.device)
         D.shard_model(self.model, student.blocks, info)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from lpm.audio.mel import MelConfig
 from lpm.config import ConfigError
-from lpm.models.motion_track import TRACK_SCALE
+from lpm.models.motion_track import TRACK_SCALE, speech_history
 
 ATTENTION_MODES = ("bidirectional", "block_causal")
 AUDIO_ATTENTION_MODES = ("separate", "joint")
@@ -67,7 +67,7 @@ class DiTConfig:
     # from jaw_open to the mouth's tokens. False in checkpoints saved before it existed.
     motion_spatial: bool = False
     speech_dim: int = 128  # width of the speech -> motion network
-    speech_dilations: tuple[int, ...] = (1, 2, 4, 8)  # its causal blocks (kernel 3): 2 * sum frames of history
+    speech_dilations: tuple[int, ...] = (1, 2, 4, 8)  # its causal blocks (kernel 3): 2 * sum = 30 frames of history
     # --- references: VAE latents of the global image, body views and expression exemplars ---
     body_views: tuple[str, ...] = ("front", "left", "right", "back")  # kinds "body_<view>"
     expressions: tuple[str, ...] = ("neutral", "happy", "sad", "surprised", "angry")  # kinds "expr_<name>"
@@ -161,7 +161,7 @@ class DiTConfig:
     @property
     def speech_history_frames(self) -> int:
         """Frames of audio before a frame that the motion track's prediction reads (0 without a track)."""
-        return 2 * sum(self.speech_dilations) if self.motion_channels else 0
+        return speech_history(self.speech_dilations) if self.motion_channels else 0
 
     @property
     def max_time_chunks(self) -> int:

@@ -72,11 +72,10 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
     source = dit_weights_of(run, ema)
     state, meta = load_checkpoint(source, kind=CHECKPOINT_KIND)
-    stored_dit_config(meta["config"])  # a config the current code cannot build fails here, not at load
+    cfg = stored_dit_config(meta["config"])  # a config the current code cannot build fails here, not at load
     extra = dict(meta["extra"])
     extra["export"] = {"run": str(run), "source": source.name, "dtype": dtype}
     if speech is not None:
-        cfg = stored_dit_config(meta["config"])
         if not cfg.motion_channels:
             raise LpmError(f"{source} has no motion track: a speech network has nothing to replace")
         speech_state, speech_extra = load_speech(speech, cfg)

@@ -30,6 +30,7 @@ from lpm.config import to_dict
 from lpm.errors import LpmError
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
+SPEECH_KERNEL = 3  # frames per causal convolution of the speech network (each block reaches back 2 * dilation)
 SPEECH_KIND = "speech_motion"  # checkpoint kind of a ``SpeechMotion`` (``lpm train speech``)
 # DiTConfig fields a speech network's weights depend on: a checkpoint fits a DiT that agrees on all of them.
 SPEECH_FIELDS = ("motion_channels", "speech_dim", "speech_dilations", "self_audio_lookahead_frames", "mel")
@@ -41,6 +42,11 @@ TRACK_SCALE: dict[str, float] = {
     "brow_raise": 1.0, "smile": 1.0, "body_yaw": 90.0, "breath": 1.0,
     "emo_happy": 1.0, "emo_sad": 1.0, "emo_surprised": 1.0, "emo_angry": 1.0,
 }
+
+
+def speech_history(dilations: tuple[int, ...]) -> int:
+    """Frames of audio before a frame that ``SpeechMotion``'s prediction reads (its blocks' reaches summed)."""
+    return (SPEECH_KERNEL - 1) * sum(dilations)
 
 
 def track_scale(channels: tuple[str, ...]) -> torch.Tensor:
@@ -88,7 +94,7 @@ class SpeechMotion(nn.Module):
         n_mels, steps_per_frame: the mel layout ``(k, M)`` per frame.
         channels: the track's channel names (P).
         dim: width of the per-frame features.
-        dilations: one causal block per entry (kernel 3); the reach back is ``2 * sum(dilations)`` frames.
+        dilations: one causal block per entry (kernel ``SPEECH_KERNEL``); the reach back is ``speech_history``.
         lookahead: frames of own speech read ahead (the cross-attention's ``self_audio_lookahead_frames``).
     """
 
@@ -98,14 +104,14 @@ class SpeechMotion(nn.Module):
         self.channels, self.lookahead = tuple(channels), lookahead
         self.self_in = nn.Linear(steps_per_frame * n_mels, dim)
         self.partner_in = nn.Linear(steps_per_frame * n_mels, dim)
-        self.blocks = nn.ModuleList(DilatedCausalBlock(dim, 3, d) for d in dilations)
+        self.blocks = nn.ModuleList(DilatedCausalBlock(dim, SPEECH_KERNEL, d) for d in dilations)
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, len(channels))
 
     @property
     def history_frames(self) -> int:
         """Frames of audio before a frame that its prediction depends on."""
-        return sum(b.reach for b in self.blocks)
+        return sum(b.reach for b in self.blocks)  # = speech_history(dilations)
 
     def forward(self, mel_self: torch.Tensor, mel_partner: torch.Tensor) -> torch.Tensor:
         """Args:

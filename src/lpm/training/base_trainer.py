@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from lpm.audio.mel import MelConfig
@@ -48,10 +47,9 @@ from lpm.training.base_plots import plot_base_losses
 from lpm.training.base_samples import generate, write_sample
 from lpm.training.checkpoint import CheckpointError, load_train_state, read_metadata, save_train_state
 from lpm.training.conditioned import ConditionedDiT
+from lpm.training.diagnostics import SPEAKING_MODES, audio_checks, fixed_batch, gap
 from lpm.training.latent_cache import load_latent_cache, silent_mel
 from lpm.training.vae_trainer import autocast, resolve_precision
-
-AUDIO_CHECK_SEED = 7177  # the fixed batch and noise of ``BaseTrainer.audio_gain``
 
 
 @dataclass
@@ -212,19 +210,29 @@ class BaseTrainer:
             if self.info.is_main:
                 print(f"speech network from {cfg.speech} (val r {extra.get('val_r', {}).get('jaw_open', '?')} "
                       f"for jaw_open)", flush=True)
-        if self.dit_cfg.motion_channels and not cfg.train_speech:
-            dit.speech_motion.requires_grad_(False)
+        self._freeze_speech(dit)
         self.export_dit = DiT(self.dit_cfg) if self.info.is_main else None  # full CPU copy for saving/samples
-        before, after = dit.audio_margin()  # real audio before the window: the windows' and encoder's history
-        self.sampler = WindowSampler(self.train_clips, cfg.frames, before, after, silent_mel(self.mel),
-                                     cfg.dropout, cfg.face_weight, cfg.balance_modes, cfg.seed,
-                                     self.dit_cfg.motion_channels, cfg.predicted_motion, cfg.mouth_weight)
+        self.sampler = self._window_sampler(dit)
         self.model = ConditionedDiT(dit).to(self.info.device)
         D.shard_model(self.model, dit.blocks, self.info)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.ema = [p.detach().clone() for p in self.params]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.num_params = sum(p.numel() for p in dit.parameters())  # global numel, also for DTensors
+
+    def _window_sampler(self, dit: DiT) -> WindowSampler:
+        """The run's training windows for ``dit``: its audio margin (real audio before the window: the windows',
+        the encoder's and the speech network's history), its motion track, the run's dropout and loss weights."""
+        cfg = self.cfg
+        before, after = dit.audio_margin()
+        return WindowSampler(self.train_clips, cfg.frames, before, after, silent_mel(self.mel), cfg.dropout,
+                             cfg.face_weight, cfg.balance_modes, cfg.seed, dit.cfg.motion_channels,
+                             cfg.predicted_motion, cfg.mouth_weight)
+
+    def _freeze_speech(self, dit: DiT) -> None:
+        """The speech network is trained on world truth (``lpm train speech``): kept as is unless ``train_speech``."""
+        if dit.cfg.motion_channels and not self.cfg.train_speech:
+            dit.speech_motion.requires_grad_(False)
 
     def _load_init(self, dit: DiT) -> None:
         """The ``init`` weights into ``dit``: its config must match the run's except the attention modes
@@ -388,14 +396,7 @@ class BaseTrainer:
         """(loss with own voices shuffled across the batch - loss with the right ones) / the latter, on a fixed
         batch of speaking windows (no CFG dropout), at fixed times and noise; the same on every rank."""
         if self._audio_batch is None:
-            speaking = [c for c in self.train_clips if c.mode in ("speak", "conversation")] or self.train_clips
-            rng = np.random.default_rng([self.cfg.seed, AUDIO_CHECK_SEED])
-            picked = [speaking[int(rng.integers(len(speaking)))] for _ in range(windows)]
-            batch = self.sampler.assemble([Window(c, int(rng.integers(0, c.frames - self.cfg.frames + 1)))
-                                           for c in picked])
-            g = torch.Generator().manual_seed(AUDIO_CHECK_SEED)
-            batch.noise = torch.randn(batch.x_0.shape, generator=g)
-            self._audio_batch = batch
+            self._audio_batch, _ = fixed_batch(self.sampler, self.train_clips, SPEAKING_MODES, windows, self.cfg.seed)
         b, device = self._audio_batch, self.info.device
         x_0, noise, weights, cond = b.x_0.to(device), b.noise.to(device), b.weights.to(device), b.cond.to(device)
         cond = dataclasses.replace(cond, motion=None, motion_from_audio=None)  # the track from audio, as at inference
@@ -415,8 +416,6 @@ class BaseTrainer:
     def audio_checks(self) -> dict[str, float]:
         """``lpm.training.diagnostics`` gaps (mouth error with own voices swapped, head error with partner voices
         swapped, mouth error with the true tracks swapped) in eval mode at high t; the same on every rank."""
-        from lpm.training.diagnostics import audio_checks, gap
-
         device = self.info.device
         if self._checks is None:
             self._checks = audio_checks(self.sampler, self.train_clips, self.cfg.seed)

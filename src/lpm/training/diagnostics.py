@@ -29,7 +29,9 @@ from lpm.training.conditioned import ConditionBatch
 from lpm.training.latent_cache import CachedClip
 
 CHECK_TIMES = (0.7, 0.85, 0.95)
-CHECK_SEED = 7177
+CHECK_SEED = 7177  # the fixed windows and noise of every check (and of ``BaseTrainer.audio_gain``)
+SPEAKING_MODES = ("speak", "conversation")
+LISTENING_MODES = ("listen", "conversation")
 
 
 @dataclass
@@ -70,7 +72,7 @@ def gap(model: torch.nn.Module, flow: FlowMatching, check: GapCheck, times: tupl
     return (wrong - right) / max(right, 1e-12)
 
 
-def _fixed_batch(sampler: WindowSampler, clips: list[CachedClip], modes: tuple[str, ...], windows: int,
+def fixed_batch(sampler: WindowSampler, clips: list[CachedClip], modes: tuple[str, ...], windows: int,
                  seed: int) -> tuple[Batch, list[Window]]:
     """A fixed batch of ``windows`` windows of clips in ``modes`` (no CFG dropout), with fixed noise."""
     pool = [c for c in clips if c.mode in modes] or clips
@@ -90,8 +92,8 @@ def _mouth_weights(windows: list[Window], frames: int, shape: tuple[int, int]) -
 
 def audio_checks(sampler: WindowSampler, clips: list[CachedClip], seed: int, windows: int = 8) -> list[GapCheck]:
     """The checks of a run (see the module docstring), on fixed windows of ``clips``."""
-    speak, speak_windows = _fixed_batch(sampler, clips, ("speak", "conversation"), windows, seed)
-    listen, _ = _fixed_batch(sampler, clips, ("listen", "conversation"), windows, seed + 1)
+    speak, speak_windows = fixed_batch(sampler, clips, SPEAKING_MODES, windows, seed)
+    listen, _ = fixed_batch(sampler, clips, LISTENING_MODES, windows, seed + 1)
     mouth = _mouth_weights(speak_windows, sampler.frames, tuple(speak.x_0.shape[-2:]))
     checks = [
         GapCheck("gap_own_audio", speak, mouth,

@@ -19,8 +19,9 @@ FACE_FEATURES = ("mouth", "eye_l", "eye_r")
 
 def face_coverage(meta: dict[str, Any], style: str, motion: torch.Tensor | None, motion_names: tuple[str, ...],
                   height: int, width: int, downsample: int,
-                  features: tuple[str, ...] = FACE_FEATURES) -> torch.Tensor | None:
-    """Fraction of each latent cell covered by the boxes of ``features`` (mouth and eyes by default), per frame.
+                  groups: tuple[tuple[str, ...], ...] = (FACE_FEATURES,)) -> tuple[torch.Tensor, ...] | None:
+    """Per group of features (mouth and eyes by default), the fraction of each latent cell covered by their boxes,
+    per frame; the face regions are computed once for all groups.
 
     Args:
         meta: the clip's ``meta.json`` extras (needs ``identity.seed``).
@@ -28,8 +29,10 @@ def face_coverage(meta: dict[str, Any], style: str, motion: torch.Tensor | None,
         motion: ``(F, P)`` ground-truth motion, or None.
         motion_names: the P channel names.
         height, width: frame size in pixels. downsample: the VAE's spatial factor d.
+        groups: feature-name groups (``Renderer.face_regions`` keys), one map each.
     Returns:
-        ``(F, H/d, W/d)`` float in [0, 1], or None when the clip has no motion or no world identity.
+        one ``(F, H/d, W/d)`` float map in [0, 1] per group, or None when the clip has no motion or no world
+        identity.
     """
     identity = meta.get("identity")
     if motion is None or not isinstance(identity, dict) or "seed" not in identity or height != width:
@@ -46,12 +49,14 @@ def face_coverage(meta: dict[str, Any], style: str, motion: torch.Tensor | None,
     for j, name in enumerate(motion_names):
         if name in MOTION_INDEX:
             rows[:, MOTION_INDEX[name]] = motion[:, j].numpy()
-    mask = np.zeros((motion.shape[0], height, width), np.float32)
+    mask = np.zeros((len(groups), motion.shape[0], height, width), np.float32)
     for f, row in enumerate(rows):
         for name, (x0, y0, x1, y1) in renderer.face_regions(row).items():
-            if name in features:
-                mask[f, max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 1.0
-    return F.avg_pool2d(torch.from_numpy(mask)[:, None], downsample)[:, 0]  # (F, H/d, W/d)
+            for g, features in enumerate(groups):
+                if name in features:
+                    mask[g, f, max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 1.0
+    pooled = F.avg_pool2d(torch.from_numpy(mask).flatten(0, 1)[:, None], downsample)[:, 0]  # (G*F, H/d, W/d)
+    return tuple(pooled.unflatten(0, mask.shape[:2]))
 
 
 def loss_weights(coverage: torch.Tensor | None, face_weight: float, shape: tuple[int, ...],

@@ -25,7 +25,7 @@ from lpm.audio.mel import LogMel, MelConfig
 from lpm.data.clip import read_clip, read_manifest
 from lpm.errors import LpmError
 from lpm.models.latent_codec import LatentCodec
-from lpm.training.face_weights import face_coverage
+from lpm.training.face_weights import FACE_FEATURES, face_coverage
 from lpm.world.motion import MOTION_NAMES
 
 CACHE_VERSION = 2  # bump when the cached content changes (2: full motion and the mouth-only map)
@@ -97,25 +97,33 @@ def encode_clip(clip_dir: Path, codec: LatentCodec, log_mel: LogMel, frames_per_
         if image.shape[-2:] != (h, w):
             image = F.interpolate(image[None], size=(h, w), mode="bilinear", antialias=True, align_corners=False)[0]
         refs[kind] = codec.encode_images(image[None].to(device))[0].cpu().half()  # (C, h, w)
-    mel = log_mel(clip.audio[[SELF_CHANNEL, PARTNER_CHANNEL]].float())  # (2, F', k, M)
-    if mel.shape[1] < f:  # audio a frame short at the end (allowed by the clip format): pad with silence
-        pad = torch.full((2, f - mel.shape[1], *mel.shape[2:]), silent_mel(log_mel.cfg))
-        mel = torch.cat([mel, pad], 1)
+    mel = frame_mel(log_mel, clip.audio[[SELF_CHANNEL, PARTNER_CHANNEL]], f)  # (2, F, k, M)
     pose = None
     if clip.motion is not None and all(n in clip.motion_names for n in POSE_CHANNELS):
         pose = clip.motion[:, [clip.motion_names.index(n) for n in POSE_CHANNELS]].clone()  # (F, 4)
     down = h // latents.shape[-2]
-    coverage = face_coverage(clip.meta.extra, clip.meta.style, clip.motion, clip.motion_names, h, w, down)
-    mouth = face_coverage(clip.meta.extra, clip.meta.style, clip.motion, clip.motion_names, h, w, down, ("mouth",))
+    maps = face_coverage(clip.meta.extra, clip.meta.style, clip.motion, clip.motion_names, h, w, down,
+                         (FACE_FEATURES, ("mouth",)))
+    coverage, mouth = maps if maps is not None else (None, None)
     motion = None
     if clip.motion is not None and all(n in clip.motion_names for n in MOTION_NAMES):
         motion = clip.motion[:, [clip.motion_names.index(n) for n in MOTION_NAMES]].float().clone()  # (F, P)
     return CachedClip(
         id=clip.meta.id, mode=str(clip.meta.extra.get("mode", "")), caption=clip.meta.caption,
-        latents=latents.half(), mel=mel[:, :f].contiguous(), references=refs, pose=pose,
+        latents=latents.half(), mel=mel, references=refs, pose=pose,
         coverage=None if coverage is None else coverage.half(), states=clip.states, motion=motion,
         mouth=None if mouth is None else mouth.half(),
     )
+
+
+def frame_mel(log_mel: LogMel, pcm: torch.Tensor, frames: int) -> torch.Tensor:
+    """Log-mel of a clip's two voices cut to exactly ``frames`` frames: ``(2, T) -> (2, frames, k, M)``; audio a
+    frame short at the end (allowed by the clip format) is padded with silence."""
+    mel = log_mel(pcm.float())  # (2, F', k, M)
+    if mel.shape[1] < frames:
+        pad = torch.full((2, frames - mel.shape[1], *mel.shape[2:]), silent_mel(log_mel.cfg))
+        mel = torch.cat([mel, pad], 1)
+    return mel[:, :frames].contiguous()
 
 
 def silent_mel(cfg: MelConfig) -> float:

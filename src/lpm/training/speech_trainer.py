@@ -34,7 +34,7 @@ from lpm.errors import LpmError
 from lpm.models.dit_config import DiTConfig, preset
 from lpm.models.motion_track import SpeechMotion, load_speech, save_speech, to_track
 from lpm.training.checkpoint import load_into, load_train_state, save_train_state
-from lpm.training.latent_cache import PARTNER_CHANNEL, SELF_CHANNEL, silent_mel
+from lpm.training.latent_cache import PARTNER_CHANNEL, SELF_CHANNEL, frame_mel, silent_mel
 
 
 @dataclass
@@ -84,13 +84,8 @@ def load_speech_clips(data_dir: str | Path, split: str, dit: DiTConfig, limit: i
         clip = read_clip(Path(data_dir) / row["path"], load_video=False)
         if clip.motion is None:
             continue
-        f = clip.motion.shape[0]
-        mel = log_mel(clip.audio[[SELF_CHANNEL, PARTNER_CHANNEL]].float())  # (2, F', k, M)
-        if mel.shape[1] < f:
-            pad = torch.full((2, f - mel.shape[1], *mel.shape[2:]), silent_mel(dit.mel))
-            mel = torch.cat([mel, pad], 1)
-        out.append(SpeechClip(clip.meta.id, mel[:, :f].contiguous(),
-                              to_track(clip.motion, clip.motion_names, dit.motion_channels)))
+        mel = frame_mel(log_mel, clip.audio[[SELF_CHANNEL, PARTNER_CHANNEL]], clip.motion.shape[0])
+        out.append(SpeechClip(clip.meta.id, mel, to_track(clip.motion, clip.motion_names, dit.motion_channels)))
     return out
 
 
@@ -105,13 +100,8 @@ def world_speech_clips(count: int, seed: int, seconds: float, dit: DiTConfig) ->
                      leave=False):
         clip = make_clip(spec)
         motion = torch.from_numpy(clip.performance.motion.astype(np.float32))  # (F, NUM_MOTION)
-        f = motion.shape[0]
-        mel = log_mel(torch.from_numpy(clip.conversation.stereo().astype(np.float32)))  # (2, F', k, M)
-        if mel.shape[1] < f:
-            pad = torch.full((2, f - mel.shape[1], *mel.shape[2:]), silent_mel(dit.mel))
-            mel = torch.cat([mel, pad], 1)
-        track = to_track(motion, MOTION_NAMES, dit.motion_channels)
-        out.append(SpeechClip(spec.clip_id, mel[:, :f].contiguous(), track))
+        mel = frame_mel(log_mel, torch.from_numpy(clip.conversation.stereo()), motion.shape[0])  # (2, F, k, M)
+        out.append(SpeechClip(spec.clip_id, mel, to_track(motion, MOTION_NAMES, dit.motion_channels)))
     return out
 
 
