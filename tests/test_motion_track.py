@@ -14,6 +14,7 @@ import torch
 from base_fixtures import MICRO, make_dataset, make_vae
 from lpm.diffusion.flow import Batch, FlowConfig, FlowMatching
 from lpm.models.motion_track import SpeechMotion, to_track
+from lpm.models.reactions import estimate_templates, fire, match_onsets, onset_targets, place
 from lpm.training.diagnostics import GapCheck, gap
 from lpm.world.motion import MOTION_NAMES
 from test_dit import make_inputs, make_model, micro, stream
@@ -41,12 +42,69 @@ def test_speech_motion_reads_own_speech_with_lookahead_and_partner_causally():
             assert torch.allclose(out[:, 2 + net.history_frames + 1:], ref[:, 2 + net.history_frames + 1:])
 
 
+def test_reactions_fire_once_at_the_likely_onset_and_place_whole_templates():
+    # Hazard spread evenly over 10 frames after a cue, 0.85 in total (the world's nod: probability 0.85, delay drawn
+    # from 0.2-0.6 s): one reaction fires, where half the mass has arrived, not at every frame above a level.
+    hazard = torch.zeros(1, 40, 2)
+    hazard[0, 10:20, 0] = 0.085
+    onsets = fire(hazard, window=10)
+    assert onsets[0, :, 0].nonzero().flatten().tolist() == [15] and onsets[0, :, 1].sum() == 0
+    # The window is causal: hazard after frame 15 does not move the onset.
+    later = hazard.clone()
+    later[0, 16:, 0] = 0.9
+    assert fire(later, window=10)[0, :16, 0].nonzero().flatten().tolist() == [15]
+    templates = torch.zeros(2, 4, 3)
+    templates[0, :, 1] = torch.tensor([-1.0, -2.0, -1.0, 0.0])
+    track = place(onsets, templates)  # (1, 40, 3)
+    assert track[0, 15:19, 1].tolist() == [-1.0, -2.0, -1.0, 0.0] and track[0, :15].abs().sum() == 0
+    assert track[0, 19:].abs().sum() == 0 and track[0, :, [0, 2]].abs().sum() == 0
+
+
+def test_reaction_templates_are_the_mean_shape_and_tilts_keep_their_size():
+    length = 6
+    nod = torch.tensor([0.0, -1.0, -2.0, -1.0, 0.0, 0.0])
+    tracks, onsets = [], []
+    for frame, depth, sign in [(5, 1.0, 1), (12, 3.0, 1), (20, 2.0, -1)]:
+        nods, tilts = torch.full((40, 2), 0.5), torch.full((40, 2), -0.5)  # levels the departure is measured from
+        nods[frame:frame + length, 0] += depth * nod  # kind 0: nods, always down
+        tilts[frame:frame + length, 1] += sign * 2 * nod.abs()  # kind 1: tilts, either way
+        tracks += [nods, tilts]
+        onsets.append(onset_targets([("nod", frame), ("blink", 3)], ("nod", "head_tilt"), 40))
+        onsets.append(onset_targets([("head_tilt", frame)], ("nod", "head_tilt"), 40))
+    assert onsets[0].sum() == 1  # the blink is not a reaction kind
+    t = estimate_templates(tracks, onsets, length)
+    assert torch.allclose(t[0, :, 0], 2.0 * nod)  # mean depth 2, downward
+    assert torch.allclose(t[1, :, 1], 2 * nod.abs())  # two of three tilts go up: the majority's side, full size
+    assert t[0, :, 1].abs().sum() == 0 and t[1, :, 0].abs().sum() == 0
+    # Unaligned, the tilts would average to a third of their size.
+    assert t[1, :, 1].sum() > 2.9 * torch.stack([tr[12:18, 1] - tr[11, 1] for tr in tracks[1::2]]).mean(0).sum()
+
+
+def test_onset_matching_counts_hits_within_the_tolerance_once():
+    true = torch.zeros(50, 2)
+    true[[10, 30], 0] = 1
+    fired = torch.zeros(50, 2)
+    fired[[14, 16, 45], 0] = 1  # 14 hits 10 (16 is a duplicate), 45 is 15 frames from 30: a miss
+    fired[30, 1] = 1  # right frame, wrong kind
+    m = match_onsets(fired, true)
+    assert (m.true, m.fired, m.hits, m.mean_delay) == (2, 4, 1, 4.0)
+    assert m.f1 == pytest.approx(2 / 6)
+
+
 def test_streaming_with_the_track_equals_the_full_forward_past_its_reach():
-    # A short reach (6 frames), so later chunks get their audio from mid-stream, not from frame 0.
-    model = make_model(micro(speech_dilations=(1, 2)))
-    assert model.cfg.speech_history_frames == 6 and model.audio_margin()[0] >= 6
+    # A short reach (6 frames of convolutions + 3 of hazard window + 4 of template), so later chunks get their audio
+    # from mid-stream, not from frame 0, and reactions fired in one chunk carry into the next.
+    model = make_model(micro(speech_dilations=(1, 2), reaction_frames=5, reaction_window=3))
+    assert model.cfg.speech_history_frames == 6 + 3 + 4 and model.audio_margin()[0] >= 13
+    speech = model.speech_motion
+    with torch.no_grad():  # reactions that fire now and then, with visible shapes
+        speech.templates.normal_(0, 1.0, generator=torch.Generator().manual_seed(3))
+        torch.nn.init.normal_(speech.onset.weight, 0, 2.0)
+        speech.onset.bias.fill_(-2.0)
     x, t, cond = make_inputs(model)
     with torch.no_grad():
+        fired = fire(torch.sigmoid(speech.heads(cond.audio_self, cond.audio_partner)[1]), speech.reaction_window)
+        assert 0 < fired.sum() < fired.numel() / 4
         full = model(x, t, cond)
     streamed = stream(model, x, t, cond)
     assert (streamed - full).abs().max() <= 1e-10 * full.abs().max()
@@ -144,6 +202,7 @@ def test_train_speech_learns_the_jaw_and_loads_into_a_dit(tmp_path):
     data = make_dataset(tmp_path / "data")
     cfg = SpeechTrainConfig(steps=40, batch=4, frames=8, lr=3e-3, warmup_steps=0, eval_every=20, threads=1)
     result = SpeechTrainer(cfg, data, tmp_path / "run").run()
+    assert {"f1", "true", "fired", "hits"} <= set(result["val"]["reactions"])
     assert set(result["val"]["r"]) == set(SpeechTrainer(cfg, data, tmp_path / "run").dit.motion_channels)
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["step"] == 40
     rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -39,7 +39,7 @@ from lpm.models.conditioning import (
 )
 from lpm.models.dit_config import DiTConfig, stored_dit_config
 from lpm.models.kv_cache import KVCache
-from lpm.models.motion_track import MotionEmbedder, SpeechMotion
+from lpm.models.motion_track import MotionEmbedder, speech_network
 from lpm.models.rope import Rope3D
 from lpm.models.text import ByteTextEncoder
 from lpm.training.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
@@ -92,15 +92,14 @@ class DiT(nn.Module):
         )
         self.audio_encoder = AudioEncoder(
             cfg.mel.n_mels,
-            cfg.mel.steps_per_frame,
+            cfg.mel_steps_per_frame,
             cfg.audio_dim,
             cfg.audio_layers,
             cfg.audio_kernel_steps,
             cfg.audio_tokens_per_frame,
         )
         if cfg.motion_channels:
-            self.speech_motion = SpeechMotion(cfg.mel.n_mels, cfg.mel.steps_per_frame, cfg.motion_channels,
-                                              cfg.speech_dim, cfg.speech_dilations, cfg.self_audio_lookahead_frames)
+            self.speech_motion = speech_network(cfg)
             self.motion_embed = MotionEmbedder(len(cfg.motion_channels), d)
             if cfg.motion_spatial:
                 # Per token position, per channel, a direction added to that token: the mouth tokens learn what an
@@ -192,6 +191,10 @@ class DiT(nn.Module):
         fa = cond.audio_self.shape[1]
         if cond.audio_partner.shape[1] != fa or fa == 0:
             raise ValueError("audio_self and audio_partner must cover the same, non-empty frame range")
+        if cond.audio_self.shape[2] != cfg.mel_steps_per_frame:
+            raise ValueError(f"audio has {cond.audio_self.shape[2]} mel steps per frame, the DiT reads "
+                             f"{cfg.mel_steps_per_frame} per latent frame (t_down {cfg.t_down}): group the video "
+                             f"frames' features with lpm.audio.mel.per_latent_frame")
         return CrossInputs(
             text=self.text_proj(cond.text_tokens),
             text_mask=cond.text_mask.bool(),

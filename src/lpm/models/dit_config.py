@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from lpm.audio.mel import MelConfig
 from lpm.config import ConfigError
 from lpm.models.motion_track import TRACK_SCALE, speech_history
+from lpm.models.reactions import REACTION_KINDS
 
 ATTENTION_MODES = ("bidirectional", "block_causal")
 AUDIO_ATTENTION_MODES = ("separate", "joint")
@@ -68,10 +69,16 @@ class DiTConfig:
     motion_spatial: bool = False
     speech_dim: int = 128  # width of the speech -> motion network
     speech_dilations: tuple[int, ...] = (1, 2, 4, 8)  # its causal blocks (kernel 3): 2 * sum = 30 frames of history
+    # Listening reactions fired as whole events by the speech network (lpm.models.reactions); () = none.
+    reaction_kinds: tuple[str, ...] = ()
+    reaction_frames: int = 48  # length of a reaction's template, frames (a smile holds ~1.8 s)
+    reaction_window: int = 10  # frames of onset probability summed to fire a reaction (the spread of its delay)
     # --- references: VAE latents of the global image, body views and expression exemplars ---
     body_views: tuple[str, ...] = ("front", "left", "right", "back")  # kinds "body_<view>"
     expressions: tuple[str, ...] = ("neutral", "happy", "sad", "surprised", "angry")  # kinds "expr_<name>"
     reference_time_gap: int = 8  # RoPE time between reference types; > the number of sub-types of any type
+    # --- latent frame rate: a DiT "frame" (chunk, audio windows, RoPE time, motion track) is a latent frame ---
+    t_down: int = 1  # video frames per latent frame: the codec's temporal compression (1 per-frame VAE, 4 as Wan)
     # --- streaming (Online model) ---
     attention: str = "bidirectional"  # default mask: "bidirectional" (Base) or "block_causal" (Online)
     frames_per_chunk: int = 4  # latent frames per chunk (the Online model's unit of generation)
@@ -92,8 +99,11 @@ class DiTConfig:
             raise ConfigError("reference_patch_size must be a multiple of patch_size")
         if self.reference_time_gap <= max(len(self.body_views), len(self.expressions)):
             raise ConfigError("reference_time_gap must exceed the number of body views and of expressions")
-        if self.mel.steps_per_frame % self.audio_tokens_per_frame:
-            raise ConfigError("mel.steps_per_frame must be divisible by audio_tokens_per_frame")
+        if self.t_down < 1:
+            raise ConfigError(f"t_down must be >= 1, got {self.t_down}")
+        if self.mel_steps_per_frame % self.audio_tokens_per_frame:
+            raise ConfigError(f"mel steps per latent frame ({self.mel.steps_per_frame} x t_down {self.t_down}) must be "
+                              f"divisible by audio_tokens_per_frame {self.audio_tokens_per_frame}")
         if not 0 <= self.motion_dropout <= 1:
             raise ConfigError(f"motion_dropout must be in [0, 1], got {self.motion_dropout}")
         unknown = [c for c in self.motion_channels if c not in TRACK_SCALE]
@@ -101,6 +111,12 @@ class DiTConfig:
             raise ConfigError(f"unknown motion_channels {unknown}; known: {', '.join(TRACK_SCALE)}")
         if self.sink_chunks < 0 or self.window_chunks < 1:
             raise ConfigError("sink_chunks must be >= 0 and window_chunks >= 1")
+        unknown = [k for k in self.reaction_kinds if k not in REACTION_KINDS]
+        if unknown:
+            raise ConfigError(f"unknown reaction_kinds {unknown}; known: {', '.join(REACTION_KINDS)}")
+        if self.reaction_frames < 1 or self.reaction_window < 1:
+            raise ConfigError(f"reaction_frames and reaction_window must be >= 1, got {self.reaction_frames}, "
+                              f"{self.reaction_window}")
 
     # ---- derived sizes ----
     @property
@@ -161,7 +177,21 @@ class DiTConfig:
     @property
     def speech_history_frames(self) -> int:
         """Frames of audio before a frame that the motion track's prediction reads (0 without a track)."""
-        return speech_history(self.speech_dilations) if self.motion_channels else 0
+        if not self.motion_channels:
+            return 0
+        if self.reaction_kinds:
+            return speech_history(self.speech_dilations, self.reaction_frames, self.reaction_window)
+        return speech_history(self.speech_dilations)
+
+    @property
+    def mel_steps_per_frame(self) -> int:
+        """Mel steps per latent frame: what the audio encoder and the speech network read per DiT frame."""
+        return self.mel.steps_per_frame * self.t_down
+
+    @property
+    def video_frames_per_chunk(self) -> int:
+        """Video frames a chunk decodes to (and the Session's unit): ``frames_per_chunk * t_down``."""
+        return self.frames_per_chunk * self.t_down
 
     @property
     def max_time_chunks(self) -> int:
@@ -178,7 +208,8 @@ TRACK_CHANNELS = ("jaw_open", "mouth_round", "mouth_wide", "blink_l", "blink_r",
 # ---- presets: plain functions, collected in one dict ----
 def tiny() -> DiTConfig:
     """CPU-trainable: 128x128, 4-frame chunks, about 10M parameters."""
-    return DiTConfig(motion_channels=TRACK_CHANNELS, motion_spatial=True)
+    return DiTConfig(motion_channels=TRACK_CHANNELS,
+        reaction_kinds=REACTION_KINDS, motion_spatial=True)
 
 
 def small() -> DiTConfig:
@@ -197,6 +228,7 @@ def small() -> DiTConfig:
         audio_layers=4,
         mel=MelConfig(n_mels=80),
         motion_channels=TRACK_CHANNELS,
+        reaction_kinds=REACTION_KINDS,
     )
 
 
@@ -219,6 +251,7 @@ def base() -> DiTConfig:
         mel=MelConfig(n_mels=80),
         reference_patch_size=4,
         motion_channels=TRACK_CHANNELS,
+        reaction_kinds=REACTION_KINDS,
         speech_dim=512,
     )
 
@@ -243,6 +276,7 @@ def lpm_17b() -> DiTConfig:
         mel=MelConfig(n_mels=80),
         reference_patch_size=4,
         motion_channels=TRACK_CHANNELS,
+        reaction_kinds=REACTION_KINDS,
         speech_dim=1024,
     )
 

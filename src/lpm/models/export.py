@@ -10,15 +10,17 @@ from.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lpm.config import to_dict
 from lpm.errors import LpmError
 from lpm.models.dit import CHECKPOINT_KIND
 from lpm.models.dit_config import stored_dit_config
-from lpm.models.motion_track import load_speech
+from lpm.models.motion_track import load_speech, speech_network, speech_reactions
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
 EXPORT_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -78,12 +80,16 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
     if speech is not None:
         if not cfg.motion_channels:
             raise LpmError(f"{source} has no motion track: a speech network has nothing to replace")
+        # The speech network brings its own listening reactions (onset head, templates) and their settings.
+        cfg = dataclasses.replace(cfg, **speech_reactions(speech))
         speech_state, speech_extra = load_speech(speech, cfg)
         prefix = "speech_motion."
-        own = {k[len(prefix):] for k in state if k.startswith(prefix)}
+        own = set(speech_network(cfg).state_dict())
         if own != set(speech_state):
             raise LpmError(f"{speech} holds {sorted(speech_state)}, the DiT's speech network {sorted(own)}")
+        state = {k: v for k, v in state.items() if not k.startswith(prefix)}
         state.update({prefix + k: v for k, v in speech_state.items()})
+        meta = {**meta, "config": to_dict(cfg)}
         extra["export"]["speech"] = {"path": str(speech), "val_r": speech_extra.get("val_r")}
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}

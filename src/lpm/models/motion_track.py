@@ -28,12 +28,16 @@ from torch import nn
 
 from lpm.config import to_dict
 from lpm.errors import LpmError
+from lpm.models.reactions import fire, place
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
 SPEECH_KERNEL = 3  # frames per causal convolution of the speech network (each block reaches back 2 * dilation)
 SPEECH_KIND = "speech_motion"  # checkpoint kind of a ``SpeechMotion`` (``lpm train speech``)
 # DiTConfig fields a speech network's weights depend on: a checkpoint fits a DiT that agrees on all of them.
 SPEECH_FIELDS = ("motion_channels", "speech_dim", "speech_dilations", "self_audio_lookahead_frames", "mel")
+# Fields the speech network alone defines (its listening reactions, ``lpm.models.reactions``): a speech checkpoint
+# carries them into the DiT it is exported into. A stored config without them means no reactions.
+REACTION_FIELDS: dict[str, Any] = {"reaction_kinds": (), "reaction_frames": 48, "reaction_window": 10}
 
 # Per-channel divisor from rig units to track units (angles in degrees: a nod is a few degrees).
 TRACK_SCALE: dict[str, float] = {
@@ -44,9 +48,11 @@ TRACK_SCALE: dict[str, float] = {
 }
 
 
-def speech_history(dilations: tuple[int, ...]) -> int:
-    """Frames of audio before a frame that ``SpeechMotion``'s prediction reads (its blocks' reaches summed)."""
-    return (SPEECH_KERNEL - 1) * sum(dilations)
+def speech_history(dilations: tuple[int, ...], reaction_frames: int = 0, reaction_window: int = 0) -> int:
+    """Frames of audio before a frame that ``SpeechMotion``'s prediction reads: its blocks' reaches summed, plus,
+    with reactions, the onsets a frame's reaction may have started at and the hazard window that fired them."""
+    reach = (SPEECH_KERNEL - 1) * sum(dilations)
+    return reach + (reaction_window + reaction_frames - 1 if reaction_frames else 0)
 
 
 def track_scale(channels: tuple[str, ...]) -> torch.Tensor:
@@ -96,30 +102,49 @@ class SpeechMotion(nn.Module):
         dim: width of the per-frame features.
         dilations: one causal block per entry (kernel ``SPEECH_KERNEL``); the reach back is ``speech_history``.
         lookahead: frames of own speech read ahead (the cross-attention's ``self_audio_lookahead_frames``).
+        reactions: listening reaction kinds with an onset head (``lpm.models.reactions``); () for none.
+        reaction_frames: length of each reaction's template (frames); reaction_window: frames of onset probability
+            summed to fire one.
     """
 
     def __init__(self, n_mels: int, steps_per_frame: int, channels: tuple[str, ...], dim: int,
-                 dilations: tuple[int, ...], lookahead: int) -> None:
+                 dilations: tuple[int, ...], lookahead: int, reactions: tuple[str, ...] = (),
+                 reaction_frames: int = 48, reaction_window: int = 10) -> None:
         super().__init__()
         self.channels, self.lookahead = tuple(channels), lookahead
+        self.reactions, self.reaction_frames, self.reaction_window = tuple(reactions), reaction_frames, reaction_window
         self.self_in = nn.Linear(steps_per_frame * n_mels, dim)
         self.partner_in = nn.Linear(steps_per_frame * n_mels, dim)
         self.blocks = nn.ModuleList(DilatedCausalBlock(dim, SPEECH_KERNEL, d) for d in dilations)
         self.norm = nn.LayerNorm(dim)
         self.out = nn.Linear(dim, len(channels))
+        if self.reactions:
+            self.onset = nn.Linear(dim, len(self.reactions))  # logits of "a reaction of this kind starts here"
+            # (R, L, P) event-triggered mean track after an onset, set from data by ``lpm train speech``.
+            self.register_buffer("templates", torch.zeros(len(self.reactions), reaction_frames, len(channels)))
 
     @property
     def history_frames(self) -> int:
         """Frames of audio before a frame that its prediction depends on."""
-        return sum(b.reach for b in self.blocks)  # = speech_history(dilations)
+        reach = sum(b.reach for b in self.blocks)
+        return reach + (self.reaction_window + self.reaction_frames - 1 if self.reactions else 0)
 
     def forward(self, mel_self: torch.Tensor, mel_partner: torch.Tensor) -> torch.Tensor:
         """Args:
             mel_self, mel_partner: ``(B, Fa, k, M)`` log-mel of the same frames.
         Returns:
             ``(B, Fa, P)`` track; frame ``f`` depends on own speech up to ``f + lookahead`` and partner speech up
-            to ``f``. The last ``lookahead`` frames see the own-speech features of the range's last frame.
+            to ``f``. The last ``lookahead`` frames see the own-speech features of the range's last frame. With
+            reactions, the regressed track plus a whole template at each onset the hazard fires.
         """
+        track, logits = self.heads(mel_self, mel_partner)
+        if logits is None:
+            return track
+        return track + place(fire(torch.sigmoid(logits), self.reaction_window), self.templates)
+
+    def heads(self, mel_self: torch.Tensor, mel_partner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The regressed track ``(B, Fa, P)`` (without reactions when the net has them) and the onset logits
+        ``(B, Fa, R)`` (None without reactions): what ``lpm train speech`` supervises."""
         b, fa = mel_self.shape[:2]
         s = self.self_in(mel_self.reshape(b, fa, -1))  # (B, Fa, D)
         if self.lookahead:
@@ -129,7 +154,8 @@ class SpeechMotion(nn.Module):
         x = s + self.partner_in(mel_partner.reshape(b, fa, -1))  # (B, Fa, D)
         for block in self.blocks:
             x = block(x)
-        return self.out(self.norm(x))  # (B, Fa, P)
+        h = self.norm(x)
+        return self.out(h), (self.onset(h) if self.reactions else None)  # (B, Fa, P), (B, Fa, R)
 
 
 class MotionEmbedder(nn.Module):
@@ -159,8 +185,30 @@ def load_speech(path: str | Path, dit_cfg: Any) -> tuple[dict[str, torch.Tensor]
     ``SPEECH_FIELDS`` (a clear error lists the differences)."""
     state, meta = load_checkpoint(path, kind=SPEECH_KIND)
     stored, mine = meta["config"], to_dict(dit_cfg)
+    stored = {**stored, **reaction_settings(stored)}
+    mine = {**mine, **reaction_settings(mine)}
     diff = [f"{k}: checkpoint {stored.get(k)!r} vs model {mine[k]!r}"
-            for k in SPEECH_FIELDS if stored.get(k) != mine[k]]
+            for k in (*SPEECH_FIELDS, *REACTION_FIELDS) if stored.get(k) != mine[k]]
     if diff:
         raise LpmError(f"{path}: the speech network was trained for another DiT: {'; '.join(diff)}")
     return state, meta.get("extra", {})
+
+
+def reaction_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """``REACTION_FIELDS`` of a stored DiT config (defaults where it predates them; kinds as a tuple)."""
+    out = {k: config.get(k, default) for k, default in REACTION_FIELDS.items()}
+    out["reaction_kinds"] = tuple(out["reaction_kinds"])
+    return out
+
+
+def speech_reactions(path: str | Path) -> dict[str, Any]:
+    """The reaction settings a speech checkpoint was trained with (what ``lpm export --speech`` carries over)."""
+    _, meta = load_checkpoint(path, kind=SPEECH_KIND)
+    return reaction_settings(meta["config"])
+
+
+def speech_network(cfg: Any) -> SpeechMotion:
+    """The ``SpeechMotion`` a DiT config (``DiTConfig``) builds."""
+    return SpeechMotion(cfg.mel.n_mels, cfg.mel.steps_per_frame, cfg.motion_channels, cfg.speech_dim,
+                        cfg.speech_dilations, cfg.self_audio_lookahead_frames, cfg.reaction_kinds,
+                        cfg.reaction_frames, cfg.reaction_window)

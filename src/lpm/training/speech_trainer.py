@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from lpm.audio.mel import LogMel
@@ -32,7 +33,8 @@ from lpm.config import ConfigError, load_config, to_dict
 from lpm.data.clip import read_clip, read_manifest
 from lpm.errors import LpmError
 from lpm.models.dit_config import DiTConfig, preset
-from lpm.models.motion_track import SpeechMotion, load_speech, save_speech, to_track
+from lpm.models.motion_track import SpeechMotion, load_speech, save_speech, speech_network, to_track
+from lpm.models.reactions import OnsetMatch, estimate_templates, fire, match_onsets, onset_targets, place
 from lpm.training.checkpoint import load_into, load_train_state, save_train_state
 from lpm.training.latent_cache import PARTNER_CHANNEL, SELF_CHANNEL, frame_mel, silent_mel
 
@@ -56,6 +58,9 @@ class SpeechTrainConfig:
     world_clips: int = 0
     world_seed: int = 1
     world_seconds: float = 8.0
+    # Weight of the reaction onsets' cross-entropy (per frame and kind; onsets are ~1 % of frames, so its mean is
+    # small beside the track's variance-normalised error).
+    onset_weight: float = 10.0
     threads: int = 0  # torch CPU threads (0 = torch's default)
     seed: int = 0
 
@@ -66,11 +71,17 @@ class SpeechTrainConfig:
 
 @dataclass
 class SpeechClip:
-    """One clip's inputs and target: ``mel (2, F, k, M)`` (own, partner) and ``track (F, P)``."""
+    """One clip's inputs and targets: ``mel (2, F, k, M)`` (own, partner), ``track (F, P)`` and the listening
+    reactions' ``onsets (F, R)`` (``lpm.models.reactions.onset_targets``; R = 0 without reactions)."""
 
     id: str
     mel: torch.Tensor
     track: torch.Tensor
+    onsets: torch.Tensor
+
+
+def _events(events: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    return [(str(e["type"]), int(e["frame"])) for e in events]
 
 
 def load_speech_clips(data_dir: str | Path, split: str, dit: DiTConfig, limit: int = 0) -> list[SpeechClip]:
@@ -84,8 +95,10 @@ def load_speech_clips(data_dir: str | Path, split: str, dit: DiTConfig, limit: i
         clip = read_clip(Path(data_dir) / row["path"], load_video=False)
         if clip.motion is None:
             continue
-        mel = frame_mel(log_mel, clip.audio[[SELF_CHANNEL, PARTNER_CHANNEL]], clip.motion.shape[0])
-        out.append(SpeechClip(clip.meta.id, mel, to_track(clip.motion, clip.motion_names, dit.motion_channels)))
+        n = clip.motion.shape[0]
+        mel = frame_mel(log_mel, clip.audio[[SELF_CHANNEL, PARTNER_CHANNEL]], n)
+        out.append(SpeechClip(clip.meta.id, mel, to_track(clip.motion, clip.motion_names, dit.motion_channels),
+                              onset_targets(_events(clip.meta.events), dit.reaction_kinds, n)))
     return out
 
 
@@ -100,16 +113,18 @@ def world_speech_clips(count: int, seed: int, seconds: float, dit: DiTConfig) ->
                      leave=False):
         clip = make_clip(spec)
         motion = torch.from_numpy(clip.performance.motion.astype(np.float32))  # (F, NUM_MOTION)
-        mel = frame_mel(log_mel, torch.from_numpy(clip.conversation.stereo()), motion.shape[0])  # (2, F, k, M)
-        out.append(SpeechClip(spec.clip_id, mel, to_track(motion, MOTION_NAMES, dit.motion_channels)))
+        n = motion.shape[0]
+        mel = frame_mel(log_mel, torch.from_numpy(clip.conversation.stereo()), n)  # (2, F, k, M)
+        out.append(SpeechClip(spec.clip_id, mel, to_track(motion, MOTION_NAMES, dit.motion_channels),
+                              onset_targets(_events(clip.performance.events), dit.reaction_kinds, n)))
     return out
 
 
 def window_batch(clips: list[SpeechClip], rng: np.random.Generator, size: int, frames: int, before: int,
-                 after: int, silent: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``size`` random windows: mel ``(2, B, before + F + after, k, M)`` (silence outside the clip) and the
-    target track ``(B, F, P)``."""
-    mels, tracks = [], []
+                 after: int, silent: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``size`` random windows: mel ``(2, B, before + F + after, k, M)`` (silence outside the clip), the
+    target track ``(B, F, P)`` and onsets ``(B, F, R)``."""
+    mels, tracks, onsets = [], [], []
     for _ in range(size):
         clip = clips[int(rng.integers(len(clips)))]
         n = clip.track.shape[0]
@@ -119,10 +134,11 @@ def window_batch(clips: list[SpeechClip], rng: np.random.Generator, size: int, f
         inside = (idx >= 0) & (idx < n)
         mel = clip.mel[:, idx.clamp(0, n - 1)].clone()  # (2, Fa, k, M)
         mel[:, ~inside] = silent
-        track = clip.track[torch.arange(start, start + frames).clamp(max=n - 1)]
+        frame_idx = torch.arange(start, start + frames).clamp(max=n - 1)
         mels.append(mel)
-        tracks.append(track)
-    return torch.stack(mels, 1), torch.stack(tracks)
+        tracks.append(clip.track[frame_idx])
+        onsets.append(clip.onsets[frame_idx])
+    return torch.stack(mels, 1), torch.stack(tracks), torch.stack(onsets)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -139,16 +155,25 @@ def evaluate(net: SpeechMotion, clips: list[SpeechClip], shuffle_self: bool = Fa
     ``shuffle_self`` gives every clip another clip's own voice: the r of the mouth channels must collapse, which
     validates that the figures measure the audio, not the channels' means."""
     net.eval()
-    preds, truths = [], []
+    preds, truths, match = [], [], OnsetMatch()
     for i, clip in enumerate(clips):
         mel_self = clips[(i + 1) % len(clips)].mel[0] if shuffle_self else clip.mel[0]
         n = min(mel_self.shape[0], clip.mel.shape[1])
-        preds.append(net(mel_self[None, :n], clip.mel[1][None, :n])[0])
+        track, logits = net.heads(mel_self[None, :n], clip.mel[1][None, :n])
+        if logits is not None:
+            fired = fire(torch.sigmoid(logits), net.reaction_window)  # (1, n, R)
+            track = track + place(fired, net.templates)
+            match = match + match_onsets(fired[0], clip.onsets[:n])
+        preds.append(track[0])
         truths.append(clip.track[:n])
     pred, truth = torch.cat(preds), torch.cat(truths)  # (N, P)
     net.train()
     r = {c: pearson(pred[:, j], truth[:, j]) for j, c in enumerate(net.channels)}
-    return {"r": r, "mse": float((pred - truth).square().mean())}
+    out = {"r": r, "mse": float((pred - truth).square().mean())}
+    if net.reactions:
+        out["reactions"] = {"f1": match.f1, "true": match.true, "fired": match.fired, "hits": match.hits,
+                            "delay_frames_mean": match.mean_delay}
+    return out
 
 
 def load_speech_into(speech_motion: torch.nn.Module, path: str | Path, dit: DiTConfig) -> dict[str, Any]:
@@ -188,8 +213,16 @@ class SpeechTrainer:
         if not train:
             raise LpmError(f"{self.data_dir}: no train clips with motion.npz (world clips) to learn from")
         torch.manual_seed(cfg.seed)
-        net = SpeechMotion(dit.mel.n_mels, dit.mel.steps_per_frame, dit.motion_channels, dit.speech_dim,
-                           dit.speech_dilations, dit.self_audio_lookahead_frames)
+        net = speech_network(dit)
+        if net.reactions:
+            # The reactions' shapes from the data; the regression then learns the track without them.
+            net.templates.copy_(estimate_templates([c.track for c in train], [c.onsets for c in train],
+                                                   dit.reaction_frames))
+            for c in train:
+                c.track = c.track - place(c.onsets[None], net.templates)[0]
+            counts = torch.cat([c.onsets for c in train]).sum(0)
+            print("reaction onsets in train: " + ", ".join(f"{k} {int(v)}" for k, v in zip(net.reactions, counts)),
+                  flush=True)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         # Each channel's error in units of its variance, so small channels (nods, brows) count as much as the jaw.
         all_tracks = torch.cat([c.track for c in train])
@@ -210,9 +243,13 @@ class SpeechTrainer:
         while step < cfg.steps:
             step += 1
             rng = np.random.default_rng([cfg.seed, step])
-            mel, target = window_batch(train, rng, cfg.batch, cfg.frames, before, after, silent)
-            pred = net(mel[0], mel[1])[:, before:before + cfg.frames]  # (B, F, P)
+            mel, target, onsets = window_batch(train, rng, cfg.batch, cfg.frames, before, after, silent)
+            pred, logits = net.heads(mel[0], mel[1])
+            pred = pred[:, before:before + cfg.frames]  # (B, F, P)
             loss = ((pred - target).square() * inv_var).mean()
+            if logits is not None:  # the onset hazard: a per-frame cross-entropy (its sums must be probabilities)
+                logits = logits[:, before:before + cfg.frames]  # (B, F, R)
+                loss = loss + cfg.onset_weight * F.binary_cross_entropy_with_logits(logits, onsets)
             for g in opt.param_groups:
                 g["lr"] = self.lr_at(step)
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,144 @@
+"""Listening reactions as events: when to react (a learned onset hazard) and what a reaction looks like (a template).
+
+Why: a listener's nod follows the partner's phrase end after a delay that varies (the world draws it from 0.2-0.6 s),
+so a regression of the head-pitch track from audio learns the *average* over delays: a shallow smear that no reader
+sees as a nod (the shipped speech network's track: 0 of 16 held-out reactions found by the bench's event rules,
+while the true motion gives 14). A performer does not nod on average; it nods once, at one moment. So the speech
+network also predicts, per frame and per reaction kind, the probability that a reaction *starts* there (trained
+with a per-frame cross-entropy against the true onsets), and the track gets a whole reaction where that
+probability, summed over the last ``window`` frames, first reaches one half: the onset the evidence makes most
+likely. Each kind's shape (``templates``) is the event-triggered mean of the true track after onsets, measured on
+the training data. The regression head then learns the track *without* the reactions (the target minus the
+placed templates), so nothing is counted twice.
+
+Everything here is causal and stateless: a frame's reactions depend on the hazard of the ``window + frames - 1``
+frames before it, so a streamed chunk gets the same track as the whole clip (given that much audio history).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+# The world's listening reactions (``lpm.world.controller``) and the bench's reaction types share these names.
+REACTION_KINDS: tuple[str, ...] = ("nod", "brow_raise", "head_tilt", "smile")
+FIRE_LEVEL = 0.5  # a reaction starts where the windowed onset probability first reaches this
+
+
+def onset_targets(events: list[tuple[str, int]], kinds: tuple[str, ...], num_frames: int) -> torch.Tensor:
+    """``(F, R)`` 0/1: 1 at each onset frame of each reaction kind (other event types are ignored).
+
+    Args:
+        events: ``(type, onset frame)`` pairs, e.g. from a clip's ``meta.json`` events.
+    """
+    out = torch.zeros(num_frames, len(kinds))
+    for kind, frame in events:
+        if kind in kinds and 0 <= frame < num_frames:
+            out[frame, kinds.index(kind)] = 1.0
+    return out
+
+
+def fire(hazard: torch.Tensor, window: int, level: float = FIRE_LEVEL) -> torch.Tensor:
+    """Onsets from per-frame onset probabilities: where the sum over the last ``window`` frames crosses ``level``.
+
+    Args:
+        hazard: ``(B, F, R)`` probabilities in [0, 1].
+    Returns:
+        ``(B, F, R)`` 0/1 (``hazard``'s dtype). Frame ``f`` depends on ``hazard[:, f - window : f + 1]`` only.
+    """
+    h = hazard.transpose(1, 2)  # (B, R, F)
+    s = F.avg_pool1d(F.pad(h, (window, 0)), window, stride=1) * window  # (B, R, F + 1): s[..., j] sums j-window..j-1
+    now, before = s[..., 1:], s[..., :-1]
+    return ((now >= level) & (before < level)).to(hazard.dtype).transpose(1, 2)
+
+
+def place(onsets: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
+    """Each onset's template added from its frame on: ``out[f] = sum_r sum_j onsets[f - j, r] * templates[r, j]``.
+
+    Args:
+        onsets: ``(B, F, R)``; templates: ``(R, L, P)``.
+    Returns:
+        ``(B, F, P)`` (causal: frame ``f`` depends on onsets of frames ``f - L + 1 .. f``).
+    """
+    r, length, p = templates.shape
+    weight = templates.flip(1).permute(2, 0, 1).to(onsets.dtype)  # (P, R, L): conv1d correlates, so flip time
+    x = F.pad(onsets.transpose(1, 2), (length - 1, 0))  # (B, R, L - 1 + F)
+    return F.conv1d(x, weight).transpose(1, 2)  # (B, F, P)
+
+
+def estimate_templates(tracks: list[torch.Tensor], onsets: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Each kind's mean departure of the track over the ``length`` frames from an onset, from the frame before it.
+
+    A kind whose reactions go either way (a head tilt left or right) is sign-aligned on its strongest channel
+    first and keeps its majority sign, so the mean is a tilt and not zero. A kind with no onset gets zeros.
+
+    Args:
+        tracks: per clip ``(F, P)``; onsets: per clip ``(F, R)`` from ``onset_targets``.
+    Returns:
+        ``(R, L, P)``.
+    """
+    num_kinds, num_channels = onsets[0].shape[1], tracks[0].shape[1]
+    per_kind: list[list[torch.Tensor]] = [[] for _ in range(num_kinds)]
+    for track, on in zip(tracks, onsets):
+        n = track.shape[0]
+        for frame, kind in on.nonzero().tolist():
+            if frame < 1 or frame + length > n:
+                continue  # a reaction cut by the clip's edge would bias the mean toward zero
+            per_kind[kind].append(track[frame:frame + length] - track[frame - 1])  # (L, P)
+    out = torch.zeros(num_kinds, length, num_channels)
+    for k, deps in enumerate(per_kind):
+        if not deps:
+            continue
+        d = torch.stack(deps)  # (E, L, P)
+        main = int(d.abs().sum(1).mean(0).argmax())
+        sign = torch.sign(d[:, :, main].sum(1))
+        sign[sign == 0] = 1.0
+        majority = 1.0 if sign.sum() >= 0 else -1.0
+        out[k] = (d * (sign * majority)[:, None, None]).mean(0)
+    return out
+
+
+# A fired onset counts as the true one of its kind within this many frames (the bench's event tolerance).
+ONSET_TOLERANCE_FRAMES = 8
+
+
+@dataclass
+class OnsetMatch:
+    """Fired onsets matched one-to-one to true ones (per kind, within ``ONSET_TOLERANCE_FRAMES``)."""
+
+    true: int = 0
+    fired: int = 0
+    hits: int = 0
+    delay_sum: float = 0.0  # sum of (fired - true) frames over hits
+
+    def __add__(self, other: OnsetMatch) -> OnsetMatch:
+        return OnsetMatch(self.true + other.true, self.fired + other.fired, self.hits + other.hits,
+                          self.delay_sum + other.delay_sum)
+
+    @property
+    def f1(self) -> float:
+        d = self.true + self.fired
+        return 2 * self.hits / d if d else float("nan")
+
+    @property
+    def mean_delay(self) -> float:
+        return self.delay_sum / self.hits if self.hits else float("nan")
+
+
+def match_onsets(fired: torch.Tensor, true: torch.Tensor, tolerance: int = ONSET_TOLERANCE_FRAMES) -> OnsetMatch:
+    """Greedy matching, closest pairs first, of ``fired`` and ``true`` onsets ``(F, R)`` of one clip."""
+    out = OnsetMatch(true=int(true.sum()), fired=int(fired.sum()))
+    for k in range(true.shape[1]):
+        t = true[:, k].nonzero().flatten().tolist()
+        f = fired[:, k].nonzero().flatten().tolist()
+        pairs = sorted((abs(a - b), a, b) for a in t for b in f if abs(a - b) <= tolerance)
+        used_t, used_f = set(), set()
+        for _, a, b in pairs:
+            if a not in used_t and b not in used_f:
+                used_t.add(a)
+                used_f.add(b)
+                out.hits += 1
+                out.delay_sum += b - a
+    return out
