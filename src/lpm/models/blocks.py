@@ -59,6 +59,16 @@ class CrossInputs:
     window_partner: AudioWindow  # for the odd blocks
 
 
+@dataclass
+class CrossMemory:
+    """One block's cross-attention keys/values for a forward's frames (``WindowedCrossAttention.memory``)."""
+
+    k: torch.Tensor  # (B*F, H, Lk, d): caption keys then the frame's audio-window keys
+    v: torch.Tensor  # (B*F, H, Lk, d)
+    mask: torch.Tensor  # (B*F, 1, 1, Lk) bool, True = attend
+    text_length: int  # L: the first L keys are the caption's
+
+
 class SelfAttention(nn.Module):
     """Q/K/V/O projections with RMS qk-norm; the attention pattern itself is supplied by the caller."""
 
@@ -96,24 +106,24 @@ class WindowedCrossAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
         self.norm_k = nn.RMSNorm(dim, eps=eps) if qk_norm else nn.Identity()
 
-    def forward(
+    def memory(
         self,
-        x: torch.Tensor,
         text: torch.Tensor,
         text_mask: torch.Tensor,
         audio: torch.Tensor,
         window: AudioWindow,
-    ) -> torch.Tensor:
-        """Args:
-            x: ``(B, F, N, D)`` video tokens. text: ``(B, L, D)``. text_mask: ``(B, L)``.
-            audio: ``(B, Fa, A, Da)``. window: this block's ``AudioWindow`` over the F frames.
-        Returns:
-            ``(B, F, N, D)``.
+    ) -> CrossMemory:
+        """Keys, values and mask of every frame's ``[caption | audio window]``: they depend on the conditioning
+        only, so a chunk computes them once for all its denoising steps (``DiT.prepare_chunk``).
+
+        Args:
+            text: ``(B, L, D)``. text_mask: ``(B, L)``. audio: ``(B, Fa, A, Da)``.
+            window: this block's ``AudioWindow`` over the F query frames.
         """
-        b, f, n, d = x.shape
+        b, d = text.shape[0], text.shape[2]
+        f, wn = window.index.shape
         h = self.num_heads
         a = audio.shape[2]
-        wn = window.index.shape[1]
         ka = self.audio_k(audio)[:, window.index] + self.audio_offset[:, None]  # (B, F, Wn, A, D)
         va = self.audio_v(audio)[:, window.index]  # (B, F, Wn, A, D)
         kt, vt = self.text_k(text), self.text_v(text)  # (B, L, D)
@@ -123,7 +133,6 @@ class WindowedCrossAttention(nn.Module):
         )  # (B, F, Lk, D)
         v = torch.cat([vt[:, None].expand(b, f, length, d), va.reshape(b, f, wn * a, d)], dim=2)
         k = self.norm_k(k)
-        q = self.norm_q(self.q(x))
         mask = torch.cat(
             [
                 text_mask[:, None].expand(b, f, length),
@@ -131,10 +140,33 @@ class WindowedCrossAttention(nn.Module):
             ],
             dim=2,
         )
-        q = q.reshape(b * f, n, h, -1).transpose(1, 2)  # (B*F, H, N, d)
         k = k.reshape(b * f, -1, h, d // h).transpose(1, 2)  # (B*F, H, Lk, d)
         v = v.reshape(b * f, -1, h, d // h).transpose(1, 2)
-        mask = mask.reshape(b * f, 1, 1, -1)
+        return CrossMemory(k, v, mask.reshape(b * f, 1, 1, -1), length)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        audio: torch.Tensor | None = None,
+        window: AudioWindow | None = None,
+        memory: CrossMemory | None = None,
+    ) -> torch.Tensor:
+        """Args:
+            x: ``(B, F, N, D)`` video tokens. text: ``(B, L, D)``. text_mask: ``(B, L)``.
+            audio: ``(B, Fa, A, Da)``. window: this block's ``AudioWindow`` over the F frames.
+            memory: ``self.memory(text, text_mask, audio, window)`` computed beforehand (then the rest is unused).
+        Returns:
+            ``(B, F, N, D)``.
+        """
+        b, f, n, d = x.shape
+        h = self.num_heads
+        if memory is None:
+            memory = self.memory(text, text_mask, audio, window)
+        k, v, mask, length = memory.k, memory.v, memory.mask, memory.text_length
+        q = self.norm_q(self.q(x))
+        q = q.reshape(b * f, n, h, -1).transpose(1, 2)  # (B*F, H, N, d)
         if not self.separate:  # one softmax over [caption | audio window]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B*F, H, N, d)
         else:  # a softmax each, summed; a group with no valid key (e.g. audio off the clip) adds nothing
@@ -177,6 +209,12 @@ class DiTBlock(nn.Module):
         # instead of DiT's 6 D^2 per block: 6.3B parameters saved at 17B scale).
         self.modulation = nn.Parameter(torch.randn(6, d) / d**0.5)
 
+    def cross_memory(self, cross: CrossInputs) -> CrossMemory:
+        """This block's cross-attention keys/values: own speech (even blocks) or the partner's (odd)."""
+        window = cross.window_partner if self.partner else cross.window_self
+        audio = cross.audio_partner if self.partner else cross.audio_self
+        return self.cross_attn.memory(cross.text, cross.text_mask, audio, window)
+
     def forward(
         self,
         x: torch.Tensor | None,
@@ -185,6 +223,7 @@ class DiTBlock(nn.Module):
         e_ref: torch.Tensor | None,
         attention: Callable,
         cross: CrossInputs | None,
+        cross_memory: CrossMemory | None = None,
     ):
         """Args:
             x: ``(B, F, N, D)`` video tokens or None (reference prefill).
@@ -193,6 +232,7 @@ class DiTBlock(nn.Module):
             e_ref: ``(B, 1, 6, D)`` modulation at the reference time.
             attention: ``(q, k, v) -> o``, all ``(B, H, N, d)``; the plan of this forward (mask, cache, RoPE).
             cross: cross-attention inputs (needed when ``x`` is given).
+            cross_memory: ``self.cross_memory(cross)`` computed beforehand (a chunk's steps share it).
         Returns:
             ``(x, x_ref, (k, v))`` with this forward's un-rotated keys/values ``(B, H, R + F*N, d)``.
         """
@@ -214,8 +254,6 @@ class DiTBlock(nn.Module):
             x_ref = x_ref + m[5] * self.mlp(modulate(self.norm3(x_ref), m[3], m[4]))
         if x is not None:
             x = x + m_vid[2] * o[:, r:].reshape(b, f, n, d)
-            window = cross.window_partner if self.partner else cross.window_self
-            audio = cross.audio_partner if self.partner else cross.audio_self
-            x = x + self.cross_attn(self.norm2(x), cross.text, cross.text_mask, audio, window)
+            x = x + self.cross_attn(self.norm2(x), memory=cross_memory or self.cross_memory(cross))
             x = x + m_vid[5] * self.mlp(modulate(self.norm3(x), m_vid[3], m_vid[4]))
         return x, x_ref, (k, v)

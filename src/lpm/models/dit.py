@@ -29,6 +29,7 @@ from lpm.audio.encoder import PARTNER_STREAM, SELF_STREAM, AudioEncoder
 from lpm.config import to_dict
 from lpm.models.attention import attend, plan_chunk, plan_full, plan_references
 from lpm.models.blocks import CrossInputs, DiTBlock, audio_window
+from lpm.models.chunk_context import ChunkContext
 from lpm.models.conditioning import (
     Conditioning,
     PoseEmbedder,
@@ -238,6 +239,20 @@ class DiT(nn.Module):
             kvs.append(kv)
         cache.set_references(kvs, positions)
 
+    @torch.no_grad()
+    def prepare_chunk(self, cond: Conditioning, cache: KVCache) -> ChunkContext:
+        """What every forward of the next chunk (``cache.chunks_seen``) shares: its rotated cache, cross-attention
+        keys/values, audio tokens and motion track (``lpm.models.chunk_context``). Pass it as ``context`` to
+        each of the chunk's forwards, the commit included; the result equals forwards without it."""
+        cfg, device = self.cfg, self.patch_embed.weight.device
+        if not cache.is_prefilled:
+            self.prefill(cache, cond.references)
+        first_frame, f = cache.chunks_seen * cfg.frames_per_chunk, cfg.frames_per_chunk
+        groups, num_slots = plan_chunk(cfg, self.rope, cache, device)
+        cross = self._cross_inputs(cond, first_frame, f)
+        memory = [block.cross_memory(cross) for block in self.blocks]
+        return ChunkContext.build(cache, groups[0], num_slots, cross, memory, self._motion(cond, first_frame, f))
+
     # ---- the forward ----
     def forward(
         self,
@@ -247,6 +262,7 @@ class DiT(nn.Module):
         cache: KVCache | None = None,
         update_cache: bool = False,
         mode: str | None = None,
+        context: ChunkContext | None = None,
     ) -> torch.Tensor:
         """Predict the flow-matching target for ``x_t``.
 
@@ -258,6 +274,8 @@ class DiT(nn.Module):
             update_cache: store this chunk's keys/values (call it on the clean chunk) and advance.
             mode: ``bidirectional`` or ``block_causal``; default ``cfg.attention``; a cache implies
                 block-causal.
+            context: ``prepare_chunk(cond, cache)`` of this chunk (cached forwards only): its shared parts
+                are taken from there instead of recomputed; ``cond``'s audio and text are then not read.
         Returns:
             ``(B, F, C, h, w)``.
         """
@@ -273,7 +291,10 @@ class DiT(nn.Module):
         if cond.pose is not None:
             x = x + self.pose_embed(cond.pose)[:, :, None]
         first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk
-        motion = self._motion(cond, first_frame, f)
+        if context is not None and (cache is None or context.chunk != cache.chunks_seen):
+            raise ValueError(f"the chunk context was prepared for chunk {context.chunk}, this forward is "
+                             f"{'uncached' if cache is None else f'chunk {cache.chunks_seen}'}")
+        motion = context.motion if context is not None else self._motion(cond, first_frame, f)
         motion_e = None
         if motion is not None:
             motion_e, motion_tokens = motion  # (B, F, D), (B, F, N, D) or None
@@ -294,11 +315,15 @@ class DiT(nn.Module):
             if not cache.is_prefilled:
                 self.prefill(cache, cond.references)
             x_ref = e_ref = None
-            groups, num_slots = plan_chunk(cfg, self.rope, cache, device)
-        cross = self._cross_inputs(cond, first_frame, f)
+            if context is None:
+                groups, num_slots = plan_chunk(cfg, self.rope, cache, device)
+        cross = context.cross if context is not None else self._cross_inputs(cond, first_frame, f)
         new_kv = []
         for layer, block in enumerate(self.blocks):
-            if cache is None:
+            memory = None
+            if context is not None:
+                attention, memory = context.attention(layer), context.cross_memory[layer]
+            elif cache is None:
 
                 def attention(q, k, v):
                     return attend(q, k, v, groups)
@@ -310,7 +335,7 @@ class DiT(nn.Module):
                     v_all = torch.cat([*(t.to(v.dtype) for t in pv), v], 2)
                     return attend(q, k_all, v_all, groups)
 
-            x, x_ref, kv = block(x, e6, x_ref, e_ref, attention, cross)
+            x, x_ref, kv = block(x, e6, x_ref, e_ref, attention, cross, memory)
             new_kv.append(kv)
         if cache is not None and update_cache:
             cache.commit(new_kv)

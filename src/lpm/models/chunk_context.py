@@ -1,0 +1,97 @@
+"""``ChunkContext``: what every forward of one streamed chunk shares, computed once per chunk.
+
+A cached Online chunk runs several forwards on the same conditioning and the same cache state: the denoising
+steps and the commit (CausVid / Self-Forcing). Of each forward, only the latents and the flow time change;
+everything else is the same every time:
+
+- the cached keys (references, sinks, the rolling window) rotated to this chunk's window-relative positions;
+  without a context every forward concatenates them with its own keys and rotates all of them again;
+- every block's cross-attention keys/values over the caption and the audio windows (``CrossMemory``);
+- the audio tokens, the caption projection and the predicted motion track.
+
+``DiT.prepare_chunk(cond, cache)`` builds it; ``DiT.forward(..., context=ctx)`` uses it and equals the forward
+without it (same operations on the same inputs: tested in ``tests/test_kv_cache.py``). A context belongs to
+chunk ``cache.chunks_seen`` at the time it was made; after a commit it is stale and refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from lpm.models.attention import AttentionGroup
+from lpm.models.blocks import CrossInputs, CrossMemory
+from lpm.models.kv_cache import KVCache
+from lpm.models.rope import apply_rope
+
+
+@dataclass
+class ChunkContext:
+    """The shared part of one chunk's forwards (build with ``ChunkContext.build``).
+
+    Attributes:
+        chunk: the chunk it belongs to (``cache.chunks_seen`` when built).
+        motion: the motion track's embeddings ``((B, F, D), (B, F, N, D) or None)``, or None without a track.
+        cross: the forward's cross-attention inputs (audio tokens, projected caption, windows).
+        cross_memory: per block, its cross-attention keys/values.
+        q_rope: ``(cos, sin)`` each ``(Nc, d/2)``: the chunk's query positions.
+        tail_rope: ``(cos, sin)`` each ``(Nc, d/2)``: the chunk's own key positions.
+        keys, values: per layer ``(B, H, P + Nc, d)``: the ``P`` cached keys already rotated (values as they
+            are), then room for the forward's own ``Nc`` keys/values, overwritten by every forward.
+        prefix_tokens: ``P`` = references + visible cached chunks.
+    """
+
+    chunk: int
+    motion: tuple[torch.Tensor, torch.Tensor | None] | None
+    cross: CrossInputs
+    cross_memory: list[CrossMemory]
+    q_rope: tuple[torch.Tensor, torch.Tensor]
+    tail_rope: tuple[torch.Tensor, torch.Tensor]
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    prefix_tokens: int
+
+    @classmethod
+    def build(cls, cache: KVCache, group: AttentionGroup, num_slots: int, cross: CrossInputs,
+              cross_memory: list[CrossMemory],
+              motion: tuple[torch.Tensor, torch.Tensor | None] | None) -> ChunkContext:
+        """Rotate the visible cache once (``group`` is ``plan_chunk``'s single group: keys
+        ``[references | num_slots chunks | the chunk]``) and keep the per-chunk inputs."""
+        if group.q_index is not None or group.k_index is not None or group.mask is not None:
+            raise ValueError("a chunk context takes plan_chunk's single unmasked, ungathered group")
+        cos, sin = group.k_rope
+        keys, values = [], []
+        prefix = 0
+        for layer in range(cache.num_layers):
+            pk, pv = cache.prefix(layer, num_slots)  # [refs (B, H, R, d), slots (B, H, n*Nc, d)]
+            k = torch.cat(pk, dim=2)  # (B, H, P, d)
+            prefix = k.shape[2]
+            b, h, _, d = k.shape
+            tail = cos.shape[0] - prefix
+            k_all = k.new_empty(b, h, prefix + tail, d)
+            k_all[:, :, :prefix] = apply_rope(k, cos[:prefix], sin[:prefix])
+            v_all = k.new_empty(b, h, prefix + tail, d)
+            v_all[:, :, :prefix] = torch.cat(pv, dim=2)
+            keys.append(k_all)
+            values.append(v_all)
+        return cls(cache.chunks_seen, motion, cross, cross_memory, group.q_rope,
+                   (cos[prefix:], sin[prefix:]), keys, values, prefix)
+
+    def attention(self, layer: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Layer ``layer``'s attention ``(q, k, v) -> o``, all ``(B, H, Nc, d)``: the chunk's rotated keys go
+        after the rotated cache (what ``attention.attend`` computes for the plan's group, without redoing the
+        cache's part)."""
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            if self.keys[layer].dtype != k.dtype:  # e.g. a bf16 autocast forward over an fp32 cache: once
+                self.keys[layer] = self.keys[layer].to(k.dtype)
+                self.values[layer] = self.values[layer].to(v.dtype)
+            k_all, v_all, p = self.keys[layer], self.values[layer], self.prefix_tokens
+            k_all[:, :, p:] = apply_rope(k, *self.tail_rope)
+            v_all[:, :, p:] = v
+            return F.scaled_dot_product_attention(apply_rope(q, *self.q_rope), k_all, v_all)  # (B, H, Nc, d)
+
+        return attend

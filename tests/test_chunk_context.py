@@ -1,0 +1,61 @@
+"""``DiT.prepare_chunk``: a chunk's forwards with the shared context (rotated cache, cross-attention keys/values,
+audio tokens, motion track computed once) equal the forwards without it, steps and commit, past eviction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lpm.models import KVCache
+from tests.test_dit import make_inputs, make_model, micro
+
+
+def chunk_cond(model, cond, c):
+    fc = model.cfg.frames_per_chunk
+    start, end = model.audio_frame_range(c * fc, fc)
+    return dataclasses.replace(cond, audio_self=cond.audio_self[:, start:end],
+                               audio_partner=cond.audio_partner[:, start:end], audio_start_frame=start,
+                               pose=cond.pose[:, c * fc:(c + 1) * fc])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_context_forwards_equal_plain_forwards_past_eviction(dtype):
+    model = make_model(micro(), dtype)
+    x, t, cond = make_inputs(model, num_chunks=7, dtype=dtype)
+    fc = model.cfg.frames_per_chunk
+    plain, shared = KVCache.empty(model.cfg, 1, dtype=dtype), KVCache.empty(model.cfg, 1, dtype=dtype)
+    with torch.no_grad():
+        for c in range(7):  # S = 1, W = 2: chunks 4.. evict
+            chunk = chunk_cond(model, cond, c)
+            frames = x[:, c * fc:(c + 1) * fc]
+            context = model.prepare_chunk(chunk, shared)
+            for step, t_step in enumerate((1.0, 0.75, 0.3)):  # denoising steps read the cache
+                noisy = frames + step * 0.5
+                tt = torch.full((1,), t_step, dtype=dtype)
+                a = model(noisy, tt, chunk, cache=plain)
+                b = model(noisy, tt, chunk, cache=shared, context=context)
+                assert torch.equal(a, b), (c, step, (a - b).abs().max())
+            zero = torch.zeros(1, dtype=dtype)
+            a = model(frames, zero, chunk, cache=plain, update_cache=True)  # the commit
+            b = model(frames, zero, chunk, cache=shared, update_cache=True, context=context)
+            assert torch.equal(a, b)
+            for k_a, k_b in zip(plain.slot_k + plain.slot_v, shared.slot_k + shared.slot_v):
+                assert torch.equal(k_a, k_b)
+            with pytest.raises(ValueError, match="prepared for chunk"):  # stale after the commit
+                model(frames, zero, chunk, cache=shared, context=context)
+
+
+def test_cross_memory_equals_the_inline_cross_attention():
+    model = make_model(micro(), torch.float64)
+    x, t, cond = make_inputs(model, num_chunks=1)
+    with torch.no_grad():
+        cross = model._cross_inputs(chunk_cond(model, cond, 0), 0, model.cfg.frames_per_chunk)
+        tokens = torch.randn(1, model.cfg.frames_per_chunk, model.cfg.tokens_per_frame, model.cfg.dim,
+                             dtype=torch.float64)
+        for block in model.blocks:
+            window = cross.window_partner if block.partner else cross.window_self
+            audio = cross.audio_partner if block.partner else cross.audio_self
+            inline = block.cross_attn(tokens, cross.text, cross.text_mask, audio, window)
+            assert torch.equal(inline, block.cross_attn(tokens, memory=block.cross_memory(cross)))
