@@ -145,3 +145,19 @@ class LogMel(torch.nn.Module):
 def frames_for_samples(cfg: MelConfig, num_samples: int) -> int:
     """Complete video frames covered by ``num_samples`` PCM samples."""
     return math.floor(num_samples * cfg.fps / cfg.sample_rate)
+
+
+def per_latent_frame(mel: torch.Tensor, t_down: int) -> torch.Tensor:
+    """Group video frames' features by latent frame (a codec compressing ``t_down`` video frames into one).
+
+    Args:
+        mel: ``(B, F, k, M)`` features of ``F`` video frames, ``F`` a multiple of ``t_down``.
+        t_down: video frames per latent frame.
+    Returns:
+        ``(B, F / t_down, t_down * k, M)``: latent frame ``i`` holds the steps of video frames
+        ``i * t_down .. (i + 1) * t_down - 1`` in order, so grouping commutes with slicing at latent frames.
+    """
+    b, f, k, m = mel.shape
+    if f % t_down:
+        raise ValueError(f"mel: {f} video frames are not a whole number of latent frames of {t_down}")
+    return mel.reshape(b, f // t_down, t_down * k, m)  # (B, F/t, t*k, M)

@@ -119,7 +119,7 @@ class OnlineChunkBench:
         shape = (1, fc, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
         latents = torch.randn(shape, device=device, dtype=weights)
         frames = max_chunks * fc + cfg.audio_lookahead_frames
-        mel = torch.randn(1, frames, cfg.mel.steps_per_frame, cfg.mel.n_mels, device=device, dtype=weights)
+        mel = torch.randn(1, frames, cfg.mel_steps_per_frame, cfg.mel.n_mels, device=device, dtype=weights)
         with _autocast(device, dtype):
             tokens, mask = model.encode_text([CAPTION])
         bench = cls(

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lpm.config import from_dict, to_dict
-from lpm.models.latent_codec import CodecError, LatentCodec, _check_latents, _check_video
+from lpm.models.codec_base import CodecError, LatentCodec, _check_latents, _check_video
 from lpm.training.checkpoint import load_checkpoint, load_into, save_checkpoint
 
 CHECKPOINT_KIND = "vae"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lpm.audio.mel import per_latent_frame
 from lpm.audio.stream import MelStream
 from lpm.config import from_dict
 from lpm.data.clip import image_to_tensor, tensor_to_image
@@ -168,12 +169,17 @@ class DiTEngine(Engine):
         mc = model.cfg
         if codec.latent_channels != mc.latent_channels:
             raise EngineError(f"codec has {codec.latent_channels} latent channels, the DiT {mc.latent_channels}")
+        if codec.t_down != mc.t_down:
+            raise EngineError(f"codec compresses {codec.t_down} video frames per latent frame, the DiT expects "
+                              f"t_down {mc.t_down}")
         if cfg.sampler is not None and cfg.sampler not in SAMPLERS:
             raise EngineError(f"unknown sampler {cfg.sampler!r}; known: {', '.join(SAMPLERS)}")
         self.model, self.codec = model.eval(), codec
         self.device = torch.device(cfg.device)
-        self.frames_per_chunk = mc.frames_per_chunk
-        self.lookahead_frames = mc.audio_lookahead_frames
+        # The Session's clock is in video frames; the model's in latent frames of ``t_down`` video frames each.
+        self.t_down = mc.t_down
+        self.frames_per_chunk = mc.video_frames_per_chunk
+        self.lookahead_frames = mc.audio_lookahead_frames * mc.t_down
         self.resolution = mc.latent_height * codec.downsample
         self.compute_budget_s = cfg.compute_budget_s
         flow = flow or FlowConfig()
@@ -201,7 +207,7 @@ class DiTEngine(Engine):
             self.refiner_time = trained if trained is not None else DEFAULT_REFINER_TIME
         # Audio features: enough history for the widest window, the encoder's and the speech network's receptive
         # fields, and a chunk.
-        history = model.audio_margin()[0]
+        history = model.audio_margin()[0] * mc.t_down
         capacity = history + 2 * self.frames_per_chunk + self.lookahead_frames
         self.mel = [MelStream(mc.mel, device=self.device) for _ in range(2)]
         self.features = [FeatureRing(capacity) for _ in range(2)]
@@ -249,6 +255,11 @@ class DiTEngine(Engine):
         for stream, ring, pcm in zip(self.mel, self.features, (chunk.self_pcm, chunk.partner_pcm)):
             ring.append(stream.push(torch.from_numpy(np.ascontiguousarray(pcm))[None].to(self.device)))
 
+    def _latent_mel(self, ring: FeatureRing, start: int, end: int) -> torch.Tensor:
+        """Video frames ``[start, end)`` of ``ring`` as ``(1, n, t_down * k, M)``, whole latent frames up to end."""
+        mel = ring.slice(start, end)  # (1, F, k, M)
+        return per_latent_frame(mel[:, mel.shape[1] % self.t_down:], self.t_down)
+
     # ---- stages ----
     def skip(self, chunk: ChunkInput) -> None:
         self._ingest(chunk)
@@ -257,14 +268,14 @@ class DiTEngine(Engine):
     def _generate(self, chunk: ChunkInput, timings: dict[str, float]) -> tuple[torch.Tensor, Conditioning]:
         start_time = time.perf_counter()
         self._ingest(chunk)
-        f = self.frames_per_chunk
+        f, t = self.model.cfg.frames_per_chunk, self.t_down  # latent frames per chunk, video frames per latent
         model_first = self.cache.chunks_seen * f
-        offset = chunk.first_frame - model_first
-        start, end = self.model.audio_frame_range(model_first, f)
+        offset = chunk.first_frame - model_first * t  # video frames (a whole number of chunks)
+        start, end = self.model.audio_frame_range(model_first, f)  # latent frames
         text_tokens, text_mask = self._text_for(chunk.text)
-        # The ring may have dropped frames below ``start + offset`` only when they precede the stream.
-        mel_self = self.features[0].slice(start + offset, end + offset)
-        mel_partner = self.features[1].slice(start + offset, end + offset)
+        # The ring may have dropped frames below ``start + offset`` only when they precede the stream; what it
+        # holds is cut to whole latent frames ending at ``end``.
+        mel_self, mel_partner = (self._latent_mel(ring, start * t + offset, end * t + offset) for ring in self.features)
         audio_start = end - mel_self.shape[1]
         cond = Conditioning(text_tokens, text_mask, mel_self, mel_partner, audio_start_frame=audio_start)
         timings["generate.features"] = (time.perf_counter() - start_time) * 1000
