@@ -40,6 +40,7 @@ from lpm.models.conditioning import Conditioning, References
 from lpm.models.dit import DiT, load_dit
 from lpm.models.kv_cache import KVCache
 from lpm.models.latent_codec import LatentCodec, load_codec
+from lpm.parallel.sequence_dit import SequenceParallelDiT
 from lpm.runtime.engines import Character, ChunkInput, Engine, EngineError, Stage
 from lpm.training.checkpoint import read_metadata
 from lpm.world.identity import sample_identity
@@ -214,7 +215,9 @@ class DiTEngine(Engine):
         self._text: str | None = None
         self._text_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
         self.references = self._encode_references(character)
-        self.cache = KVCache.empty(mc, 1, self.device)
+        # A sequence-parallel model caches only its rank's heads (lpm.parallel): it makes its own cache.
+        self.cache = model.empty_cache(1, self.device) if isinstance(model, SequenceParallelDiT) else \
+            KVCache.empty(mc, 1, self.device)
         model.prefill(self.cache, self.references)
         self.decode_state = None
 

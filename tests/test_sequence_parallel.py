@@ -1,0 +1,151 @@
+"""Sequence-parallel (Ulysses) DiT on 2 and 4 gloo CPU processes equals the single-process model: the uncached
+forwards (Online mask with references, bidirectional Base), the streamed forward through the KV cache past the
+window's eviction (float64, 1e-10), and a whole streaming ``Session`` with the refiner (its generator and refiner
+threads each on their own communicator) frame for frame."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from lpm.audio.mel import MelConfig
+from lpm.errors import LpmError
+from lpm.models import DiT, DiTConfig
+from lpm.models.vae import LpmVAE, VAEConfig
+from lpm.parallel import SequenceGroup, SequenceParallelDiT, init_sequence_group
+from lpm.parallel.ulysses import TokenShards
+from test_dit import NUM_CHUNKS, make_inputs, make_model, micro, stream
+
+TOL = 1e-10  # float64: the same maths, heads batched differently
+SR = 16000
+SESSION_CHUNKS = 7  # window 2, sink 1: chunks 3.. evict
+
+
+def parallel_cfg():
+    # 6x6 latents with 2x2 patches: 9 tokens per frame and 27 reference tokens, so both shards are padded on 2
+    # and on 4 ranks; 4 heads split over 2 or 4 ranks.
+    return micro(latent_height=6, latent_width=6, reference_patch_size=2, num_heads=4)
+
+
+def forwards(model) -> dict[str, torch.Tensor]:
+    x, t, cond = make_inputs(model.dit if isinstance(model, SequenceParallelDiT) else model)
+    with torch.no_grad():
+        return {
+            "online": model(x, t, cond),
+            "base": model(x, t, cond, mode="bidirectional"),
+            "streamed": stream_any(model, x, t, cond),
+        }
+
+
+def stream_any(model, x, t, cond) -> torch.Tensor:
+    """``test_dit.stream`` through the cache the model makes (this rank's heads for a parallel one)."""
+    if not isinstance(model, SequenceParallelDiT):
+        return stream(model, x, t, cond)
+    cfg, fc = model.cfg, model.cfg.frames_per_chunk
+    cache, outs = model.empty_cache(1, dtype=x.dtype), []
+    for c in range(x.shape[1] // fc):
+        frames = slice(c * fc, (c + 1) * fc)
+        start, end = model.audio_frame_range(c * fc, fc)
+        chunk = dataclasses.replace(cond, audio_self=cond.audio_self[:, start:end],
+                                    audio_partner=cond.audio_partner[:, start:end], audio_start_frame=start,
+                                    pose=cond.pose[:, frames])
+        outs.append(model(x[:, frames], t[:, frames], chunk, cache=cache, update_cache=True))
+    assert cache.chunks_seen == x.shape[1] // fc and cfg.num_heads // cache.slot_k[0].shape[1] > 1
+    return torch.cat(outs, dim=1)
+
+
+def session_parts():
+    torch.manual_seed(0)
+    cfg = DiTConfig(latent_height=8, latent_width=8, dim=64, num_blocks=2, num_heads=4, ffn_dim=128, text_dim=32,
+                    text_layers=1, text_heads=2, audio_dim=32, audio_layers=1, mel=MelConfig(n_mels=16),
+                    attention="block_causal", window_chunks=2)
+    model, codec = DiT(cfg).eval(), LpmVAE(VAEConfig(channels=(8, 8, 8), norm_groups=4)).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.head.linear.weight, std=0.5)  # a non-zero prediction
+    return model, codec
+
+
+def run_session(model, codec) -> np.ndarray:
+    from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
+    from lpm.runtime.engines import Character
+    from lpm.runtime.session import Session, SessionConfig
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    pcm = (rng.standard_normal(SR * SESSION_CHUNKS // 6) * 0.1).astype(np.float32)
+    engine = DiTEngine(model, codec, Character(images={"global": image}), DiTEngineConfig(refiner=True, seed=3))
+    with Session(engine, SessionConfig(realtime=False, vad="off")) as session:
+        session.push_self_audio(pcm, native=True)
+        session.push_partner_audio(pcm[::-1].copy(), native=True)
+        session.finish()
+        frames = [image for _, image in session.frames()]
+    return np.stack(frames)
+
+
+def _worker(rank: int, world: int, port: int, out: Path) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    group = init_sequence_group("cpu")
+    results = forwards(SequenceParallelDiT(make_model(parallel_cfg()), group))
+    model, codec = session_parts()
+    results["session"] = torch.from_numpy(run_session(SequenceParallelDiT(model, group), codec))
+    torch.distributed.destroy_process_group()
+    if rank == 0:
+        torch.save(results, out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def single():
+    torch.set_num_threads(1)
+    results = forwards(make_model(parallel_cfg()))
+    results["session"] = torch.from_numpy(run_session(*session_parts()))
+    return results
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_sequence_parallel_equals_single_process(world, single, tmp_path):
+    out = tmp_path / "parallel.pt"
+    mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+    got = torch.load(out)
+    assert NUM_CHUNKS > 1 + 2  # the streamed forward runs past the first eviction
+    for key in ("online", "base", "streamed"):
+        ref = single[key]
+        assert ref.abs().max() > 0
+        assert (got[key] - ref).abs().max() <= TOL * ref.abs().max(), key
+    assert (single["streamed"] - single["online"]).abs().max() <= TOL * single["online"].abs().max()
+    frames, ref = got["session"].numpy().astype(int), single["session"].numpy().astype(int)
+    assert frames.shape == ref.shape and len(ref) >= 4 * SESSION_CHUNKS - 4
+    assert np.abs(frames - ref).max() <= 1  # uint8 frames: fp32 round-off may move a value across a rounding edge
+
+
+def test_token_shards_order_is_a_permutation_of_the_real_tokens():
+    shards = TokenShards(world_size=3, ref_tokens=5, frames=2, frame_tokens=7)
+    order = shards.order()
+    assert shards.local_length == 2 + 2 * 3
+    assert len(order) == 5 + 2 * 7 and len(set(order.tolist())) == len(order)
+    # gather what each rank holds, as the all-to-all would, and read it back in canonical order
+    refs = torch.arange(5.0)[None, :, None]
+    video = 100 + torch.arange(14.0).reshape(1, 2, 7, 1)
+    local = [torch.cat([shards.shard_refs(refs, r), shards.shard_video(video, r).reshape(1, -1, 1)], 1)
+             for r in range(3)]
+    gathered = torch.cat(local, 1)[0, :, 0]
+    assert torch.equal(gathered[order], torch.cat([refs.reshape(-1), video.reshape(-1)]))
+
+
+def test_heads_must_divide_by_the_group():
+    with pytest.raises(LpmError, match="num_heads divisible by 3"):
+        SequenceParallelDiT(make_model(parallel_cfg()), SequenceGroup(rank=0, world_size=3))

@@ -1,0 +1,137 @@
+"""A staged pipeline across processes (gloo): the stages of simulated devices overlap, the links bound how far a
+fast stage runs ahead of a slow one, and a DiT engine's generator -> refiner -> decode on three ranks gives the
+frames of one process running the same stages in turn."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from lpm.errors import LpmError
+from lpm.parallel.stages import StagedPipeline
+from test_sequence_parallel import session_parts
+
+CHUNKS = 10
+CAPACITY = 1
+
+
+def simulated(seconds: dict[str, float]):
+    """Three stages whose work is a known function of the item and a fixed time on a simulated device."""
+
+    def stage(name, fn):
+        def run(x, timings):
+            time.sleep(seconds[name])  # the device is busy; the host process waits, as for a GPU kernel
+            return fn(x)
+
+        return name, run
+
+    return [stage("generate", lambda x: x + 1), stage("refine", lambda x: x * 2), stage("decode", lambda x: x - 3)]
+
+
+def _init(rank: int, world: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo")
+
+
+def _simulated_worker(rank: int, port: int, seconds: dict, out: Path) -> None:
+    _init(rank, 3, port)
+    pipe = StagedPipeline(simulated(seconds), capacity=CAPACITY)
+    results = list(pipe.run(range(CHUNKS) if rank == 0 else None))
+    torch.distributed.barrier()
+    (out / f"{rank}.pkl").write_bytes(pickle.dumps((results, pipe.record)))
+    torch.distributed.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_simulated(tmp_path: Path, seconds: dict) -> tuple[list, dict]:
+    mp.spawn(_simulated_worker, args=(_free_port(), seconds, tmp_path), nprocs=3, join=True)
+    loaded = [pickle.loads((tmp_path / f"{r}.pkl").read_bytes()) for r in range(3)]
+    return loaded[0][0], {rec.stage: rec.spans for _, rec in loaded}
+
+
+def test_stages_on_three_processes_overlap(tmp_path):
+    seconds = {"generate": 0.1, "refine": 0.1, "decode": 0.1}
+    results, spans = _run_simulated(tmp_path, seconds)
+    assert results == [(i + 1) * 2 - 3 for i in range(CHUNKS)]  # every chunk, in order, through every stage
+    start = min(s for st in spans.values() for _, s, _ in st)
+    end = max(e for st in spans.values() for _, _, e in st)
+    sequential = CHUNKS * sum(seconds.values())
+    # pipelined: about (CHUNKS + 2) stage times instead of 3 * CHUNKS
+    assert end - start < 0.6 * sequential, (end - start, sequential)
+    overlapping = sum(
+        1 for (_, a0, a1) in spans["generate"] for (_, b0, b1) in spans["refine"] if a0 < b1 and b0 < a1
+    )
+    assert overlapping >= CHUNKS // 2
+
+
+def test_links_bound_how_far_a_fast_stage_runs_ahead(tmp_path):
+    seconds = {"generate": 0.005, "refine": 0.12, "decode": 0.005}
+    results, spans = _run_simulated(tmp_path, seconds)
+    assert results == [(i + 1) * 2 - 3 for i in range(CHUNKS)]
+    refine_started = {i: s for i, s, _ in spans["refine"]}
+    # when the generator starts chunk k, the refiner has started chunk k - lead; the link holds at most
+    # CAPACITY in flight and CAPACITY queued, the refiner one, the generator the one it is making
+    bound = 2 * CAPACITY + 2
+    leads = [k - max([j for j, s in refine_started.items() if s <= start] or [-1]) for k, start, _ in
+             spans["generate"]]
+    assert max(leads) <= bound, leads
+    assert max(leads) >= 2  # it did run ahead (the bound is what stopped it, not lockstep)
+
+
+def test_a_pipeline_needs_one_process_per_stage():
+    with pytest.raises(LpmError, match="torchrun"):
+        StagedPipeline(simulated({"generate": 0, "refine": 0, "decode": 0}))
+
+
+def engine_and_chunks():
+    from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
+    from lpm.runtime.engines import Character, ChunkInput, samples_for_frames
+
+    model, codec = session_parts()
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    engine = DiTEngine(model, codec, Character(images={"global": image}), DiTEngineConfig(refiner=True, seed=3))
+    f, la = engine.frames_per_chunk, engine.lookahead_frames
+    pcm = (rng.standard_normal(samples_for_frames(6 * f + la)) * 0.1).astype(np.float32)
+    chunks, taken = [], 0
+    for k in range(6):
+        end = samples_for_frames((k + 1) * f + la)
+        chunks.append(ChunkInput(k, k * f, pcm[taken:end], pcm[::-1][taken:end].copy(), end, "", 0.0))
+        taken = end
+    return engine, chunks
+
+
+def _engine_worker(rank: int, port: int, out: Path) -> None:
+    _init(rank, 3, port)
+    engine, chunks = engine_and_chunks()  # the same weights and seeds on every rank; each runs its own stage
+    frames = list(StagedPipeline(engine.stages(), capacity=CAPACITY).run(chunks if rank == 0 else None))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    if rank == 0:
+        np.save(out, np.concatenate(frames))
+
+
+def test_dit_engine_stages_across_processes_equal_one_process(tmp_path):
+    torch.set_num_threads(1)
+    engine, chunks = engine_and_chunks()
+    assert [name for name, _ in engine.stages()] == ["generate", "refine", "decode"]
+    single = np.concatenate([engine.step(c) for c in chunks])
+    out = tmp_path / "frames.npy"
+    mp.spawn(_engine_worker, args=(_free_port(), out), nprocs=3, join=True)
+    staged = np.load(out)
+    assert staged.shape == single.shape == (6 * engine.frames_per_chunk, 64, 64, 3)
+    assert np.abs(staged.astype(int) - single.astype(int)).max() <= 1
