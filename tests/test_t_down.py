@@ -51,11 +51,13 @@ def test_t_down_4_dit_is_the_per_frame_dit_at_a_quarter_of_the_frame_rate():
     what a t_down = 1 DiT at 6 fps with 16 mel steps per frame computes: chunk, windows, RoPE time and audio all
     count latent frames, and the grouped mel equals the 6 fps mel step for step."""
     torch.manual_seed(0)
-    cfg4 = config(t_down=4, mel=MelConfig(n_mels=16))
-    cfg1 = config(t_down=1, mel=MelConfig(n_mels=16, fps=6, steps_per_frame=16))
+    track = dict(motion_channels=("jaw_open", "blink_l"), speech_dim=16, speech_dilations=(1, 2))
+    cfg4 = config(t_down=4, mel=MelConfig(n_mels=16), **track)
+    cfg1 = config(t_down=1, mel=MelConfig(n_mels=16, fps=6, steps_per_frame=16), **track)
     model4 = DiT(cfg4).double().eval()
     with torch.no_grad():
-        model4.head.linear.weight.normal_(0, 0.1)  # a zero head would make every output equal
+        for p in (model4.head.linear.weight, *model4.motion_embed.parameters()):
+            p.normal_(0, 0.1)  # zero-initialised outputs would hide the head and the motion track
     model1 = DiT(cfg1).double().eval()
     model1.load_state_dict(model4.state_dict())
     pcm = torch.from_numpy(np.random.default_rng(0).standard_normal((1, SR * 2)) * 0.1).float()

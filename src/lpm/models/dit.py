@@ -192,10 +192,6 @@ class DiT(nn.Module):
         fa = cond.audio_self.shape[1]
         if cond.audio_partner.shape[1] != fa or fa == 0:
             raise ValueError("audio_self and audio_partner must cover the same, non-empty frame range")
-        if cond.audio_self.shape[2] != cfg.mel_steps_per_frame:
-            raise ValueError(f"audio has {cond.audio_self.shape[2]} mel steps per frame, the DiT reads "
-                             f"{cfg.mel_steps_per_frame} per latent frame (t_down {cfg.t_down}): group the video "
-                             f"frames' features with lpm.audio.mel.per_latent_frame")
         return CrossInputs(
             text=self.text_proj(cond.text_tokens),
             text_mask=cond.text_mask.bool(),
@@ -286,6 +282,10 @@ class DiT(nn.Module):
                 f"latents {tuple(x_t.shape)} do not fit the config (C={cfg.latent_channels}, "
                 f"h={cfg.latent_height}, w={cfg.latent_width})"
             )
+        if cond.audio_self.shape[2:3] != (cfg.mel_steps_per_frame,):
+            raise ValueError(f"audio has {cond.audio_self.shape[2]} mel steps per frame, the DiT reads "
+                             f"{cfg.mel_steps_per_frame} per latent frame (t_down {cfg.t_down}): group the video "
+                             f"frames' features with lpm.audio.mel.per_latent_frame")
         t = t[:, None].expand(b, f) if t.dim() == 1 else t
         x = self.patch_embed(patchify(x_t, cfg.patch_size))  # (B, F, N, D)
         if cond.pose is not None:

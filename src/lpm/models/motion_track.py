@@ -209,6 +209,6 @@ def speech_reactions(path: str | Path) -> dict[str, Any]:
 
 def speech_network(cfg: Any) -> SpeechMotion:
     """The ``SpeechMotion`` a DiT config (``DiTConfig``) builds."""
-    return SpeechMotion(cfg.mel.n_mels, cfg.mel.steps_per_frame, cfg.motion_channels, cfg.speech_dim,
+    return SpeechMotion(cfg.mel.n_mels, cfg.mel_steps_per_frame, cfg.motion_channels, cfg.speech_dim,
                         cfg.speech_dilations, cfg.self_audio_lookahead_frames, cfg.reaction_kinds,
                         cfg.reaction_frames, cfg.reaction_window)
