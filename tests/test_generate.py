@@ -128,7 +128,8 @@ def test_load_audio_formats_rates_and_channels(tmp_path):
     _write_flac(tmp_path / "a.flac", tone, 22050)
     write_wav(tmp_path / "b.wav", np.stack([tone, tone]), 22050)  # stereo
     for name in ("a.flac", "b.wav"):
-        pcm = load_audio(tmp_path / name)
+        pcm, damage = load_audio(tmp_path / name)
+        assert not damage.any, damage
         assert pcm.dtype == np.float32 and abs(len(pcm) - SR) <= 1
         assert abs(np.sqrt(np.mean(pcm[1000:-1000] ** 2)) - 0.5 / np.sqrt(2)) < 0.02  # the tone survives
     (tmp_path / "c.mp3").write_bytes(b"not audio at all")

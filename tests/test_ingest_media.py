@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from lpm.data.ingest_audio import is_clipped, is_silent, power_mel
-from lpm.data.ingest_media import iter_frames, probe, read_audio
+from lpm.media.decode_audio import audio_for_video
+from lpm.media.decode_video import FrameReader, probe
 
 SRC_FPS = 30
 SECONDS = 2
@@ -57,14 +58,16 @@ def test_any_container_resampled_to_24fps_and_16khz(tmp_path, name, vcodec, acod
     _write(path, vcodec, acodec, fmt)
     info = probe(path)
     assert info.audio_channels == 2 and abs(info.source_fps - SRC_FPS) < 0.5
-    frames = list(iter_frames(info, 24))
+    reader = FrameReader(info, 24)
+    frames = list(reader)
+    assert reader.num_frames == len(frames) and not reader.damage.any
     assert len(frames) == 24 * SECONDS
     # Output frame k shows the source frame nearest k / 24 s.
     for k in (0, 9, 23, 47):  # instants that are not halfway between two source frames
         source_index = round(k / 24 * SRC_FPS)
         assert abs(float(frames[k].mean()) - 4 * source_index) < 4 * 0.6, k
-    audio = read_audio(path, len(frames), 24)
-    assert audio.shape == (2, 16000 * SECONDS)
+    audio, damage = audio_for_video(path, len(frames), 24)
+    assert audio.shape == (2, 16000 * SECONDS) and not damage.any, damage
     assert np.abs(audio[0]).max() < 0.02  # the left channel stays silent
     onset = np.argmax(np.abs(audio[1]) > 0.1) / 16000
     assert abs(onset - TONE_START_S) < 0.03, onset

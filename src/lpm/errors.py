@@ -3,3 +3,7 @@
 
 class LpmError(Exception):
     """A user-facing error: bad input, a missing file, a config or checkpoint that does not fit."""
+
+
+class MediaError(LpmError):
+    """A media file (video, audio or picture) that cannot be read or written."""

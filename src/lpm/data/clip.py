@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from lpm.data.video import MediaError, read_mp4, read_wav, write_mp4, write_wav
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_path, atomic_write_text
+from lpm.media.image import read_picture
 
 SAMPLE_RATE = 16000
 FPS = 24
@@ -96,27 +97,16 @@ def tensor_to_image(x: torch.Tensor) -> np.ndarray:
 
 
 def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Load any image file as RGB uint8 (RGBA composited on white, grayscale expanded), optionally resized.
+    """Load any image file as RGB uint8 (``lpm.media.image.read_picture``: EXIF orientation applied, transparency
+    on white, an animation's first frame, size limits), optionally resized.
 
     Returns:
         (H, W, 3) uint8.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"{path}: image file does not exist")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            im = im.convert("RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.LANCZOS)
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise MediaError(f"{path}: not a readable image: {e}") from None
+    image = read_picture(path).image
+    if size is not None and image.shape[:2] != (size, size):
+        image = np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.LANCZOS), np.uint8)
+    return image
 
 
 def write_clip(clip_dir: str | Path, frames: np.ndarray, audio: np.ndarray, refs: dict[str, np.ndarray],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,23 +22,22 @@ from tqdm import tqdm
 
 from lpm.data import ingest_audio as ia
 from lpm.data.clip import SAMPLE_RATE, write_clip
-from lpm.data.ingest_face import FaceTrack, FaceTracker, square_crop
-from lpm.data.ingest_media import SAMPLE_RATE as MEDIA_RATE
-from lpm.data.ingest_media import iter_frames, probe, read_audio
+from lpm.data.ingest_face import FaceTrack, FaceTracker
 from lpm.data.ingest_refs import RefPicker, colour_signature, same_person_shots
 from lpm.data.ingest_shots import ShotDetector
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_write_text
+from lpm.media.damage import DecodeDamage
+from lpm.media.decode_audio import SAMPLE_RATE as MEDIA_RATE
+from lpm.media.decode_audio import audio_for_video
+from lpm.media.decode_video import FrameReader, probe
+from lpm.media.framing import FACE_BOX_FRACTION, FACE_CENTRE_Y, square_crop
 
 assert MEDIA_RATE == SAMPLE_RATE
 FPS = 24
 STYLE = "real"
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".webm")
 SIDECAR_SUFFIXES = (".partner.wav", ".partner.mp4", ".partner.m4a", ".partner.mkv")
-# Framing of the world renderer, measured by the same face detector on world clips (photo and toon3d): the
-# detection box is FACE_BOX_FRACTION of the frame side, its centre at FACE_CENTRE_Y from the top, centred in x.
-FACE_BOX_FRACTION = 0.32
-FACE_CENTRE_Y = 0.455
 CROP_SMOOTH_S = 0.4  # Gaussian sigma of the crop-box path: removes detector jitter, keeps head movement
 MAX_UPSCALE = 2.0  # faces needing more than this upscaling to the world's face size are "too small"
 BLUR_MIN_SHARPNESS = 40.0  # Laplacian variance of the face below this: blurred (world faces score 700-5000)
@@ -79,6 +79,8 @@ class SourceResult:
     self_channel: int = -1
     audio_silent: bool = False
     vad: str = ""
+    damage: DecodeDamage = field(default_factory=DecodeDamage)  # what decoding skipped, filled or lost
+    damaged_s: float = 0.0  # damage.damaged_s: media seconds not decoded as content
     wall_s: float = 0.0
 
 
@@ -94,6 +96,9 @@ class IngestReport:
     speed: float  # seconds of footage per second of wall time
     dropped_frames: dict[str, int]  # per quality reason, over all sources
     skipped_files: int
+    damaged_files: int  # files read with damage (skipped packets, holes, truncation), see each source's damage
+    seconds_damaged: float  # media seconds not decoded as content, over all sources
+    damage: DecodeDamage  # the sum over all sources
     options: dict
 
 
@@ -201,8 +206,9 @@ def ingest_source(path: Path, out: Path, opts: IngestOptions, bar: tqdm | None =
     split = _split_for(path, opts)
     info = probe(path)
     tracker, shots_det = FaceTracker(), ShotDetector()
+    reader = FrameReader(info, FPS)
     try:
-        for frame in iter_frames(info, FPS):
+        for frame in reader:
             tracker.update(frame)
             shots_det.update(frame)
             if bar is not None:
@@ -214,11 +220,14 @@ def ingest_source(path: Path, out: Path, opts: IngestOptions, bar: tqdm | None =
     result = SourceResult(str(path), "ok", split=split, seconds=n / FPS, frames=n)
 
     # Audio: self / partner voices and labels.
-    audio = read_audio(path, n, FPS)
+    audio, audio_damage = audio_for_video(path, n, FPS)
+    damage = reader.damage.merge(audio_damage)
     mouth = ia.mouth_evidence(track.mouth_open, track.present)
     sidecar = _sidecar(path)
     if sidecar is not None:
-        partner = read_audio(sidecar, n, FPS).mean(axis=0)  # (N,) aligned to sample 0 of the video
+        partner, sidecar_damage = audio_for_video(sidecar, n, FPS)  # aligned to sample 0 of the video
+        damage = damage.merge(sidecar_damage)
+        partner = partner.mean(axis=0) if partner.shape[0] else np.zeros(partner.shape[1], np.float32)
         mono = audio.mean(axis=0) if audio.shape[0] else np.zeros(audio.shape[1], np.float32)
         tracks = ia.AudioTracks(mono, partner.astype(np.float32), "sidecar")
     else:
@@ -226,6 +235,7 @@ def ingest_source(path: Path, out: Path, opts: IngestOptions, bar: tqdm | None =
     lab = ia.labels(tracks, n, FPS)
     result.audio_method, result.self_channel, result.vad = tracks.method, tracks.self_channel, lab.vad
     result.audio_silent = ia.is_silent(tracks.self_pcm) and ia.is_silent(tracks.partner_pcm)
+    result.damage, result.damaged_s = damage, damage.damaged_s
 
     reason = frame_reasons(track, info.source_width / info.width, opts.res)
     usable = reason == ""
@@ -248,7 +258,7 @@ def ingest_source(path: Path, out: Path, opts: IngestOptions, bar: tqdm | None =
     # Pass 2: crops of every usable frame (clip frames and reference candidates).
     boxes = crop_path(track, usable, shots)
     crops: dict[int, np.ndarray] = {}
-    for i, frame in enumerate(iter_frames(info, FPS)):
+    for i, frame in enumerate(FrameReader(info, FPS)):  # the same decode as pass 1: the same frames
         if i < n and usable[i]:
             cx, cy, side = boxes[i]
             crops[i] = square_crop(frame, cx, cy, side, opts.res)
@@ -327,6 +337,8 @@ def ingest(inputs: list[str], out: str | Path, opts: IngestOptions) -> IngestRep
                 res, new_rows = ingest_source(path, root, opts, bar)
             results.append(res)
             rows += new_rows
+            if res.damage.any:  # always said, also without progress bars: the data set is not what was recorded
+                tqdm.write(f"lpm: warning: {path}: {res.damage.summary()}", file=sys.stderr)
         except Exception as e:  # one bad file must not stop the rest; the reason goes into the report
             reason = str(e) if isinstance(e, LpmError) else f"{type(e).__name__}: {e}"
             results.append(SourceResult(str(path), "skipped", reason=reason))
@@ -337,9 +349,14 @@ def ingest(inputs: list[str], out: str | Path, opts: IngestOptions) -> IngestRep
     wall = time.perf_counter() - t0
     seconds = sum(r.seconds for r in results)
     dropped = {k: sum(r.dropped_frames.get(k, 0) for r in results) for k in DROP_REASONS}
+    damage = DecodeDamage()
+    for r in results:
+        damage = damage.merge(r.damage)
     report = IngestReport(
         sources=results, clips=len(rows), seconds_ingested=seconds,
         seconds_in_clips=sum(r["frames"] for r in rows) / FPS, wall_s=wall, speed=seconds / max(wall, 1e-9),
-        dropped_frames=dropped, skipped_files=sum(r.status == "skipped" for r in results), options=asdict(opts))
+        dropped_frames=dropped, skipped_files=sum(r.status == "skipped" for r in results),
+        damaged_files=sum(r.damage.any for r in results), seconds_damaged=damage.damaged_s, damage=damage,
+        options=asdict(opts))
     atomic_write_text(root / "ingest_report.json", json.dumps(asdict(report), indent=1))
     return report

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from lpm.media.framing import square_crop
+
 # Named points of the mediapipe face mesh (subject's left/right; the subject's right eye is on the image left).
 LIP_UPPER_INNER, LIP_LOWER_INNER = 13, 14
 MOUTH_CORNER_R, MOUTH_CORNER_L = 61, 291
@@ -148,28 +150,6 @@ def sharpness(frame: np.ndarray, box: np.ndarray) -> float:
     g = np.asarray(gray, np.float32)
     lap = g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4 * g[1:-1, 1:-1]
     return float(lap.var())
-
-
-def square_crop(frame: np.ndarray, cx: float, cy: float, side: float, size: int) -> np.ndarray:
-    """A square of ``side`` pixels centred at (cx, cy), edge-replicated outside the frame, resized to size.
-
-    Returns:
-        (size, size, 3) uint8.
-    """
-    h, w = frame.shape[:2]
-    half = side / 2
-    x0, y0, x1, y1 = cx - half, cy - half, cx + half, cy + half
-    # Cut the part of the frame the square touches (one pixel of margin for the filter), edge-pad only that.
-    ix0, iy0 = int(math.floor(max(0.0, x0))), int(math.floor(max(0.0, y0)))
-    ix1, iy1 = int(math.ceil(min(float(w), x1))), int(math.ceil(min(float(h), y1)))
-    ix1, iy1 = max(ix1, ix0 + 1), max(iy1, iy0 + 1)
-    region = frame[min(iy0, h - 1): iy1, min(ix0, w - 1): ix1]
-    pad_l, pad_t = int(math.ceil(max(0.0, -x0))) + 1, int(math.ceil(max(0.0, -y0))) + 1
-    pad_r, pad_b = int(math.ceil(max(0.0, x1 - w))) + 1, int(math.ceil(max(0.0, y1 - h))) + 1
-    region = np.pad(region, ((pad_t, pad_b), (pad_l, pad_r), (0, 0)), mode="edge")
-    ox, oy = min(ix0, w - 1) - pad_l, min(iy0, h - 1) - pad_t  # frame coordinates of region's (0, 0)
-    box = (x0 - ox, y0 - oy, x1 - ox, y1 - oy)
-    return np.asarray(Image.fromarray(region).resize((size, size), Image.Resampling.BILINEAR, box=box), np.uint8)
 
 
 class FaceTracker:

@@ -9,27 +9,26 @@ from pathlib import Path
 
 import numpy as np
 
-from lpm.errors import LpmError
+from lpm.errors import MediaError
 from lpm.fsutil import atomic_path
 
 
-class MediaError(LpmError):
-    """A media file that cannot be read or written."""
-
-
 def write_mp4(path: str | Path, frames: Iterable[np.ndarray], fps: int = 24, audio: np.ndarray | None = None,
-              sample_rate: int = 16000, crf: int = 18) -> Path:
+              sample_rate: int = 16000, crf: int = 18, comment: str | None = None) -> Path:
     """Encode frames as H.264 (yuv420p), atomically; optionally mux audio as AAC.
 
     Args:
         frames: iterable of (H, W, 3) uint8 RGB frames (H and W even).
         audio: (C, N) float in [-1, 1] or None. C = 1 or 2 (stereo keeps self left / partner right).
+        comment: the container's ``comment`` tag (e.g. how ``lpm generate`` framed its reference).
     """
     import av  # imported here: PyAV is only needed for mp4 I/O (frame caches and tests work without it)
 
     path = Path(path)
     with atomic_path(path, ".mp4") as tmp:
         with av.open(tmp, mode="w", format="mp4") as container:
+            if comment:
+                container.metadata["comment"] = comment
             vstream = container.add_stream("libx264", rate=fps)
             vstream.pix_fmt = "yuv420p"
             vstream.options = {"crf": str(crf), "preset": "veryfast"}

@@ -23,7 +23,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     defaults = {k: v for k, v in (("checkpoint", args.checkpoint), ("vae", args.vae)) if v is not None}
     cfg = GenerateConfig(out=args.out, reference=args.reference, refs=args.refs, audio=args.audio,
                          partner=args.partner, text=args.text, seed=args.seed, refiner=args.refiner,
-                         device=args.device, **defaults)
+                         device=args.device, frame=not args.no_frame, frame_debug=args.frame_debug, **defaults)
     print(generate(cfg).summary())
     return 0
 
@@ -54,6 +54,11 @@ def register(sub, groups) -> None:
                    help="latent codec the DiT was trained with (default checkpoints/vae_tiny.safetensors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--refiner", action="store_true", help="add the one-step refiner stage")
+    p.add_argument("--no-frame", action="store_true",
+                   help="keep the references as given (default: crop head and shoulders around the face, like the "
+                        "training data; the centre square when no face is found)")
+    p.add_argument("--frame-debug", default=None, metavar="PNG",
+                   help="write the global reference with its crop (green) and detected face (red) drawn")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads; pipeline stages already run in parallel, one core each")

@@ -5,12 +5,16 @@ chunks start as soon as their audio is there, nothing is skipped), so a file gen
 session with the same audio, references and seed shows when it keeps up with the clock. Inputs are checked
 before the model loads:
 
-- audio: wav through the repo's reader, anything else PyAV decodes (mp3, flac, ogg, m4a, ...); any sample rate
-  and channel count (downmixed, resampled to 16 kHz by the session's ``StreamResampler``). Either voice may be
-  missing (silence of the other's length), not both.
+- audio: anything PyAV decodes (wav, mp3, flac, ogg, m4a, a video's sound, ...) through ``lpm.media``: any
+  sample rate and channel layout (downmixed, resampled to 16 kHz); a damaged packet is skipped and its hole
+  filled with silence, counted and warned about; only a file with no decodable sample is refused. Either voice
+  may be missing (silence of the other's length), not both.
 - references: ``--reference`` is the global image; ``--refs DIR`` adds ``body_<view>.png`` / ``expr_<name>.png``
   (the clip format's ``refs/``; its ``global.png`` stands in when ``--reference`` is not given). Any size and
-  mode (RGBA on white, grayscale, palette -> RGB); the engine centre-crops to a square.
+  mode (RGBA on white, grayscale, palette -> RGB; EXIF orientation applied; an animation's first frame; huge
+  pictures refused or downscaled, ``lpm.media.image``). Each is cropped to the world's framing around its face
+  (``lpm.media.framing``; the centre square without a face; ``--no-frame`` keeps it as given, for the engine's
+  centre crop); the mp4's ``comment`` tag records each crop, ``--frame-debug PNG`` draws the global one.
 
 The mp4 has one frame per 1/24 s of audio (the audio's length, rounded to a frame) and stereo audio: the
 character's voice left, the partner's right (the clip format's channel order).
@@ -18,25 +22,32 @@ character's voice left, the partner's right (the clip format's channel order).
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from lpm.data.clip import load_image
-from lpm.data.video import MediaError, read_wav, write_mp4
+from lpm.data.video import write_mp4
 from lpm.errors import LpmError
+from lpm.fsutil import atomic_path
+from lpm.media.damage import DecodeDamage
+from lpm.media.decode_audio import decode_audio
+from lpm.media.framing import Framing, debug_image, frame_references
+from lpm.media.image import read_picture
 from lpm.models.dit_config import DiTConfig, stored_dit_config
-from lpm.runtime.audio_buffer import StreamResampler
 from lpm.runtime.dit_engine import DEFAULT_VAE
 from lpm.runtime.engines import FPS, SAMPLE_RATE, Character, Engine
 from lpm.training.checkpoint import read_metadata
 
 DEFAULT_CHECKPOINT = "checkpoints/online_tiny.safetensors"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+FRAMING_TAG = "lpm reference framing: "  # the mp4 comment tag's prefix (JSON follows)
 
 
 @dataclass
@@ -55,6 +66,8 @@ class GenerateConfig:
     refiner: bool = False  # add the one-step refiner stage
     device: str = "cpu"
     progress: bool = True  # a progress bar over chunks (stderr)
+    frame: bool = True  # crop each reference to the world's framing around its face (False: as given)
+    frame_debug: str | None = None  # a PNG showing the global reference with its crop and face box
 
 
 @dataclass
@@ -66,76 +79,48 @@ class GenerateResult:
     seconds: float  # length of the video (and its audio)
     compute_s: float  # wall time from the session's start to its last frame
     resolution: int
+    framing: dict[str, Framing] = field(default_factory=dict)  # how each reference was framed
+    damage: DecodeDamage = field(default_factory=DecodeDamage)  # what decoding the voices skipped or filled
 
     @property
     def compute_fps(self) -> float:
         return self.frames / max(self.compute_s, 1e-9)
 
     def summary(self) -> str:
-        return (f"wrote {self.path}: {self.frames} frames, {self.seconds:.2f} s at {FPS} fps, "
-                f"{self.resolution}x{self.resolution}, {self.compute_fps:.1f} compute fps ({self.compute_s:.1f} s)")
+        out = (f"wrote {self.path}: {self.frames} frames, {self.seconds:.2f} s at {FPS} fps, "
+               f"{self.resolution}x{self.resolution}, {self.compute_fps:.1f} compute fps ({self.compute_s:.1f} s)")
+        if "global" in self.framing:
+            f = self.framing["global"]
+            out += f"; reference framed by {f.method}, crop (x, y, side) {tuple(round(v) for v in f.crop)}"
+        return out
 
 
 # ---- audio ----
-def _decode_audio(path: Path) -> tuple[np.ndarray, int]:
-    """Any audio PyAV reads -> ``((C, N) float32, sample_rate)`` at the file's own rate."""
-    import av  # imported here: PyAV is only needed for formats other than 16-bit wav
+def load_audio(path: str | Path) -> tuple[np.ndarray, DecodeDamage]:
+    """An audio file (or a video's sound) as the session's input, over damage (``lpm.media.decode_audio``).
 
-    try:
-        container = av.open(str(path))
-    except (av.FFmpegError, UnicodeDecodeError, ValueError) as e:
-        raise MediaError(f"{path}: not a readable audio file: {e}") from None
-    with container:
-        if not container.streams.audio:
-            raise MediaError(f"{path}: no audio stream")
-        stream = container.streams.audio[0]
-        to_float = av.AudioResampler(format="fltp")  # planar float, the file's own layout and rate
-        blocks, rate = [], stream.codec_context.sample_rate
-        try:
-            for frame in container.decode(stream):
-                for out in to_float.resample(frame):
-                    rate = out.sample_rate
-                    blocks.append(out.to_ndarray())  # (C, n)
-            for out in to_float.resample(None):
-                blocks.append(out.to_ndarray())
-        except av.FFmpegError as e:
-            raise MediaError(f"{path}: cannot decode audio: {e}") from None
-    if not blocks or not rate:
-        raise MediaError(f"{path}: no audio samples decoded")
-    return np.concatenate(blocks, axis=1).astype(np.float32), int(rate)
+    Returns:
+        ((N,) float32 mono at 16 kHz (channels averaged), what decoding skipped or filled).
+    """
+    decoded = decode_audio(path, SAMPLE_RATE)
+    return decoded.pcm.mean(axis=0).astype(np.float32), decoded.damage
 
 
-def load_audio(path: str | Path) -> np.ndarray:
-    """An audio file as the session's input: ``(N,)`` float32 mono at 16 kHz (channels averaged)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MediaError(f"{path}: audio file does not exist")
-    audio = None
-    if path.suffix.lower() == ".wav":
-        try:
-            audio, rate = read_wav(path)
-        except MediaError:
-            audio = None  # not 16-bit PCM (float, 24-bit, ...): PyAV reads it
-    if audio is None:
-        audio, rate = _decode_audio(path)
-    if audio.shape[1] == 0:
-        raise MediaError(f"{path}: the audio is empty")
-    return StreamResampler(rate, SAMPLE_RATE).push(audio.mean(axis=0))
-
-
-def load_voices(audio: str | None, partner: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """Both voices at 16 kHz, the shorter (or a missing one) padded with silence to the longer."""
+def load_voices(audio: str | None, partner: str | None) -> tuple[np.ndarray, np.ndarray, DecodeDamage]:
+    """Both voices at 16 kHz, the shorter (or a missing one) padded with silence to the longer, and the damage
+    met decoding both."""
     if audio is None and partner is None:
         raise LpmError("give the character's voice (--audio), the partner's (--partner), or both")
-    own = load_audio(audio) if audio is not None else np.zeros(0, np.float32)
-    other = load_audio(partner) if partner is not None else np.zeros(0, np.float32)
+    none = (np.zeros(0, np.float32), DecodeDamage())
+    own, own_damage = load_audio(audio) if audio is not None else none
+    other, other_damage = load_audio(partner) if partner is not None else none
     n = max(len(own), len(other))
-    return np.pad(own, (0, n - len(own))), np.pad(other, (0, n - len(other)))
+    return np.pad(own, (0, n - len(own))), np.pad(other, (0, n - len(other))), own_damage.merge(other_damage)
 
 
 # ---- references ----
 def load_references(reference: str | None, refs: str | None, known: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Reference kind -> ``(H, W, 3)`` uint8 RGB: the global image and the extras of ``refs``.
+    """Reference kind -> ``(H, W, 3)`` uint8 RGB as given: the global image and the extras of ``refs``.
 
     Args:
         known: the reference kinds the model knows (``DiTConfig.reference_kinds``).
@@ -161,7 +146,12 @@ def load_references(reference: str | None, refs: str | None, known: tuple[str, .
     if "global" not in paths:
         where = f" and {refs} has no global.png" if refs is not None else ""
         raise LpmError(f"no global reference image: give --reference IMG{where}")
-    return {kind: load_image(path) for kind, path in paths.items()}
+    return {kind: read_picture(path).image for kind, path in paths.items()}
+
+
+def framing_comment(framing: dict[str, Framing]) -> str:
+    """The mp4 ``comment`` tag: how each reference was framed, as JSON after a fixed prefix."""
+    return FRAMING_TAG + json.dumps({kind: f.to_json() for kind, f in framing.items()}, separators=(",", ":"))
 
 
 # ---- generation ----
@@ -242,13 +232,22 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
 
     model_cfg = check_checkpoint(cfg.checkpoint)
-    self_pcm, partner_pcm = load_voices(cfg.audio, cfg.partner)
+    self_pcm, partner_pcm, damage = load_voices(cfg.audio, cfg.partner)
     if frames_for_samples(len(self_pcm)) < 1:
         raise LpmError(f"the audio is shorter than one frame (1/{FPS} s)")
-    character = Character(images=load_references(cfg.reference, cfg.refs, model_cfg.reference_kinds))
+    if damage.any:  # said before the long part: the video will show what the damaged audio allowed
+        print(f"lpm: warning: the voices were decoded with damage: {damage.summary()}", file=sys.stderr)
+    pictures = load_references(cfg.reference, cfg.refs, model_cfg.reference_kinds)
+    images, framing = frame_references(pictures, cfg.frame)
+    if cfg.frame_debug:
+        with atomic_path(Path(cfg.frame_debug), ".png") as tmp:
+            Image.fromarray(debug_image(pictures["global"], framing["global"])).save(tmp, format="PNG")
+    character = Character(images=images)
     engine = DiTEngine.load(character, DiTEngineConfig(checkpoint=cfg.checkpoint, vae=cfg.vae, seed=cfg.seed,
                                                        refiner=cfg.refiner, device=cfg.device))
     run = OfflineRun(engine, self_pcm, partner_pcm, cfg.text, cfg.progress)
     with closing(iter(run)) as frames:  # the session closes even if the writer fails
-        path = write_mp4(cfg.out, frames, fps=FPS, audio=np.stack([self_pcm, partner_pcm]), sample_rate=SAMPLE_RATE)
-    return GenerateResult(path, run.num_frames, len(self_pcm) / SAMPLE_RATE, run.compute_s, engine.resolution)
+        path = write_mp4(cfg.out, frames, fps=FPS, audio=np.stack([self_pcm, partner_pcm]), sample_rate=SAMPLE_RATE,
+                         comment=framing_comment(framing))
+    return GenerateResult(path, run.num_frames, len(self_pcm) / SAMPLE_RATE, run.compute_s, engine.resolution,
+                          framing, damage)

@@ -201,7 +201,8 @@ class Connection:
                              fps=session.cfg.fps, resolution=session.engine.resolution,
                              frames_per_chunk=session.engine.frames_per_chunk,
                              lookahead_frames=session.engine.lookahead_frames, delay_s=round(session.delay_s, 3),
-                             vad=session.vad_backend, character=live.character.describe())
+                             vad=session.vad_backend, character=live.character.describe(),
+                             framing={kind: f.to_json() for kind, f in live.framing.items()})
         pump = threading.Thread(target=self._pump_frames, args=(live,), name="lpm-jpeg", daemon=True)
         pump.start()
         events = asyncio.create_task(self._events(live))

@@ -17,15 +17,17 @@ MAX_SCRIPT_CHARS = 20_000  # a script longer than this is refused (espeak would 
 DEFAULT_CHECKPOINT = "checkpoints/online_tiny.safetensors"  # the shipped Online model
 
 
-def _character(reference: str):
-    """``--reference``: a world character id (``anime:42``, ``world:anime:42``) or an image file."""
-    from lpm.data.clip import load_image
+def _character(reference: str, frame: bool = True):
+    """``--reference``: a world character id (``anime:42``, ``world:anime:42``) or an image file (framed like the
+    training data unless ``frame`` is False, ``lpm.media.framing``)."""
+    from lpm.media.framing import frame_picture
+    from lpm.media.image import read_picture
     from lpm.runtime.engines import Character, WorldCharacter
 
     world = WorldCharacter.parse(reference)
     if world is not None:
         return Character(world=world)
-    return Character(images={"global": load_image(reference)})
+    return Character(images={"global": frame_picture(read_picture(reference).image, frame)[0]})
 
 
 def _engine_spec(args):
@@ -86,7 +88,7 @@ def cmd_perform(args: argparse.Namespace) -> int:
         raise LpmError("--script is empty")
     if len(script) > MAX_SCRIPT_CHARS:
         raise LpmError(f"--script is longer than {MAX_SCRIPT_CHARS} characters")
-    character = _character(args.reference)
+    character = _character(args.reference, not args.no_frame)
     voice = parse_voice(args.voice, character)
     pcm = np.asarray(synthesize(script, voice).pcm, np.float32)
     pcm = np.concatenate([pcm, np.zeros(int(args.tail * 16000), np.float32)])  # let the face settle
@@ -133,6 +135,8 @@ def register(sub, groups) -> None:
 
     p = sub.add_parser("perform", help="offline NPC performance: a reference and a script -> mp4")
     p.add_argument("--reference", required=True, help="image file, or a world character STYLE:SEED")
+    p.add_argument("--no-frame", action="store_true",
+                   help="keep the reference image as given (default: crop head and shoulders around the face)")
     p.add_argument("--script", required=True, help="the text to speak, or a file holding it")
     p.add_argument("--voice", default=None, help="espeak voice, e.g. en-us+f2 (default: the character's)")
     p.add_argument("--text", default="", help="text control (e.g. an emotion: happy)")

@@ -9,8 +9,9 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from lpm.media.framing import Framing, frame_references
 from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
 from lpm.runtime.engines import Character, Engine, EngineError
 from lpm.runtime.rig_engine import RigEngine
@@ -78,6 +79,7 @@ class LiveSession:
     voice: Voice
     character: Character
     speech_sink: Callable[[bytes], None] | None = None  # where ``say`` audio goes (the client's connection)
+    framing: dict[str, Framing] = field(default_factory=dict)  # how each reference image was cropped
 
 
 class SessionManager:
@@ -109,11 +111,14 @@ class SessionManager:
             self._reserved += 1
         try:
             session_id = secrets.token_hex(8)
-            engine = self.factory.build(request.character, seed=secrets.randbelow(2**31))
+            # Framing runs here, off the event loop (face detection takes tens of milliseconds).
+            images, framing = frame_references(request.character.images, request.frame)
+            character = replace(request.character, images=images)
+            engine = self.factory.build(character, seed=secrets.randbelow(2**31))
             cfg = SessionConfig(**{**self.session_cfg.__dict__, "input_sample_rate": request.sample_rate})
             session = Session(engine, cfg)
             session.set_text(request.text)
-            live = LiveSession(session_id, session.start(), request.voice, request.character)
+            live = LiveSession(session_id, session.start(), request.voice, character, framing=framing)
             with self._lock:
                 self._sessions[session_id] = live
             return live

@@ -2,7 +2,8 @@
 
 Client -> server
 - JSON ``{"type": "start", "character": "anime:42" | "reference": "<base64 PNG/JPEG>", "refs": {kind: b64},
-  "text": "...", "sample_rate": 16000, "voice": "en-us+m3"}``: first message; opens the session.
+  "text": "...", "sample_rate": 16000, "voice": "en-us+m3", "frame": true}``: first message; opens the session.
+  Reference images are cropped to the world's framing around the face unless ``frame`` is false.
 - JSON ``{"type": "text", "text": "..."}``: the text control (next chunk boundary).
 - JSON ``{"type": "say", "text": "..."}``: espeak-ng speaks it as the character's own voice.
 - JSON ``{"type": "interrupt"}``: drop the character's queued speech (after a ``barge_in``).
@@ -14,7 +15,8 @@ Server -> client
 - binary: ``0x10``, a little-endian float64 media timestamp (seconds), then one JPEG frame.
 - binary: ``0x11``, a float64 media timestamp where the speech starts, then PCM16 LE mono 16 kHz: the
   character's own voice produced by ``say`` / ``POST /v1/speak``, to be played when that frame is shown.
-- JSON ``ready`` (session id, engine, fps, resolution, ...), ``stats``, ``barge_in``, ``error`` (``message``).
+- JSON ``ready`` (session id, engine, fps, resolution, ``framing``: how each reference was cropped, ...),
+  ``stats``, ``barge_in``, ``error`` (``message``).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import struct
 from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from lpm.errors import LpmError
+from lpm.errors import LpmError, MediaError
+from lpm.media.image import read_picture
 from lpm.runtime.audio_buffer import float_to_pcm16, pcm16_to_float
 from lpm.runtime.engines import Character, EngineError, WorldCharacter
 from lpm.world.speech import SELF_VOICES, Voice
@@ -72,6 +75,7 @@ class StartRequest:
     text: str = ""
     sample_rate: int = 16000
     voice: Voice = field(default_factory=Voice)
+    frame: bool = True  # crop reference images to the world's framing around the face (lpm.media.framing)
 
 
 def parse_json(text: str, limits: Limits) -> dict:
@@ -97,7 +101,11 @@ def text_field(msg: dict, name: str, limits: Limits, required: bool = False) -> 
 
 
 def decode_image(data: str, limits: Limits) -> np.ndarray:
-    """A base64 PNG or JPEG (optionally a ``data:`` URL) -> ``(H, W, 3)`` uint8, within the limits."""
+    """A base64 PNG or JPEG (optionally a ``data:`` URL) -> ``(H, W, 3)`` uint8, within the limits.
+
+    Decoded by ``lpm.media.image.read_picture``: EXIF orientation applied, transparency on white, the size
+    checked from the header before any pixel is decoded.
+    """
     if not isinstance(data, str):
         raise ProtocolError("an image must be a base64 string")
     data = _DATA_URL.sub("", data.strip())
@@ -108,18 +116,9 @@ def decode_image(data: str, limits: Limits) -> np.ndarray:
     except (binascii.Error, ValueError):
         raise ProtocolError("image is not valid base64") from None
     try:
-        with Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS) as im:
-            w, h = im.size  # from the header: checked before any pixel is decoded
-            if w * h > limits.max_image_pixels:
-                raise ProtocolError(f"image of {w}x{h} pixels exceeds {limits.max_image_pixels} pixels")
-            im.load()
-            if im.mode in ("RGBA", "LA", "P"):
-                im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-            return np.array(im.convert("RGB"), np.uint8)
-    except ProtocolError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ProtocolError(f"image is not a readable PNG or JPEG: {e}") from None
+        return read_picture(raw, "image", max_pixels=limits.max_image_pixels, formats=IMAGE_FORMATS).image
+    except MediaError as e:
+        raise ProtocolError(f"{e} (a PNG or JPEG of at most {limits.max_image_pixels} pixels)") from None
 
 
 def parse_voice(spec: str | None, character: Character | None = None) -> Voice:
@@ -156,7 +155,11 @@ def parse_start(msg: dict, limits: Limits) -> StartRequest:
     rate = msg.get("sample_rate", 16000)
     if not isinstance(rate, int) or isinstance(rate, bool) or not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise ProtocolError(f"start: sample_rate must be an integer in [{MIN_SAMPLE_RATE}, {MAX_SAMPLE_RATE}]")
-    return StartRequest(character, text_field(msg, "text", limits), rate, parse_voice(msg.get("voice"), character))
+    frame = msg.get("frame", True)
+    if not isinstance(frame, bool):
+        raise ProtocolError("start: 'frame' must be true or false")
+    return StartRequest(character, text_field(msg, "text", limits), rate, parse_voice(msg.get("voice"), character),
+                        frame)
 
 
 def parse_audio(data: bytes, limits: Limits) -> tuple[int, np.ndarray]:
