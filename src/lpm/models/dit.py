@@ -83,6 +83,9 @@ class DiT(nn.Module):
         self.cfg = cfg
         d, p, c = cfg.dim, cfg.patch_size, cfg.latent_channels
         self.patch_embed = nn.Linear(c * p * p, d)
+        if cfg.reference_concat:
+            # Linear(concat(x, ref)) = patch_embed(x) + reference_in(ref); zero at init, so it starts as without.
+            self.reference_in = nn.Linear(c * p * p, d)
         self.time_embed = nn.Sequential(nn.Linear(cfg.time_freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))  # shared adaLN (Wan2.1)
         self.pose_embed = PoseEmbedder(cfg.pose_dim, d, cfg.pose_dropout)
@@ -122,6 +125,8 @@ class DiT(nn.Module):
         nn.init.zeros_(self.head.linear.bias)
         if self.cfg.motion_channels:
             self.motion_embed.zero_output()
+        if self.cfg.reference_concat:
+            nn.init.zeros_(self.reference_in.weight)
 
     # ---- conditioning helpers ----
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,9 +224,23 @@ class DiT(nn.Module):
 
     # ---- streaming ----
     @torch.no_grad()
+    def reference_input(self, refs: References | None) -> torch.Tensor:
+        """The global reference's per-token input ``(B, N, D)`` of ``reference_concat`` (a clear error without it)."""
+        if refs is None or "global" not in refs.kinds:
+            raise ValueError("reference_concat needs the global reference (kind 'global') in cond.references")
+        latent = refs.latents[refs.kinds.index("global")]  # (B, C, h, w)
+        cfg = self.cfg
+        if latent.shape[1:] != (cfg.latent_channels, cfg.latent_height, cfg.latent_width):
+            raise ValueError(f"the global reference latent {tuple(latent.shape[1:])} is not a frame's latent "
+                             f"({cfg.latent_channels}, {cfg.latent_height}, {cfg.latent_width}): reference_concat "
+                             f"adds it token by token")
+        return self.reference_in(patchify(latent[:, None].to(self.reference_in.weight.dtype), cfg.patch_size)[:, 0])
+
     def prefill(self, cache: KVCache, references: References | None) -> None:
         """Compute every layer's reference keys/values once and store them in ``cache``."""
         device = self.patch_embed.weight.device
+        if self.cfg.reference_concat:
+            cache.reference_input = self.reference_input(references)
         batch = cache.slot_k[0].shape[0]
         x_ref, e_ref, positions = self._references(references, batch, device)
         if x_ref is None:
@@ -288,6 +307,9 @@ class DiT(nn.Module):
                              f"frames' features with lpm.audio.mel.per_latent_frame")
         t = t[:, None].expand(b, f) if t.dim() == 1 else t
         x = self.patch_embed(patchify(x_t, cfg.patch_size))  # (B, F, N, D)
+        if cfg.reference_concat:
+            x = x + (self.reference_input(cond.references) if cache is None or not cache.is_prefilled
+                     else cache.reference_input)[:, None]
         if cond.pose is not None:
             x = x + self.pose_embed(cond.pose)[:, :, None]
         first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk

@@ -37,6 +37,10 @@ class DiTConfig:
     rope_theta: float = 10000.0  # RoPE base
     time_freq_dim: int = 256  # sinusoidal features of the flow time before the time MLP
     reference_time: float = 0.0  # flow time t references are embedded at (t = 0 is clean data, t = 1 noise)
+    # The global reference's latent also added to every frame's tokens at the same patch position (as an
+    # image-to-video model concatenates its first frame channel-wise): the world's global reference is framed like
+    # the video, so each token sees the reference's pixels under it without routing them through attention.
+    reference_concat: bool = False
     # --- text: a byte-level encoder trained with the model (no downloads) ---
     text_dim: int = 128  # width of the text encoder's tokens (projected to D inside the DiT)
     text_layers: int = 2  # transformer layers of the byte encoder
