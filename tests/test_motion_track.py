@@ -230,12 +230,13 @@ def test_base_training_with_the_track_from_a_checkpoint_without_one(tmp_path):
     trainer.run()
     assert not trainer.dit_cfg.motion_channels
     keys = [*MICRO, "steps=2", f"init={tmp_path / 'old' / 'dit.safetensors'}", "flow.loss_space=x0",
-            "mouth_weight=5", "audio_check_every=1", "predicted_motion=0.5"]
+            "mouth_weight=5", "audio_check_every=1", "predicted_motion=0.5", "model.reference_concat=true"]
     new = BaseTrainer(load_base_config("tiny", None, keys), data, str(vae), tmp_path / "new")
     new.run()
     rows = [json.loads(r) for r in (tmp_path / "new" / "log.jsonl").read_text().splitlines()]
     assert {"gap_own_audio", "gap_partner_audio", "gap_track"} <= set(rows[-1])
     assert new.dit_cfg.motion_channels and not any(p.requires_grad for p in new.model.dit.speech_motion.parameters())
+    assert new.dit_cfg.reference_concat and new.model.dit.reference_in.weight.requires_grad
 
 
 def test_export_replaces_the_speech_network(tmp_path):

@@ -41,6 +41,7 @@ from lpm.models.dit import DiT, load_dit, save_dit
 from lpm.models.dit_config import DiTConfig, preset, stored_dit_config
 from lpm.models.export import dit_weights_of
 from lpm.models.latent_codec import load_codec
+from lpm.models.motion_track import REACTION_FIELDS
 from lpm.training import distributed as D
 from lpm.training.base_batches import ConditionDropout, Window, WindowSampler, shard_batch
 from lpm.training.base_plots import plot_base_losses
@@ -236,22 +237,26 @@ class BaseTrainer:
 
     def _load_init(self, dit: DiT) -> None:
         """The ``init`` weights into ``dit``: its config must match the run's except the attention modes
-        (``attention``, ``audio_attention``), which use the same weights differently, and the motion track: a
-        checkpoint without one loads into a DiT with one, whose track then starts fresh (its embedding outputs
-        zero, so the loaded model is unchanged)."""
+        (``attention``, ``audio_attention``), which use the same weights differently, the motion track and the
+        reference concat: a checkpoint without them loads into a DiT with them, whose new parts start fresh (their
+        outputs are zero, so the loaded model is unchanged)."""
         path = dit_weights_of(self.cfg.init)
         stored = stored_dit_config(read_metadata(path)["config"])
         mine = dataclasses.replace(self.dit_cfg, attention=stored.attention, audio_attention=stored.audio_attention)
         track_fields = ("motion_dropout", "motion_spatial")
         if not stored.motion_channels:
             track_fields += ("motion_channels", "speech_dim", "speech_dilations")
+        if not stored.reaction_kinds:  # the speech network's reaction head starts fresh (or comes with speech=)
+            track_fields += tuple(REACTION_FIELDS)
+        if not stored.reference_concat:  # the reference's token path starts at zero
+            track_fields += ("reference_concat",)
         mine = dataclasses.replace(mine, **{k: getattr(stored, k) for k in track_fields})
         try:
             loaded = load_dit(path, expect=mine).state_dict()
         except CheckpointError as e:
             raise ConfigError(f"init is a DiT of another shape: {e}") from None
         missing, unexpected = dit.load_state_dict(loaded, strict=False)
-        new = ("speech_motion.", "motion_embed.", "motion_map")  # parts a checkpoint without them leaves fresh
+        new = ("speech_motion.", "motion_embed.", "motion_map", "reference_in.")  # parts a checkpoint may lack
         if unexpected or any(not k.startswith(new) for k in missing):
             raise ConfigError(f"init {path}: keys differ from the model: missing {missing}, unexpected {unexpected}")
         if self.info.is_main:
