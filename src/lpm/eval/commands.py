@@ -53,11 +53,38 @@ def _speed(args: argparse.Namespace) -> int:
     from lpm.models.dit_config import preset
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.devices:
+        return _speed_scale(args, device)
     names = args.preset or DEFAULT_PRESETS.get(device, ())
     budget = None if args.memory_gib is None else int(args.memory_gib * 2**30)
     report = run_speed(args.out, {name: preset(name) for name in names}, res=args.res, device=device,
                        repeats=args.repeats, memory_budget=budget, threads=args.threads)
     print(f"wrote {args.out}/report.json, report.md in {report['wall_s']:.0f} s")
+    return 0
+
+
+def _speed_scale(args: argparse.Namespace, device: str) -> int:
+    """``--devices``: measured sequence-parallel figures under torchrun, and the projection (lpm.parallel.speed)."""
+    import torch
+
+    from lpm.eval.speed import at_resolution, parse_resolution
+    from lpm.models.dit_config import preset
+    from lpm.parallel.group import init_sequence_group
+    from lpm.parallel.speed import run_scale, stated_link
+
+    if not args.preset or len(args.preset) != 1:
+        raise LpmError("--devices takes exactly one --preset (e.g. --preset lpm-17b --devices 1 2 4 8)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = args.preset[0]
+    cfg, _ = at_resolution(preset(name), parse_resolution(args.res) if args.res else None)
+    group = init_sequence_group(device)
+    dev = torch.device(f"cuda:{torch.cuda.current_device()}" if device == "cuda" else "cpu")
+    stated = {k: v for k, v in (("gbps", args.link_gbps), ("latency_us", args.link_latency_us)) if v is not None}
+    report = run_scale(args.out, name, cfg, args.devices, args.t_down, group, dev, args.repeats, args.measured,
+                       stated_link(**stated))
+    if report is not None:
+        print(f"wrote {args.out}/report.json, report.md")
     return 0
 
 
@@ -145,6 +172,20 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     speed.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     speed.add_argument("--memory-gib", type=float, default=None,
                        help="memory a preset may need (default: what the device has free); bigger ones are skipped")
+    speed.add_argument("--devices", type=int, nargs="+", default=None, metavar="N",
+                       help="sequence-parallel figures for N devices: measured over the processes of a torchrun job, "
+                            "a labelled projection for the other counts (docs/scale.md)")
+    speed.add_argument("--t-down", type=int, default=1,
+                       help="with --devices: video frames per latent frame (DiTConfig.t_down; 4 as Wan's VAE)")
+    speed.add_argument("--measured", default=None, metavar="REPORT",
+                       help="with --devices: single-device stage times from this speed report.json instead of "
+                            "measuring here (e.g. docs/bench/speed_h100/report.json)")
+    speed.add_argument("--link-gbps", type=float, default=None,
+                       help="with --devices, no torchrun: the all-to-all bandwidth per rank the projection assumes "
+                            "(default 150)")
+    speed.add_argument("--link-latency-us", type=float, default=None,
+                       help="with --devices, no torchrun: the latency per collective the projection assumes "
+                            "(default 30)")
     p.set_defaults(func=_bench)
 
     for name, kind, what in (("train-probe", PROBE_KIND, "the motion probe"),
