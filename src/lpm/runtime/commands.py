@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -23,8 +24,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     defaults = {k: v for k, v in (("checkpoint", args.checkpoint), ("vae", args.vae)) if v is not None}
     cfg = GenerateConfig(out=args.out, reference=args.reference, refs=args.refs, audio=args.audio,
                          partner=args.partner, text=args.text, seed=args.seed, refiner=args.refiner,
-                         device=args.device, frame=not args.no_frame, frame_debug=args.frame_debug, **defaults)
-    print(generate(cfg).summary())
+                         device=args.device, frame=not args.no_frame, frame_debug=args.frame_debug,
+                         sequence_parallel=int(os.environ.get("WORLD_SIZE", "1")) > 1,  # under torchrun
+                         **defaults)
+    result = generate(cfg)
+    if result.written:
+        print(result.summary())
     return 0
 
 

@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,9 @@ class GenerateConfig:
     progress: bool = True  # a progress bar over chunks (stderr)
     frame: bool = True  # crop each reference to the world's framing around its face (False: as given)
     frame_debug: str | None = None  # a PNG showing the global reference with its crop and face box
+    # Split every DiT forward over the processes of this torchrun job (lpm.parallel; every rank runs generate with
+    # the same inputs, rank 0 writes the mp4).
+    sequence_parallel: bool = False
 
 
 @dataclass
@@ -81,6 +84,7 @@ class GenerateResult:
     resolution: int
     framing: dict[str, Framing] = field(default_factory=dict)  # how each reference was framed
     damage: DecodeDamage = field(default_factory=DecodeDamage)  # what decoding the voices skipped or filled
+    written: bool = True  # False on the ranks of a sequence-parallel job other than 0 (they write nothing)
 
     @property
     def compute_fps(self) -> float:
@@ -243,11 +247,42 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
         with atomic_path(Path(cfg.frame_debug), ".png") as tmp:
             Image.fromarray(debug_image(pictures["global"], framing["global"])).save(tmp, format="PNG")
     character = Character(images=images)
-    engine = DiTEngine.load(character, DiTEngineConfig(checkpoint=cfg.checkpoint, vae=cfg.vae, seed=cfg.seed,
-                                                       refiner=cfg.refiner, device=cfg.device))
-    run = OfflineRun(engine, self_pcm, partner_pcm, cfg.text, cfg.progress)
+    engine_cfg = DiTEngineConfig(checkpoint=cfg.checkpoint, vae=cfg.vae, seed=cfg.seed, refiner=cfg.refiner,
+                                 device=cfg.device)
+    main = True
+    if cfg.sequence_parallel:
+        engine, main = sequence_parallel_engine(character, engine_cfg)
+    else:
+        engine = DiTEngine.load(character, engine_cfg)
+    run = OfflineRun(engine, self_pcm, partner_pcm, cfg.text, cfg.progress and main)
     with closing(iter(run)) as frames:  # the session closes even if the writer fails
-        path = write_mp4(cfg.out, frames, fps=FPS, audio=np.stack([self_pcm, partner_pcm]), sample_rate=SAMPLE_RATE,
-                         comment=framing_comment(framing))
+        if main:
+            path = write_mp4(cfg.out, frames, fps=FPS, audio=np.stack([self_pcm, partner_pcm]),
+                             sample_rate=SAMPLE_RATE, comment=framing_comment(framing))
+        else:  # the other ranks run the same session (their collectives pair with rank 0's) and write nothing
+            path = Path(cfg.out)
+            for _ in frames:
+                pass
     return GenerateResult(path, run.num_frames, len(self_pcm) / SAMPLE_RATE, run.compute_s, engine.resolution,
-                          framing, damage)
+                          framing, damage, written=main)
+
+
+def sequence_parallel_engine(character: Character, cfg) -> tuple[Engine, bool]:
+    """A ``DiTEngine`` whose DiT splits every forward over this torchrun job's processes (``lpm.parallel``), and
+    whether this is rank 0. Every rank must call it with the same inputs (offline sessions only: a live session's
+    skip decisions differ between ranks)."""
+    import torch
+
+    from lpm.models.dit import load_dit
+    from lpm.models.latent_codec import load_codec
+    from lpm.parallel import SequenceParallelDiT, init_sequence_group
+    from lpm.runtime.dit_engine import DiTEngine, flow_config_of
+
+    group = init_sequence_group(cfg.device)
+    if group.world_size == 1:
+        raise LpmError("sequence parallelism runs under torchrun: torchrun --nproc_per_node N -m lpm.cli generate ...")
+    device = f"cuda:{torch.cuda.current_device()}" if cfg.device.startswith("cuda") else cfg.device
+    model = SequenceParallelDiT(load_dit(cfg.checkpoint, device=device), group)
+    engine = DiTEngine(model, load_codec(cfg.vae, device=device), character, replace(cfg, device=device),
+                       flow_config_of(cfg.checkpoint))
+    return engine, group.is_main
