@@ -26,7 +26,7 @@ SAMPLE_RATE = 16000  # the rate every lpm consumer uses
 HOLE_TOLERANCE_S = 0.02  # timestamp mismatches below this are codec framing, not holes
 MAX_HOLE_S = 10.0  # a forward jump beyond this (or any backward jump beyond MAX_OVERLAP_S) is a discontinuity
 MAX_OVERLAP_S = 0.5
-TAIL_SLACK_S = 0.25  # a declared duration within this of the last packet is codec padding, not truncation
+TAIL_SLACK_S = 0.1  # a declared end within this of the decoded end is codec framing (AAC priming), not truncation
 
 
 @dataclass

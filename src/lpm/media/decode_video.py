@@ -211,6 +211,6 @@ class FrameReader:
             damage.timestamp_jumps += tl.jumps
             damage.video_lost_frames = max(0, reader.packets - pictures)
             decoded_end = tl.t0 + prev_t + prev_dur - tl.offset  # back on the stream clock
-            damage.video_tail_lost_s = tail_lost(container, stream, reader, decoded_end, max(0.25, 2 * nominal))
+            damage.video_tail_lost_s = tail_lost(container, stream, reader, decoded_end, max(0.05, 1.5 * nominal))
         finally:
             container.close()
