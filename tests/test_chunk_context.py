@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 import torch
+from tests.test_dit import make_inputs, make_model, micro
 
 from lpm.models import KVCache
-from tests.test_dit import make_inputs, make_model, micro
 
 
 def chunk_cond(model, cond, c):

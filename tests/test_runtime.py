@@ -14,7 +14,14 @@ from lpm.models.dit_config import DiTConfig
 from lpm.models.vae import LpmVAE, VAEConfig
 from lpm.runtime.audio_buffer import AudioStream, StreamResampler
 from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
-from lpm.runtime.engines import Character, ChunkInput, Engine, WorldCharacter, samples_for_frames
+from lpm.runtime.engines import (
+    Character,
+    ChunkInput,
+    Engine,
+    EngineError,
+    WorldCharacter,
+    samples_for_frames,
+)
 from lpm.runtime.rig_engine import RigEngine
 from lpm.runtime.session import Session, SessionConfig
 from lpm.runtime.vad import VoiceActivity
@@ -197,6 +204,47 @@ def test_dit_engine_state_is_flat_and_pipeline_equals_sequential(one_thread):
     assert len(frames) >= 40
     diff = np.abs(np.stack(frames[:40]).astype(int) - np.concatenate(sequential).astype(int)).max()
     assert diff <= 1  # the pipeline (3 threads) computes exactly what one thread does
+
+
+def test_dit_engine_shared_context_and_deferred_commit_equal_the_plain_chunk(one_thread):
+    """The speed levers that must not change a frame: one ``prepare_chunk`` context per chunk and the commit
+    deferred past the hand-off (``Engine.settle``) give the frames and cache of plain forwards, past eviction."""
+    model, codec = tiny_dit()
+    with torch.no_grad():
+        model.head.linear.weight.normal_(0, 0.05)  # a zero head would make every chunk alike
+    character = Character(images={"global": np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)})
+    pcm = (np.random.default_rng(1).standard_normal(SR * 2) * 0.1).astype(np.float32)
+    plain = DiTEngine(model, codec, character, DiTEngineConfig(seed=3, chunk_context=False, defer_commit=False))
+    fast = DiTEngine(model, codec, character, DiTEngineConfig(seed=3))
+    assert fast.use_context and fast.cfg.defer_commit
+    cut = chunks(pcm, pcm[::-1].copy(), 4, plain.lookahead_frames, 7)  # S = 1, W = 2: chunks 3.. evict
+    shown = set()
+    for c in cut:
+        a = plain.step(c)
+        shown.add(a.tobytes())
+        stage = dict(fast.stages())
+        b = stage["decode"](stage["generate"](c, {}), {})  # the next chunk's generate settles the commit
+        assert fast.cache.chunks_seen == plain.cache.chunks_seen - 1 and np.array_equal(a, b)
+    fast.settle({})
+    for k_a, k_b in zip(plain.cache.slot_k + plain.cache.slot_v, fast.cache.slot_k + fast.cache.slot_v):
+        assert torch.equal(k_a, k_b)
+    assert len(shown) == len(cut)  # every chunk is different: the equality is not between constants
+
+
+def test_dit_engine_int8_is_close_to_fp32_and_leaves_the_shared_model(one_thread):
+    model, codec = tiny_dit()
+    with torch.no_grad():
+        model.head.linear.weight.normal_(0, 0.05)
+    character = Character(images={"global": np.full((64, 64, 3), 128, np.uint8)})
+    pcm = (np.random.default_rng(1).standard_normal(SR) * 0.1).astype(np.float32)
+    fp32 = DiTEngine(model, codec, character, DiTEngineConfig(seed=3))
+    int8 = DiTEngine(model, codec, character, DiTEngineConfig(seed=3, precision="int8"))
+    assert int8.model is not model and type(model.blocks[0].mlp[0]) is torch.nn.Linear  # a copy is quantised
+    for c in chunks(pcm, pcm, 4, fp32.lookahead_frames, 4):
+        a, b = (dict(e.stages())["generate"](c, {})[0] for e in (fp32, int8))
+        assert 0 < (a - b).abs().max() < 0.05 * a.abs().max()  # quantised (not identical), and close
+    with pytest.raises(EngineError, match="unknown precision 'fp8'"):
+        DiTEngine(model, codec, character, DiTEngineConfig(precision="fp8"))
 
 
 def test_dit_engine_skip_keeps_streaming(one_thread):

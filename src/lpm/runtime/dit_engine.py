@@ -20,8 +20,10 @@ does not advance, so model frame ``m`` shows media frame ``m + offset`` (a cut, 
 
 from __future__ import annotations
 
+import copy
 import inspect
 import time
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,6 +38,7 @@ from lpm.config import from_dict
 from lpm.data.clip import image_to_tensor, tensor_to_image
 from lpm.diffusion.flow import FlowConfig, FlowMatching
 from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
+from lpm.models.chunk_context import ChunkContext
 from lpm.models.conditioning import Conditioning, References
 from lpm.models.dit import DiT, load_dit
 from lpm.models.kv_cache import KVCache
@@ -51,6 +54,7 @@ DEFAULT_VAE = "checkpoints/vae_tiny.safetensors"
 DEFAULT_DENOISE_STEPS = 2  # without a checkpoint's own schedule: Euler steps per chunk
 DEFAULT_SAMPLER = "euler"
 DEFAULT_REFINER_TIME = 0.3
+PRECISIONS = ("fp32", "int8")
 
 
 @dataclass
@@ -68,6 +72,30 @@ class DiTEngineConfig:
     seed: int = 0  # noise seed of the session
     device: str = "cpu"
     compute_budget_s: float = 0.25  # latency allowed for the pipeline per chunk (sets the session's delay)
+    precision: str = "fp32"  # fp32, or int8: the blocks' linears dynamically quantised (quantize_linears)
+    chunk_context: bool = True  # share one DiT.prepare_chunk context between a chunk's forwards (equal output)
+    defer_commit: bool = True  # commit after the chunk is handed to the decoder (Engine.settle; equal output)
+
+
+def quantize_linears(model: DiT) -> DiT:
+    """A copy of ``model`` whose blocks' linears run int8 dynamic quantisation (weights int8 per channel,
+    activations quantised per call; fbgemm uses AVX512-VNNI where the CPU has it). Embedders, text encoder and
+    output head stay fp32. CPU only. Measured on the tiny Online model: docs/bench/speed_cpu."""
+    if next(model.parameters()).device.type != "cpu":
+        raise EngineError("int8 precision runs on the CPU only")
+    with warnings.catch_warnings():  # torch.ao's eager quantisation is deprecated upstream; torch is pinned
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        quantized = copy.deepcopy(model)
+        quantized.blocks = quantize_dynamic(quantized.blocks, {torch.nn.Linear: per_channel_dynamic_qconfig},
+                                            dtype=torch.qint8)
+    return quantized.eval()
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    """Whether ``quantize_linears`` made ``model`` (a shared model is quantised once, not per session)."""
+    return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in model.modules())
 
 
 def flow_config_of(checkpoint: str) -> FlowConfig:
@@ -214,12 +242,19 @@ class DiTEngine(Engine):
         self.features = [FeatureRing(capacity) for _ in range(2)]
         self._text: str | None = None
         self._text_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
+        if cfg.precision not in PRECISIONS:
+            raise EngineError(f"unknown precision {cfg.precision!r}; known: {', '.join(PRECISIONS)}")
+        if cfg.precision == "int8" and not is_quantized(model):
+            self.model = model = quantize_linears(model)
         self.references = self._encode_references(character)
         # A sequence-parallel model caches only its rank's heads (lpm.parallel): it makes its own cache.
         self.cache = model.empty_cache(1, self.device) if isinstance(model, SequenceParallelDiT) else \
             KVCache.empty(mc, 1, self.device)
         model.prefill(self.cache, self.references)
         self.decode_state = None
+        # ``prepare_chunk`` is the plain DiT's (a sequence-parallel model runs its forwards without a context).
+        self.use_context = cfg.chunk_context and isinstance(model, DiT)
+        self._pending: tuple[torch.Tensor, Conditioning, ChunkContext | None] | None = None  # a commit to run
 
     @classmethod
     def load(cls, character: Character, cfg: DiTEngineConfig) -> DiTEngine:
@@ -268,7 +303,22 @@ class DiTEngine(Engine):
         self._ingest(chunk)
 
     @torch.no_grad()
+    def settle(self, timings: dict[str, float]) -> None:
+        """The cache commit of the last generated chunk (CausVid: a forward of the clean chunk at t = 0 that
+        stores its keys/values), run after its latents went on to the decoder; the next ``_generate`` runs it
+        first if nobody did."""
+        if self._pending is None:
+            return
+        x_0, cond, context = self._pending
+        self._pending = None
+        begin = time.perf_counter()
+        extra = {"context": context} if context is not None else {}
+        self.model(x_0, torch.zeros(1, device=self.device), cond, cache=self.cache, update_cache=True, **extra)
+        timings["generate.commit"] = (time.perf_counter() - begin) * 1000
+
+    @torch.no_grad()
     def _generate(self, chunk: ChunkInput, timings: dict[str, float]) -> tuple[torch.Tensor, Conditioning]:
+        self.settle(timings)  # the previous chunk's commit, unless the pipeline already ran it
         start_time = time.perf_counter()
         self._ingest(chunk)
         f, t = self.model.cfg.frames_per_chunk, self.t_down  # latent frames per chunk, video frames per latent
@@ -281,21 +331,22 @@ class DiTEngine(Engine):
         mel_self, mel_partner = (self._latent_mel(ring, start * t + offset, end * t + offset) for ring in self.features)
         audio_start = end - mel_self.shape[1]
         cond = Conditioning(text_tokens, text_mask, mel_self, mel_partner, audio_start_frame=audio_start)
+        context = self.model.prepare_chunk(cond, self.cache) if self.use_context else None
+        extra = {"context": context} if context is not None else {}
         timings["generate.features"] = (time.perf_counter() - start_time) * 1000
 
         def model_fn(x_t, t, c):
-            return self.model(x_t, t, c, cache=self.cache)
+            return self.model(x_t, t, c, cache=self.cache, **extra)
 
         mc = self.model.cfg
         noise = torch.randn(1, f, mc.latent_channels, mc.latent_height, mc.latent_width,
                             generator=self.generator).to(self.device)
         t1 = time.perf_counter()
         x_0 = self.sampler(self.flow.denoiser(model_fn), noise, self.timesteps.to(self.device), cond)
-        t2 = time.perf_counter()
-        self.model(x_0, torch.zeros(1, device=self.device), cond, cache=self.cache, update_cache=True)
-        t3 = time.perf_counter()
-        timings["generate.denoise"] = (t2 - t1) * 1000
-        timings["generate.commit"] = (t3 - t2) * 1000
+        timings["generate.denoise"] = (time.perf_counter() - t1) * 1000
+        self._pending = (x_0, cond, context)
+        if not self.cfg.defer_commit:
+            self.settle(timings)
         # The refiner runs uncached on the chunk alone: its conditioning is relative to the chunk's frame 0.
         local = Conditioning(text_tokens, text_mask, mel_self, mel_partner,
                              audio_start_frame=audio_start - model_first, references=self.references)

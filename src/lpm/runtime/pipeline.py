@@ -77,14 +77,17 @@ class Pipeline:
         skip: the first stage calls it on a chunk marked ``skip`` (its audio is ingested, nothing is made).
         should_skip: asked by the first stage just before it starts a chunk (the latest moment to decide
             that the chunk would be late anyway); True marks the chunk ``skip``.
+        settle: the first stage calls it (``Engine.settle``) right after handing a chunk on; its timings
+            (``stage.part`` -> ms) go to ``stats``.
     """
 
     def __init__(self, stages: list[Stage], stats: SessionStats, queue_chunks: int = 2,
                  on_error: Callable[[BaseException], None] | None = None,
                  skip: Callable[[ChunkInput], None] | None = None,
-                 should_skip: Callable[[ChunkInput], bool] | None = None) -> None:
+                 should_skip: Callable[[ChunkInput], bool] | None = None,
+                 settle: Callable[[dict[str, float]], None] | None = None) -> None:
         self.stats = stats
-        self.skip, self.should_skip = skip, should_skip
+        self.skip, self.should_skip, self.settle = skip, should_skip, settle
         self.stop = threading.Event()
         self.on_error = on_error
         self.queues = [queue.Queue(maxsize=queue_chunks) for _ in range(len(stages) + 1)]
@@ -133,6 +136,11 @@ class Pipeline:
                     if sub.startswith(f"{name}."):
                         self.stats.record_stage(sub, sub_ms)
                 put(q_out, work, self.stop)
+                if first and self.settle is not None:
+                    settled: dict[str, float] = {}
+                    self.settle(settled)
+                    for sub, sub_ms in settled.items():
+                        self.stats.record_stage(sub, sub_ms)
         except Stopped:
             return
         except BaseException as e:  # noqa: BLE001 - a failing stage ends the session with a message

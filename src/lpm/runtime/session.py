@@ -100,7 +100,8 @@ class Session:
         self.stats.delay_s = self.delay_s
         self.t0 = 0.0
         self.pipeline = Pipeline(engine.stages(), self.stats, cfg.queue_chunks, on_error=self._on_error,
-                                 skip=engine.skip, should_skip=self._late if cfg.realtime else None)
+                                 skip=engine.skip, should_skip=self._late if cfg.realtime else None,
+                                 settle=engine.settle)
         self.emitter: Emitter | None = None
         self._feeder = threading.Thread(target=self._feed, name="lpm-feeder", daemon=True)
 
