@@ -17,7 +17,6 @@ import torch.multiprocessing as mp
 
 from lpm.errors import LpmError
 from lpm.parallel.stages import StagedPipeline
-from test_sequence_parallel import session_parts
 
 CHUNKS = 10
 CAPACITY = 1
@@ -100,6 +99,7 @@ def test_a_pipeline_needs_one_process_per_stage():
 def engine_and_chunks():
     from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
     from lpm.runtime.engines import Character, ChunkInput, samples_for_frames
+    from test_sequence_parallel import session_parts  # imported here: the simulated workers need none of it
 
     model, codec = session_parts()
     rng = np.random.default_rng(1)

@@ -6,14 +6,17 @@ works on chunk ``k`` the refiner has ``k + 1`` and the generator ``k + 2``, so t
 stage, not their sum, and each stage's weights live on its own device. ``lpm.runtime.pipeline`` does the same
 with threads on one device; here each stage owns a process (and a device).
 
-Links are bounded queues over ``torch.distributed`` point-to-point messages (gloo on CPU, NCCL on CUDA), with
-credits: a sender may have at most ``capacity`` items sent but not yet taken into the receiver's queue (itself of
-``capacity``), so a slow stage back-pressures the ones before it and nothing piles up. Each link owns two
-communicators (items one way, credits back); on every rank each communicator is used by one thread only.
+Links are bounded queues over ``torch.distributed`` point-to-point messages, with credits: a sender may have at
+most ``capacity`` items sent but not yet taken into the receiver's queue (itself of ``capacity``), so a slow stage
+back-pressures the ones before it and nothing piles up. Each link owns two communicators (items one way, credits
+back); on every rank each communicator is used by one thread only. The links are gloo groups even in an NCCL job:
+what travels (a chunk's latents and conditioning, its frames) is small, goes through host memory, and arrives on the
+receiving rank's device (``to_device``), never on the sender's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import time
@@ -37,6 +40,21 @@ class StageRecord:
     spans: list[tuple[int, float, float]] = field(default_factory=list)  # (chunk index, start, end)
 
 
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """``obj`` with every tensor inside it (tuples, lists, dicts, dataclasses such as ``Conditioning``) on
+    ``device``; anything else as it is."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(x, device) for x in obj)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: to_device(getattr(obj, f.name), device)
+                                           for f in dataclasses.fields(obj) if f.init})
+    return obj
+
+
 class Link:
     """One direction of a bounded queue between two ranks (see the module docstring).
 
@@ -44,14 +62,16 @@ class Link:
         src, dst: the sending and the receiving rank.
         capacity: items in flight and items queued at the receiver, each at most this many.
         rank: this process's rank; the link is inert on ranks other than ``src`` and ``dst``.
+        device: where received items are put (the receiving stage's device).
     """
 
-    def __init__(self, src: int, dst: int, capacity: int, rank: int) -> None:
+    def __init__(self, src: int, dst: int, capacity: int, rank: int, device: torch.device | str = "cpu") -> None:
         if capacity < 1:
             raise LpmError(f"a link's capacity must be at least 1, got {capacity}")
-        self.src, self.dst, self.capacity, self.rank = src, dst, capacity, rank
+        self.src, self.dst, self.capacity, self.rank, self.device = src, dst, capacity, rank, device
         # Every rank creates every group, in the same order (new_group is collective).
-        self.items, self.credits = dist.new_group([src, dst]), dist.new_group([src, dst])
+        self.items = dist.new_group([src, dst], backend="gloo")
+        self.credits = dist.new_group([src, dst], backend="gloo")
         self._free = capacity  # sender side: credits held
         self._queue: queue.Queue = queue.Queue(maxsize=capacity)  # receiver side
         self._thread: threading.Thread | None = None
@@ -63,7 +83,7 @@ class Link:
         if self._free == 0:
             self._take_credit()
         self._free -= 1
-        dist.send_object_list([item], dst=self.dst, group=self.items)
+        dist.send_object_list([to_device(item, "cpu")], dst=self.dst, group=self.items)
         if item is END:  # wait for the receiver to take everything (no credit is left unreceived)
             while self._free < self.capacity:
                 self._take_credit()
@@ -96,7 +116,7 @@ class Link:
         item = self._queue.get()
         if self.error is not None:
             raise LpmError(f"link {self.src} -> {self.dst} failed: {self.error}")
-        return item
+        return to_device(item, self.device)
 
     def join(self) -> None:
         if self._thread is not None:
@@ -112,9 +132,10 @@ class StagedPipeline:
     Args:
         stages: the engine's ordered stages (``Engine.stages()``), the same list on every rank.
         capacity: each link's bound.
+        device: this rank's device (received payloads are moved there).
     """
 
-    def __init__(self, stages: list[Stage], capacity: int = 2) -> None:
+    def __init__(self, stages: list[Stage], capacity: int = 2, device: torch.device | str = "cpu") -> None:
         if not dist.is_initialized():
             raise LpmError("a staged pipeline runs under torchrun (or an initialised process group)")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
@@ -122,7 +143,7 @@ class StagedPipeline:
             raise LpmError(f"{len(stages)} stages ({', '.join(n for n, _ in stages)}) need {len(stages)} "
                            f"processes, the job has {self.world}")
         self.name, self.fn = stages[self.rank]
-        self.links = [Link(i, (i + 1) % self.world, capacity, self.rank) for i in range(self.world)]
+        self.links = [Link(i, (i + 1) % self.world, capacity, self.rank, device) for i in range(self.world)]
         self.record = StageRecord(self.name)
 
     @property
