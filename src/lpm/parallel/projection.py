@@ -118,6 +118,8 @@ def project(cfg: DiTConfig, times: StageTimes, link: LinkCost, devices: int, t_d
     """
     if devices < 1 or t_down < 1:
         raise ValueError(f"devices and t_down must be >= 1, got {devices}, {t_down}")
+    if cfg.num_heads % devices:
+        raise ValueError(f"{devices} devices cannot split {cfg.num_heads} heads (Ulysses: heads / devices)")
     nc, forwards = cfg.tokens_per_chunk, times.denoise_steps + 1
     refine_tokens = nc + reference_tokens(cfg)
     frames = cfg.frames_per_chunk * t_down
