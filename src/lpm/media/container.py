@@ -31,9 +31,14 @@ def open_container(path: Path, need: str | None = None):
         container = av.open(str(path))
     except (av.FFmpegError, UnicodeDecodeError, ValueError, OSError) as e:
         raise MediaError(f"{path}: not a readable media file: {e}") from None
-    if need is not None and not getattr(container.streams, need):
-        container.close()
-        raise MediaError(f"{path}: no {need} stream")
+    if need is not None:
+        streams = getattr(container.streams, need)
+        if not streams:
+            container.close()
+            raise MediaError(f"{path}: no {need} stream")
+        if streams[0].codec_context is None:
+            container.close()
+            raise MediaError(f"{path}: the {need} stream's codec is unknown (a damaged header?)")
     return container
 
 

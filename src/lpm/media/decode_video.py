@@ -79,7 +79,7 @@ def probe(path: str | Path) -> MediaInfo:
         start = float(vs.start_time * vs.time_base) if vs.start_time is not None else 0.0
         duration = max(0.0, end - start) if end is not None else 0.0
         channels = 0
-        if container.streams.audio:
+        if container.streams.audio and container.streams.audio[0].codec_context is not None:
             channels = len(container.streams.audio[0].codec_context.layout.channels) or 1
     finally:
         container.close()

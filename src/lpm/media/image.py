@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,10 @@ def read_picture(source: str | Path | bytes, name: str | None = None, max_pixels
             rgb = _to_rgb(upright)
     except MediaError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        raise MediaError(f"{name}: not a readable image: {e}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError,
+            IndexError, KeyError, TypeError, ZeroDivisionError, struct.error) as e:
+        # PIL's parsers raise all of these on malformed files (found by fuzzing GIF and TIFF headers).
+        raise MediaError(f"{name}: not a readable image: {type(e).__name__}: {e}") from None
     ph, pw = rgb.shape[:2]
     if pw * ph > work_pixels:
         s = (work_pixels / (pw * ph)) ** 0.5
