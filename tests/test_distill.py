@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 from base_fixtures import MICRO, make_dataset, make_vae
 from killing import kill_after_checkpoint, rerun_until
+from lpm.config import ConfigError
 from lpm.diffusion import FlowMatching
 from lpm.distill.dmd import DmdDistiller, dmd_gradient, load_dmd_config
 from lpm.distill.ode import OdeDistiller, load_ode_config
@@ -126,6 +127,21 @@ def test_ode_stage_writes_an_online_checkpoint_and_fits_its_pairs(world, tmp_pat
     online = read_metadata(run / "dit_ema.safetensors")["extra"]["online"]
     assert online["sampler"] == "renoise" and online["timesteps"] == trainer.times
     assert (run / "samples" / "step_000030.mp4").is_file()
+
+
+def test_ode_stage_on_data_adds_the_reference_path_and_needs_no_pairs(world, tmp_path):
+    data, vae, base = world
+    run = tmp_path / "ode_data"
+    cfg = load_ode_config(None, [*TRAIN_KEYS, f"teacher={base}", "target=data", "reference_concat=true",
+                                 "steps=3", "batch=2", "checkpoint_every=3"])
+    trainer = OdeDistiller(cfg, data, str(vae), run)
+    result = trainer.run()
+    assert result["step"] == 3 and not (run / "pairs").exists()  # no teacher trajectories
+    student = load_dit(run / "dit_ema.safetensors")
+    assert student.cfg.reference_concat and student.cfg.attention == "block_causal"
+    assert student.reference_in.weight.abs().sum() > 0  # trained from zero
+    with pytest.raises(ConfigError, match="target"):
+        load_ode_config(None, [*TRAIN_KEYS, f"teacher={base}", "target=teachers"])
 
 
 def test_dmd_stage_updates_generator_and_fake_score(world, tmp_path):

@@ -31,6 +31,8 @@ def test_zero_init_equals_the_model_without_it_and_trained_weights_use_the_refer
         other = References([r.clone() for r in cond.references.latents], list(cond.references.kinds))
         other.latents[0] = other.latents[0] + 1.0  # another global reference
         assert (with_concat(x, t, dataclasses.replace(cond, references=other)) - base).abs().max() > 1e-4
+    with_concat(x, t, cond).square().mean().backward()  # and it trains (the uncached forward keeps the graph)
+    assert with_concat.reference_in.weight.grad.abs().sum() > 0
 
 
 def test_streaming_takes_the_reference_from_the_cache_and_equals_the_full_forward():

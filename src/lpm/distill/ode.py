@@ -26,7 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from lpm.config import load_config
+from lpm.config import ConfigError, load_config
 from lpm.diffusion.cfg import GuidanceSpec, guided
 from lpm.diffusion.samplers import sample_euler
 from lpm.distill.student import causal_inputs, teacher_grid
@@ -38,6 +38,7 @@ from lpm.training.base_batches import Window
 from lpm.training.vae_trainer import autocast
 
 PAIR_SEED = 7919  # separates the pair draws from the training batches of the same seed
+ODE_TARGETS = ("teacher", "data")
 
 
 @dataclass
@@ -54,6 +55,16 @@ class OdeConfig(DistillConfig):
     pair_batch: int = 4
     # Teacher Euler steps per student step (the teacher grid refines the student's).
     teacher_steps_per_step: int = 3
+    # What the student regresses onto: ``teacher`` (the teacher's ODE trajectories, CausVid's ODE init) or ``data``
+    # (the training windows' own latents, noised to the student's times, with clean earlier chunks: causal flow
+    # matching at the student's few times, no teacher pass). ``data`` is for a student whose teacher lacks a path
+    # it has (``reference_concat``): regressing onto the teacher's output would teach it the teacher's smear.
+    target: str = "teacher"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.target not in ODE_TARGETS:
+            raise ConfigError(f"target must be one of {', '.join(ODE_TARGETS)}, got {self.target!r}")
 
 
 @dataclass
@@ -71,7 +82,8 @@ class OdeDistiller(DistillTrainer):
 
     def setup(self) -> None:
         super().setup()
-        self._ensure_pairs()
+        if self.cfg.target == "teacher":
+            self._ensure_pairs()
 
     # ---- pairs ----
     def _pair_path(self, shard: int) -> Path:
@@ -138,19 +150,29 @@ class OdeDistiller(DistillTrainer):
     def _loss(self, step: int) -> OdeLoss:
         cfg, info = self.cfg, self.info
         rng = np.random.default_rng([cfg.seed, step])
-        n, b = len(self.pair_windows), cfg.batch
-        idx = rng.integers(0, n, b)
+        b = cfg.batch
         chunk = torch.from_numpy(rng.integers(0, cfg.frames // self.dit_cfg.frames_per_chunk, b))
         step_i = torch.from_numpy(rng.integers(0, len(self.times) - 1, b))
         part = slice(info.rank * b // info.world_size, (info.rank + 1) * b // info.world_size)
-        idx, chunk, step_i = idx[part], chunk[part], step_i[part]
-        batch = self.sampler.assemble([self.pair_windows[i] for i in idx],
-                                      {k: v[idx] for k, v in self.pair_drop.items()})
+        chunk, step_i = chunk[part], step_i[part]
+        if cfg.target == "data":
+            windows = self.sampler.windows(rng, b)[part]
+            batch = self.sampler.assemble(windows, {k: v[part] for k, v in self.sampler.draw_dropout(rng, b).items()})
+            target = batch.x_0
+            noise = torch.from_numpy(rng.standard_normal(target.shape).astype(np.float32))
+            t = torch.tensor(self.times[:-1])[:, None, None, None, None]  # (S, 1, 1, 1, 1)
+            states = ((1 - t) * target[:, None] + t * noise[:, None])  # (B, S, F, C, h, w): x_t = (1 - t) x_0 + t eps
+        else:
+            idx = rng.integers(0, len(self.pair_windows), b)[part]
+            batch = self.sampler.assemble([self.pair_windows[i] for i in idx],
+                                          {k: v[idx] for k, v in self.pair_drop.items()})
+            states, target = self.pair_states[idx], self.pair_ends[idx]
+        n = len(target)
         if batch.cond.motion is not None and cfg.predicted_motion > 0:  # as the Base: some see the track from audio
-            batch.cond.motion_from_audio = torch.from_numpy(rng.random(len(idx)) < cfg.predicted_motion)
+            batch.cond.motion_from_audio = torch.from_numpy(rng.random(n) < cfg.predicted_motion)
         device = info.device
-        target = self.pair_ends[idx].to(device)
-        inputs = causal_inputs(self.pair_states[idx].to(device), target, self.times, chunk.to(device),
+        target = target.to(device)
+        inputs = causal_inputs(states.to(device), target, self.times, chunk.to(device),
                                step_i.to(device), self.dit_cfg.frames_per_chunk)
         with autocast(device, self.autocast_dtype):
             out = self.model(inputs.x_t, inputs.t, batch.cond.to(device))

@@ -43,6 +43,9 @@ class DistillConfig(BaseTrainConfig):
     student_steps: int = 2
     # The Base trainer's audio check measures a bidirectional denoiser; students are rated by the bench instead.
     audio_check_every: int = 0
+    # Give the student the global reference's token path (``DiTConfig.reference_concat``) if its initial weights
+    # lack it: the path starts at zero, so the student starts as the weights it is initialised from.
+    reference_concat: bool = False
 
 
 def resolve_weights(spec: str, what: str) -> Path:
@@ -125,10 +128,13 @@ class DistillTrainer(BaseTrainer):
                            "a different VAE or resolution")
         if cfg.frames % tc.frames_per_chunk:
             raise LpmError(f"frames {cfg.frames} is not a multiple of the chunk ({tc.frames_per_chunk} frames)")
-        self.dit_cfg = dataclasses.replace(tc, attention="block_causal")
+        self.dit_cfg = dataclasses.replace(tc, attention="block_causal",
+                                           reference_concat=tc.reference_concat or cfg.reference_concat)
         self.cfg = dataclasses.replace(cfg, model=self.dit_cfg)
         student = DiT(self.dit_cfg)
-        student.load_state_dict(self._student_state(teacher), strict=True)
+        missing, unexpected = student.load_state_dict(self._student_state(teacher), strict=False)
+        if unexpected or any(not k.startswith("reference_in.") for k in missing):
+            raise LpmError(f"the student's initial weights do not fit it: missing {missing}, unexpected {unexpected}")
         self.export_dit = DiT(self.dit_cfg) if info.is_main else None
         # As the Base: windows carry their true motion track (teacher pairs render it; the student sees the
         # speech network's prediction for ``predicted_motion`` of its samples), the mouth weighted up.

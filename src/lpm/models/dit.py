@@ -222,8 +222,6 @@ class DiT(nn.Module):
             ),
         )
 
-    # ---- streaming ----
-    @torch.no_grad()
     def reference_input(self, refs: References | None) -> torch.Tensor:
         """The global reference's per-token input ``(B, N, D)`` of ``reference_concat`` (a clear error without it)."""
         if refs is None or "global" not in refs.kinds:
@@ -236,13 +234,12 @@ class DiT(nn.Module):
                              f"adds it token by token")
         return self.reference_in(patchify(latent[:, None].to(self.reference_in.weight.dtype), cfg.patch_size)[:, 0])
 
+    # ---- streaming ----
+    @torch.no_grad()
     def prefill(self, cache: KVCache, references: References | None) -> None:
         """Compute every layer's reference keys/values once and store them in ``cache``."""
         device = self.patch_embed.weight.device
-        if self.cfg.reference_concat:
-            cache.reference_input = self.reference_input(references)
-        batch = cache.slot_k[0].shape[0]
-        x_ref, e_ref, positions = self._references(references, batch, device)
+        x_ref, e_ref, positions = self.prefill_inputs(cache, references)
         if x_ref is None:
             empty = cache.slot_k[0][:, :, :0]
             cache.set_references([(empty, empty)] * len(self.blocks), positions)
@@ -253,6 +250,13 @@ class DiT(nn.Module):
             _, x_ref, kv = block(None, None, x_ref, e_ref, lambda q, k, v, g=groups: attend(q, k, v, g), None)
             kvs.append(kv)
         cache.set_references(kvs, positions)
+
+    def prefill_inputs(self, cache: KVCache, references: References | None) -> tuple:
+        """The reference tokens ``(B, R, D)``, their modulation and positions ``(R, 3)`` a prefill runs through the
+        blocks (None, None, empty without references); stores the per-session reference input in ``cache``."""
+        if self.cfg.reference_concat:
+            cache.reference_input = self.reference_input(references)
+        return self._references(references, cache.slot_k[0].shape[0], self.patch_embed.weight.device)
 
     @torch.no_grad()
     def prepare_chunk(self, cond: Conditioning, cache: KVCache) -> ChunkContext:
@@ -269,31 +273,11 @@ class DiT(nn.Module):
         return ChunkContext.build(cache, groups[0], num_slots, cross, memory, self._motion(cond, first_frame, f))
 
     # ---- the forward ----
-    def forward(
-        self,
-        x_t: torch.Tensor,
-        t: torch.Tensor,
-        cond: Conditioning,
-        cache: KVCache | None = None,
-        update_cache: bool = False,
-        mode: str | None = None,
-        context: ChunkContext | None = None,
-    ) -> torch.Tensor:
-        """Predict the flow-matching target for ``x_t``.
-
-        Args:
-            x_t: ``(B, F, C, h, w)`` noisy latents (cached: one chunk, ``F = frames_per_chunk``).
-            t: ``(B,)`` or ``(B, F)`` flow time in [0, 1].
-            cond: text, audio (covering ``audio_frame_range``), optional pose ``(B, F, 4)`` and references.
-            cache: a ``KVCache`` for streaming the Online model; the chunk is ``cache.chunks_seen``.
-            update_cache: store this chunk's keys/values (call it on the clean chunk) and advance.
-            mode: ``bidirectional`` or ``block_causal``; default ``cfg.attention``; a cache implies
-                block-causal.
-            context: ``prepare_chunk(cond, cache)`` of this chunk (cached forwards only): its shared parts
-                are taken from there instead of recomputed; ``cond``'s audio and text are then not read.
-        Returns:
-            ``(B, F, C, h, w)``.
-        """
+    def embed_video(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, cache: KVCache | None = None,
+                    context: ChunkContext | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The video tokens entering the blocks and their modulation (checks, patch embedding, reference input,
+        pose, motion track, flow time): ``x (B, F, N, D)``, ``e (B, F, D)``, ``e6 (B, F, 6, D)``. Arguments as
+        ``forward``'s; shared with ``lpm.parallel.SequenceParallelDiT``, which shards ``x`` afterwards."""
         cfg = self.cfg
         b, f, c, h, w = x_t.shape
         if c != cfg.latent_channels or (h, w) != (cfg.latent_height, cfg.latent_width):
@@ -324,6 +308,37 @@ class DiT(nn.Module):
             if motion_tokens is not None:
                 x = x + motion_tokens
         e, e6 = self._modulation(t, motion_e)  # (B, F, D), (B, F, 6, D)
+        return x, e, e6
+
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning,
+        cache: KVCache | None = None,
+        update_cache: bool = False,
+        mode: str | None = None,
+        context: ChunkContext | None = None,
+    ) -> torch.Tensor:
+        """Predict the flow-matching target for ``x_t``.
+
+        Args:
+            x_t: ``(B, F, C, h, w)`` noisy latents (cached: one chunk, ``F = frames_per_chunk``).
+            t: ``(B,)`` or ``(B, F)`` flow time in [0, 1].
+            cond: text, audio (covering ``audio_frame_range``), optional pose ``(B, F, 4)`` and references.
+            cache: a ``KVCache`` for streaming the Online model; the chunk is ``cache.chunks_seen``.
+            update_cache: store this chunk's keys/values (call it on the clean chunk) and advance.
+            mode: ``bidirectional`` or ``block_causal``; default ``cfg.attention``; a cache implies
+                block-causal.
+            context: ``prepare_chunk(cond, cache)`` of this chunk (cached forwards only): its shared parts
+                are taken from there instead of recomputed; ``cond``'s audio and text are then not read.
+        Returns:
+            ``(B, F, C, h, w)``.
+        """
+        cfg = self.cfg
+        b, f, c, h, w = x_t.shape
+        x, e, e6 = self.embed_video(x_t, t, cond, cache, context)  # (B, F, N, D), (B, F, D), (B, F, 6, D)
+        first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk
         device = x.device
         if cache is None:
             x_ref, e_ref, ref_pos = self._references(cond.references, b, device)
