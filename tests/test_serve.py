@@ -23,6 +23,8 @@ CHARACTER = "anime:42"
 
 
 def make_client(**overrides) -> TestClient:
+    """The rig engine in this process (fast); ``test_serve_workers.py`` covers worker processes and capacity."""
+    overrides = {"workers": False, "max_sessions": 4, **overrides}
     cfg = ServerConfig(engine=EngineSpec(rig_resolution=64), session=SessionConfig(vad="energy"),
                        stats_interval_s=0.25, **overrides)
     return TestClient(create_app(cfg))
@@ -93,7 +95,7 @@ def test_max_sessions_refuses_clearly_and_dead_clients_free_slots():
             with client.websocket_connect("/v1/session") as second:
                 second.send_text(json.dumps({"type": "start", "character": "photo:1"}))
                 error, _ = receive_until(second, "error")
-                assert "busy" in error["message"]
+                assert error["message"].startswith("at capacity: 1 session(s) running")
         deadline = time.monotonic() + 5
         while manager.count and time.monotonic() < deadline:
             time.sleep(0.05)

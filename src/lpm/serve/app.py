@@ -20,21 +20,21 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from lpm.errors import LpmError
 from lpm.runtime.session import SessionConfig
+from lpm.serve.capacity import Capacity, available_cores, measure_capacity
 from lpm.serve.manager import EngineFactory, EngineSpec, LiveSession, ServerBusyError, SessionManager
 from lpm.serve.protocol import (
     PROTOCOL_VERSION,
     TAG_SELF_AUDIO,
     Limits,
     ProtocolError,
-    encode_frame,
     encode_speech,
-    jpeg_bytes,
     parse_audio,
     parse_json,
     parse_start,
     parse_voice,
     text_field,
 )
+from lpm.serve.worker import WorkerPool
 from lpm.world.identity import ALL_STYLES
 
 CLOSE_NORMAL = 1000
@@ -50,7 +50,9 @@ class ServerConfig:
     host: str = "127.0.0.1"  # bind address; nothing is bound beyond it
     port: int = 8000
     token: str | None = None  # when set, clients must send it (Authorization: Bearer T, or ?token=T)
-    max_sessions: int = 4  # concurrent sessions; a start beyond is refused with an error message
+    max_sessions: int | None = None  # concurrent sessions; None: the measured capacity (lpm.serve.capacity)
+    workers: bool = True  # each session computes in a worker process of its own (lpm.serve.worker)
+    threads: int = 1  # torch intra-op threads per session (its pipeline stages already run one thread each)
     engine: EngineSpec = field(default_factory=EngineSpec)
     limits: Limits = field(default_factory=Limits)
     session: SessionConfig = field(default_factory=SessionConfig)
@@ -101,15 +103,14 @@ class Connection:
         """On the event loop: queue a frame unless the client is too far behind (then drop and count)."""
         if self.pending_frames >= self.cfg.max_pending_frames:
             if self.live is not None:
-                self.live.session.stats.add(dropped=1)
+                self.live.session.count_dropped(1)
             return
         self.pending_frames += 1
         self.out.put_nowait(("frame", data))
 
     def _pump_frames(self, live: LiveSession) -> None:
-        """Thread: session frames -> JPEG -> the event loop."""
-        for timestamp, image in live.session.frames():
-            data = encode_frame(timestamp, jpeg_bytes(image, self.cfg.jpeg_quality))
+        """Thread: the session's encoded frames -> the event loop."""
+        for data in live.session.encoded_frames():
             try:
                 self.loop.call_soon_threadsafe(self._offer_frame, data)
             except RuntimeError:  # the loop closed: the client is gone
@@ -125,7 +126,7 @@ class Connection:
             ticks += 1
             if ticks * EVENT_POLL_S >= interval:
                 ticks = 0
-                await self.send_json(type="stats", engine=live.session.engine.name, **live.session.stats.snapshot())
+                await self.send_json(type="stats", engine=live.session.info.engine, **live.session.snapshot())
 
     async def _receive(self) -> dict | None:
         """The next client message, or None when the client left or idled out."""
@@ -197,11 +198,8 @@ class Connection:
         self.live = live
         live.speech_sink = lambda data: self.loop.call_soon_threadsafe(self.out.put_nowait, ("bytes", data))
         session = live.session
-        await self.send_json(type="ready", session=live.id, engine=session.engine.name, protocol=PROTOCOL_VERSION,
-                             fps=session.cfg.fps, resolution=session.engine.resolution,
-                             frames_per_chunk=session.engine.frames_per_chunk,
-                             lookahead_frames=session.engine.lookahead_frames, delay_s=round(session.delay_s, 3),
-                             vad=session.vad_backend, character=live.character.describe(),
+        await self.send_json(type="ready", session=live.id, protocol=PROTOCOL_VERSION, **session.info.to_json(),
+                             model=self.cfg.engine.describe(), character=live.character.describe(),
                              framing={kind: f.to_json() for kind, f in live.framing.items()})
         pump = threading.Thread(target=self._pump_frames, args=(live,), name="lpm-jpeg", daemon=True)
         pump.start()
@@ -239,7 +237,7 @@ async def speak(live: LiveSession, text: str, voice_spec: str | None = None) -> 
     voice = parse_voice(voice_spec, live.character) if voice_spec else live.voice
     utterance = await asyncio.to_thread(synthesize, text, voice)
     pcm = np.asarray(utterance.pcm, np.float32)
-    start_s = live.session.push_self_audio(pcm, native=True)
+    start_s = live.session.push_self_audio(pcm, native=True, want_start=True)
     if live.speech_sink is not None:
         live.speech_sink(encode_speech(start_s, pcm))
     return utterance.duration_s
@@ -249,11 +247,24 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     """The server app; its ``SessionManager`` is ``app.state.manager``."""
     cfg = cfg or ServerConfig()
     factory = EngineFactory(cfg.engine)
-    manager = SessionManager(factory, cfg.max_sessions, cfg.session)
+    pool = WorkerPool(cfg.engine, cfg.threads) if cfg.workers else None
+    fixed = None if cfg.max_sessions is None else Capacity(cfg.max_sessions, None, 0.0, available_cores(),
+                                                            "--max-sessions")
+    # Until the measurement at start-up ends nobody is admitted (a server answers only after its lifespan start).
+    manager = SessionManager(factory, fixed or Capacity(0, None, 0.0, available_cores(), "not measured yet"),
+                             cfg.session, pool, cfg.jpeg_quality)
+
+    def start_up() -> None:
+        if pool is not None:
+            pool.start()  # the spare worker loads its weights while the capacity is measured
+        if fixed is None:
+            manager.capacity = measure_capacity(factory, cfg.threads, cfg.jpeg_quality)
+        if pool is None:
+            factory.preload()  # sessions in this process share these weights
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        await asyncio.to_thread(factory.preload)
+        await asyncio.to_thread(start_up)
         yield
         manager.close_all()
 
@@ -270,8 +281,9 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
 
     @app.get("/v1/info")
     async def info() -> dict:
-        return {"engine": cfg.engine.name, "protocol": PROTOCOL_VERSION, "styles": list(ALL_STYLES),
-                "max_sessions": cfg.max_sessions, "sessions": manager.count, "token_required": bool(cfg.token)}
+        return {"engine": cfg.engine.name, "model": cfg.engine.describe(), "protocol": PROTOCOL_VERSION,
+                "styles": list(ALL_STYLES), "max_sessions": manager.max_sessions, "sessions": manager.count,
+                "capacity": manager.capacity.describe(), "workers": cfg.workers, "token_required": bool(cfg.token)}
 
     @app.post("/v1/speak")
     async def speak_route(request: Request) -> JSONResponse:

@@ -42,7 +42,8 @@ def _engine_spec(args):
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise LpmError(f"--checkpoint {checkpoint} does not exist (the shipped model is {DEFAULT_CHECKPOINT}; "
                        "--rig runs the rule-driven rig engine instead)")
-    dit = DiTEngineConfig(vae=args.vae, denoise_steps=args.steps, refiner=args.refiner, device=args.device)
+    dit = DiTEngineConfig(vae=args.vae, denoise_steps=args.steps, refiner=args.refiner, device=args.device,
+                          precision=args.precision)
     return EngineSpec(checkpoint=checkpoint, dit=dit, rig_resolution=args.res)
 
 
@@ -61,10 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
               "start sessions", file=sys.stderr)
     limits = Limits(idle_timeout_s=args.idle_timeout)
     cfg = ServerConfig(host=args.host, port=args.port, token=args.token, max_sessions=args.max_sessions,
-                       engine=_engine_spec(args), limits=limits)
-    spec = cfg.engine
-    engine = f"dit ({spec.checkpoint})" if spec.checkpoint else "rig (world characters only; --rig given)"
-    print(f"lpm serve: http://{args.host}:{args.port}/  engine: {engine}", file=sys.stderr)
+                       engine=_engine_spec(args), limits=limits, workers=not args.in_process, threads=args.threads)
+    print(f"lpm serve: http://{args.host}:{args.port}/  {cfg.engine.describe()}; measuring capacity ...",
+          file=sys.stderr)
     # Keepalive: a client must answer pings within a minute; on a saturated CPU a 20 s reply (uvicorn's default)
     # can be late for a live client, and dead clients are found by the session idle timeout anyway.
     uvicorn.run(create_app(cfg), host=args.host, port=args.port, ws_max_size=limits.max_message_bytes,
@@ -123,14 +123,23 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    help="torch intra-op threads; pipeline stages already run in parallel, one core each")
 
 
+def _precision_arg(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--precision", choices=("fp32", "int8"), default=default,
+                   help=f"DiT compute: int8 quantises the blocks' linears (faster on CPUs; default {default})")
+
+
 def register(sub, groups) -> None:
     p = sub.add_parser("serve", help="live sessions over WebSocket, with a web page (FastAPI + uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", default=None, help="require this bearer token from clients")
-    p.add_argument("--max-sessions", type=int, default=4)
+    p.add_argument("--max-sessions", type=int, default=None,
+                   help="live sessions admitted at once (default: the capacity measured at start)")
+    p.add_argument("--in-process", action="store_true",
+                   help="run sessions in the server's process (default: a worker process per session)")
     p.add_argument("--idle-timeout", type=float, default=120.0, help="close sessions idle this many seconds")
     _engine_args(p)
+    _precision_arg(p, "int8")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("perform", help="offline NPC performance: a reference and a script -> mp4")
@@ -144,4 +153,5 @@ def register(sub, groups) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tail", type=float, default=0.5, help="seconds of silence after the speech")
     _engine_args(p)
+    _precision_arg(p, "fp32")
     p.set_defaults(func=cmd_perform)

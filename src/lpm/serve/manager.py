@@ -1,7 +1,9 @@
 """``SessionManager``: the live sessions of one server (created by the app factory; no module globals).
 
-It bounds how many sessions run at once (a reservation is taken before an engine is built, so concurrent
-starts cannot overshoot), builds each session's engine, and frees a session whatever way its client leaves.
+It admits sessions up to the server's ``Capacity`` (measured, ``lpm.serve.capacity``; a reservation is taken
+before anything is built, so concurrent starts cannot overshoot, and session N + 1 is refused at once), starts
+each session in a worker process (``lpm.serve.worker``) or in this process, and frees a session whatever way
+its client leaves.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
 from lpm.runtime.engines import Character, Engine, EngineError
 from lpm.runtime.rig_engine import RigEngine
 from lpm.runtime.session import Session, SessionConfig
+from lpm.serve.capacity import Capacity
+from lpm.serve.handle import LocalSession, SessionHandle
 from lpm.serve.protocol import StartRequest
+from lpm.serve.worker import RemoteSession, WorkerPool
 from lpm.world.speech import Voice
 
 
 class ServerBusyError(EngineError):
-    """Every session slot is taken."""
+    """The server is at capacity."""
 
 
 @dataclass
@@ -35,6 +40,13 @@ class EngineSpec:
     @property
     def name(self) -> str:
         return "dit" if self.checkpoint else "rig"
+
+    def describe(self) -> str:
+        """The model sessions run, for people (the page, ``ready``, ``/v1/info``)."""
+        if not self.checkpoint:
+            return "rig engine: the world's rule-driven pipeline (world characters only)"
+        extras = [self.dit.precision] + (["refiner"] if self.dit.refiner else [])
+        return f"DiT {self.checkpoint} ({', '.join(extras)})"
 
 
 class EngineFactory:
@@ -75,7 +87,7 @@ class LiveSession:
     """A session and what the server keeps with it."""
 
     id: str
-    session: Session
+    session: SessionHandle
     voice: Voice
     character: Character
     speech_sink: Callable[[bytes], None] | None = None  # where ``say`` audio goes (the client's connection)
@@ -83,20 +95,28 @@ class LiveSession:
 
 
 class SessionManager:
-    """Open, find and close sessions, at most ``max_sessions`` at a time.
+    """Open, find and close sessions, at most ``capacity.sessions`` at a time.
 
     Args:
-        factory: builds engines.
-        max_sessions: the cap; a start beyond it is refused with ``ServerBusyError``.
+        factory: builds engines (in this process; workers build their own from ``factory.spec``).
+        capacity: how many sessions to admit; a start beyond is refused with ``ServerBusyError``.
         session_cfg: pacing and buffering of every session (its ``input_sample_rate`` is set per start).
+        pool: worker processes to run sessions in; None runs them in this process.
+        jpeg_quality: of the frames sent to clients.
     """
 
-    def __init__(self, factory: EngineFactory, max_sessions: int = 4, session_cfg: SessionConfig | None = None):
-        self.factory, self.max_sessions = factory, max_sessions
+    def __init__(self, factory: EngineFactory, capacity: Capacity, session_cfg: SessionConfig | None = None,
+                 pool: WorkerPool | None = None, jpeg_quality: int = 85):
+        self.factory, self.capacity, self.pool = factory, capacity, pool
         self.session_cfg = session_cfg or SessionConfig()
+        self.jpeg_quality = jpeg_quality
         self._lock = threading.Lock()
         self._sessions: dict[str, LiveSession] = {}
         self._reserved = 0
+
+    @property
+    def max_sessions(self) -> int:
+        return self.capacity.sessions
 
     @property
     def count(self) -> int:
@@ -106,19 +126,25 @@ class SessionManager:
     def open(self, request: StartRequest) -> LiveSession:
         """Reserve a slot, build the engine, start the session. Raises ServerBusyError or EngineError."""
         with self._lock:
-            if len(self._sessions) + self._reserved >= self.max_sessions:
-                raise ServerBusyError(f"server busy: all {self.max_sessions} session slots are taken; try later")
+            running = len(self._sessions) + self._reserved
+            if running >= self.capacity.sessions:
+                raise ServerBusyError(self.capacity.refusal(running))
             self._reserved += 1
         try:
             session_id = secrets.token_hex(8)
             # Framing runs here, off the event loop (face detection takes tens of milliseconds).
             images, framing = frame_references(request.character.images, request.frame)
             character = replace(request.character, images=images)
-            engine = self.factory.build(character, seed=secrets.randbelow(2**31))
+            seed = secrets.randbelow(2**31)
             cfg = SessionConfig(**{**self.session_cfg.__dict__, "input_sample_rate": request.sample_rate})
-            session = Session(engine, cfg)
-            session.set_text(request.text)
-            live = LiveSession(session_id, session.start(), request.voice, character, framing=framing)
+            if self.pool is not None:
+                handle: SessionHandle = RemoteSession(self.pool.take(), character, seed, cfg, request.text,
+                                                      self.jpeg_quality)
+            else:
+                session = Session(self.factory.build(character, seed=seed), cfg)
+                session.set_text(request.text)
+                handle = LocalSession(session.start(), self.jpeg_quality)
+            live = LiveSession(session_id, handle, request.voice, character, framing=framing)
             with self._lock:
                 self._sessions[session_id] = live
             return live
@@ -142,3 +168,5 @@ class SessionManager:
             ids = list(self._sessions)
         for session_id in ids:
             self.close(session_id)
+        if self.pool is not None:
+            self.pool.close()

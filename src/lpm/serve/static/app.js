@@ -27,7 +27,8 @@ function log(text, cls) {
 async function info() {
   const r = await fetch("/v1/info");
   const j = await r.json();
-  $("engine").textContent = "engine: " + j.engine + (j.token_required ? " (token required)" : "");
+  $("engine").textContent = "model: " + j.model + " · " + j.sessions + " of " + j.max_sessions + " sessions (" +
+    j.capacity + ")" + (j.token_required ? " · token required" : "");
   for (const s of j.styles) { const o = document.createElement("option"); o.textContent = s; $("style").append(o); }
   $("style").value = j.styles[1] || j.styles[0];
 }
