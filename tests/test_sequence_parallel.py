@@ -31,8 +31,8 @@ SESSION_CHUNKS = 7  # window 2, sink 1: chunks 3.. evict
 
 def parallel_cfg():
     # 6x6 latents with 2x2 patches: 9 tokens per frame and 27 reference tokens, so both shards are padded on 2
-    # and on 4 ranks; 4 heads split over 2 or 4 ranks.
-    return micro(latent_height=6, latent_width=6, reference_patch_size=2, num_heads=4)
+    # and on 4 ranks; 4 heads split over 2 or 4 ranks; the global reference also added token by token.
+    return micro(latent_height=6, latent_width=6, reference_patch_size=2, num_heads=4, reference_concat=True)
 
 
 def forwards(model) -> dict[str, torch.Tensor]:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lpm.models.attention import attend, plan_chunk, plan_full, plan_references
-from lpm.models.conditioning import Conditioning, References, patchify, unpatchify
+from lpm.models.conditioning import Conditioning, References, unpatchify
 from lpm.models.dit import DiT
 from lpm.models.kv_cache import KVCache
 from lpm.parallel.group import SequenceGroup
@@ -72,8 +72,7 @@ class SequenceParallelDiT(nn.Module):
         """Every layer's reference keys/values (this rank's heads) into ``cache``; ``DiT.prefill`` split."""
         dit = self.dit
         device = dit.patch_embed.weight.device
-        batch = cache.slot_k[0].shape[0]
-        x_ref, e_ref, positions = dit._references(references, batch, device)
+        x_ref, e_ref, positions = dit.prefill_inputs(cache, references)
         if x_ref is None:
             empty = cache.slot_k[0][:, :, :0]
             cache.set_references([(empty, empty)] * len(dit.blocks), positions)
@@ -108,23 +107,9 @@ class SequenceParallelDiT(nn.Module):
         """
         dit, cfg, group = self.dit, self.cfg, self.group
         b, f, c, h, w = x_t.shape
-        if c != cfg.latent_channels or (h, w) != (cfg.latent_height, cfg.latent_width):
-            raise ValueError(f"latents {tuple(x_t.shape)} do not fit the config (C={cfg.latent_channels}, "
-                             f"h={cfg.latent_height}, w={cfg.latent_width})")
-        t = t[:, None].expand(b, f) if t.dim() == 1 else t
-        # The embedding as in DiT.forward (whole, on every rank: a linear per token, cheap beside the blocks).
-        x = dit.patch_embed(patchify(x_t, cfg.patch_size))  # (B, F, N, D)
-        if cond.pose is not None:
-            x = x + dit.pose_embed(cond.pose)[:, :, None]
+        # The embedding whole on every rank (a linear per token, cheap beside the blocks), then this rank's shard.
+        x, e, e6 = dit.embed_video(x_t, t, cond, cache)  # (B, F, N, D), (B, F, D), (B, F, 6, D)
         first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk
-        motion = dit._motion(cond, first_frame, f)
-        motion_e = None
-        if motion is not None:
-            motion_e, motion_tokens = motion  # (B, F, D), (B, F, N, D) or None
-            x = x + motion_e[:, :, None]
-            if motion_tokens is not None:
-                x = x + motion_tokens
-        e, e6 = dit._modulation(t, motion_e)  # (B, F, D), (B, F, 6, D)
         device = x.device
         if cache is None:
             x_ref, e_ref, ref_pos = dit._references(cond.references, b, device)
