@@ -41,12 +41,17 @@ def _init(rank: int, world: int, port: int) -> None:
     torch.distributed.init_process_group("gloo")
 
 
-def _simulated_worker(rank: int, port: int, seconds: dict, out: Path) -> None:
+EVEN = {"generate": 0.1, "refine": 0.1, "decode": 0.1}  # seconds of simulated device time per chunk
+SLOW_REFINER = {"generate": 0.005, "refine": 0.12, "decode": 0.005}
+
+
+def _simulated_worker(rank: int, port: int, out: Path) -> None:
     _init(rank, 3, port)
-    pipe = StagedPipeline(simulated(seconds), capacity=CAPACITY)
-    results = list(pipe.run(range(CHUNKS) if rank == 0 else None))
-    torch.distributed.barrier()
-    (out / f"{rank}.pkl").write_bytes(pickle.dumps((results, pipe.record)))
+    for name, seconds in (("even", EVEN), ("slow_refiner", SLOW_REFINER)):  # two pipelines, one after the other
+        pipe = StagedPipeline(simulated(seconds), capacity=CAPACITY)
+        results = list(pipe.run(range(CHUNKS) if rank == 0 else None))
+        torch.distributed.barrier()
+        (out / f"{name}{rank}.pkl").write_bytes(pickle.dumps((results, pipe.record)))
     torch.distributed.destroy_process_group()
 
 
@@ -56,19 +61,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run_simulated(tmp_path: Path, seconds: dict) -> tuple[list, dict]:
-    mp.spawn(_simulated_worker, args=(_free_port(), seconds, tmp_path), nprocs=3, join=True)
-    loaded = [pickle.loads((tmp_path / f"{r}.pkl").read_bytes()) for r in range(3)]
-    return loaded[0][0], {rec.stage: rec.spans for _, rec in loaded}
+@pytest.fixture(scope="module")
+def simulated_runs(tmp_path_factory) -> dict[str, tuple[list, dict]]:
+    """Both simulated pipelines on 3 processes (one spawn): per run, rank 0's results and every stage's spans."""
+    out = tmp_path_factory.mktemp("staged")
+    mp.spawn(_simulated_worker, args=(_free_port(), out), nprocs=3, join=True)
+    runs = {}
+    for name in ("even", "slow_refiner"):
+        loaded = [pickle.loads((out / f"{name}{r}.pkl").read_bytes()) for r in range(3)]
+        runs[name] = loaded[0][0], {rec.stage: rec.spans for _, rec in loaded}
+    return runs
 
 
-def test_stages_on_three_processes_overlap(tmp_path):
-    seconds = {"generate": 0.1, "refine": 0.1, "decode": 0.1}
-    results, spans = _run_simulated(tmp_path, seconds)
+def test_stages_on_three_processes_overlap(simulated_runs):
+    results, spans = simulated_runs["even"]
     assert results == [(i + 1) * 2 - 3 for i in range(CHUNKS)]  # every chunk, in order, through every stage
     start = min(s for st in spans.values() for _, s, _ in st)
     end = max(e for st in spans.values() for _, _, e in st)
-    sequential = CHUNKS * sum(seconds.values())
+    sequential = CHUNKS * sum(EVEN.values())
     # pipelined: about (CHUNKS + 2) stage times instead of 3 * CHUNKS
     assert end - start < 0.6 * sequential, (end - start, sequential)
     overlapping = sum(
@@ -77,9 +87,8 @@ def test_stages_on_three_processes_overlap(tmp_path):
     assert overlapping >= CHUNKS // 2
 
 
-def test_links_bound_how_far_a_fast_stage_runs_ahead(tmp_path):
-    seconds = {"generate": 0.005, "refine": 0.12, "decode": 0.005}
-    results, spans = _run_simulated(tmp_path, seconds)
+def test_links_bound_how_far_a_fast_stage_runs_ahead(simulated_runs):
+    results, spans = simulated_runs["slow_refiner"]
     assert results == [(i + 1) * 2 - 3 for i in range(CHUNKS)]
     refine_started = {i: s for i, s, _ in spans["refine"]}
     # when the generator starts chunk k, the refiner has started chunk k - lead; the link holds at most
