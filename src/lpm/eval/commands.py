@@ -58,7 +58,9 @@ def _speed(args: argparse.Namespace) -> int:
     names = args.preset or DEFAULT_PRESETS.get(device, ())
     budget = None if args.memory_gib is None else int(args.memory_gib * 2**30)
     report = run_speed(args.out, {name: preset(name) for name in names}, res=args.res, device=device,
-                       repeats=args.repeats, memory_budget=budget, threads=args.threads)
+                       repeats=args.repeats, memory_budget=budget, threads=args.threads,
+                       engine_checkpoint=None if args.engine == "none" else args.engine,
+                       engine_chunks=args.engine_chunks, engine_seconds=args.engine_seconds)
     print(f"wrote {args.out}/report.json, report.md in {report['wall_s']:.0f} s")
     return 0
 
@@ -170,6 +172,12 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     speed.add_argument("--repeats", type=int, default=DEFAULT_REPEATS,
                        help="timed chunks per stage after one warm-up (the median is reported)")
     speed.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    speed.add_argument("--engine", default="checkpoints/online_tiny.safetensors", metavar="CHECKPOINT|none",
+                       help="on a CPU, also time this Online checkpoint through the runtime engine, lever by lever, "
+                            "and a realtime session (default: the shipped model)")
+    speed.add_argument("--engine-chunks", type=int, default=8, help="measured chunks per lever")
+    speed.add_argument("--engine-seconds", type=float, default=30.0,
+                       help="length of the realtime session (600 for the 10-minute flatness check; 0: none)")
     speed.add_argument("--memory-gib", type=float, default=None,
                        help="memory a preset may need (default: what the device has free); bigger ones are skipped")
     speed.add_argument("--devices", type=int, nargs="+", default=None, metavar="N",

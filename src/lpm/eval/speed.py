@@ -286,6 +286,9 @@ def run_speed(
     memory_budget: int | None = None,
     threads: int = 0,
     log: Callable[[str], None] | None = None,
+    engine_checkpoint: str | None = None,
+    engine_chunks: int = 8,
+    engine_seconds: float = 30.0,
 ) -> dict:
     """Time every config and write ``out/report.json`` and ``out/report.md``; returns the report.
 
@@ -296,6 +299,9 @@ def run_speed(
         repeats: timed chunks (and forwards, decodes) per stage; the median is reported.
         memory_budget: bytes a preset may need; None: what the device has free when the preset starts.
         threads: torch threads (0: torch's default).
+        engine_checkpoint: on a CPU, also time this Online checkpoint through the runtime's engine, lever by
+            lever, and a realtime session of ``engine_seconds`` (``lpm.eval.speed_engine``); None: skip.
+        engine_chunks: measured chunks per lever.
     """
     from lpm.runtime.dit_engine import DEFAULT_DENOISE_STEPS
 
@@ -326,8 +332,12 @@ def run_speed(
         "realtime_fps": REALTIME_FPS,
         "res": res,
         "rows": rows,
-        "wall_s": round(time.time() - t0, 1),
     }
+    if engine_checkpoint and dev.type == "cpu":
+        from lpm.eval.speed_engine import run_engine_speed
+
+        report["engine"] = run_engine_speed(engine_checkpoint, engine_chunks, engine_seconds, log)
+    report["wall_s"] = round(time.time() - t0, 1)
     write_speed_report(out, report)
     return report
 
@@ -390,4 +400,8 @@ def write_speed_report(out: str | Path, report: dict) -> None:
         ),
         *([""] + notes if notes else []),
     ]
+    if report.get("engine"):
+        from lpm.eval.speed_engine import engine_report_lines
+
+        lines += engine_report_lines(report["engine"])
     (out / "report.md").write_text("\n".join(lines) + "\n")
