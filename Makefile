@@ -20,7 +20,7 @@ browserdeps:
 $(BIN)/lpm: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,ingest]' && $(BIN)/pip install -q --no-deps mediapipe==0.10.21 resemblyzer==0.1.4 silero-vad==6.2.3
+	$(BIN)/pip install -q -e '.[dev,ingest,scale]' && $(BIN)/pip install -q --no-deps mediapipe==0.10.21 resemblyzer==0.1.4 silero-vad==6.2.3
 	@touch $(BIN)/lpm
 
 venv: sysdeps $(BIN)/lpm

@@ -101,3 +101,26 @@ def test_load_codec_refuses_a_checkpoint_of_another_kind(tmp_path):
     save_checkpoint(tmp_path / "vae.safetensors", {"w": torch.zeros(1)}, {}, kind="dit")
     with pytest.raises(LpmError, match="'dit' checkpoint is not a VAE"):
         load_codec(tmp_path / "vae.safetensors")
+
+
+def test_trainer_resumes_and_reports_streamed_psnr(tmp_path):
+    from lpm.training.causal_vae_trainer import CausalVAETrainConfig, CausalVAETrainer
+    from lpm.world.synth import plan, synth
+
+    data = tmp_path / "data"
+    synth(data, plan(clips=2, seed=2, seconds=0.5, res=64, split="train"), workers=1, progress=False)
+    synth(data, plan(clips=1, seed=3, seconds=0.5, res=64, split="val"), workers=1, progress=False)
+    model = CausalVAEConfig(latent_channels=4, t_down=4, channels=(8, 8), norm_groups=4)
+    cfg = CausalVAETrainConfig(model=model, resolution=32, clips=2, val_clips=1, frames=8, batch=2, steps=2,
+                               checkpoint_every=1, chunk_latents=1)
+    first = CausalVAETrainer(cfg, data, tmp_path / "run").run()
+    assert first["step"] == 2 and (tmp_path / "run" / "train_state.pt").is_file()
+    cfg.steps = 3
+    second = CausalVAETrainer(cfg, data, tmp_path / "run").run()  # resumes at step 2: one more step
+    assert second["step"] == 3 and second["train_seconds_this_run"] < first["train_seconds_this_run"] + 60
+    assert second["val_frames_per_clip"] == 12 and second["latent_frames_per_second"] == 6.0
+    assert second["compression"] == 3 * 32 * 32 * 4 / (4 * 8 * 8) and 0 < second["val_psnr_db"] < 60
+    codec = load_codec(tmp_path / "run")
+    assert isinstance(codec, CausalVAE) and codec.t_down == 4
+    with pytest.raises(LpmError, match="frames 6 is not a multiple of model.t_down 4"):
+        CausalVAETrainer(CausalVAETrainConfig(model=model, frames=6), data, tmp_path / "bad")

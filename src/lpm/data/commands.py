@@ -24,7 +24,7 @@ def _ingest(args: argparse.Namespace) -> int:
     lo, hi = args.clip_seconds
     opts = IngestOptions(res=args.res, clip_min_s=lo, clip_max_s=hi, partner_channel=args.partner_channel,
                          split=args.split, progress=not args.quiet)
-    report = ingest(args.inputs, args.out, opts)
+    report = ingest(args.inputs, args.out, opts, ray=args.ray)
     skipped = [s for s in report.sources if s.status == "skipped"]
     dropped = ", ".join(f"{k} {v}" for k, v in report.dropped_frames.items() if v) or "none"
     print(f"ingested {report.seconds_ingested:.1f} s of footage from {len(report.sources) - len(skipped)} file(s) "
@@ -35,7 +35,19 @@ def _ingest(args: argparse.Namespace) -> int:
     return 1 if len(skipped) == len(report.sources) else 0
 
 
+def _cache(args: argparse.Namespace) -> int:
+    from lpm.models.dit_config import preset
+    from lpm.training.latent_cache import fill_latent_cache
+
+    folder = fill_latent_cache(args.data, args.split, args.vae, preset(args.preset).mel, args.cache, ray=args.ray,
+                               limit=args.limit, show_progress=not args.quiet)
+    print(f"latent cache of {args.data} ({args.split}) complete in {folder}; train with cache_dir={args.cache}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    from lpm.data.ray_jobs import RAY_HELP
+
     p = groups["data"].add_parser("ingest", help="real footage (mp4, mkv, avi, mov, webm) into the clip format")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files or directories of them")
     p.add_argument("--out", required=True, help="data set directory (created; existing clips are kept)")
@@ -48,4 +60,16 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--split", default="auto", choices=("auto", "train", "val", "zeroshot"),
                    help="auto: by a hash of the source name (10%% val)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS", help=RAY_HELP + "; one task per source file")
     p.set_defaults(func=_ingest)
+
+    p = groups["data"].add_parser("cache", help="encode a split into the Base trainer's latent cache (here or on Ray)")
+    p.add_argument("--data", required=True, help="clip data set (with manifest.jsonl)")
+    p.add_argument("--vae", required=True, help="codec spec: lpm VAE checkpoint or diffusers:/folder")
+    p.add_argument("--cache", required=True, help="cache directory (give it to lpm train base as cache_dir=)")
+    p.add_argument("--split", default="train", choices=("train", "val", "zeroshot"))
+    p.add_argument("--preset", default="tiny", help="DiT preset whose mel configuration the cache holds")
+    p.add_argument("--limit", type=int, default=0, help="only the first N clips of the split (0: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS", help=RAY_HELP + "; one task per clip")
+    p.set_defaults(func=_cache)

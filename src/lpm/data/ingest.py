@@ -312,8 +312,64 @@ def find_inputs(inputs: list[str]) -> list[Path]:
     return out
 
 
-def ingest(inputs: list[str], out: str | Path, opts: IngestOptions) -> IngestReport:
-    """Ingest every input into ``out``; unreadable files are reported and skipped."""
+DONE_DIR = ".ingest"  # per source, written after its last clip: {"options", "result", "rows"}
+
+
+def _done_path(root: Path, path: Path) -> Path:
+    return root / DONE_DIR / f"{_slug(path)}.json"
+
+
+def finished_source(root: Path, path: Path, opts: IngestOptions) -> tuple[SourceResult, list] | None:
+    """The result and rows of a source a previous run finished with the same options, else None."""
+    from lpm.config import ConfigError, from_dict
+
+    marker = _done_path(root, path)
+    if not marker.is_file():
+        return None
+    try:
+        done = json.loads(marker.read_text())
+        if done["options"] != _clip_options(opts) or not all((root / r["path"] / "meta.json").is_file()
+                                                              for r in done["rows"]):
+            return None
+        return from_dict(SourceResult, done["result"]), done["rows"]
+    except (json.JSONDecodeError, KeyError, TypeError, ConfigError):
+        return None  # unreadable: ingest it again
+
+
+def _clip_options(opts: IngestOptions) -> dict:
+    """The options that change what a source's clips are (progress bars do not)."""
+    return {k: v for k, v in asdict(opts).items() if k != "progress"}
+
+
+def ingest_file(path: Path, root: Path, opts: IngestOptions, position: int = 0) -> tuple[SourceResult, list]:
+    """Ingest one source (a local loop step or one Ray task): its clips, then its done-marker, atomically.
+
+    Never raises for a bad file: the reason goes into a ``skipped`` result (and no marker, so a rerun retries it).
+    """
+    try:
+        total = 2 * probe(path).expected_frames  # two passes
+        with tqdm(total=total, desc="frames", unit="frame", disable=not opts.progress, position=position,
+                  leave=False) as bar:
+            res, rows = ingest_source(path, root, opts, bar)
+        if res.damage.any:  # always said, also without progress bars: the data set is not what was recorded
+            tqdm.write(f"lpm: warning: {path}: {res.damage.summary()}", file=sys.stderr)
+    except Exception as e:  # one bad file must not stop the rest; the reason goes into the report
+        reason = str(e) if isinstance(e, LpmError) else f"{type(e).__name__}: {e}"
+        if opts.progress:
+            tqdm.write(f"lpm: skipped {path}: {reason}")
+        return SourceResult(str(path), "skipped", reason=reason), []
+    marker = _done_path(root, path)
+    marker.parent.mkdir(exist_ok=True)
+    atomic_write_text(marker, json.dumps({"options": _clip_options(opts), "result": asdict(res), "rows": rows}))
+    return res, rows
+
+
+def ingest(inputs: list[str], out: str | Path, opts: IngestOptions, ray: str | None = None) -> IngestReport:
+    """Ingest every input into ``out``; unreadable files are reported and skipped.
+
+    A source finished by an earlier run with the same options is not read again (its clips and marker are kept).
+    ``ray``: ``auto`` or a Ray cluster address: one Ray task per source file (``lpm.data.ray_jobs``).
+    """
     from lpm.world.synth import write_manifest  # merges rows by id with clips already there
 
     if not opts.clip_min_s > 0 or opts.clip_max_s < opts.clip_min_s:
@@ -326,24 +382,30 @@ def ingest(inputs: list[str], out: str | Path, opts: IngestOptions) -> IngestRep
     if not paths:
         raise LpmError(f"no input files found in {inputs}")
     t0 = time.perf_counter()
-    results, rows = [], []
-    file_bar = tqdm(paths, desc="files", unit="file", disable=not opts.progress, position=0)
-    for path in file_bar:
-        file_bar.set_postfix_str(path.name[-30:])
-        try:
-            total = 2 * probe(path).expected_frames  # two passes
-            with tqdm(total=total, desc="frames", unit="frame", disable=not opts.progress, position=1,
-                      leave=False) as bar:
-                res, new_rows = ingest_source(path, root, opts, bar)
-            results.append(res)
-            rows += new_rows
-            if res.damage.any:  # always said, also without progress bars: the data set is not what was recorded
-                tqdm.write(f"lpm: warning: {path}: {res.damage.summary()}", file=sys.stderr)
-        except Exception as e:  # one bad file must not stop the rest; the reason goes into the report
-            reason = str(e) if isinstance(e, LpmError) else f"{type(e).__name__}: {e}"
-            results.append(SourceResult(str(path), "skipped", reason=reason))
-            if opts.progress:
-                tqdm.write(f"lpm: skipped {path}: {reason}")
+    results, rows, todo = [], [], []
+    for path in paths:
+        done = finished_source(root, path, opts)
+        if done is None:
+            todo.append(path)
+        else:
+            results.append(done[0])
+            rows += done[1]
+    file_bar = tqdm(total=len(paths), initial=len(paths) - len(todo), desc="files", unit="file",
+                    disable=not opts.progress, position=0)
+    if ray:
+        from lpm.data.ray_jobs import ray_map
+
+        quiet = IngestOptions(**{**asdict(opts), "progress": False})
+        outcomes = ray_map(ingest_file, [(path, root, quiet) for path in todo], ray)
+    else:
+        outcomes = (ingest_file(path, root, opts, position=1) for path in todo)
+    for res, new_rows in outcomes:
+        results.append(res)
+        rows += new_rows
+        file_bar.update()
+    file_bar.close()
+    order = {str(p): i for i, p in enumerate(paths)}
+    results.sort(key=lambda r: order.get(r.path, len(order)))  # the report lists sources as given
     if rows:
         write_manifest(root, rows)
     wall = time.perf_counter() - t0

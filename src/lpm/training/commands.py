@@ -46,8 +46,17 @@ def _train_speech(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_causal_vae(args: argparse.Namespace) -> int:
+    from lpm.training.causal_vae_trainer import CausalVAETrainer, load_causal_vae_config
+
+    cfg = load_causal_vae_config(args.config, config_overrides(args))
+    result = CausalVAETrainer(cfg, args.data, args.out).run()
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
-    """Add ``lpm train vae`` and ``lpm train speech``."""
+    """Add ``lpm train vae``, ``lpm train causal-vae`` and ``lpm train speech``."""
     p = groups["train"].add_parser(
         "speech", help="train the speech -> motion network on world truth (minutes on CPU); rerunning resumes",
         description="Train the DiT preset's speech network (own and partner log-mel -> the motion track: mouth, "
@@ -65,3 +74,11 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                    help="clip data set (with manifest.jsonl) or a frame set from `lpm world frames`")
     add_run_arguments(p, "VAETrainConfig", "images per step", "lr=5e-4 model.latent_channels=8")
     p.set_defaults(func=_train_vae)
+    p = groups["train"].add_parser(
+        "causal-vae", help="train the causal video VAE (temporal compression t_down); rerunning resumes",
+        description="Train lpm's causal video VAE (lpm.models.causal_vae) on windows of consecutive frames of the "
+                    "train split; ends with RUN/eval.json (streamed-decode PSNR on val clips, latent size per "
+                    "second of video, codec ms per frame).")
+    p.add_argument("--data", required=True, help="clip data set (with manifest.jsonl)")
+    add_run_arguments(p, "CausalVAETrainConfig", "windows per step", "model.t_down=4 model.latent_channels=16")
+    p.set_defaults(func=_train_causal_vae)

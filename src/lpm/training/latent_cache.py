@@ -158,9 +158,7 @@ def load_latent_cache(data_dir: str | Path, split: str, codec: LatentCodec, vae_
             out.append(CachedClip(**torch.load(path, weights_only=False)))
             continue
         clip = encode_clip(Path(data_dir) / row["path"], codec, log_mel, device=device)
-        tmp = path.with_suffix(".tmp")
-        torch.save(dataclasses.asdict(clip), tmp)
-        os.replace(tmp, path)  # atomic: a kill never leaves a half-written clip
+        write_cached(path, clip)
         out.append(clip)
         bar.update(1)
     bar.close()
@@ -168,3 +166,55 @@ def load_latent_cache(data_dir: str | Path, split: str, codec: LatentCodec, vae_
     if len(sizes) != 1:
         raise LpmError(f"{data_dir} split {split}: clips of different latent sizes {sorted(sizes)}")
     return out
+
+
+def write_cached(path: Path, clip: CachedClip) -> None:
+    """One clip's cache file, atomically: a kill never leaves a half-written clip."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per writer: two workers never share a temp file
+    torch.save(dataclasses.asdict(clip), tmp)
+    os.replace(tmp, path)
+
+
+_CODECS: dict[tuple[str, str], LatentCodec] = {}  # per Ray worker process: each codec is loaded once
+
+
+def _encode_task(clip_dir: Path, path: Path, vae_spec: str, mel: MelConfig, device: str) -> str:
+    """One Ray task: encode a clip with the codec of ``vae_spec`` (loaded once per worker) into ``path``."""
+    from lpm.models.latent_codec import load_codec
+
+    key = (vae_spec, device)
+    if key not in _CODECS:
+        _CODECS[key] = load_codec(vae_spec, device=device)
+    write_cached(path, encode_clip(clip_dir, _CODECS[key], LogMel(mel), device=device))
+    return path.stem
+
+
+def fill_latent_cache(data_dir: str | Path, split: str, vae_spec: str, mel: MelConfig, cache_dir: str | Path,
+                      ray: str | None = None, limit: int = 0, device: str = "cpu",
+                      show_progress: bool = True) -> Path:
+    """Encode the split's clips missing from the cache ahead of training: here, or as Ray tasks (one per clip) with
+    ``ray`` = ``auto`` or a cluster address.
+
+    Writes the very files ``load_latent_cache`` writes (same folder key, same ``encode_clip``), so a trainer
+    given this ``cache_dir`` finds them; clips already cached are skipped (a rerun resumes).
+
+    Returns:
+        The cache folder (``cache_dir/<key>``).
+    """
+    rows = read_manifest(data_dir, split)
+    folder = Path(cache_dir) / cache_key(rows, vae_spec, mel)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = rows[:limit] if limit > 0 else rows
+    missing = [(Path(data_dir) / r["path"], folder / f"{r['id']}.pt", vae_spec, mel, device) for r in rows
+               if not (folder / f"{r['id']}.pt").is_file()]
+    with tqdm(total=len(rows), initial=len(rows) - len(missing), desc=f"encoding {split} clips",
+              disable=not show_progress) as bar:
+        if ray:
+            from lpm.data.ray_jobs import ray_map
+
+            done = ray_map(_encode_task, missing, ray)
+        else:
+            done = (_encode_task(*item) for item in missing)
+        for _ in done:
+            bar.update(1)
+    return folder

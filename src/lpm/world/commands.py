@@ -17,7 +17,7 @@ def _synth(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise LpmError(str(e)) from None
     t0 = time.time()
-    rows = synth(args.out, specs, workers=args.workers)
+    rows = synth(args.out, specs, workers=args.workers, ray=args.ray)
     dt = time.time() - t0
     print(f"wrote {len(rows)} clips to {args.out} in {dt:.1f} s ({60 * len(rows) / max(dt, 1e-9):.1f} clips/min)")
     return 0
@@ -71,6 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    from lpm.data.ray_jobs import RAY_HELP
     from lpm.world.identity import ALL_STYLES
 
     world = groups["world"]
@@ -84,6 +85,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--split", default="mixed", help="train | val | zeroshot | mixed (80/10/10)")
     p.add_argument("--mode", default=None, help="speak | listen | conversation | idle (default: drawn per clip)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS", help=RAY_HELP)
     p.set_defaults(func=_synth)
 
     p = world.add_parser("render", help="render one world character performing a conversation to an mp4")

@@ -190,8 +190,15 @@ def write_manifest(root: Path, rows: list[dict]) -> None:
                       "".join(json.dumps(r) + "\n" for r in sorted(existing.values(), key=lambda r: r["id"])))
 
 
-def synth(out: str | Path, specs: list[ClipSpec], workers: int | None = None, progress: bool = True) -> list[dict]:
-    """Write all clips of ``specs`` under ``out`` (skipping complete ones) and update the manifest."""
+def synth(out: str | Path, specs: list[ClipSpec], workers: int | None = None, progress: bool = True,
+          ray: str | None = None) -> list[dict]:
+    """Write all clips of ``specs`` under ``out`` (skipping complete ones) and update the manifest.
+
+    Args:
+        workers: local processes (default: all cores).
+        ray: ``auto`` or a Ray cluster address: one Ray task per clip instead (``lpm.data.ray_jobs``), writing
+            the same files.
+    """
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     todo = [s for s in specs if not (root / s.clip_id / "meta.json").is_file()]
@@ -203,7 +210,15 @@ def synth(out: str | Path, specs: list[ClipSpec], workers: int | None = None, pr
                     | {"path": s.clip_id})
     workers = workers or os.cpu_count() or 1
     bar = tqdm(total=len(specs), initial=len(done), desc="synth clips", unit="clip", disable=not progress)
-    if workers <= 1 or len(todo) <= 1:
+    if ray:
+        from lpm.data.ray_jobs import ray_map
+
+        for row in ray_map(write_world_clip, [(s, str(root)) for s in todo], ray):
+            rows.append(row)
+            bar.update()
+            if len(rows) % 16 == 0:
+                write_manifest(root, rows)
+    elif workers <= 1 or len(todo) <= 1:
         for s in todo:
             rows.append(write_world_clip(s, root))
             bar.update()
