@@ -15,10 +15,10 @@ import torch.multiprocessing as mp
 
 from lpm.errors import LpmError
 from lpm.eval.speed import at_resolution, parse_resolution
+from lpm.eval.speed_scale import run_scale, stage_times_from_report, stated_link
 from lpm.models.dit_config import preset
 from lpm.parallel.group import SequenceGroup
 from lpm.parallel.projection import LinkCost, StageTimes, forward_comm_seconds, project
-from lpm.parallel.speed import run_scale, stage_times_from_report, stated_link
 from test_dit import micro
 
 H100 = Path(__file__).parents[1] / "docs/bench/speed_h100/report.json"

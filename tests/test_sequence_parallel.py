@@ -6,8 +6,10 @@ threads each on their own communicator) frame for frame."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from lpm.models.vae import LpmVAE, VAEConfig
 from lpm.parallel import SequenceGroup, SequenceParallelDiT, init_sequence_group
 from lpm.parallel.ulysses import TokenShards
 from lpm.runtime.dit_engine import DEFAULT_VAE
+from lpm.runtime.engines import Engine
 from test_dit import NUM_CHUNKS, make_inputs, make_model, micro, stream
 
 TOL = 1e-10  # float64: the same maths, heads batched differently
@@ -73,21 +76,28 @@ def session_parts():
     return model, codec
 
 
-def run_session(model, codec) -> np.ndarray:
+def session_engine(model, codec):
     from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
     from lpm.runtime.engines import Character
+
+    image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    return DiTEngine(model, codec, Character(images={"global": image}), DiTEngineConfig(refiner=True, seed=3))
+
+
+def run_session(model, codec, lead=None, realtime: bool = False) -> tuple[np.ndarray, dict]:
+    """An offline (or realtime) session over ``SESSION_CHUNKS`` chunks of noise; ``lead`` wraps the engine."""
     from lpm.runtime.session import Session, SessionConfig
 
-    rng = np.random.default_rng(1)
-    image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
-    pcm = (rng.standard_normal(SR * SESSION_CHUNKS // 6) * 0.1).astype(np.float32)
-    engine = DiTEngine(model, codec, Character(images={"global": image}), DiTEngineConfig(refiner=True, seed=3))
-    with Session(engine, SessionConfig(realtime=False, vad="off")) as session:
+    pcm = (np.random.default_rng(2).standard_normal(SR * SESSION_CHUNKS // 6) * 0.1).astype(np.float32)
+    engine = session_engine(model, codec)
+    with Session(lead(engine) if lead else engine, SessionConfig(realtime=realtime, vad="off")) as session:
         session.push_self_audio(pcm, native=True)
         session.push_partner_audio(pcm[::-1].copy(), native=True)
         session.finish()
-        frames = [image for _, image in session.frames()]
-    return np.stack(frames)
+        frames = [image for _, image in session.frames(timeout=60)]
+        assert session.error is None, session.error
+        stats = session.stats.snapshot()
+    return np.stack(frames), stats
 
 
 def _worker(rank: int, world: int, port: int, out: Path) -> None:
@@ -97,7 +107,7 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     group = init_sequence_group("cpu")
     results = forwards(SequenceParallelDiT(make_model(parallel_cfg()), group))
     model, codec = session_parts()
-    results["session"] = torch.from_numpy(run_session(SequenceParallelDiT(model, group), codec))
+    results["session"] = torch.from_numpy(run_session(SequenceParallelDiT(model, group), codec)[0])
     torch.distributed.destroy_process_group()
     if rank == 0:
         torch.save(results, out)
@@ -113,7 +123,7 @@ def _free_port() -> int:
 def single():
     torch.set_num_threads(1)
     results = forwards(make_model(parallel_cfg()))
-    results["session"] = torch.from_numpy(run_session(*session_parts()))
+    results["session"] = torch.from_numpy(run_session(*session_parts())[0])
     return results
 
 
@@ -185,3 +195,64 @@ def test_generate_under_two_processes_writes_the_single_process_video(tmp_path, 
     assert single.astype(float).std() > 5  # a picture, not a flat frame
     # the frames the two runs encode agree within 1/255 (test above); H.264 may spread such a difference a little
     assert np.abs(parallel.astype(int) - single.astype(int)).mean() < 0.5
+
+
+class Slowed(Engine):
+    """``engine`` with its first stage taking ``seconds`` longer (a slow device)."""
+
+    def __init__(self, engine: Engine, seconds: float) -> None:
+        self.engine, self.seconds = engine, seconds
+        self.name, self.frames_per_chunk = engine.name, engine.frames_per_chunk
+        self.lookahead_frames, self.resolution = engine.lookahead_frames, engine.resolution
+        self.compute_budget_s = engine.compute_budget_s
+
+    def stages(self):
+        (name, first), *rest = self.engine.stages()
+
+        def slow(chunk, timings):
+            time.sleep(self.seconds)
+            return first(chunk, timings)
+
+        return [(name, slow), *rest]
+
+    def skip(self, chunk) -> None:
+        self.engine.skip(chunk)
+
+    def settle(self, timings) -> None:
+        self.engine.settle(timings)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _leader_worker(rank: int, port: int, out: Path) -> None:
+    from lpm.runtime.follow import LeaderEngine, follow
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    group = init_sequence_group("cpu")
+    for realtime in (False, True):  # only rank 0 has the audio and the clock; rank 1 follows
+        model, codec = session_parts()
+        model = SequenceParallelDiT(model, group)
+        if rank == 0:  # realtime: rank 0 made slow, so that its clock skips chunks
+            lead = (lambda e: LeaderEngine(Slowed(e, 0.5), group)) if realtime else (lambda e: LeaderEngine(e, group))
+            frames, stats = run_session(model, codec, lead, realtime)
+            np.save(out / f"frames_{realtime}.npy", frames)
+            (out / f"stats_{realtime}.json").write_text(json.dumps(stats))
+        else:
+            (out / f"followed_{realtime}.txt").write_text(str(follow(session_engine(model, codec), group)))
+    torch.distributed.destroy_process_group()
+
+
+def test_live_session_led_by_rank_0_and_followed(single, tmp_path):
+    mp.spawn(_leader_worker, args=(_free_port(), tmp_path), nprocs=2, join=True)
+    offline = np.load(tmp_path / "frames_False.npy")
+    assert offline.shape == single["session"].shape
+    assert np.abs(offline.astype(int) - single["session"].numpy().astype(int)).max() <= 1
+    for realtime in (False, True):
+        stats = json.loads((tmp_path / f"stats_{realtime}.json").read_text())
+        followed = int((tmp_path / f"followed_{realtime}.txt").read_text())
+        assert followed == stats["chunks"] > 0  # the follower generated exactly the chunks rank 0 did
+    live = json.loads((tmp_path / "stats_True.json").read_text())
+    assert live["skipped_chunks"] > 0 and live["frames"] > 0  # rank 0's clock skipped chunks; rank 1 followed

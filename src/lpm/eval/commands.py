@@ -66,13 +66,13 @@ def _speed(args: argparse.Namespace) -> int:
 
 
 def _speed_scale(args: argparse.Namespace, device: str) -> int:
-    """``--devices``: measured sequence-parallel figures under torchrun, and the projection (lpm.parallel.speed)."""
+    """``--devices``: measured sequence-parallel figures under torchrun, and the projection (lpm.eval.speed_scale)."""
     import torch
 
     from lpm.eval.speed import at_resolution, parse_resolution
+    from lpm.eval.speed_scale import run_scale, stated_link
     from lpm.models.dit_config import preset
     from lpm.parallel.group import init_sequence_group
-    from lpm.parallel.speed import run_scale, stated_link
 
     if not args.preset or len(args.preset) != 1:
         raise LpmError("--devices takes exactly one --preset (e.g. --preset lpm-17b --devices 1 2 4 8)")

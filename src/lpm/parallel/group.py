@@ -27,12 +27,14 @@ class SequenceGroup:
         world_size: P, processes splitting each forward's tokens.
         stream: communicator of cached forwards (the generator and the reference prefill), or None for P = 1.
         refine: communicator of uncached forwards (the refiner, a Base forward), or None for P = 1.
+        control: a gloo communicator for rank 0's announcements to the others (``lpm.runtime.follow``).
     """
 
     rank: int = 0
     world_size: int = 1
     stream: Any = None
     refine: Any = None
+    control: Any = None
 
     @property
     def is_main(self) -> bool:
@@ -56,8 +58,8 @@ def init_sequence_group(device: str = "cpu") -> SequenceGroup:
     info = init_distributed(device)
     if not info.distributed:
         return SequenceGroup()
-    stream, refine = dist.new_group(), dist.new_group()
-    return SequenceGroup(info.rank, info.world_size, stream, refine)
+    stream, refine, control = dist.new_group(), dist.new_group(), dist.new_group(backend="gloo")
+    return SequenceGroup(info.rank, info.world_size, stream, refine, control)
 
 
 def all_to_all(pieces: torch.Tensor, group: SequenceGroup, communicator: Any) -> torch.Tensor:

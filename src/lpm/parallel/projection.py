@@ -1,5 +1,5 @@
 """Projection of a preset's chunk rate onto N devices, from measured single-device stage times and a measured (or
-stated) all-to-all cost. Every figure it makes is labelled a projection; ``lpm.parallel.speed`` measures where the
+stated) all-to-all cost. Every figure it makes is labelled a projection; ``lpm.eval.speed_scale`` measures where the
 devices exist.
 
 The model (docs/scale.md states it with its assumptions):
