@@ -30,6 +30,9 @@ def _ingest(args: argparse.Namespace) -> int:
     print(f"ingested {report.seconds_ingested:.1f} s of footage from {len(report.sources) - len(skipped)} file(s) "
           f"into {report.clips} clips ({report.seconds_in_clips:.1f} s) in {args.out}; "
           f"{report.speed:.2f} s of footage per second; frames dropped: {dropped}")
+    if report.damaged_files:
+        print(f"{report.damaged_files} file(s) decoded with damage: {report.seconds_damaged:.2f} s skipped, filled or "
+              f"cut off (per source in {args.out}/ingest_report.json)")
     for s in skipped:
         print(f"skipped {s.path}: {s.reason}")
     return 1 if len(skipped) == len(report.sources) else 0
