@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 from lpm.audio.mel import MelConfig
 from lpm.errors import LpmError
-from lpm.models import DiT, DiTConfig
+from lpm.models import DiT, DiTConfig, KVCache
 from lpm.models.vae import LpmVAE, VAEConfig
 from lpm.parallel import SequenceGroup, SequenceParallelDiT, init_sequence_group
 from lpm.parallel.ulysses import TokenShards
@@ -45,23 +45,28 @@ def forwards(model) -> dict[str, torch.Tensor]:
             "online": model(x, t, cond),
             "base": model(x, t, cond, mode="bidirectional"),
             "streamed": stream_any(model, x, t, cond),
+            "streamed_context": stream_any(model, x, t, cond, context=True),
         }
 
 
-def stream_any(model, x, t, cond) -> torch.Tensor:
-    """``test_dit.stream`` through the cache the model makes (this rank's heads for a parallel one)."""
-    if not isinstance(model, SequenceParallelDiT):
+def stream_any(model, x, t, cond, context: bool = False) -> torch.Tensor:
+    """``test_dit.stream`` through the cache the model makes (this rank's heads for a parallel one); ``context``:
+    each chunk's forward through its ``prepare_chunk`` context."""
+    if not isinstance(model, SequenceParallelDiT) and not context:
         return stream(model, x, t, cond)
     cfg, fc = model.cfg, model.cfg.frames_per_chunk
-    cache, outs = model.empty_cache(1, dtype=x.dtype), []
+    parallel = isinstance(model, SequenceParallelDiT)
+    cache = model.empty_cache(1, dtype=x.dtype) if parallel else KVCache.empty(cfg, 1, dtype=x.dtype)
+    outs = []
     for c in range(x.shape[1] // fc):
         frames = slice(c * fc, (c + 1) * fc)
         start, end = model.audio_frame_range(c * fc, fc)
         chunk = dataclasses.replace(cond, audio_self=cond.audio_self[:, start:end],
                                     audio_partner=cond.audio_partner[:, start:end], audio_start_frame=start,
                                     pose=cond.pose[:, frames])
-        outs.append(model(x[:, frames], t[:, frames], chunk, cache=cache, update_cache=True))
-    assert cache.chunks_seen == x.shape[1] // fc and cfg.num_heads // cache.slot_k[0].shape[1] > 1
+        extra = {"context": model.prepare_chunk(chunk, cache)} if context else {}
+        outs.append(model(x[:, frames], t[:, frames], chunk, cache=cache, update_cache=True, **extra))
+    assert cache.chunks_seen == x.shape[1] // fc and (cfg.num_heads // cache.slot_k[0].shape[1] > 1) == parallel
     return torch.cat(outs, dim=1)
 
 
@@ -133,7 +138,7 @@ def test_sequence_parallel_equals_single_process(world, single, tmp_path):
     mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
     got = torch.load(out)
     assert NUM_CHUNKS > 1 + 2  # the streamed forward runs past the first eviction
-    for key in ("online", "base", "streamed"):
+    for key in ("online", "base", "streamed", "streamed_context"):
         ref = single[key]
         assert ref.abs().max() > 0
         assert (got[key] - ref).abs().max() <= TOL * ref.abs().max(), key

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from lpm.models.attention import attend, plan_chunk, plan_full, plan_references
+from lpm.models.chunk_context import ChunkContext
 from lpm.models.conditioning import Conditioning, References, unpatchify
 from lpm.models.dit import DiT
 from lpm.models.kv_cache import KVCache
@@ -68,6 +69,14 @@ class SequenceParallelDiT(nn.Module):
 
     # ---- forwards ----
     @torch.no_grad()
+    def prepare_chunk(self, cond: Conditioning, cache: KVCache) -> ChunkContext:
+        """``DiT.prepare_chunk`` on this rank's cache: the rotated cache of its heads, the cross-attention keys of
+        the chunk's frames, the motion track; shared by the chunk's forwards (``context=``)."""
+        if not cache.is_prefilled:
+            self.prefill(cache, cond.references)
+        return self.dit.prepare_chunk(cond, cache)
+
+    @torch.no_grad()
     def prefill(self, cache: KVCache, references: References | None) -> None:
         """Every layer's reference keys/values (this rank's heads) into ``cache``; ``DiT.prefill`` split."""
         dit = self.dit
@@ -78,7 +87,7 @@ class SequenceParallelDiT(nn.Module):
             cache.set_references([(empty, empty)] * len(dit.blocks), positions)
             return
         shards = TokenShards(self.group.world_size, x_ref.shape[1], 0, self.cfg.tokens_per_frame)
-        exchange = UlyssesExchange(self.group, self.group.stream, shards)
+        exchange = UlyssesExchange(self.group, self.group.stream, shards, device)
         groups = plan_references(dit.rope, positions, device)
         x_ref = shards.shard_refs(x_ref, self.group.rank)
         kvs = []
@@ -96,19 +105,21 @@ class SequenceParallelDiT(nn.Module):
         cache: KVCache | None = None,
         update_cache: bool = False,
         mode: str | None = None,
+        context: ChunkContext | None = None,
     ) -> torch.Tensor:
         """``DiT.forward`` with the tokens split over the group; the same arguments and result.
 
         Args:
             x_t: ``(B, F, C, h, w)``, the same on every rank. t: ``(B,)`` or ``(B, F)``.
             cache: a cache from ``empty_cache`` (this rank's heads).
+            context: ``prepare_chunk(cond, cache)`` of this chunk (cached forwards only).
         Returns:
             ``(B, F, C, h, w)``, the whole prediction on every rank.
         """
         dit, cfg, group = self.dit, self.cfg, self.group
         b, f, c, h, w = x_t.shape
         # The embedding whole on every rank (a linear per token, cheap beside the blocks), then this rank's shard.
-        x, e, e6 = dit.embed_video(x_t, t, cond, cache)  # (B, F, N, D), (B, F, D), (B, F, 6, D)
+        x, e, e6 = dit.embed_video(x_t, t, cond, cache, context)  # (B, F, N, D), (B, F, D), (B, F, 6, D)
         first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk
         device = x.device
         if cache is None:
@@ -124,20 +135,26 @@ class SequenceParallelDiT(nn.Module):
             if not cache.is_prefilled:
                 self.prefill(cache, cond.references)
             x_ref = e_ref = None
-            groups, num_slots = plan_chunk(cfg, dit.rope, cache, device)
+            if context is None:
+                groups, num_slots = plan_chunk(cfg, dit.rope, cache, device)
             communicator = group.stream
-        cross = dit._cross_inputs(cond, first_frame, f)
+        cross = context.cross if context is not None else dit._cross_inputs(cond, first_frame, f)
         r = 0 if x_ref is None else x_ref.shape[1]
         shards = TokenShards(group.world_size, r, f, cfg.tokens_per_frame)
-        exchange = UlyssesExchange(group, communicator, shards)
+        exchange = UlyssesExchange(group, communicator, shards, device)
         x = shards.shard_video(x, group.rank)  # (B, F, ceil(N/P), D)
         if x_ref is not None:
             x_ref = shards.shard_refs(x_ref, group.rank)  # (B, ceil(R/P), D)
         new_kv = []
         for layer, block in enumerate(dit.blocks):
-            prefix = None if cache is None else cache.prefix(layer, num_slots)
-            attention, recorded = self._attention(exchange, groups, prefix)
-            x, x_ref, _ = block(x, e6, x_ref, e_ref, attention, cross)
+            memory = None
+            if context is not None:  # the chunk's rotated cache of this rank's heads, its cross-attention keys
+                attention, recorded = self._attention(exchange, None, None, context.attention(layer))
+                memory = context.cross_memory[layer]
+            else:
+                prefix = None if cache is None else cache.prefix(layer, num_slots)
+                attention, recorded = self._attention(exchange, groups, prefix)
+            x, x_ref, _ = block(x, e6, x_ref, e_ref, attention, cross, memory)
             new_kv.append(recorded[0])
         if cache is not None and update_cache:
             cache.commit(new_kv)
@@ -145,14 +162,17 @@ class SequenceParallelDiT(nn.Module):
         return unpatchify(out, cfg.patch_size, c, h, w)
 
     @staticmethod
-    def _attention(exchange: UlyssesExchange, groups, prefix):
+    def _attention(exchange: UlyssesExchange, groups, prefix, whole=None):
         """The block's ``attention(q, k, v)`` for a token shard, and a list receiving this forward's canonical
-        keys/values of this rank's heads ``(B, H/P, R + F*N, d)`` (what the cache stores)."""
+        keys/values of this rank's heads ``(B, H/P, R + F*N, d)`` (what the cache stores). ``whole``: an attention
+        over whole sequences to use instead of the plan (a chunk context's)."""
         recorded: list[tuple[torch.Tensor, torch.Tensor]] = []
 
         def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             q, k, v = exchange.to_heads(q, k, v)  # each (B, H/P, R + F*N, d)
             recorded.append((k, v))
+            if whole is not None:
+                return exchange.to_tokens(whole(q, k, v))
             if prefix is not None:
                 pk, pv = prefix
                 k = torch.cat([*(c.to(k.dtype) for c in pk), k], 2)  # (B, H/P, R + slots*Nc + Nc, d)

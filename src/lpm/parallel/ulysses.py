@@ -91,9 +91,9 @@ class UlyssesExchange:
         shards: the forward's token layout.
     """
 
-    def __init__(self, group: SequenceGroup, communicator: Any, shards: TokenShards) -> None:
+    def __init__(self, group: SequenceGroup, communicator: Any, shards: TokenShards, device=None) -> None:
         self.group, self.communicator, self.shards = group, communicator, shards
-        self.order = shards.order()
+        self.order = shards.order().to(device)  # once per forward, not per block
 
     def to_heads(self, *xs: torch.Tensor) -> list[torch.Tensor]:
         """Local tokens, all heads -> all tokens (canonical order), this rank's heads; one all-to-all for all.
@@ -109,15 +109,14 @@ class UlyssesExchange:
         pieces = stacked.reshape(len(xs), b, p, h // p, length, d).permute(2, 0, 1, 3, 4, 5)  # (P, X, B, H/P, L, d)
         got = all_to_all(pieces, self.group, self.communicator)  # [s]: rank s's tokens, this rank's heads
         gathered = got.permute(1, 2, 3, 0, 4, 5).reshape(len(xs), b, h // p, p * length, d)  # (X, B, H/P, P*L, d)
-        order = self.order.to(gathered.device)
-        return list(gathered.index_select(3, order).unbind(0))
+        return list(gathered.index_select(3, self.order).unbind(0))
 
     def to_tokens(self, o: torch.Tensor) -> torch.Tensor:
         """``(B, H / P, R + F * N, d)`` -> ``(B, H, L, d)``: the inverse of ``to_heads`` (padding gets zeros)."""
         p, length = self.group.world_size, self.shards.local_length
         b, hp, _, d = o.shape
         gathered = o.new_zeros(b, hp, p * length, d)
-        gathered.index_copy_(2, self.order.to(o.device), o)
+        gathered.index_copy_(2, self.order, o)
         pieces = gathered.reshape(b, hp, p, length, d).permute(2, 0, 1, 3, 4)  # (P, B, H/P, L, d)
         got = all_to_all(pieces, self.group, self.communicator)  # [g]: head group g of this rank's tokens
         return got.permute(1, 0, 2, 3, 4).reshape(b, p * hp, length, d)

@@ -252,8 +252,8 @@ class DiTEngine(Engine):
             KVCache.empty(mc, 1, self.device)
         model.prefill(self.cache, self.references)
         self.decode_state = None
-        # ``prepare_chunk`` is the plain DiT's (a sequence-parallel model runs its forwards without a context).
-        self.use_context = cfg.chunk_context and isinstance(model, DiT)
+        # Both the plain and the sequence-parallel DiT share a chunk's work between its forwards (prepare_chunk).
+        self.use_context = cfg.chunk_context and isinstance(model, (DiT, SequenceParallelDiT))
         self._pending: tuple[torch.Tensor, Conditioning, ChunkContext | None] | None = None  # a commit to run
 
     @classmethod
