@@ -20,7 +20,10 @@ FACE_BOX_FRACTION = 0.32
 FACE_CENTRE_Y = 0.455
 DETECT_MAX_SIDE = 1024  # pictures are searched for a face at most this large (longest side)
 MIN_FACE_SCORE = 0.5
-TILE_GRIDS = (2, 3, 4)  # tiles of 1/2, 1/3, 1/4 of the longer side (half overlapping) when no face is found whole
+# Tiles of 1/2 ... 1/6 of the longer side (half overlapping) searched when no face is found in the whole picture:
+# a world frame pasted at 120 px into a 1000 x 700 picture is found in 6 of 18 cases without the 1/6 grid, 18 with.
+TILE_GRIDS = (2, 3, 4, 6)
+MIN_TILE = 96  # pixels: smaller tiles hold no face the whole-picture search missed
 REFINE_SIZE = 256  # the world-framed crop the face box is re-measured on, pixels
 REFINE_STEPS = 2
 MAX_CROP_SIDE = 1024  # the framed picture is at most this many pixels (the engine downsizes it anyway)
@@ -111,6 +114,8 @@ def _search(detectors, image: np.ndarray) -> tuple[tuple[float, float, float], f
     h, w = image.shape[:2]
     for grid in TILE_GRIDS:
         side = min(h, w, max(h, w) / grid)
+        if side < MIN_TILE:
+            break
         step = side / 2
         found = []
         for y0 in np.arange(0, max(1.0, h - side + 1), step):
