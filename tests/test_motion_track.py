@@ -197,12 +197,13 @@ def test_audio_gap_is_zero_without_audio_use_and_positive_with_it():
 
 def test_train_speech_learns_the_jaw_and_loads_into_a_dit(tmp_path):
     from lpm.training.checkpoint import read_metadata
-    from lpm.training.speech_trainer import SpeechTrainConfig, SpeechTrainer, load_speech_into
+    from lpm.training.speech_trainer import FIRE_LEVELS, SpeechTrainConfig, SpeechTrainer, load_speech_into
 
     data = make_dataset(tmp_path / "data")
     cfg = SpeechTrainConfig(steps=40, batch=4, frames=8, lr=3e-3, warmup_steps=0, eval_every=20, threads=1)
     result = SpeechTrainer(cfg, data, tmp_path / "run").run()
     assert {"f1", "true", "fired", "hits"} <= set(result["val"]["reactions"])
+    assert result["fire_level"] in FIRE_LEVELS and set(result["calibration_onset_f1"]) == set(FIRE_LEVELS)
     assert set(result["val"]["r"]) == set(SpeechTrainer(cfg, data, tmp_path / "run").dit.motion_channels)
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["step"] == 40
     rows = [json.loads(r) for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -28,7 +28,7 @@ from torch import nn
 
 from lpm.config import to_dict
 from lpm.errors import LpmError
-from lpm.models.reactions import fire, place
+from lpm.models.reactions import FIRE_LEVEL, fire, place
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
 SPEECH_KERNEL = 3  # frames per causal convolution of the speech network (each block reaches back 2 * dilation)
@@ -122,6 +122,9 @@ class SpeechMotion(nn.Module):
             self.onset = nn.Linear(dim, len(self.reactions))  # logits of "a reaction of this kind starts here"
             # (R, L, P) event-triggered mean track after an onset, set from data by ``lpm train speech``.
             self.register_buffer("templates", torch.zeros(len(self.reactions), reaction_frames, len(channels)))
+            # The windowed onset probability that fires a reaction, calibrated on the training clips at each
+            # checkpoint (``lpm train speech``); a buffer, so it travels with the weights.
+            self.register_buffer("fire_level", torch.tensor(FIRE_LEVEL))
 
     @property
     def history_frames(self) -> int:
@@ -140,7 +143,11 @@ class SpeechMotion(nn.Module):
         track, logits = self.heads(mel_self, mel_partner)
         if logits is None:
             return track
-        return track + place(fire(torch.sigmoid(logits), self.reaction_window), self.templates)
+        return track + place(self.onsets(logits), self.templates)
+
+    def onsets(self, logits: torch.Tensor) -> torch.Tensor:
+        """Fired reaction onsets ``(B, Fa, R)`` from the onset logits ``(B, Fa, R)``."""
+        return fire(torch.sigmoid(logits), self.reaction_window, float(self.fire_level))
 
     def heads(self, mel_self: torch.Tensor, mel_partner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The regressed track ``(B, Fa, P)`` (without reactions when the net has them) and the onset logits

@@ -161,7 +161,7 @@ def evaluate(net: SpeechMotion, clips: list[SpeechClip], shuffle_self: bool = Fa
         n = min(mel_self.shape[0], clip.mel.shape[1])
         track, logits = net.heads(mel_self[None, :n], clip.mel[1][None, :n])
         if logits is not None:
-            fired = fire(torch.sigmoid(logits), net.reaction_window)  # (1, n, R)
+            fired = net.onsets(logits)  # (1, n, R)
             track = track + place(fired, net.templates)
             match = match + match_onsets(fired[0], clip.onsets[:n])
         preds.append(track[0])
@@ -182,6 +182,34 @@ def load_speech_into(speech_motion: torch.nn.Module, path: str | Path, dit: DiTC
     state, extra = load_speech(path, dit)
     load_into(speech_motion, state, source=str(path))
     return extra
+
+
+# Train clips the reactions' firing level is calibrated on (their onsets; the fired track is not compared).
+CALIBRATION_CLIPS = 400
+FIRE_LEVELS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # 0.1 .. 0.9
+
+
+@torch.no_grad()
+def calibrate_fire_level(net: SpeechMotion, clips: list[SpeechClip]) -> dict[float, float]:
+    """Set ``net.fire_level`` to the level whose fired onsets match ``clips``' true ones best (onset F1 over
+    ``FIRE_LEVELS``; ties go to the higher level, fewer reactions). Returns the F1 of each level.
+
+    Why: the hazard is trained as per-frame probabilities, but how much of a reaction's probability a window holds
+    depends on how sharply the network places the cue; the level that fires the right number of reactions is
+    measured, not assumed."""
+    was_training = net.training
+    net.eval()
+    hazards = [(torch.sigmoid(net.heads(c.mel[0][None], c.mel[1][None])[1]), c.onsets) for c in clips]
+    f1 = {}
+    for level in FIRE_LEVELS:
+        match = OnsetMatch()
+        for h, true in hazards:
+            match = match + match_onsets(fire(h, net.reaction_window, level)[0], true[:h.shape[1]])
+        f1[level] = 0.0 if math.isnan(match.f1) else match.f1
+    best = max(FIRE_LEVELS, key=lambda lv: (f1[lv], lv))
+    net.fire_level.fill_(best)
+    net.train(was_training)
+    return f1
 
 
 class SpeechTrainer:
@@ -220,6 +248,7 @@ class SpeechTrainer:
                                                    dit.reaction_frames))
             for c in train:
                 c.track = c.track - place(c.onsets[None], net.templates)[0]
+            self.calibration_clips = train[:CALIBRATION_CLIPS]
             counts = torch.cat([c.onsets for c in train]).sum(0)
             print("reaction onsets in train: " + ", ".join(f"{k} {int(v)}" for k, v in zip(net.reactions, counts)),
                   flush=True)
@@ -273,8 +302,12 @@ class SpeechTrainer:
 
     def _checkpoint(self, net: SpeechMotion, opt: torch.optim.Optimizer, step: int, val: list[SpeechClip],
                     seconds: float) -> dict[str, Any]:
+        calibration = calibrate_fire_level(net, self.calibration_clips) if net.reactions else {}
         right, shuffled = evaluate(net, val), evaluate(net, val, shuffle_self=True)
         result = {"step": step, "val": right, "val_shuffled_own_voice": shuffled, "train_seconds": round(seconds)}
+        if net.reactions:
+            result["fire_level"] = round(float(net.fire_level), 4)
+            result["calibration_onset_f1"] = calibration
         save_speech(self.run_dir / "speech.safetensors", net, self.dit, {"step": step, "val_r": right["r"]})
         save_train_state(self.run_dir / "train_state.pt",
                          {"step": step, "model": net.state_dict(), "optimizer": opt.state_dict()})
