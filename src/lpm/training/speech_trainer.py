@@ -186,7 +186,8 @@ def load_speech_into(speech_motion: torch.nn.Module, path: str | Path, dit: DiTC
 
 # Train clips the reactions' firing level is calibrated on (their onsets; the fired track is not compared).
 CALIBRATION_CLIPS = 400
-FIRE_LEVELS = tuple(round(0.05 * k, 2) for k in range(2, 19))  # 0.1 .. 0.9
+# 0.02 .. 0.1 finely (a hazard spread over more frames than the window sums low), then 0.15 .. 0.9.
+FIRE_LEVELS = tuple(round(0.02 * k, 2) for k in range(1, 5)) + tuple(round(0.05 * k, 2) for k in range(2, 19))
 
 
 @torch.no_grad()
