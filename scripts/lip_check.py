@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    inst = load_instruments("checkpoints/probe.safetensors", "checkpoints/identity.safetensors", args.data)
+    inst = load_instruments()  # the shipped probes, state reader and identity embedding
     rows = read_manifest(args.data, args.split)
     system = (OnlineSystem("online", args.checkpoint) if args.online
               else BaseSystem("base", args.checkpoint, sampling=BaseSampling(steps=args.steps)))

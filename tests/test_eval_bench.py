@@ -28,14 +28,31 @@ RES = 64
 def tiny_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     specs = [ClipSpec(0, i, split, style, secs, RES, mode) for i, (split, style, mode, secs) in enumerate(
-        [("train", "photo", "conversation", 2.0), ("val", "anime", "speak", 3.0), ("val", "photo", "listen", 3.0),
+        [("train", "photo", "conversation", 2.0), ("val", "photo", "speak", 3.0), ("val", "photo", "listen", 3.0),
          ("zeroshot", "sketch", "speak", 2.0)])]
     synth(root / "data", specs, workers=1, progress=False)
     cfg = InstrumentTrainConfig(train_identities=4, val_identities=2, zeroshot_identities=2, per_identity=2,
                                 res=RES, steps=2, batch=4, identities_per_batch=2, threads=1)
     train_instrument(PROBE_KIND, root / "inst" / "probe", cfg, log=lambda *_: None)
     train_instrument(IDENTITY_KIND, root / "inst" / "identity", cfg, log=lambda *_: None)
+    _tiny_state_reader(root / "inst" / "states.safetensors")
     return root
+
+
+def _tiny_state_reader(path):
+    """A barely trained state reader on a few in-memory world performances (no rendering)."""
+    import dataclasses
+
+    from lpm.eval.state_train import StateTrainConfig, train_state_net, world_performances
+    from lpm.eval.states import STATE_CHANNELS, STATE_KIND, ReadingNoise
+    from lpm.training.checkpoint import save_checkpoint
+
+    motion, states = world_performances(2, seed=5, seconds=1.0)
+    zeros = np.zeros(len(STATE_CHANNELS), np.float32)
+    net = train_state_net(motion, states, ReadingNoise(zeros + 1, zeros, zeros + 0.01),
+                          StateTrainConfig(steps=2, batch=2), log=lambda *_: None)
+    save_checkpoint(path, net.state_dict(), {"train": {}, "net": dataclasses.asdict(net.cfg)}, STATE_KIND,
+                    {"accuracy": {"calib_probe_tracks": 0.5, "calib_true_motion": 0.6, "calib_clips": 2}})
 
 
 def _inputs(frames: int = 30) -> ClipInputs:
@@ -73,6 +90,7 @@ def test_bench_quick_writes_contract_report(tiny_world):
     rc = main(["bench", "--suite", "quick", "--data", str(tiny_world / "data"), "--out", str(out),
                "--probe", str(inst / "probe" / "model.safetensors"),
                "--identity", str(inst / "identity" / "model.safetensors"), "--minutes", "0.05",
+               "--states", str(inst / "states.safetensors"),
                "--no-default-checkpoints"])  # the shipped models are rated by the committed report, not here
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
@@ -89,6 +107,10 @@ def test_bench_quick_writes_contract_report(tiny_world):
         assert s["long"]["identity_sim_per_min"]
     truth = report["systems"][0]["metrics"]["seen"]
     assert truth["world_fid"] == pytest.approx(0.0, abs=1e-3) and truth["fps"] is None  # a recording
+    lo, hi = truth["ci95"]["identity_sim"]  # two seen clips: an interval over them
+    assert lo <= truth["identity_sim"] <= hi
+    assert set(report["instruments"]["identity_checks"]) <= {"val", "zeroshot"}
+    assert any("identity on the val truth render" in n for n in report["validation"])
     static = report["systems"][2]["metrics"]["seen"]
     assert static["fps"] > 0 and static["identity_sim"] == pytest.approx(1.0, abs=1e-4)
     md = (out / "report.md").read_text()
@@ -107,14 +129,16 @@ def test_spread_subset_is_fixed_and_keeps_the_zero_shot_share():
     assert spread_subset(rows, 3) == [0, 28, 29] and spread_subset(rows, 100) == list(range(41))
 
 
-def test_bench_builds_its_default_case_set_and_refuses_other_missing_data(tmp_path, monkeypatch):
+def test_bench_refuses_a_missing_data_set_other_than_its_own(tmp_path, tiny_world):
     import lpm.eval.bench as bench
-    from lpm.data.clip import read_manifest
     from lpm.errors import LpmError
 
-    monkeypatch.setattr(bench, "DEFAULT_DATA_RECIPE", {"clips": 2, "seconds": 0.5, "res": 64, "seed": 0})
-    bench.build_default_data(tmp_path / "world", log=lambda *a: None)
-    assert len(read_manifest(tmp_path / "world")) == 2
+    inst = tiny_world / "inst"
     with pytest.raises(LpmError, match="not a clip data set"):
-        bench.run_bench("quick", tmp_path / "out", data=tmp_path / "missing", probe="checkpoints/probe.safetensors",
-                        identity="checkpoints/identity.safetensors")
+        bench.run_bench("quick", tmp_path / "out", data=tmp_path / "missing",
+                        probe=inst / "probe" / "model.safetensors", identity=inst / "identity" / "model.safetensors",
+                        states=inst / "states.safetensors")
+    with pytest.raises(LpmError, match="train-states"):
+        bench.run_bench("quick", tmp_path / "out", data=tiny_world / "data",
+                        probe=inst / "probe" / "model.safetensors", identity=inst / "identity" / "model.safetensors",
+                        states=tmp_path / "none.safetensors")

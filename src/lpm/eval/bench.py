@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -15,7 +16,9 @@ from lpm.eval.suites import (
     QUICK_BASE_STEPS,
     QUICK_MODEL_CLIPS,
     SUITES,
+    check_identity_instrument,
     clip_metrics,
+    load_clip,
     load_instruments,
     run_clip_suite,
     select_clips,
@@ -33,19 +36,49 @@ def _threads() -> int:
     return max(1, min(MAX_THREADS, cores - busy))
 
 
-def build_default_data(data: str | Path, log=print) -> None:
-    """Synthesize the default world data set (``DEFAULT_DATA_RECIPE``; about a minute on two cores). A rerun after
-    a kill keeps the finished clips."""
+# Written into the default case set once it is complete: the recipe it was built with.
+CASE_SET_STAMP = "bench_case_set.json"
+
+
+def ensure_default_data(data: str | Path, log=print) -> None:
+    """Make sure ``data`` is the bench's default case set (``DEFAULT_DATA_RECIPE``), building what is missing.
+
+    A complete set carries a stamp with its recipe. Without one, the clips the recipe plans are compared with
+    the manifest: missing ones are synthesized (about a minute on two cores for the whole set; a build that was
+    killed resumes), then the stamp is written. A stamp of another recipe or version, or clips the recipe does
+    not plan (another data set at that path), is an error naming the difference.
+    """
+    from lpm.data.clip import read_manifest
+    from lpm.fsutil import atomic_write_text
     from lpm.world.synth import plan, synth
 
     r = DEFAULT_DATA_RECIPE
-    log(f"building the bench's case set {data} (lpm world synth --clips {r['clips']} --seconds {r['seconds']:g} "
-        f"--res {r['res']} --seed {r['seed']})")
-    synth(data, plan(r["clips"], r["seed"], r["seconds"], r["res"]))
+    root = Path(data)
+    stamp = root / CASE_SET_STAMP
+    if stamp.is_file():
+        got = json.loads(stamp.read_text())
+        if got != r:
+            raise LpmError(f"{data} was built as the bench's case set with recipe {got}, but this version of lpm "
+                           f"uses {r}: move {data} away (the bench then rebuilds it) or pass --data")
+        return
+    specs = plan(r["clips"], r["seed"], r["seconds"], r["res"])
+    want = {s.clip_id for s in specs}
+    have = {row["id"] for row in read_manifest(root)} if (root / "manifest.jsonl").is_file() else set()
+    if have - want:
+        extra = sorted(have - want)
+        raise LpmError(f"{data} holds {len(extra)} clips that the bench's case set does not plan (e.g. {extra[0]}): "
+                       f"it is another data set; move it away (the bench then builds its own) or pass --data")
+    missing = [i for i in sorted(want) if i not in have or not (root / i / "meta.json").is_file()]
+    if missing:
+        log(f"building the bench's case set {data} ({len(missing)} of {len(want)} clips missing; lpm world "
+            f"synth --clips {r['clips']} --seconds {r['seconds']:g} --res {r['res']} --seed {r['seed']})")
+        synth(root, specs)
+    atomic_write_text(stamp, json.dumps(r))
 
 
 def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, identity: str | Path,
-              checkpoints: dict[str, str] | None = None, minutes: float = 0.0, seed: int = 0,
+              states: str | Path, checkpoints: dict[str, str] | None = None,
+              minutes: float = 0.0, seed: int = 0,
               refiner: bool = False, base_steps: int | None = None, model_clips: dict[str, int] | None = None,
               log=print) -> dict:
     """Run one suite and write ``out/report.json``, ``report.md`` and plots; returns the report object.
@@ -57,27 +90,30 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
     """
     if suite not in SUITES:
         raise LpmError(f"unknown suite {suite!r}; expected one of {SUITES}")
-    for path, what in ((probe, "--probe"), (identity, "--identity")):
+    for path, what, how in ((probe, "--probe", "train-probe"), (identity, "--identity", "train-identity"),
+                            (states, "--states", "train-states")):
         if not Path(path).is_file():
-            raise LpmError(f"{what} {path} does not exist (train it with `lpm eval train-probe` / "
-                           "`lpm eval train-identity`, or use the shipped one under checkpoints/)")
-    if not (Path(data) / "manifest.jsonl").is_file():
-        if Path(data).resolve() != Path(DEFAULT_DATA).resolve():
-            raise LpmError(f"--data {data} is not a clip data set (make one with `lpm world synth`)")
-        build_default_data(data, log)
+            raise LpmError(f"{what} {path} does not exist (train it with `lpm eval {how}`, or use the shipped one "
+                           "under checkpoints/)")
+    if Path(data).resolve() == Path(DEFAULT_DATA).resolve():
+        ensure_default_data(data, log)
+    elif not (Path(data) / "manifest.jsonl").is_file():
+        raise LpmError(f"--data {data} is not a clip data set (make one with `lpm world synth`)")
     threads = _threads()
     torch.set_num_threads(threads)
     machine = {"cpus": os.cpu_count(), "threads": threads,
                "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     t0 = time.time()
-    inst = load_instruments(probe, identity, data)
+    inst = load_instruments(probe, identity, states)
     if base_steps is None and suite == "quick":
         base_steps = QUICK_BASE_STEPS
     systems = make_systems(checkpoints, seed, refiner, base_steps)
     rows = select_clips(data, suite)
     log(f"bench {suite}: {len(rows)} clips, systems {', '.join(s.name for s in systems)}")
     caps = {**QUICK_MODEL_CLIPS, **(model_clips or {})} if suite == "quick" else None
-    results, truths = run_clip_suite(systems, rows, data, inst, log, model_clips=caps)
+    loaded = [load_clip(data, r) for r in rows]
+    identity_checks = check_identity_instrument(loaded, inst)
+    results, truths = run_clip_suite(systems, rows, loaded, inst, log, model_clips=caps)
     by_name = {r.name: r for r in results}
     if minutes > 0:
         from lpm.eval.long import run_long
@@ -88,4 +124,4 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
             by_name[s.name].metrics["long"] = clip_metrics([], None, inst, s)
     truth_by_id = {r["id"]: t for r, t in zip(rows, truths)}
     return write_report(out, suite, results, truth_by_id,
-                        instrument_summary(inst.probe_accuracy, inst.identity_accuracy), time.time() - t0, machine)
+                        instrument_summary(inst, identity_checks), time.time() - t0, machine)

@@ -8,10 +8,8 @@ import re
 from pathlib import Path
 
 from lpm.errors import LpmError
-from lpm.eval import DEFAULT_DATA
+from lpm.eval import DEFAULT_DATA, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
 
-DEFAULT_PROBE = "checkpoints/probe.safetensors"
-DEFAULT_IDENTITY = "checkpoints/identity.safetensors"
 # --minutes when not given: the long suite's 45-minute session; the full suite runs a shorter one.
 DEFAULT_MINUTES = {"long": 45.0, "full": 10.0, "quick": 0.0}
 
@@ -111,6 +109,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     minutes = args.minutes if args.minutes is not None else DEFAULT_MINUTES[args.suite]
     report = run_bench(args.suite, args.out, data=args.data, probe=args.probe, identity=args.identity,
+                       states=args.states,
                        checkpoints=_parse_checkpoints(args.checkpoint, not args.no_default_checkpoints),
                        minutes=minutes, seed=args.seed, refiner=args.refiner, base_steps=args.base_steps,
                        model_clips=_parse_model_clips(args.model_clips))
@@ -128,6 +127,15 @@ def _train(kind: str):
         return 0
 
     return run
+
+
+def _train_states(args: argparse.Namespace) -> int:
+    from lpm.config import apply_overrides
+    from lpm.eval.state_train import StateTrainConfig, train_states
+
+    cfg = apply_overrides(StateTrainConfig(), args.overrides)
+    print(json.dumps(train_states(args.out, cfg, args.probe)["accuracy"], indent=1))
+    return 0
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -154,12 +162,13 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                    help="ODE steps per window of the base system (default 8, in the quick suite 4; fewer trade "
                         "quality for CPU time)")
     p.add_argument("--model-clips", nargs="*", metavar="N|NAME=N",
-                   help="clips each trained model rates in the quick suite (default base=3, others 6; more clips "
+                   help="clips each trained model rates in the quick suite (default base=4, others 12; more clips "
                         "narrow the intervals and cost CPU time), e.g. --model-clips 12 base=4")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--data", default=DEFAULT_DATA, help="world clip data set (train clips fit the state reader)")
     p.add_argument("--probe", default=DEFAULT_PROBE)
     p.add_argument("--identity", default=DEFAULT_IDENTITY)
+    p.add_argument("--states", default=DEFAULT_STATES, help="state reader (speak / listen / idle from the tracks)")
     p.add_argument("--minutes", type=float, default=None,
                    help="long-session length (default 45 for --suite long, 10 for full, none for quick)")
     p.add_argument("--seed", type=int, default=0)
@@ -204,3 +213,10 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="InstrumentTrainConfig overrides, e.g. steps=1600 lr=2e-3")
         p.set_defaults(func=_train(kind))
+
+    p = groups["eval"].add_parser("train-states", help="train the state reader on world performances with the "
+                                  "probes' measured errors")
+    p.add_argument("--out", required=True, help="run directory (calibration clips and performances cached there)")
+    p.add_argument("--probe", default=DEFAULT_PROBE)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="StateTrainConfig overrides, e.g. clips=1200")
+    p.set_defaults(func=_train_states)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpm.eval.probe import conv_stage, frames_to_tensor
+from lpm.eval.probe import conv_stage, frames_to_tensor, head_crop
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,9 @@ class IdentityConfig:
     widths: tuple[int, ...] = (24, 48, 96)  # channels per stride-2 stage
     embed_dim: int = 64
     temperature: float = 0.1  # of the contrastive loss
+    # Read the head crop (``probe.HEAD_CROP``) instead of the whole frame: at res 96 a 128 px frame's face keeps
+    # its pixels, so a blurred or smeared face no longer looks like the sharp one (the 48 px whole frame hid it).
+    crop: bool = False
 
 
 class IdentityNet(nn.Module):
@@ -47,6 +50,8 @@ class IdentityNet(nn.Module):
         Returns:
             (B, embed_dim) unit vectors.
         """
+        if self.cfg.crop:
+            x = head_crop(x)
         if x.shape[-1] != self.cfg.res or x.shape[-2] != self.cfg.res:
             x = F.interpolate(x, size=(self.cfg.res, self.cfg.res), mode="bilinear", antialias=True,
                               align_corners=False)

@@ -14,7 +14,7 @@ import numpy as np
 
 from lpm.eval import metrics as M
 from lpm.eval.identity import embed_frames
-from lpm.eval.probe import ProbeTrack, read_frames
+from lpm.eval.probe import ProbeTrack
 from lpm.eval.suites import ClipTruth, Instruments, Reading, RssSampler, SystemResult, clip_metrics
 from lpm.eval.systems import FPS, ClipInputs, System, SystemUnavailable, timed_stream
 from lpm.world.controller import perform_conversation
@@ -93,7 +93,7 @@ def run_session(system: System, session: LongSession, inst: Instruments,
     def read_pending() -> None:
         if pending:
             frames = np.concatenate(pending)
-            tracks.append(read_frames(inst.probe, frames))
+            tracks.append(inst.read(frames))
             sims.append(embed_frames(inst.identity, frames) @ ref)
             pending.clear()
 

@@ -33,8 +33,22 @@ HEADLINE: tuple[tuple[str, str, str, str], ...] = (
     ("peak RSS MB", "seen", "peak_rss_mb", "{:.0f}"),
 )
 # Instrument validation: the truth row must reach these, or the instrument is flagged as not good enough.
-TRUTH_MIN = {"lipsync_r": 0.8, "listen_f1": 0.6, "silent_mouth_closed": 0.9, "state_acc": 0.7,
-             "text_emotion_acc": 0.8}
+TRUTH_MIN = {"lipsync_r": 0.8, "listen_f1": 0.8, "silent_mouth_closed": 0.9, "state_acc": 0.85,
+             "text_emotion_acc": 0.85}
+# The probes' r against the true motion on the truth render must reach this for these channels.
+TRUTH_CHANNEL_MIN = 0.6
+TRUTH_CHANNELS = ("blink_l", "brow_raise", "gaze_x", "gaze_y")
+# Identity: ROC AUC of own vs same-style other reference, and how much more often than the truth a damaged
+# copy must fall below the off-identity threshold.
+IDENTITY_AUC_MIN = 0.95
+IDENTITY_LOW_MARGIN = 0.1
+# Which validation each metric rests on (a failed one flags the metric's figures with "(!)").
+RESTS_ON = {"lipsync_r": "lipsync_r", "av_offset_frames": "lipsync_r", "silent_mouth_closed": "silent_mouth_closed",
+            "listen_f1": "listen_f1", "listen_precision": "listen_f1", "listen_recall": "listen_f1",
+            "reaction_delay_p50_s": "listen_f1", "reaction_delay_p90_s": "listen_f1", "state_acc": "state_acc",
+            "text_emotion_acc": "text_emotion_acc", "identity_sim": "identity", "identity_low_share": "identity"}
+SPLIT_OF = {"speaking": "val", "listening": "val", "conversation": "val", "text_control": "val", "seen": "val",
+            "zeroshot": "zeroshot"}
 PROBE_CHANNELS = ("jaw_open", "mouth_round", "mouth_wide", "blink_l", "gaze_x", "gaze_y", "head_yaw", "head_pitch",
                   "head_roll", "brow_raise", "smile", "body_yaw")
 
@@ -48,49 +62,100 @@ def _fmt(value, fmt: str) -> str:
         return str(value)
 
 
-def validation(results: list[SystemResult]) -> list[str]:
-    """Notes on whether the instruments read the truth well enough to be trusted."""
+def truth_channel_r(results: list[SystemResult], truths: dict[str, ClipTruth]) -> dict[str, dict[str, float]]:
+    """split -> channel -> Pearson r of the truth render's probe reading against the true motion (pooled frames)."""
+    truth = next((r for r in results if r.name == "truth" and r.available and r.readings), None)
+    if truth is None:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for split in ("val", "zeroshot"):
+        rs = [x for x in truth.readings if x.split == split and x.inputs_id in truths]
+        if not rs:
+            continue
+        pred = np.concatenate([x.track.motion for x in rs])
+        true = np.concatenate([truths[x.inputs_id].motion for x in rs])
+        out[split] = {c: M.pearson(pred[:, i], true[:, i]) for c, i in MOTION_INDEX.items()
+                      if true[:, i].std() > 1e-6}
+    return out
+
+
+def validation(results: list[SystemResult], channel_r: dict | None = None,
+               identity: dict | None = None) -> tuple[list[str], dict[str, list[str]]]:
+    """Notes on whether the instruments read the truth well enough to be trusted, and split -> the validations
+    that failed there (``RESTS_ON`` names)."""
     truth = next((r for r in results if r.name == "truth" and r.available), None)
     if truth is None:
-        return ["truth was not run: the instruments are not validated in this report"]
-    notes = []
+        return ["truth was not run: the instruments are not validated in this report"], {}
+    notes, failed = [], {}
+
+    def note(ok: bool, text: str, split: str, name: str) -> None:
+        notes.append(f"{'OK' if ok else 'NOT GOOD ENOUGH'}: {text}"
+                     f"{'' if ok else ': figures built on it are not trustworthy here'}")
+        if not ok:
+            failed.setdefault(split, []).append(name)
+
     for cat in ("seen", "zeroshot", "long"):
         m = truth.metrics.get(cat)
         if not m or not m.get("clips"):
             continue
+        split = SPLIT_OF.get(cat, cat)
         for key, lo in TRUTH_MIN.items():
             v = m.get(key)
-            if v is None:
-                continue
-            ok = v >= lo
-            notes.append(f"{'OK' if ok else 'NOT GOOD ENOUGH'}: truth {key} = {v:.3f} on {cat} "
-                         f"(needs >= {lo}){'' if ok else ': figures built on it are not trustworthy here'}")
-    return notes
+            if v is not None:
+                note(v >= lo, f"truth {key} = {v:.3f} on {cat} (needs >= {lo})", split, key)
+    for split, rs in (channel_r or {}).items():
+        for c in TRUTH_CHANNELS:
+            v = rs.get(c)
+            if v is not None and math.isfinite(v):
+                note(v >= TRUTH_CHANNEL_MIN, f"probe r of {c} on the {split} truth render = {v:.3f} "
+                     f"(needs >= {TRUTH_CHANNEL_MIN})", split, f"probe_{c}")
+    for split, chk in (identity or {}).items():
+        worst = min(low for _, low in chk["degraded"].values())
+        ok = chk["auc"] >= IDENTITY_AUC_MIN and worst >= chk["truth_low"] + IDENTITY_LOW_MARGIN
+        note(ok, f"identity on the {split} truth render: AUC {chk['auc']:.3f} (needs >= {IDENTITY_AUC_MIN}); "
+             f"share below {chk['threshold']:.3f}: truth {chk['truth_low']:.3f}, "
+             + ", ".join(f"{k} {low:.3f}" for k, (_, low) in chk["degraded"].items())
+             + f" (each needs >= truth + {IDENTITY_LOW_MARGIN})", split, "identity")
+    return notes, failed
 
 
-def instrument_summary(probe_acc: dict, identity_acc: dict) -> dict:
-    """The instrument accuracy figures that go into the report."""
-    out = {"probe": {}, "identity": {}}
-    for split, acc in probe_acc.items():
+def instrument_summary(inst, identity_checks: dict | None = None) -> dict:
+    """The instrument accuracy figures that go into the report (``inst``: ``suites.Instruments``)."""
+    out: dict = {"probe": {}, "identity": {}, "states": inst.states_accuracy,
+                 "identity_checks": identity_checks or {}}
+    for split, acc in inst.probe_accuracy.items():
         out["probe"][split] = {"frames": acc["frames"], "emotion_acc": acc["emotion_acc"],
                                "channels": {c: acc["channels"][c] for c in PROBE_CHANNELS}}
-    for split, v in identity_acc.items():
+    for split, v in inst.identity_accuracy.items():
         out["identity"][split] = {k: v[k] for k in ("eer", "accuracy", "threshold", "same_mean", "diff_mean")}
     return out
 
 
 def to_json(suite: str, results: list[SystemResult], instruments: dict, wall_s: float, notes: list[str],
-            machine: dict | None = None) -> dict:
-    """The ``report.json`` object."""
+            machine: dict | None = None, failed: dict[str, list[str]] | None = None) -> dict:
+    """The ``report.json`` object. ``metrics[cat]["ci95"][key]`` = [low, high], the 95 % bootstrap interval over
+    clips; ``failed_validation``: split -> the instrument validations that failed there."""
     systems = []
     for r in results:
         row = {"name": r.name, "available": r.available, "reason": r.reason, "note": r.note,
-               "metrics": {cat: {k: m.get(k) for k in METRIC_KEYS} for cat, m in r.metrics.items()}}
+               "metrics": {cat: {k: m.get(k) for k in (*METRIC_KEYS, "ci95")} for cat, m in r.metrics.items()}}
         if r.long is not None:
             row["long"] = r.long
         systems.append(row)
     return {"suite": suite, "wall_s": round(wall_s, 1), "machine": machine or {}, "instruments": instruments,
-            "validation": notes, "systems": systems}
+            "validation": notes, "failed_validation": failed or {}, "systems": systems}
+
+
+def _cell(m: dict, cat: str, key: str, fmt: str, failed: dict[str, list[str]]) -> str:
+    """A metric with its interval, "(!)" when the validation it rests on failed in the category's split."""
+    text = _fmt(m.get(key), fmt)
+    ci = (m.get("ci95") or {}).get(key)
+    if ci is not None and m.get(key) is not None:
+        f = fmt.replace(":+d", ":+.0f").replace(":d", ":.0f")
+        text += f" ({f.format(ci[0])}, {f.format(ci[1])})"
+    if m.get(key) is not None and RESTS_ON.get(key) in failed.get(SPLIT_OF.get(cat, cat), ()):
+        text += " (!)"
+    return text
 
 
 def to_markdown(report: dict) -> str:
@@ -101,14 +166,16 @@ def to_markdown(report: dict) -> str:
              "are relative to the machine's state). Seen styles = `val` clips (held-out identities); ZS = the "
              "zero-shot `sketch` style. A dash is a metric that does not apply or could not be measured. "
              "World-FID compares probe features with the truth render of the same clips (truth = 0 by "
-             "construction).", ""]
+             "construction). In brackets: the 95 % bootstrap interval over clips. (!) marks a figure whose "
+             "instrument failed its validation on the truth render of that split (see Instruments).", ""]
+    failed = report.get("failed_validation", {})
     head = "| system | " + " | ".join(h[0] for h in HEADLINE) + " |"
     lines += [head, "|" + "---|" * (len(HEADLINE) + 1)]
     for s in report["systems"]:
         if not s["available"]:
             lines.append(f"| {s['name']} | not available: {s['reason']} |" + " |" * (len(HEADLINE) - 1))
             continue
-        cells = [_fmt(s["metrics"].get(cat, {}).get(key), fmt) for _, cat, key, fmt in HEADLINE]
+        cells = [_cell(s["metrics"].get(cat, {}), cat, key, fmt, failed) for _, cat, key, fmt in HEADLINE]
         lines.append(f"| {s['name']} | " + " | ".join(cells) + " |")
     lines += ["", "## Per category", ""]
     keys = [k for k in METRIC_KEYS if k not in ("fps", "latency_p50_s", "latency_p95_s", "peak_rss_mb")]
@@ -122,7 +189,8 @@ def to_markdown(report: dict) -> str:
             if not s["available"] or not m:
                 continue
             lines.append(f"| {s['name']} | " + " | ".join(
-                _fmt(m.get(k), {"av_offset_frames": "{:+d}", "clips": "{:d}"}.get(k, "{:.3g}")) for k in keys) + " |")
+                _cell(m, cat, k, {"av_offset_frames": "{:+d}", "clips": "{:d}"}.get(k, "{:.3g}"), failed)
+                for k in keys) + " |")
         lines.append("")
     lines += ["## Instruments", ""]
     inst = report["instruments"]
@@ -134,6 +202,18 @@ def to_markdown(report: dict) -> str:
         lines.append(f"- Identity embedding on {split}: EER {v['eer']:.3f} (verification accuracy "
                      f"{v['accuracy']:.3f} at cosine {v['threshold']:.2f}; same {v['same_mean']:.2f}, "
                      f"different {v['diff_mean']:.2f}).")
+    if inst.get("states"):
+        lines.append("- State reader on the probe tracks of its calibration clips (held-out identities): "
+                     f"acc {inst['states']['calib_probe_tracks']:.3f} "
+                     f"({inst['states']['calib_true_motion']:.3f} on their true motion).")
+    for split, rs in inst.get("truth_channel_r", {}).items():
+        lines.append(f"- Probe tracks of the {split} truth render vs true motion, r: "
+                     + ", ".join(f"{c} {v:.2f}" for c, v in rs.items() if v is not None and math.isfinite(v)) + ".")
+    for split, chk in inst.get("identity_checks", {}).items():
+        lines.append(f"- Identity on the {split} truth render ({chk['clips']} clips, {chk['frames']} frames): ROC AUC "
+                     f"own vs same-style other reference {chk['auc']:.3f}; mean similarity / share below "
+                     f"{chk['threshold']:.3f}: truth {chk['truth_mean']:.3f} / {chk['truth_low']:.3f}, "
+                     + ", ".join(f"{k} {m:.3f} / {low:.3f}" for k, (m, low) in chk["degraded"].items()) + ".")
     lines += ["", "Instrument validation on the truth row:", ""] + [f"- {n}" for n in report["validation"]]
     lines += ["", "## Systems", ""]
     for s in report["systems"]:
@@ -252,7 +332,9 @@ def write_report(out: str | Path, suite: str, results: list[SystemResult], truth
     """Write report.json, report.md and the plots under ``out``; returns the JSON object."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = to_json(suite, results, instruments, wall_s, validation(results), machine)
+    instruments = {**instruments, "truth_channel_r": truth_channel_r(results, truths)}
+    notes, failed = validation(results, instruments["truth_channel_r"], instruments.get("identity_checks"))
+    report = to_json(suite, results, instruments, wall_s, notes, machine, failed)
     report["plots"] = [p.name for p in plot_all(out, results, truths)]
     for name in set(PLOTS) - set(report["plots"]):  # a plot this run could not draw is not left from an old one
         (out / name).unlink(missing_ok=True)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -18,11 +19,13 @@ import numpy as np
 
 from lpm.data.clip import STATE_NAMES, read_clip, read_manifest, tensor_to_image
 from lpm.data.video import read_mp4
-from lpm.errors import LpmError
+from lpm.eval import DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
 from lpm.eval import metrics as M
 from lpm.eval.identity import IdentityNet, embed_frames
+from lpm.eval.identity_check import check_identity
 from lpm.eval.probe import MotionProbe, ProbeTrack, read_frames
-from lpm.eval.states import StateReader, fit_state_reader
+from lpm.eval.scoring import FID_INTERVAL_CATEGORIES, ClipScore, metric_intervals, pooled_metrics
+from lpm.eval.states import StateReader
 from lpm.eval.systems import ClipInputs, System, SystemUnavailable, timed_stream
 from lpm.world.identity import sample_identity
 from lpm.world.motion import EMOTIONS, MOTION_INDEX, MOTION_NAMES
@@ -32,7 +35,8 @@ QUICK_ZEROSHOT_CLIPS = 12
 # Trained models on a 2-core CPU take 15-60 s per 4-s clip (``base`` samples offline with 3 forwards per step):
 # in the quick suite they rate a fixed, evenly spread subset, the zero-shot share kept (name -> clips;
 # "*" = any other model system). The report states each system's clip count.
-QUICK_MODEL_CLIPS = {"base": 3, "*": 6}
+# 12 clips (8 seen, 4 zero-shot) keep lip r's bootstrap interval near +-0.1; base costs ~4x per clip.
+QUICK_MODEL_CLIPS = {"base": 4, "*": 12}
 # ODE steps per window of ``base`` in the quick suite when --base-steps is not given (its default elsewhere: 8).
 # With these and the default systems, the quick suite fits its 5-minute budget on a 2-core CPU.
 QUICK_BASE_STEPS = 4
@@ -52,44 +56,53 @@ CATEGORIES: dict[str, tuple[str, tuple[str, ...] | None]] = {
 METRIC_KEYS: tuple[str, ...] = (
     "lipsync_r", "av_offset_frames", "silent_mouth_closed", "listen_f1", "listen_precision", "listen_recall",
     "reaction_delay_p50_s", "reaction_delay_p90_s", "state_acc", "pose_err_deg", "text_emotion_acc",
-    "identity_sim", "identity_drift_per_min", "world_fid", "fps", "latency_p50_s", "latency_p95_s", "peak_rss_mb",
-    "clips", "frames",
+    "identity_sim", "identity_low_share", "identity_drift_per_min", "world_fid", "fps", "latency_p50_s",
+    "latency_p95_s", "peak_rss_mb", "clips", "frames",
 )
 
 
 @dataclass
 class Instruments:
-    """The trained readers every metric goes through, with their own accuracy figures."""
+    """The trained readers every metric goes through, with their own accuracy figures.
+
+    ``identity_threshold``: split -> the identity similarity below which a frame counts as off-identity, fixed
+    on the truth render when the bench runs (``identity_check``: the 1st percentile of its frames).
+    """
 
     probe: MotionProbe
     identity: IdentityNet
     states: StateReader
     probe_accuracy: dict
     identity_accuracy: dict
+    states_accuracy: dict | None = None
+    identity_threshold: dict[str, float] = field(default_factory=dict)
+
+    def read(self, frames: np.ndarray) -> ProbeTrack:
+        """(F, H, W, 3) uint8 -> the motion probe's track."""
+        return read_frames(self.probe, frames)
 
 
-def load_instruments(probe_path: str | Path, identity_path: str | Path, data: str | Path) -> Instruments:
-    """Load the probe and identity embedding; fit the state reader on the training clips' true motion."""
+def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str | Path = DEFAULT_IDENTITY,
+                     states_path: str | Path = DEFAULT_STATES) -> Instruments:
+    """Load the motion probe, the state reader and the identity embedding."""
+    from lpm.eval.state_train import load_state_reader
     from lpm.eval.train import load_identity, load_probe
 
     probe, pmeta = load_probe(probe_path)
     ident, imeta = load_identity(identity_path)
-    motions, states = [], []
-    for row in read_manifest(data, "train"):
-        d = Path(data) / row["path"]
-        if not (d / "motion.npz").is_file():
-            continue
-        # Only motion and states are needed: skip read_clip's audio and reference decoding (hundreds of clips).
-        with np.load(d / "motion.npz", allow_pickle=False) as z:
-            motions.append(_motion_array(z["values"], tuple(str(n) for n in z["names"])))
-        meta = json.loads((d / "meta.json").read_text())
-        states.append(np.array([STATE_NAMES.index(x) for x in meta["states"]], np.int64))
-    if not motions:
-        raise LpmError(f"{data}: no train clips with motion.npz to fit the state reader on")
-    val = pmeta["extra"]["accuracy"]["val"]["channels"]
-    noise = {name: float(val[name]["mae"]) * 1.25 for name in val}  # MAE of a Gaussian is 0.8 sigma
-    return Instruments(probe, ident, fit_state_reader(motions, states, noise), pmeta["extra"]["accuracy"],
-                       imeta["extra"]["accuracy"])
+    states, smeta = load_state_reader(states_path)
+    return Instruments(probe, ident, states, pmeta["extra"]["accuracy"], imeta["extra"]["accuracy"],
+                       smeta["extra"].get("accuracy"))
+
+
+def load_motion_states(clip_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """A clip's true motion (F, NUM_MOTION) in MOTION_NAMES order and states (F,) int64, without decoding its
+    audio, video or references."""
+    d = Path(clip_dir)
+    with np.load(d / "motion.npz", allow_pickle=False) as z:
+        motion = _motion_array(z["values"], tuple(str(n) for n in z["names"]))
+    meta = json.loads((d / "meta.json").read_text())
+    return motion, np.array([STATE_NAMES.index(x) for x in meta["states"]], np.int64)
 
 
 def _motion_array(values: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
@@ -194,21 +207,9 @@ def perform_and_read(system: System, inputs: ClipInputs, inst: Instruments) -> R
                                 f"expected {inputs.num_frames}")
     ref = embed_frames(inst.identity, inputs.refs["global"][None])[0]
     thumbs = frames[np.linspace(0, len(frames) - 1, THUMBS).round().astype(int)].copy()
-    return Reading(inputs.clip_id, inputs.split, read_frames(inst.probe, frames),
+    return Reading(inputs.clip_id, inputs.split, inst.read(frames),
                    embed_frames(inst.identity, frames) @ ref, compute, [len(c) for c in chunks], needs, rss.peak_mb,
                    thumbs)
-
-
-def _nanstat(fn, values) -> float | None:
-    v = np.asarray(values, np.float64)
-    v = v[np.isfinite(v)]
-    return float(fn(v)) if v.size else None
-
-
-def _finite(x: float | int | None) -> float | int | None:
-    if x is None or (isinstance(x, float) and not np.isfinite(x)):
-        return None
-    return x
 
 
 def speed_metrics(readings: list[Reading], system: System) -> dict:
@@ -223,54 +224,45 @@ def speed_metrics(readings: list[Reading], system: System) -> dict:
             "latency_p95_s": float(np.percentile(lat, 95)), "peak_rss_mb": max(r.peak_rss_mb for r in readings)}
 
 
+def clip_score(reading: Reading, truth: ClipTruth, inst: Instruments,
+               truth_features: np.ndarray | None) -> ClipScore:
+    """What one clip contributes to the pooled metrics (every instrument reading done here, once)."""
+    jaw = MOTION_INDEX["jaw_open"]
+    pred = reading.track.motion
+    speaking = truth.states == SPEAK
+    n = len(speaking)
+    has_speech = speaking.sum() > 2
+    allowed = ~speaking & (np.arange(n) <= n - EDGE_FRAMES)
+    true_ev = [e for e in truth.reactions if allowed[min(e.frame, n - 1)]]
+    det = M.detect_reactions({c: pred[:, MOTION_INDEX[c]] for c in MOTION_NAMES}, allowed)
+    threshold = inst.identity_threshold.get(reading.split)
+    low = reading.identity_sim < threshold if threshold is not None else np.zeros(n, bool)
+    return ClipScore(
+        speak_pred=pred[speaking, jaw] if has_speech else np.zeros(0, np.float32),
+        speak_true=truth.motion[speaking, jaw] if has_speech else np.zeros(0, np.float32),
+        seq_pred=pred[:, jaw] if has_speech else None, seq_true=truth.motion[:, jaw] if has_speech else None,
+        silent_jaw=pred[~speaking, jaw], match=M.match_events(true_ev, det),
+        states_pred=inst.states.predict(pred), states_true=truth.states,
+        pose_err_deg=M.angle_error_deg(pred[:, MOTION_INDEX["body_yaw"]],
+                                       np.median(truth.motion[:, MOTION_INDEX["body_yaw"]])),
+        emotion_hit=EMOTIONS[int(reading.track.emotion_probs.mean(0).argmax())] == truth.emotion,
+        identity_sim=reading.identity_sim, identity_low=low, features=reading.track.features,
+        truth_features=truth_features)
+
+
 def clip_metrics(pairs: list[tuple[Reading, ClipTruth]], truth_features: list[np.ndarray] | None,
-                 inst: Instruments, system: System) -> dict:
-    """Every metric over a set of clips (one category) for one system; None where not measurable."""
+                 inst: Instruments, system: System, category: str = "") -> dict:
+    """Every metric over a set of clips (one category) for one system; None where not measurable. ``ci95`` holds
+    each pooled metric's 95 % bootstrap interval over the clips (``scoring.metric_intervals``)."""
     out: dict = dict.fromkeys(METRIC_KEYS)
+    out["ci95"] = {}
     if not pairs:
         return out
-    jaw = MOTION_INDEX["jaw_open"]
-    speak_pred, speak_true, seq_pred, seq_true = [], [], [], []
-    silent_jaw, match = [], M.EventMatch(0, 0, 0, [])
-    states_pred, states_true, pose_err, emo_hits = [], [], [], []
-    for reading, truth in pairs:
-        pred = reading.track.motion
-        speaking = truth.states == SPEAK
-        n = len(speaking)
-        if speaking.sum() > 2:
-            speak_pred.append(pred[speaking, jaw])
-            speak_true.append(truth.motion[speaking, jaw])
-            seq_pred.append(pred[:, jaw])
-            seq_true.append(truth.motion[:, jaw])
-        silent_jaw.append(pred[~speaking, jaw])
-        allowed = ~speaking & (np.arange(n) <= n - EDGE_FRAMES)
-        true_ev = [e for e in truth.reactions if allowed[min(e.frame, n - 1)]]
-        det = M.detect_reactions({c: pred[:, MOTION_INDEX[c]] for c in MOTION_NAMES}, allowed)
-        match = match + M.match_events(true_ev, det)
-        states_pred.append(inst.states.predict(pred))
-        states_true.append(truth.states)
-        pose_err.append(M.angle_error_deg(pred[:, MOTION_INDEX["body_yaw"]],
-                                          np.median(truth.motion[:, MOTION_INDEX["body_yaw"]])))
-        emo_hits.append(EMOTIONS[int(reading.track.emotion_probs.mean(0).argmax())] == truth.emotion)
-    if speak_pred:
-        out["lipsync_r"] = _finite(M.pearson(np.concatenate(speak_pred), np.concatenate(speak_true)))
-        out["av_offset_frames"] = M.av_offset_frames(np.concatenate(seq_pred), np.concatenate(seq_true))
-    sil = np.concatenate(silent_jaw)
-    out["silent_mouth_closed"] = _finite(M.silent_mouth_closed(sil, np.ones(len(sil), bool)))
-    if match.true_positives + match.false_negatives > 0:
-        out["listen_f1"] = _finite(match.f1)
-        out["listen_precision"] = _finite(match.precision)
-        out["listen_recall"] = _finite(match.recall)
-        delays = M.reaction_delays_s(match)
-        out["reaction_delay_p50_s"] = _nanstat(lambda v: np.percentile(v, 50), delays)
-        out["reaction_delay_p90_s"] = _nanstat(lambda v: np.percentile(v, 90), delays)
-    out["state_acc"] = M.state_accuracy(np.concatenate(states_pred), np.concatenate(states_true))
-    out["pose_err_deg"] = float(np.mean(pose_err))
-    out["text_emotion_acc"] = float(np.mean(emo_hits))
-    out["identity_sim"] = float(np.mean(np.concatenate([r.identity_sim for r, _ in pairs])))
-    if truth_features is not None:
-        out["world_fid"] = _finite(M.frechet_distance(np.concatenate([r.track.features for r, _ in pairs]),
-                                                      np.concatenate(truth_features)))
+    feats = truth_features if truth_features is not None else [None] * len(pairs)
+    scores = [clip_score(r, t, inst, f) for (r, t), f in zip(pairs, feats)]
+    out.update(pooled_metrics(scores))
+    out["ci95"] = {k: v for k, v in metric_intervals(scores, with_fid=category in FID_INTERVAL_CATEGORIES
+                                                     and system.name != "truth").items() if v is not None}
     out.update(speed_metrics([r for r, _ in pairs], system))
     out["clips"] = len(pairs)
     out["frames"] = int(sum(len(r.track.motion) for r, _ in pairs))
@@ -316,14 +308,28 @@ def spread_subset(rows: list[dict], count: int) -> list[int]:
     return sorted(set(pick(val, n_val) + pick(zs, n_zs)))
 
 
-def run_clip_suite(systems: list[System], rows: list[dict], data: str | Path, inst: Instruments,
-                   log=print, model_clips: dict[str, int] | None = None) -> tuple[list[SystemResult], list[ClipTruth]]:
-    """Every available system over every clip; metrics per category.
+def check_identity_instrument(loaded: list[tuple[ClipInputs, ClipTruth]], inst: Instruments) -> dict[str, dict]:
+    """Validate the identity embedding on the truth render of each split (``identity_check``) and fix
+    ``inst.identity_threshold`` from it; returns split -> the check as a JSON-safe dict."""
+    out = {}
+    for split in sorted({inp.split for inp, _ in loaded}):
+        clips = [(inp.style, inp.refs["global"], inp.truth_video) for inp, _ in loaded
+                 if inp.split == split and inp.truth_video is not None]
+        check = check_identity(lambda x: embed_frames(inst.identity, x), clips, split)
+        if check is not None:
+            inst.identity_threshold[split] = check.threshold
+            out[split] = dataclasses.asdict(check)
+    return out
+
+
+def run_clip_suite(systems: list[System], rows: list[dict], loaded: list[tuple[ClipInputs, ClipTruth]],
+                   inst: Instruments, log=print,
+                   model_clips: dict[str, int] | None = None) -> tuple[list[SystemResult], list[ClipTruth]]:
+    """Every available system over every clip (``loaded``: ``load_clip`` of each row); metrics per category.
 
     Args:
         model_clips: system name (``"*"``: any but the built-in ones) -> clips it rates (``spread_subset``).
     """
-    loaded = [load_clip(data, r) for r in rows]
     truths = [t for _, t in loaded]
     results = []
     truth_features: dict[str, np.ndarray] = {}
@@ -353,5 +359,5 @@ def run_clip_suite(systems: list[System], rows: list[dict], data: str | Path, in
             pairs = [(r, t) for r, (inp, t) in zip(res.readings, mine)
                      if inp.split == split and (modes is None or t.mode in modes)]
             feats = [truth_features[r.inputs_id] for r, _ in pairs] if truth_features else None
-            res.metrics[cat] = clip_metrics(pairs, feats, inst, system)
+            res.metrics[cat] = clip_metrics(pairs, feats, inst, system, cat)
     return results, truths

@@ -64,6 +64,12 @@ class InstrumentTrainConfig:
     # and per-channel loss weights 1 / std (``channel_weights``) instead of equal ones.
     probe_stem: int = 16
     balance_channels: bool = True
+    # Identity embedding only: input size, whether it reads the head crop, and the share of each batch added as
+    # damaged copies (``identity_check.degrade``: blur, a swapped face, smear; random strength) that count as
+    # other identities, so damage lowers the similarity instead of being ignored.
+    identity_res: int = 96
+    identity_crop: bool = True
+    identity_negatives: float = 0.5
 
 
 def load_sets(cfg: InstrumentTrainConfig, cache: str | Path, data: str | Path | None) -> dict[str, RenderSet]:
@@ -99,6 +105,27 @@ def _batch_indices(kind: str, rs: RenderSet, cfg: InstrumentTrainConfig, rng: np
     return np.concatenate([i * per_identity + rng.choice(per_identity, per, replace=False) for i in ids])
 
 
+def degraded_negatives(frames: np.ndarray, per_identity: int, share: float,
+                       rng: np.random.Generator) -> np.ndarray:
+    """Damaged copies of a share of an identity batch (P identities x ``per_identity`` poses, in that order).
+
+    Args:
+        frames: (B, H, W, 3) uint8.
+    Returns:
+        (round(share * B), H, W, 3) uint8: each a random degradation (``identity_check.DEGRADATIONS``) at a
+        random strength of 0.75-1.5; a swap takes the face of the next identity in the batch.
+    """
+    from lpm.eval.identity_check import DEGRADATIONS, degrade
+
+    n = int(round(share * len(frames)))
+    out = []
+    for i in rng.choice(len(frames), n, replace=False):
+        kind = DEGRADATIONS[int(rng.integers(len(DEGRADATIONS)))]
+        other = frames[(i + per_identity) % len(frames)][None]
+        out.append(degrade(frames[i][None], kind, other, float(rng.uniform(0.75, 1.5)))[0])
+    return np.stack(out) if out else frames[:0]
+
+
 def evaluate(kind: str, model: torch.nn.Module, sets: dict[str, RenderSet]) -> dict[str, Any]:
     """Accuracy on the held-out identities (val) and the zero-shot style, as JSON-safe dicts."""
     out = {}
@@ -122,7 +149,7 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
         net_cfg: Any = ProbeConfig(stem=cfg.probe_stem)
         model: torch.nn.Module = MotionProbe(net_cfg)
     elif kind == IDENTITY_KIND:
-        net_cfg = IdentityConfig()
+        net_cfg = IdentityConfig(res=cfg.identity_res, crop=cfg.identity_crop)
         model = IdentityNet(net_cfg)
     else:
         raise ValueError(f"unknown instrument {kind!r}")
@@ -162,7 +189,14 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
             if kind == PROBE_KIND:
                 loss = probe_loss(model, x, torch.from_numpy(targets[idx]), torch.from_numpy(emotion[idx]), weights)
             else:
-                loss = supcon_loss(model(x), torch.from_numpy(train.identity[idx]), net_cfg.temperature)
+                labels = torch.from_numpy(train.identity[idx])
+                if cfg.identity_negatives > 0:
+                    per = max(2, cfg.batch // cfg.identities_per_batch)
+                    neg = degraded_negatives(train.frames[idx], per, cfg.identity_negatives, rng)
+                    x = torch.cat([x, frames_to_tensor(neg)])
+                    # Each damaged copy is its own identity: only ever a negative.
+                    labels = torch.cat([labels, int(train.identity.max()) + 1 + torch.arange(len(neg))])
+                loss = supcon_loss(model(x), labels, net_cfg.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -199,6 +233,6 @@ def load_identity(path: str | Path) -> tuple[IdentityNet, dict[str, Any]]:
     state, meta = load_checkpoint(path, IDENTITY_KIND)
     net = meta["config"]["net"]
     model = IdentityNet(IdentityConfig(res=net["res"], widths=tuple(net["widths"]), embed_dim=net["embed_dim"],
-                                       temperature=net["temperature"]))
+                                       temperature=net["temperature"], crop=net.get("crop", False)))
     load_into(model, state, str(path))
     return model.eval(), meta

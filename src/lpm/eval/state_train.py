@@ -1,0 +1,156 @@
+"""Training of the state reader (``states.py``): ``lpm eval train-states``.
+
+1. Calibration: ``calib_clips`` world clips of held-out (``val``-range) identities, seen styles, a seed the bench
+   data never uses, rendered and read by the motion probe; ``ReadingNoise`` is fitted on their
+   readings against their true motion.
+2. Performances: ``clips`` world performances (true motion and states, drawn in memory, no rendering).
+3. The reader is trained on the performances with the fitted probe errors added afresh every step, then
+   scored on the calibration clips' real probe tracks (``accuracy`` in the checkpoint's metadata).
+Everything is cached under the run directory, so a rerun only repeats what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lpm.data.clip import STATE_NAMES, read_manifest
+from lpm.eval.states import STATE_KIND, ReadingNoise, StateNet, StateReader, StateReaderConfig, scale_tracks
+from lpm.training.checkpoint import load_checkpoint, load_into, save_checkpoint
+
+
+@dataclass(frozen=True)
+class StateTrainConfig:
+    """Data and schedule of the state reader."""
+
+    clips: int = 1200  # world performances to train on
+    calib_clips: int = 96  # rendered clips of held-out identities the probe errors are measured on
+    seconds: float = 4.0
+    seed: int = 101  # of the performances; the calibration clips use seed + 101 (the bench data uses 0)
+    steps: int = 600
+    batch: int = 64  # clips per step
+    lr: float = 3e-3
+    weight_decay: float = 1e-3
+    threads: int = 1
+
+
+def world_performances(count: int, seed: int, seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """True motion and states of ``count`` train-split world performances (``make_clip``: no rendering).
+
+    Returns:
+        motion (N, F, NUM_MOTION) float32 in MOTION_NAMES order; states (N, F) int64.
+    """
+    from lpm.world.synth import make_clip, plan
+
+    motions, states = [], []
+    for spec in plan(count, seed, seconds, 128, split="train"):
+        clip = make_clip(spec)
+        motions.append(clip.performance.motion.astype(np.float32))
+        states.append(np.array([STATE_NAMES.index(s) for s in clip.performance.states], np.int64))
+    return np.stack(motions), np.stack(states)
+
+
+def _cached(path: Path, make) -> dict[str, np.ndarray]:
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    out = make()
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, **out)
+    tmp.replace(path)
+    return out
+
+
+def calibration_readings(run: Path, cfg: StateTrainConfig, read) -> dict[str, np.ndarray]:
+    """Render the calibration clips (cached) and read them with ``read`` ((F, H, W, 3) -> (F, NUM_MOTION)).
+
+    Returns:
+        {"read", "true": (N, F, NUM_MOTION), "states": (N, F)}.
+    """
+    from lpm.data.video import read_mp4
+    from lpm.eval.suites import load_motion_states
+    from lpm.world.synth import plan, synth
+
+    root = run / "calib"
+    synth(root, plan(cfg.calib_clips, cfg.seed + 101, cfg.seconds, 128, split="val"), workers=1, progress=False)
+
+    def make() -> dict[str, np.ndarray]:
+        read_, true, states = [], [], []
+        for row in read_manifest(root):
+            motion, st = load_motion_states(root / row["path"])
+            read_.append(read(read_mp4(root / row["path"] / "video.mp4")))
+            true.append(motion)
+            states.append(st)
+        return {"read": np.stack(read_), "true": np.stack(true), "states": np.stack(states)}
+
+    return _cached(run / "calib_readings.npz", make)
+
+
+def train_state_net(motion: np.ndarray, states: np.ndarray, noise: ReadingNoise, cfg: StateTrainConfig,
+                    net_cfg: StateReaderConfig | None = None, log=print) -> StateNet:
+    """Fit the reader on true motion with probe errors drawn afresh each step.
+
+    Args:
+        motion: (N, F, NUM_MOTION); states: (N, F).
+    """
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    net = StateNet(net_cfg or StateReaderConfig())
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Classes are unbalanced; weight them equally so listen vs idle is not ignored.
+    counts = np.bincount(states.ravel(), minlength=len(STATE_NAMES)).astype(np.float32)
+    weight = torch.from_numpy(counts.sum() / (len(STATE_NAMES) * np.maximum(counts, 1)))
+    net.train()
+    for step in range(cfg.steps):
+        idx = rng.integers(0, len(motion), cfg.batch)
+        x = torch.cat([scale_tracks(noise.apply(motion[i], rng)) for i in idx])  # (B, C, F)
+        loss = torch.nn.functional.cross_entropy(net(x), torch.from_numpy(states[idx]), weight=weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 100 == 0:
+            log(json.dumps({"step": step + 1, "loss": round(loss.item(), 4)}))
+    return net.eval()
+
+
+def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path, log=print) -> dict[str, Any]:
+    """The whole recipe (module docstring); writes ``RUN/model.safetensors``; returns its metadata ``extra``."""
+    from lpm.eval.probe import read_frames
+    from lpm.eval.train import load_probe
+
+    torch.set_num_threads(cfg.threads)
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    probe, _ = load_probe(probe_path)
+    calib = calibration_readings(run, cfg, lambda frames: read_frames(probe, frames).motion)
+    noise = ReadingNoise.fit(list(calib["read"]), list(calib["true"]))
+    perf = _cached(run / f"performances_{cfg.clips}_s{cfg.seed}.npz",
+                   lambda: dict(zip(("motion", "states"), world_performances(cfg.clips, cfg.seed, cfg.seconds))))
+    net = train_state_net(perf["motion"], perf["states"], noise, cfg, log=log)
+    reader = StateReader(net)
+    pred = np.stack([reader.predict(m) for m in calib["read"]])
+    true_motion = np.stack([reader.predict(m) for m in calib["true"]])
+    extra = {"accuracy": {"calib_probe_tracks": float((pred == calib["states"]).mean()),
+                          "calib_true_motion": float((true_motion == calib["states"]).mean()),
+                          "calib_clips": int(len(pred))},
+             "noise": {k: getattr(noise, k).tolist() for k in ("gain", "offset", "sigma")},
+             "probe": str(probe_path)}
+    save_checkpoint(run / "model.safetensors", net.state_dict(),
+                    {"train": dataclasses.asdict(cfg), "net": dataclasses.asdict(net.cfg)}, STATE_KIND, extra)
+    (run / "accuracy.json").write_text(json.dumps(extra, indent=1))
+    return extra
+
+
+def load_state_reader(path: str | Path) -> tuple[StateReader, dict[str, Any]]:
+    """A trained state reader and its checkpoint metadata."""
+    state, meta = load_checkpoint(path, STATE_KIND)
+    net = meta["config"]["net"]
+    model = StateNet(StateReaderConfig(width=net["width"], kernel=net["kernel"], dilations=tuple(net["dilations"])))
+    load_into(model, state, str(path))
+    return StateReader(model.eval()), meta
