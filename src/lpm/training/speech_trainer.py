@@ -107,20 +107,23 @@ def load_speech_clips(data_dir: str | Path, split: str, dit: DiTConfig, limit: i
 def world_speech_clips(count: int, seed: int, seconds: float, dit: DiTConfig) -> list[SpeechClip]:
     """``count`` train-split world clips made in memory (``lpm.world.synth.make_clip``: audio and motion).
 
-    Made in a worker process replaced every ``WORLD_CLIPS_PER_WORKER`` clips: making a clip leaves ~9 MB behind in
-    the process that made it (2,000 clips held 18 GB), which a worker's exit returns."""
+    Made in a worker process, a fresh one for every ``WORLD_CLIPS_PER_WORKER`` clips: making a clip leaves ~9 MB
+    behind in the process that made it (2,000 clips held 18 GB), which the worker's exit returns. (One pool per
+    block rather than ``max_tasks_per_child``: the replaced worker broke the pool under Python 3.11.)"""
     from lpm.world.synth import plan
 
     specs = plan(count, seed, seconds, 128, split="train")
-    batches = [specs[i:i + WORLD_CLIPS_PER_TASK] for i in range(0, len(specs), WORLD_CLIPS_PER_TASK)]
     out: list[SpeechClip] = []
     context = multiprocessing.get_context("spawn")  # no forked copy of the parent's torch threads
-    with ProcessPoolExecutor(1, mp_context=context, max_tasks_per_child=WORLD_CLIPS_PER_WORKER // WORLD_CLIPS_PER_TASK,
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool, \
-            tqdm(total=len(specs), desc="world clips (audio + motion)", leave=False) as bar:
-        for clips in pool.map(_speech_clips_of, batches, [dit] * len(batches)):
-            out.extend(clips)
-            bar.update(len(clips))
+    with tqdm(total=len(specs), desc="world clips (audio + motion)", leave=False) as bar:
+        for first in range(0, len(specs), WORLD_CLIPS_PER_WORKER):
+            block = specs[first:first + WORLD_CLIPS_PER_WORKER]
+            tasks = [block[i:i + WORLD_CLIPS_PER_TASK] for i in range(0, len(block), WORLD_CLIPS_PER_TASK)]
+            with ProcessPoolExecutor(1, mp_context=context, initializer=torch.set_num_threads,
+                                     initargs=(1,)) as pool:
+                for clips in pool.map(_speech_clips_of, tasks, [dit] * len(tasks)):
+                    out.extend(clips)
+                    bar.update(len(clips))
     return out
 
 
