@@ -237,6 +237,7 @@ class RemoteSession(SessionHandle):
 
     # ---- the worker's messages ----
     def _read(self) -> None:
+        ended = False
         try:
             while True:
                 msg = self.conn.recv()
@@ -256,10 +257,16 @@ class RemoteSession(SessionHandle):
                         waiter[1].append(msg[2])
                         waiter[0].set()
                 elif kind == "end":
+                    ended = True
                     break
         except (EOFError, OSError):
             pass
         finally:
+            if not ended and not self._closed:  # the worker died (killed, out of memory): say so, end the frames
+                self.worker.process.join(1.0)
+                with self._state_lock:
+                    self._events.append({"type": "error", "message": "the session's worker process ended "
+                                         f"unexpectedly (exit code {self.worker.process.exitcode})"})
             self._end_frames()
 
     def _end_frames(self) -> None:
