@@ -264,4 +264,17 @@ def test_export_replaces_the_speech_network(tmp_path):
     wrong = save_speech(tmp_path / "wrong.safetensors", other, dataclasses.replace(cfg, speech_dim=64), {})
     with pytest.raises(LpmError, match="speech_dim"):
         export_dit(dit_path, tmp_path / "bad.safetensors", speech=wrong)
+    # A DiT saved before reactions existed takes a speech network with them: the settings come along.
+    old_cfg = dataclasses.replace(cfg, reaction_kinds=())
+    old_path = save_dit(tmp_path / "old.safetensors", DiT(old_cfg))
+    assert not hasattr(load_dit(old_path).speech_motion, "templates")
+    with torch.no_grad():
+        other.templates.normal_()
+        other.fire_level.fill_(0.3)
+    speech = save_speech(tmp_path / "speech2.safetensors", other, cfg, {})
+    new = load_dit(export_dit(old_path, tmp_path / "new.safetensors", dtype="fp32", speech=speech).path)
+    assert new.cfg.reaction_kinds == cfg.reaction_kinds
+    assert new.cfg.speech_history_frames > old_cfg.speech_history_frames
+    assert torch.equal(new.speech_motion.templates, other.templates)
+    assert float(new.speech_motion.fire_level) == pytest.approx(0.3)
 
