@@ -182,17 +182,24 @@ def _generate_worker(rank: int, port: int, tmp_path: Path) -> None:
     torch.distributed.destroy_process_group()
 
 
-def test_generate_under_two_processes_writes_the_single_process_video(tmp_path, one_thread):
+def generate_inputs(tmp_path: Path) -> None:
+    """A random Online checkpoint (2 heads), 1 s of voice (6 chunks: past eviction) and a reference image."""
     from PIL import Image
 
-    from lpm.cli import main
-    from lpm.data.video import read_mp4, write_wav
+    from lpm.data.video import write_wav
     from test_generate import online_checkpoint
 
-    online_checkpoint(tmp_path / "online.safetensors")  # 2 heads: one per rank
+    online_checkpoint(tmp_path / "online.safetensors")
     t = np.arange(SR) / SR
-    write_wav(tmp_path / "self.wav", (0.3 * np.sin(2 * np.pi * 220 * t) * (t > 0.3))[None], SR)  # 1 s: 6 chunks
+    write_wav(tmp_path / "self.wav", (0.3 * np.sin(2 * np.pi * 220 * t) * (t > 0.3))[None], SR)
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(tmp_path / "face.png")
+
+
+def test_generate_under_two_processes_writes_the_single_process_video(tmp_path, one_thread):
+    from lpm.cli import main
+    from lpm.data.video import read_mp4
+
+    generate_inputs(tmp_path)  # 2 heads: one per rank
     assert main(_generate_args(tmp_path, tmp_path / "single.mp4")) == 0
     mp.spawn(_generate_worker, args=(_free_port(), tmp_path), nprocs=2, join=True)
     single, parallel = read_mp4(tmp_path / "single.mp4"), read_mp4(tmp_path / "parallel.mp4")

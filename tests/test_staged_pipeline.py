@@ -144,3 +144,28 @@ def test_dit_engine_stages_across_processes_equal_one_process(tmp_path):
     staged = np.load(out)
     assert staged.shape == single.shape == (6 * engine.frames_per_chunk, 64, 64, 3)
     assert np.abs(staged.astype(int) - single.astype(int)).max() <= 1
+
+
+def _generate_stages_worker(rank: int, port: int, tmp_path: Path) -> None:
+    from lpm.cli import main
+    from test_sequence_parallel import _generate_args
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="3", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    assert main([*_generate_args(tmp_path, tmp_path / "staged.mp4"), "--refiner", "--stages"]) == 0
+    torch.distributed.destroy_process_group()
+
+
+def test_generate_with_one_rank_per_stage_writes_the_single_process_video(tmp_path):
+    from lpm.cli import main
+    from lpm.data.video import read_mp4
+    from test_sequence_parallel import _generate_args, generate_inputs
+
+    torch.set_num_threads(1)
+    generate_inputs(tmp_path)
+    assert main([*_generate_args(tmp_path, tmp_path / "single.mp4"), "--refiner"]) == 0
+    mp.spawn(_generate_stages_worker, args=(_free_port(), tmp_path), nprocs=3, join=True)
+    single, staged = read_mp4(tmp_path / "single.mp4"), read_mp4(tmp_path / "staged.mp4")
+    assert staged.shape == single.shape == (24, 128, 128, 3) and single.astype(float).std() > 5
+    assert np.abs(staged.astype(int) - single.astype(int)).mean() < 0.5

@@ -99,13 +99,20 @@ class Link:
         self._thread.start()
 
     def _receive(self) -> None:
+        # A credit goes back without waiting (isend): the sender takes credits only when it runs out, and a blocking
+        # send would hold this thread (and the items behind it) until then. At most ``capacity`` are in transit.
+        credits: list[tuple[Any, torch.Tensor]] = []
         try:
             while True:
                 box = [None]
                 dist.recv_object_list(box, src=self.src, group=self.items)
                 self._queue.put(box[0])  # blocks while the queue is full: the sender then runs out of credits
-                dist.send(torch.ones(1, dtype=torch.int64), dst=self.src, group=self.credits)
-                if box[0] is END:
+                credit = torch.ones(1, dtype=torch.int64)
+                credits = [(w, c) for w, c in credits if not w.is_completed()]
+                credits.append((dist.isend(credit, dst=self.src, group=self.credits), credit))
+                if box[0] is END:  # the sender drains its credits after END: every one completes
+                    for work, _ in credits:
+                        work.wait()
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, never a silent hang
             self.error = e

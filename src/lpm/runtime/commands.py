@@ -25,7 +25,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     cfg = GenerateConfig(out=args.out, reference=args.reference, refs=args.refs, audio=args.audio,
                          partner=args.partner, text=args.text, seed=args.seed, refiner=args.refiner,
                          device=args.device, frame=not args.no_frame, frame_debug=args.frame_debug,
-                         sequence_parallel=int(os.environ.get("WORLD_SIZE", "1")) > 1,  # under torchrun
+                         sequence_parallel=not args.stages and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+                         staged=args.stages,
                          **defaults)
     result = generate(cfg)
     if result.written:
@@ -59,6 +60,9 @@ def register(sub, groups) -> None:
                    help="latent codec the DiT was trained with (default checkpoints/vae_tiny.safetensors)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--refiner", action="store_true", help="add the one-step refiner stage")
+    p.add_argument("--stages", action="store_true",
+                   help="under torchrun: one rank per stage (generate, refine, decode) instead of splitting every "
+                        "forward over the ranks (the default under torchrun)")
     p.add_argument("--no-frame", action="store_true",
                    help="keep the references as given (default: crop head and shoulders around the face, like the "
                         "training data; the centre square when no face is found)")

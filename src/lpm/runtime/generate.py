@@ -71,6 +71,8 @@ class GenerateConfig:
     # Split every DiT forward over the processes of this torchrun job (lpm.parallel; every rank runs generate with
     # the same inputs, rank 0 writes the mp4).
     sequence_parallel: bool = False
+    # Under torchrun: generator, refiner and decoder each on its own rank (lpm.runtime.staged_engine), rank 0 writes.
+    staged: bool = False
 
 
 @dataclass
@@ -250,7 +252,14 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
     engine_cfg = DiTEngineConfig(checkpoint=cfg.checkpoint, vae=cfg.vae, seed=cfg.seed, refiner=cfg.refiner,
                                  device=cfg.device)
     main = True
-    if cfg.sequence_parallel:
+    if cfg.staged and cfg.sequence_parallel:
+        raise LpmError("stages across ranks (--stages) and sequence parallelism are one or the other for now")
+    if cfg.staged:
+        engine, main = staged_engine(character, engine_cfg)
+        if not main:  # this rank serves its stage until rank 0's session ends
+            return GenerateResult(Path(cfg.out), frames_for_samples(len(self_pcm)), len(self_pcm) / SAMPLE_RATE, 0.0,
+                                  engine.resolution, framing, damage, written=False)
+    elif cfg.sequence_parallel:
         engine, main = sequence_parallel_engine(character, engine_cfg)
     else:
         engine = DiTEngine.load(character, engine_cfg)
@@ -265,6 +274,25 @@ def generate(cfg: GenerateConfig) -> GenerateResult:
                 pass
     return GenerateResult(path, run.num_frames, len(self_pcm) / SAMPLE_RATE, run.compute_s, engine.resolution,
                           framing, damage, written=main)
+
+
+def staged_engine(character: Character, cfg) -> tuple[Engine, bool]:
+    """Rank 0: a ``StagedEngine`` (the session's engine, its later stages on the other ranks), True. The other ranks
+    serve their stage (``serve_stages``) and return their engine, False. One rank per engine stage (generate,
+    refine with ``--refiner``, decode); every rank loads the whole engine."""
+    from lpm.runtime.dit_engine import DiTEngine
+    from lpm.runtime.staged_engine import StagedEngine, serve_stages
+    from lpm.training.distributed import init_distributed
+
+    info = init_distributed(cfg.device)
+    if not info.distributed:
+        raise LpmError("stages across ranks run under torchrun, one process per stage: torchrun --nproc_per_node 3 "
+                       "-m lpm.cli generate --stages --refiner ... (2 without --refiner)")
+    engine = DiTEngine.load(character, replace(cfg, device=info.device))
+    if info.is_main:
+        return StagedEngine(engine, device=info.device), True
+    serve_stages(engine, device=info.device)
+    return engine, False
 
 
 def sequence_parallel_engine(character: Character, cfg) -> tuple[Engine, bool]:
