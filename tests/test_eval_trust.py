@@ -55,6 +55,10 @@ def test_pooled_metrics_and_their_intervals_over_clips():
     assert m["state_acc"] == 0.5 and m["identity_low_share"] == 0.5 and m["text_emotion_acc"] == 0.5
     lo, hi = ci["state_acc"]
     assert lo < 0.5 < hi and hi - lo > 0.3
+    # Lip r defined by one clip only (the others have no speech): no interval, not a point that looks precise.
+    silent = [_score([], [], np.zeros(10, int), np.zeros(10, int), 0.9) for _ in range(4)]
+    one = metric_intervals(good[:1] + silent, samples=100)
+    assert one["lipsync_r"] is None and one["state_acc"] == (1.0, 1.0)
     # More clips of the same kind narrow it.
     many = mixed * 6
     assert half_width(metric_intervals(many, samples=400)["state_acc"]) < half_width(ci["state_acc"])

@@ -18,6 +18,8 @@ from lpm.eval.intervals import BOOTSTRAP_SAMPLES, bootstrap_intervals
 # resamples, and only in these categories (the others are subsets of ``seen``).
 FID_BOOTSTRAP_SAMPLES = 100
 FID_INTERVAL_CATEGORIES = ("seen", "zeroshot")
+# Clips that must each define a metric on their own for it to get an interval.
+MIN_DEFINING_CLIPS = 3
 # Metrics pooled over clips (everything but speed and counts).
 POOLED_KEYS: tuple[str, ...] = (
     "lipsync_r", "av_offset_frames", "silent_mouth_closed", "listen_f1", "listen_precision", "listen_recall",
@@ -139,6 +141,12 @@ def metric_intervals(scores: list[ClipScore], with_fid: bool = False, samples: i
     intervals = bootstrap_intervals(len(scores), lambda idx: pooled_metrics([scores[i] for i in idx], False),
                                     samples=samples, seed=seed)
     intervals.pop("world_fid", None)
+    # A metric that only a clip or two define (lip r when one clip has speech) has no spread to resample: its
+    # interval would be a point and look precise. It gets none.
+    alone = [pooled_metrics([s], False) for s in scores]
+    for key in list(intervals):
+        if sum(m.get(key) is not None for m in alone) < MIN_DEFINING_CLIPS:
+            intervals[key] = None
     if with_fid and len(scores) > 1 and all(s.features is not None and s.truth_features is not None for s in scores):
         mine = [_Moments.of(s.features) for s in scores]
         truth = [_Moments.of(s.truth_features) for s in scores]
