@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    inst = load_instruments("checkpoints/probe.safetensors", "checkpoints/identity.safetensors", args.data)
+    inst = load_instruments()
     system = BaseSystem("base", args.checkpoint, sampling=BaseSampling(steps=args.steps))
     true_track = TrueTrack(system) if args.true_track else None
     channels = system.model.cfg.motion_channels
