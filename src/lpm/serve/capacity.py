@@ -113,6 +113,7 @@ def measure_capacity(factory, threads: int = 1, jpeg_quality: int = 85, cores: i
     finally:
         engine.close()
         torch.set_num_threads(previous)
-    cpu_ms = spent / chunks * 1000
-    chunk_ms = 1000 * engine.frames_per_chunk / fps
-    return Capacity(sessions_for(cpu_ms, chunk_ms, cores), round(cpu_ms, 1), round(chunk_ms, 1), cores, "measured")
+    # The record's own (rounded) figures give its session count, so a reader can recompute it.
+    cpu_ms = round(spent / chunks * 1000, 1)
+    chunk_ms = round(1000 * engine.frames_per_chunk / fps, 1)
+    return Capacity(sessions_for(cpu_ms, chunk_ms, cores), cpu_ms, chunk_ms, cores, "measured")
