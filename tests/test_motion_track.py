@@ -13,8 +13,9 @@ import torch
 
 from base_fixtures import MICRO, make_dataset, make_vae
 from lpm.diffusion.flow import Batch, FlowConfig, FlowMatching
+from lpm.events import match_events
 from lpm.models.motion_track import SpeechMotion, to_track
-from lpm.models.reactions import estimate_templates, fire, match_onsets, onset_targets, place
+from lpm.models.reactions import estimate_templates, fire, onset_events, onset_targets, place
 from lpm.training.diagnostics import GapCheck, gap
 from lpm.world.motion import MOTION_NAMES
 from test_dit import make_inputs, make_model, micro, stream
@@ -86,8 +87,11 @@ def test_onset_matching_counts_hits_within_the_tolerance_once():
     fired = torch.zeros(50, 2)
     fired[[14, 16, 45], 0] = 1  # 14 hits 10 (16 is a duplicate), 45 is 15 frames from 30: a miss
     fired[30, 1] = 1  # right frame, wrong kind
-    m = match_onsets(fired, true)
-    assert (m.true, m.fired, m.hits, m.mean_delay) == (2, 4, 1, 4.0)
+    kinds = ("nod", "head_tilt")
+    m = match_events(onset_events(true, kinds), onset_events(fired, kinds))  # the bench's matching
+    hits = m.true_positives
+    assert (hits + m.false_negatives, hits + m.false_positives, hits) == (2, 4, 1)
+    assert [(t.frame, d.frame) for t, d in m.pairs] == [(10, 14)]  # a delay of 4 frames
     assert m.f1 == pytest.approx(2 / 6)
 
 

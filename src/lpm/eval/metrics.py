@@ -13,11 +13,11 @@ import numpy as np
 from scipy import linalg
 from scipy.ndimage import median_filter, percentile_filter
 
+from lpm.events import MATCH_TOLERANCE_FRAMES, Event, EventMatch, match_events  # noqa: F401 (the bench's API)
+
 FPS = 24
 # Reaction event types read from tracks; each is a listening reaction of the world's controller.
 REACTION_TYPES: tuple[str, ...] = ("nod", "brow_raise", "head_tilt", "smile")
-# A detected event matches a true one of the same type when their onsets differ by at most this (frames).
-MATCH_TOLERANCE_FRAMES = 8
 # Mouth counts as closed below this jaw_open (0..1): the rest pose is 0, and the probe reads jaw_open with a
 # mean absolute error of 0.1 on held-out identities, so a closed mouth reads up to about this.
 MOUTH_CLOSED_JAW = 0.2
@@ -52,15 +52,6 @@ BUMP_RULES: dict[str, BumpRule] = {
     "head_tilt": BumpRule("head_roll", 0, 4.5, 6, 121, 50.0, 6),
     "smile": BumpRule("smile", +1, 0.35, 8, 193, 25.0, 12),
 }
-
-
-@dataclass(frozen=True)
-class Event:
-    """One event: its type and onset frame (and, for true reactions, the frame of the cue it answers)."""
-
-    type: str
-    frame: int
-    cue_frame: int | None = None
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -171,50 +162,6 @@ def detect_reactions(tracks: dict[str, np.ndarray], allowed: np.ndarray | None =
             if allowed is None or allowed[min(onset, len(allowed) - 1)]:
                 events.append(Event(kind, onset))
     return sorted(events, key=lambda e: (e.frame, e.type))
-
-
-@dataclass
-class EventMatch:
-    """Detected events matched to true ones."""
-
-    true_positives: int
-    false_positives: int
-    false_negatives: int
-    pairs: list[tuple[Event, Event]]  # (true, detected)
-
-    @property
-    def precision(self) -> float:
-        d = self.true_positives + self.false_positives
-        return self.true_positives / d if d else float("nan")
-
-    @property
-    def recall(self) -> float:
-        d = self.true_positives + self.false_negatives
-        return self.true_positives / d if d else float("nan")
-
-    @property
-    def f1(self) -> float:
-        d = 2 * self.true_positives + self.false_positives + self.false_negatives
-        return 2 * self.true_positives / d if d else float("nan")
-
-    def __add__(self, other: EventMatch) -> EventMatch:
-        return EventMatch(self.true_positives + other.true_positives, self.false_positives + other.false_positives,
-                          self.false_negatives + other.false_negatives, self.pairs + other.pairs)
-
-
-def match_events(truth: list[Event], detected: list[Event],
-                 tolerance: int = MATCH_TOLERANCE_FRAMES) -> EventMatch:
-    """Greedy one-to-one matching of same-type events, closest onsets first, within ``tolerance`` frames."""
-    cands = sorted((abs(t.frame - d.frame), i, j) for i, t in enumerate(truth) for j, d in enumerate(detected)
-                   if t.type == d.type and abs(t.frame - d.frame) <= tolerance)
-    used_t, used_d, pairs = set(), set(), []
-    for _, i, j in cands:
-        if i not in used_t and j not in used_d:
-            used_t.add(i)
-            used_d.add(j)
-            pairs.append((truth[i], detected[j]))
-    tp = len(pairs)
-    return EventMatch(tp, len(detected) - tp, len(truth) - tp, pairs)
 
 
 def reaction_delays_s(match: EventMatch, fps: int = FPS) -> np.ndarray:

@@ -17,10 +17,10 @@ frames before it, so a streamed chunk gets the same track as the whole clip (giv
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.nn import functional as F
+
+from lpm.events import Event
 
 # The world's listening reactions (``lpm.world.controller``) and the bench's reaction types share these names.
 REACTION_KINDS: tuple[str, ...] = ("nod", "brow_raise", "head_tilt", "smile")
@@ -100,45 +100,7 @@ def estimate_templates(tracks: list[torch.Tensor], onsets: list[torch.Tensor], l
     return out
 
 
-# A fired onset counts as the true one of its kind within this many frames (the bench's event tolerance).
-ONSET_TOLERANCE_FRAMES = 8
-
-
-@dataclass
-class OnsetMatch:
-    """Fired onsets matched one-to-one to true ones (per kind, within ``ONSET_TOLERANCE_FRAMES``)."""
-
-    true: int = 0
-    fired: int = 0
-    hits: int = 0
-    delay_sum: float = 0.0  # sum of (fired - true) frames over hits
-
-    def __add__(self, other: OnsetMatch) -> OnsetMatch:
-        return OnsetMatch(self.true + other.true, self.fired + other.fired, self.hits + other.hits,
-                          self.delay_sum + other.delay_sum)
-
-    @property
-    def f1(self) -> float:
-        d = self.true + self.fired
-        return 2 * self.hits / d if d else float("nan")
-
-    @property
-    def mean_delay(self) -> float:
-        return self.delay_sum / self.hits if self.hits else float("nan")
-
-
-def match_onsets(fired: torch.Tensor, true: torch.Tensor, tolerance: int = ONSET_TOLERANCE_FRAMES) -> OnsetMatch:
-    """Greedy matching, closest pairs first, of ``fired`` and ``true`` onsets ``(F, R)`` of one clip."""
-    out = OnsetMatch(true=int(true.sum()), fired=int(fired.sum()))
-    for k in range(true.shape[1]):
-        t = true[:, k].nonzero().flatten().tolist()
-        f = fired[:, k].nonzero().flatten().tolist()
-        pairs = sorted((abs(a - b), a, b) for a in t for b in f if abs(a - b) <= tolerance)
-        used_t, used_f = set(), set()
-        for _, a, b in pairs:
-            if a not in used_t and b not in used_f:
-                used_t.add(a)
-                used_f.add(b)
-                out.hits += 1
-                out.delay_sum += b - a
-    return out
+def onset_events(onsets: torch.Tensor, kinds: tuple[str, ...]) -> list[Event]:
+    """The onsets ``(F, R)`` (fired or true) of one clip as events, to be matched as the bench matches reactions
+    (``lpm.events.match_events``)."""
+    return [Event(kinds[k], frame) for frame, k in onsets.nonzero().tolist()]

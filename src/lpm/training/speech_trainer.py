@@ -34,9 +34,10 @@ from lpm.audio.mel import LogMel
 from lpm.config import ConfigError, load_config, to_dict
 from lpm.data.clip import read_clip, read_manifest
 from lpm.errors import LpmError
+from lpm.events import EventMatch, match_events
 from lpm.models.dit_config import DiTConfig, preset
 from lpm.models.motion_track import SpeechMotion, load_speech, save_speech, speech_network, to_track
-from lpm.models.reactions import OnsetMatch, estimate_templates, fire, match_onsets, onset_targets, place
+from lpm.models.reactions import estimate_templates, fire, onset_events, onset_targets, place
 from lpm.training.checkpoint import load_into, load_train_state, save_train_state
 from lpm.training.latent_cache import PARTNER_CHANNEL, SELF_CHANNEL, frame_mel, silent_mel
 
@@ -183,7 +184,7 @@ def evaluate(net: SpeechMotion, clips: list[SpeechClip], shuffle_self: bool = Fa
     ``shuffle_self`` gives every clip another clip's own voice: the r of the mouth channels must collapse, which
     validates that the figures measure the audio, not the channels' means."""
     net.eval()
-    preds, truths, match = [], [], OnsetMatch()
+    preds, truths, match = [], [], EventMatch(0, 0, 0, [])
     for i, clip in enumerate(clips):
         mel_self = clips[(i + 1) % len(clips)].mel[0] if shuffle_self else clip.mel[0]
         n = min(mel_self.shape[0], clip.mel.shape[1])
@@ -191,7 +192,8 @@ def evaluate(net: SpeechMotion, clips: list[SpeechClip], shuffle_self: bool = Fa
         if logits is not None:
             fired = net.onsets(logits)  # (1, n, R)
             track = track + place(fired, net.templates)
-            match = match + match_onsets(fired[0], clip.onsets[:n])
+            match = match + match_events(onset_events(clip.onsets[:n], net.reactions),
+                                         onset_events(fired[0], net.reactions))
         preds.append(track[0])
         truths.append(clip.track[:n])
     pred, truth = torch.cat(preds), torch.cat(truths)  # (N, P)
@@ -199,8 +201,10 @@ def evaluate(net: SpeechMotion, clips: list[SpeechClip], shuffle_self: bool = Fa
     r = {c: pearson(pred[:, j], truth[:, j]) for j, c in enumerate(net.channels)}
     out = {"r": r, "mse": float((pred - truth).square().mean())}
     if net.reactions:
-        out["reactions"] = {"f1": match.f1, "true": match.true, "fired": match.fired, "hits": match.hits,
-                            "delay_frames_mean": match.mean_delay}
+        hits = match.true_positives
+        delay = sum(d.frame - t.frame for t, d in match.pairs) / hits if hits else float("nan")
+        out["reactions"] = {"f1": match.f1, "true": hits + match.false_negatives,
+                            "fired": hits + match.false_positives, "hits": hits, "delay_frames_mean": delay}
     return out
 
 
@@ -231,9 +235,10 @@ def calibrate_fire_level(net: SpeechMotion, clips: list[SpeechClip]) -> dict[flo
     hazards = [(torch.sigmoid(net.heads(c.mel[0][None], c.mel[1][None])[1]), c.onsets) for c in clips]
     f1 = {}
     for level in FIRE_LEVELS:
-        match = OnsetMatch()
+        match = EventMatch(0, 0, 0, [])
         for h, true in hazards:
-            match = match + match_onsets(fire(h, net.reaction_window, level)[0], true[:h.shape[1]])
+            match = match + match_events(onset_events(true[:h.shape[1]], net.reactions),
+                                         onset_events(fire(h, net.reaction_window, level)[0], net.reactions))
         f1[level] = 0.0 if math.isnan(match.f1) else match.f1
     best = max(FIRE_LEVELS, key=lambda lv: (f1[lv], lv))
     net.fire_level.fill_(best)
