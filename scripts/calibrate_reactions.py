@@ -17,7 +17,6 @@ import torch
 
 from lpm.models.dit_config import preset
 from lpm.models.motion_track import load_speech, save_speech, speech_network
-from lpm.models.reactions import place
 from lpm.training.speech_trainer import CALIBRATION_CLIPS, calibrate_fire_level, evaluate, load_speech_clips
 
 
@@ -36,10 +35,7 @@ def main() -> None:
     if unexpected or set(missing) - {"fire_level"}:
         raise SystemExit(f"{args.speech} does not fit the {args.preset} speech network: missing {missing}, "
                          f"unexpected {unexpected}")
-    train = load_speech_clips(args.data, "train", dit)[:CALIBRATION_CLIPS]
-    for c in train:  # as the trainer holds them: the track without its reactions (the level reads only onsets)
-        c.track = c.track - place(c.onsets[None], net.templates)[0]
-    f1 = calibrate_fire_level(net, train)
+    f1 = calibrate_fire_level(net, load_speech_clips(args.data, "train", dit)[:CALIBRATION_CLIPS])
     val = evaluate(net, load_speech_clips(args.data, "val", dit))
     extra = {**extra, "fire_level": float(net.fire_level), "calibrated_on": args.data}
     save_speech(args.out, net, dit, extra)

@@ -28,8 +28,8 @@ from torch import nn
 
 from lpm.config import to_dict
 from lpm.errors import LpmError
-from lpm.models.reactions import FIRE_LEVEL, fire, place
-from lpm.training.checkpoint import load_checkpoint, save_checkpoint
+from lpm.models.reactions import FIRE_LEVEL, fire, place, reaction_history
+from lpm.training.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 
 SPEECH_KERNEL = 3  # frames per causal convolution of the speech network (each block reaches back 2 * dilation)
 SPEECH_KIND = "speech_motion"  # checkpoint kind of a ``SpeechMotion`` (``lpm train speech``)
@@ -52,7 +52,7 @@ def speech_history(dilations: tuple[int, ...], reaction_frames: int = 0, reactio
     """Frames of audio before a frame that ``SpeechMotion``'s prediction reads: its blocks' reaches summed, plus,
     with reactions, the onsets a frame's reaction may have started at and the hazard window that fired them."""
     reach = (SPEECH_KERNEL - 1) * sum(dilations)
-    return reach + (reaction_window + reaction_frames - 1 if reaction_frames else 0)
+    return reach + (reaction_history(reaction_frames, reaction_window) if reaction_frames else 0)
 
 
 def track_scale(channels: tuple[str, ...]) -> torch.Tensor:
@@ -130,7 +130,7 @@ class SpeechMotion(nn.Module):
     def history_frames(self) -> int:
         """Frames of audio before a frame that its prediction depends on."""
         reach = sum(b.reach for b in self.blocks)
-        return reach + (self.reaction_window + self.reaction_frames - 1 if self.reactions else 0)
+        return reach + (reaction_history(self.reaction_frames, self.reaction_window) if self.reactions else 0)
 
     def forward(self, mel_self: torch.Tensor, mel_partner: torch.Tensor) -> torch.Tensor:
         """Args:
@@ -141,9 +141,11 @@ class SpeechMotion(nn.Module):
             reactions, the regressed track plus a whole template at each onset the hazard fires.
         """
         track, logits = self.heads(mel_self, mel_partner)
-        if logits is None:
-            return track
-        return track + place(self.onsets(logits), self.templates)
+        return track if logits is None else self.with_reactions(track, self.onsets(logits))
+
+    def with_reactions(self, track: torch.Tensor, onsets: torch.Tensor) -> torch.Tensor:
+        """The regressed track ``(B, Fa, P)`` with a template placed at each fired onset ``(B, Fa, R)``."""
+        return track + place(onsets, self.templates)
 
     def onsets(self, logits: torch.Tensor) -> torch.Tensor:
         """Fired reaction onsets ``(B, Fa, R)`` from the onset logits ``(B, Fa, R)``."""
@@ -210,7 +212,9 @@ def reaction_settings(config: dict[str, Any]) -> dict[str, Any]:
 
 def speech_reactions(path: str | Path) -> dict[str, Any]:
     """The reaction settings a speech checkpoint was trained with (what ``lpm export --speech`` carries over)."""
-    _, meta = load_checkpoint(path, kind=SPEECH_KIND)
+    meta = read_metadata(path)  # the settings only: the weights are read by ``load_speech``
+    if meta["kind"] != SPEECH_KIND:
+        raise CheckpointError(f"checkpoint {path} holds {meta['kind']!r} weights, expected {SPEECH_KIND!r}")
     return reaction_settings(meta["config"])
 
 

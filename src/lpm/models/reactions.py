@@ -40,6 +40,12 @@ def onset_targets(events: list[tuple[str, int]], kinds: tuple[str, ...], num_fra
     return out
 
 
+def reaction_history(frames: int, window: int) -> int:
+    """Frames before a frame whose onset hazard can change its reactions: a template of ``frames`` frames started at
+    most ``frames - 1`` frames ago, fired by a sum over ``window`` frames before that (see ``fire``)."""
+    return window + frames - 1
+
+
 def fire(hazard: torch.Tensor, window: int, level: float = FIRE_LEVEL) -> torch.Tensor:
     """Onsets from per-frame onset probabilities: where the sum over the last ``window`` frames crosses ``level``.
 

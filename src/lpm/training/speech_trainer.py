@@ -191,7 +191,7 @@ def evaluate(net: SpeechMotion, clips: list[SpeechClip], shuffle_self: bool = Fa
         track, logits = net.heads(mel_self[None, :n], clip.mel[1][None, :n])
         if logits is not None:
             fired = net.onsets(logits)  # (1, n, R)
-            track = track + place(fired, net.templates)
+            track = net.with_reactions(track, fired)
             match = match + match_events(onset_events(clip.onsets[:n], net.reactions),
                                          onset_events(fired[0], net.reactions))
         preds.append(track[0])
