@@ -56,3 +56,23 @@ def test_a_missing_or_misshapen_global_reference_is_a_clear_error():
     small = References([refs.latents[0][..., :4, :4], *refs.latents[1:]], list(refs.kinds))
     with pytest.raises(ValueError, match="not a frame's latent"):
         model(x, t, dataclasses.replace(cond, references=small))
+
+
+def test_reference_residual_starts_as_the_still_reference_and_streams_equal_to_the_full_forward():
+    model = make_model(micro(reference_residual=True))
+    x, t, cond = make_inputs(model)
+    ref = cond.references.latents[cond.references.kinds.index("global")]
+    with torch.no_grad():
+        out = model(x, t, cond)
+        model.restart_head()  # as a fresh model or a fine-tune from weights without it: the still reference
+        still = model(x, t, cond)
+    assert (out - ref[:, None]).abs().max() > 1e-3  # the perturbed head adds something of its own
+    assert torch.equal(still, ref[:, None].expand_as(still))
+    model = make_model(micro(reference_residual=True, reference_concat=True))
+    with torch.no_grad():
+        full = model(x, t, cond)
+    streamed = stream(model, x, t, cond)
+    assert (streamed - full).abs().max() <= 1e-6 * full.abs().max()
+    no_global = References(cond.references.latents[1:], cond.references.kinds[1:])
+    with pytest.raises(ValueError, match="reference_residual needs the global reference"):
+        make_model(micro(reference_residual=True))(x, t, dataclasses.replace(cond, references=no_global))

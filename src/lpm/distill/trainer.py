@@ -46,6 +46,9 @@ class DistillConfig(BaseTrainConfig):
     # Give the student the global reference's token path (``DiTConfig.reference_concat``) if its initial weights
     # lack it: the path starts at zero, so the student starts as the weights it is initialised from.
     reference_concat: bool = False
+    # Make the student predict the frame as the global reference plus a residual (``DiTConfig.reference_residual``):
+    # if its initial weights lack it, their head restarts at zero and the student starts as the still reference.
+    reference_residual: bool = False
 
 
 def resolve_weights(spec: str, what: str) -> Path:
@@ -128,13 +131,21 @@ class DistillTrainer(BaseTrainer):
                            "a different VAE or resolution")
         if cfg.frames % tc.frames_per_chunk:
             raise LpmError(f"frames {cfg.frames} is not a multiple of the chunk ({tc.frames_per_chunk} frames)")
+        residual = tc.reference_residual or cfg.reference_residual
+        if residual and cfg.flow.parametrisation != "x0":
+            raise ConfigError(f"reference_residual adds the reference to a predicted frame: the teacher's objective "
+                              f"predicts {cfg.flow.parametrisation!r}, not 'x0'")
         self.dit_cfg = dataclasses.replace(tc, attention="block_causal",
-                                           reference_concat=tc.reference_concat or cfg.reference_concat)
+                                           reference_concat=tc.reference_concat or cfg.reference_concat,
+                                           reference_residual=residual)
         self.cfg = dataclasses.replace(cfg, model=self.dit_cfg)
         student = DiT(self.dit_cfg)
-        missing, unexpected = student.load_state_dict(self._student_state(teacher), strict=False)
+        initial = self._student_state(teacher)
+        missing, unexpected = student.load_state_dict(initial, strict=False)
         if unexpected or any(not k.startswith("reference_in.") for k in missing):
             raise LpmError(f"the student's initial weights do not fit it: missing {missing}, unexpected {unexpected}")
+        if residual and not tc.reference_residual:  # the teacher's head predicts whole frames
+            student.restart_head()
         self.export_dit = DiT(self.dit_cfg) if info.is_main else None
         # As the Base: windows carry their true motion track (teacher pairs render it; the student sees the
         # speech network's prediction for ``predicted_motion`` of its samples), the mouth weighted up.

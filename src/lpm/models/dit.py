@@ -121,12 +121,17 @@ class DiT(nn.Module):
             if isinstance(module, nn.Linear) and not name.startswith("text_encoder"):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-        nn.init.zeros_(self.head.linear.weight)
-        nn.init.zeros_(self.head.linear.bias)
+        self.restart_head()
         if self.cfg.motion_channels:
             self.motion_embed.zero_output()
         if self.cfg.reference_concat:
             nn.init.zeros_(self.reference_in.weight)
+
+    def restart_head(self) -> None:
+        """Zero the output head, as at init: a model fine-tuned into ``reference_residual`` from weights without it
+        starts as the still reference (the head predicted the whole frame; now it predicts what differs)."""
+        nn.init.zeros_(self.head.linear.weight)
+        nn.init.zeros_(self.head.linear.bias)
 
     # ---- conditioning helpers ----
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,17 +227,33 @@ class DiT(nn.Module):
             ),
         )
 
-    def reference_input(self, refs: References | None) -> torch.Tensor:
-        """The global reference's per-token input ``(B, N, D)`` of ``reference_concat`` (a clear error without it)."""
+    def global_reference(self, refs: References | None, user: str) -> torch.Tensor:
+        """The global reference's latent ``(B, C, h, w)``, checked to be a frame's latent (``user`` names the
+        option that needs it in the error)."""
         if refs is None or "global" not in refs.kinds:
-            raise ValueError("reference_concat needs the global reference (kind 'global') in cond.references")
+            raise ValueError(f"{user} needs the global reference (kind 'global') in cond.references")
         latent = refs.latents[refs.kinds.index("global")]  # (B, C, h, w)
         cfg = self.cfg
         if latent.shape[1:] != (cfg.latent_channels, cfg.latent_height, cfg.latent_width):
             raise ValueError(f"the global reference latent {tuple(latent.shape[1:])} is not a frame's latent "
-                             f"({cfg.latent_channels}, {cfg.latent_height}, {cfg.latent_width}): reference_concat "
-                             f"adds it token by token")
-        return self.reference_in(patchify(latent[:, None].to(self.reference_in.weight.dtype), cfg.patch_size)[:, 0])
+                             f"({cfg.latent_channels}, {cfg.latent_height}, {cfg.latent_width}): {user} "
+                             f"uses it token by token")
+        return latent
+
+    def reference_input(self, refs: References | None) -> torch.Tensor:
+        """The global reference's per-token input ``(B, N, D)`` of ``reference_concat`` (a clear error without it)."""
+        latent = self.global_reference(refs, "reference_concat")
+        return self.reference_in(patchify(latent[:, None].to(self.reference_in.weight.dtype),
+                                          self.cfg.patch_size)[:, 0])
+
+    def finish_output(self, out: torch.Tensor, cond: Conditioning, cache: KVCache | None) -> torch.Tensor:
+        """The head's ``(B, F, C, h, w)`` -> the prediction: plus the global reference with
+        ``reference_residual`` (from the cache once it is prefilled), else unchanged."""
+        if not self.cfg.reference_residual:
+            return out
+        ref = (cache.reference_latent if cache is not None and cache.is_prefilled
+               else self.global_reference(cond.references, "reference_residual"))
+        return out + ref[:, None].to(out.dtype)
 
     # ---- streaming ----
     @torch.no_grad()
@@ -256,6 +277,8 @@ class DiT(nn.Module):
         blocks (None, None, empty without references); stores the per-session reference input in ``cache``."""
         if self.cfg.reference_concat:
             cache.reference_input = self.reference_input(references)
+        if self.cfg.reference_residual:
+            cache.reference_latent = self.global_reference(references, "reference_residual").detach()
         return self._references(references, cache.slot_k[0].shape[0], self.patch_embed.weight.device)
 
     @torch.no_grad()
@@ -377,7 +400,7 @@ class DiT(nn.Module):
         if cache is not None and update_cache:
             cache.commit(new_kv)
         out = self.head(x, e)  # (B, F, N, C*p*p)
-        return unpatchify(out, cfg.patch_size, c, h, w)
+        return self.finish_output(unpatchify(out, cfg.patch_size, c, h, w), cond, cache)
 
 
 # ---- checkpoints: safetensors + resolved config; strict load ----

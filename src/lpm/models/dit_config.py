@@ -41,6 +41,11 @@ class DiTConfig:
     # image-to-video model concatenates its first frame channel-wise): the world's global reference is framed like
     # the video, so each token sees the reference's pixels under it without routing them through attention.
     reference_concat: bool = False
+    # The output is the global reference's latent plus what the head predicts (x0 parametrisation only): the model
+    # starts as the still reference and learns what moves (mouth, eyes, head), so an identity it never saw is drawn
+    # from its reference instead of from memory. A fresh head makes the fine-tune of a model without it start as
+    # the still image (``lpm distill ode reference_residual=true``).
+    reference_residual: bool = False
     # --- text: a byte-level encoder trained with the model (no downloads) ---
     text_dim: int = 128  # width of the text encoder's tokens (projected to D inside the DiT)
     text_layers: int = 2  # transformer layers of the byte encoder

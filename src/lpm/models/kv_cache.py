@@ -40,6 +40,7 @@ class KVCache:
     ref_positions: torch.Tensor | None = None  # (R, 3) rotary positions of the reference tokens
     chunks_seen: int = 0  # chunks committed so far; the next forward generates chunk ``chunks_seen``
     reference_input: torch.Tensor | None = None  # (B, N, D) the global reference's tokens (``reference_concat``)
+    reference_latent: torch.Tensor | None = None  # (B, C, h, w) the global reference (``reference_residual``)
     max_time_position: float = float("-inf")  # largest rotary time any cached forward used (a statistic)
 
     @classmethod

@@ -159,7 +159,7 @@ class SequenceParallelDiT(nn.Module):
         if cache is not None and update_cache:
             cache.commit(new_kv)
         out = shards.gather_video(dit.head(x, e), group, communicator)  # (B, F, N, C*p*p)
-        return unpatchify(out, cfg.patch_size, c, h, w)
+        return dit.finish_output(unpatchify(out, cfg.patch_size, c, h, w), cond, cache)
 
     @staticmethod
     def _attention(exchange: UlyssesExchange, groups, prefix, whole=None):

@@ -250,6 +250,8 @@ class BaseTrainer:
             track_fields += tuple(REACTION_FIELDS)
         if not stored.reference_concat:  # the reference's token path starts at zero
             track_fields += ("reference_concat",)
+        if not stored.reference_residual:  # the head restarts at zero: the model starts as the still reference
+            track_fields += ("reference_residual",)
         mine = dataclasses.replace(mine, **{k: getattr(stored, k) for k in track_fields})
         try:
             loaded = load_dit(path, expect=mine).state_dict()
@@ -259,6 +261,8 @@ class BaseTrainer:
         new = ("speech_motion.", "motion_embed.", "motion_map", "reference_in.")  # parts a checkpoint may lack
         if unexpected or any(not k.startswith(new) for k in missing):
             raise ConfigError(f"init {path}: keys differ from the model: missing {missing}, unexpected {unexpected}")
+        if dit.cfg.reference_residual and not stored.reference_residual:
+            dit.restart_head()
         if self.info.is_main:
             print(f"initialised from {path}", flush=True)
 
