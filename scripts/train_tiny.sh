@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tiny models, end to end, on CPU: data -> speech network -> Base -> ODE init -> DMD -> export.
+# The tiny models, end to end, on CPU: data -> speech network -> Base -> ODE init -> Online on data -> export.
 # The shipped checkpoints are this CPU run fine-tuned on a lent H100 (scripts/gpu_tiny.sh; checkpoints/README.md).
 # Every stage is resumable: rerun this script after a stop and each stage continues from its last checkpoint
 # (a finished stage returns at once). Figures and wall times of the shipped run: checkpoints/README.md.
@@ -21,8 +21,10 @@ EXTRA=${EXTRA:-}       # key=value overrides for every training stage, e.g. EXTR
 BASE_STEPS=${BASE_STEPS:-900}
 ODE_STEPS=${ODE_STEPS:-300}
 ODE_PAIRS=${ODE_PAIRS:-160}
-DMD_STEPS=${DMD_STEPS:-150}
-SPEECH_STEPS=${SPEECH_STEPS:-3000}
+SPEECH_STEPS=${SPEECH_STEPS:-4000}
+SPEECH_WORLD_CLIPS=${SPEECH_WORLD_CLIPS:-2000}  # extra world clips made in memory for the speech network
+CONCAT_STEPS=${CONCAT_STEPS:-1000}
+RESID_STEPS=${RESID_STEPS:-1000}
 BASE_INIT=${BASE_INIT:-}      # "" = the Base from random weights
 MOUTH_WEIGHT=${MOUTH_WEIGHT:-20}
 PREDICTED_MOTION=${PREDICTED_MOTION:-0.25}
@@ -30,7 +32,8 @@ PREDICTED_MOTION=${PREDICTED_MOTION:-0.25}
 if [ ! -f "$DATA/manifest.jsonl" ]; then
   "$LPM" world synth --out "$DATA" --clips 320 --seconds 4 --res 128 --seed 0
 fi
-"$LPM" train speech --data "$DATA" --out "$RUNS/speech_tiny" --steps "$SPEECH_STEPS" threads="$THREADS"
+"$LPM" train speech --data "$DATA" --out "$RUNS/speech_tiny" --steps "$SPEECH_STEPS" world_clips="$SPEECH_WORLD_CLIPS" \
+  threads="$THREADS"
 "$LPM" train base --data "$DATA" --vae "$VAE" --preset tiny --out "$RUNS/base_tiny" --steps "$BASE_STEPS" \
   speech="$RUNS/speech_tiny/speech.safetensors" ${BASE_INIT:+init="$BASE_INIT"} flow.loss_space=x0 \
   mouth_weight="$MOUTH_WEIGHT" predicted_motion="$PREDICTED_MOTION" cache_dir="$RUNS/cache" \
@@ -39,12 +42,21 @@ fi
 "$LPM" distill ode --teacher "$RUNS/base_tiny" --out "$RUNS/ode_tiny" --steps "$ODE_STEPS" \
   pairs="$ODE_PAIRS" pair_batch=4 teacher_steps_per_step=2 batch=4 lr=2e-4 checkpoint_minutes=4 \
   sample_every=0 threads="$THREADS" $EXTRA
-"$LPM" distill dmd --teacher "$RUNS/base_tiny" --student "$RUNS/ode_tiny" --out "$RUNS/dmd_tiny" \
-  --steps "$DMD_STEPS" batch=2 generator_every=2 lr=5e-5 fake_lr=2e-4 checkpoint_minutes=4 sample_every=0 \
+# The Online model: the ODE student trained on the data itself at its two times (target=data: the teacher has no
+# reference path and regressing onto its outputs teaches its smear), with the global reference added token by token
+# (reference_concat) and its output the reference plus a residual (reference_residual: it starts as the still
+# reference and learns what moves). Two runs: the reference path first, then the residual (docs/learning.md).
+"$LPM" distill ode --teacher "$RUNS/ode_tiny" --data "$DATA" --vae "$VAE" --out "$RUNS/online_concat" \
+  --steps "$CONCAT_STEPS" --batch 4 target=data reference_concat=true lr=3e-4 warmup_steps=20 \
+  mouth_weight="$MOUTH_WEIGHT" cache_dir="$RUNS/cache" checkpoint_minutes=4 sample_every=0 threads="$THREADS" $EXTRA
+"$LPM" distill ode --teacher "$RUNS/online_concat" --data "$DATA" --vae "$VAE" --out "$RUNS/online_resid" \
+  --steps "$RESID_STEPS" --batch 4 target=data reference_concat=true reference_residual=true lr=3e-4 \
+  warmup_steps=20 mouth_weight="$MOUTH_WEIGHT" cache_dir="$RUNS/cache" checkpoint_minutes=4 sample_every=0 \
   threads="$THREADS" $EXTRA
-"$LPM" export --run "$RUNS/base_tiny" --out checkpoints/base_tiny.safetensors
-cp "$RUNS/speech_tiny/speech.safetensors" checkpoints/speech_tiny.safetensors  # also inside both DiTs
-# The shipped Online model is the ODE student: on the quick bench it beat the DMD student of this short run
-# (75 generator updates) on silent mouth, world-FID and identity (checkpoints/README.md); the DMD export is kept.
-"$LPM" export --run "$RUNS/ode_tiny" --out checkpoints/online_tiny.safetensors
-"$LPM" export --run "$RUNS/dmd_tiny" --out "$RUNS/online_dmd_tiny.safetensors"
+# The speech network goes into both exports (the DiTs trained with an earlier copy of it, frozen).
+"$LPM" export --run "$RUNS/base_tiny" --out checkpoints/base_tiny.safetensors --speech "$RUNS/speech_tiny/speech.safetensors"
+"$LPM" export --run "$RUNS/online_resid" --out checkpoints/online_tiny.safetensors \
+  --speech "$RUNS/speech_tiny/speech.safetensors"
+cp "$RUNS/speech_tiny/speech.safetensors" checkpoints/speech_tiny.safetensors
+# DMD (lpm distill dmd) is not in this chain: its teacher must share the student's config, and the Base has no
+# reference path; it stays runnable on students of the same shape (tests/test_distill.py).

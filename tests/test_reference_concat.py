@@ -76,3 +76,41 @@ def test_reference_residual_starts_as_the_still_reference_and_streams_equal_to_t
     no_global = References(cond.references.latents[1:], cond.references.kinds[1:])
     with pytest.raises(ValueError, match="reference_residual needs the global reference"):
         make_model(micro(reference_residual=True))(x, t, dataclasses.replace(cond, references=no_global))
+
+
+def test_reference_warp_starts_as_the_identity_moves_the_reference_with_the_head_pose_and_streams():
+    from lpm.models.reference_warp import ReferenceWarp
+
+    channels = ("jaw_open", "head_yaw", "head_pitch", "head_roll")
+    warp = ReferenceWarp(channels, 8, 8).double()
+    ref = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    track = torch.randn(2, 3, len(channels), dtype=torch.float64)
+    assert (warp(ref, track) - ref[:, None]).abs().max() < 1e-12  # zero pose matrices: the still reference
+    with torch.no_grad():
+        warp.pose_to_affine[2, 1, 2] = 0.25  # roll -> a vertical shift of an eighth of the frame per unit
+        warp.mask_logit.fill_(30.0)  # every cell follows the head
+    track = torch.zeros(1, 2, len(channels), dtype=torch.float64)
+    track[0, 1, 3] = 1.0  # frame 1 rolls, frame 0 does not
+    moved = warp(ref[:1], track)
+    assert (moved[0, 0] - ref[0]).abs().max() < 1e-9
+    assert torch.allclose(moved[0, 1, :, 1:-2], ref[0, :, 2:-1], atol=1e-9)  # shifted up by one cell
+    track.requires_grad_(False)
+    moved.square().sum().backward()
+    assert warp.pose_to_affine.grad[2].abs().sum() > 0 and warp.pose_to_affine.grad[0].abs().sum() == 0  # jaw: none
+
+    cfg = micro(reference_residual=True, reference_warp=True, motion_channels=channels, motion_spatial=True)
+    model = make_model(cfg)
+    x, t, cond = make_inputs(model)
+    given = dataclasses.replace(cond, motion=torch.randn(1, x.shape[1], len(channels), dtype=torch.float64))
+    with torch.no_grad():
+        warped = model(x, t, given)
+        model.reference_warp.pose_to_affine.zero_()
+        unwarped = model(x, t, given)
+    assert (warped - unwarped).abs().max() > 1e-3  # the track's head pose moves the reference
+    with torch.no_grad():
+        torch.nn.init.normal_(model.reference_warp.pose_to_affine, 0, 0.1)
+        full = model(x, t, cond)  # the track predicted from audio, as when streaming
+    streamed = stream(model, x, t, cond)
+    assert (streamed - full).abs().max() <= 1e-6 * full.abs().max()
+    with pytest.raises(Exception, match="reference_warp moves the reference"):
+        micro(reference_warp=True, motion_channels=channels)

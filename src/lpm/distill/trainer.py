@@ -49,6 +49,8 @@ class DistillConfig(BaseTrainConfig):
     # Make the student predict the frame as the global reference plus a residual (``DiTConfig.reference_residual``):
     # if its initial weights lack it, their head restarts at zero and the student starts as the still reference.
     reference_residual: bool = False
+    # Move that reference to each frame's head pose (``DiTConfig.reference_warp``; the identity at init).
+    reference_warp: bool = False
 
 
 def resolve_weights(spec: str, what: str) -> Path:
@@ -137,12 +139,13 @@ class DistillTrainer(BaseTrainer):
                               f"predicts {cfg.flow.parametrisation!r}, not 'x0'")
         self.dit_cfg = dataclasses.replace(tc, attention="block_causal",
                                            reference_concat=tc.reference_concat or cfg.reference_concat,
-                                           reference_residual=residual)
+                                           reference_residual=residual,
+                                           reference_warp=tc.reference_warp or cfg.reference_warp)
         self.cfg = dataclasses.replace(cfg, model=self.dit_cfg)
         student = DiT(self.dit_cfg)
         initial = self._student_state(teacher)
         missing, unexpected = student.load_state_dict(initial, strict=False)
-        if unexpected or any(not k.startswith("reference_in.") for k in missing):
+        if unexpected or any(not k.startswith(("reference_in.", "reference_warp.")) for k in missing):
             raise LpmError(f"the student's initial weights do not fit it: missing {missing}, unexpected {unexpected}")
         if residual and not tc.reference_residual:  # the teacher's head predicts whole frames
             student.restart_head()

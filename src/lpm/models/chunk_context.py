@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from lpm.models.attention import AttentionGroup
 from lpm.models.blocks import CrossInputs, CrossMemory
 from lpm.models.kv_cache import KVCache
+from lpm.models.motion_track import MotionInputs
 from lpm.models.rope import apply_rope
 
 
@@ -34,7 +35,7 @@ class ChunkContext:
 
     Attributes:
         chunk: the chunk it belongs to (``cache.chunks_seen`` when built).
-        motion: the motion track's embeddings ``((B, F, D), (B, F, N, D) or None)``, or None without a track.
+        motion: the motion track's ``MotionInputs`` (embeddings and the track), or None without a track.
         cross: the forward's cross-attention inputs (audio tokens, projected caption, windows).
         cross_memory: per block, its cross-attention keys/values.
         q_rope: ``(cos, sin)`` each ``(Nc, d/2)``: the chunk's query positions.
@@ -45,7 +46,7 @@ class ChunkContext:
     """
 
     chunk: int
-    motion: tuple[torch.Tensor, torch.Tensor | None] | None
+    motion: MotionInputs | None
     cross: CrossInputs
     cross_memory: list[CrossMemory]
     q_rope: tuple[torch.Tensor, torch.Tensor]
@@ -57,7 +58,7 @@ class ChunkContext:
     @classmethod
     def build(cls, cache: KVCache, group: AttentionGroup, num_slots: int, cross: CrossInputs,
               cross_memory: list[CrossMemory],
-              motion: tuple[torch.Tensor, torch.Tensor | None] | None) -> ChunkContext:
+              motion: MotionInputs | None) -> ChunkContext:
         """Rotate the visible cache once (``group`` is ``plan_chunk``'s single group: keys
         ``[references | num_slots chunks | the chunk]``) and keep the per-chunk inputs."""
         if group.q_index is not None or group.k_index is not None or group.mask is not None:

@@ -40,7 +40,8 @@ from lpm.models.conditioning import (
 )
 from lpm.models.dit_config import DiTConfig, stored_dit_config
 from lpm.models.kv_cache import KVCache
-from lpm.models.motion_track import MotionEmbedder, speech_network
+from lpm.models.motion_track import MotionEmbedder, MotionInputs, speech_network
+from lpm.models.reference_warp import ReferenceWarp
 from lpm.models.rope import Rope3D
 from lpm.models.text import ByteTextEncoder
 from lpm.training.checkpoint import CheckpointError, load_checkpoint, load_into, save_checkpoint
@@ -110,6 +111,8 @@ class DiT(nn.Module):
                 # open jaw adds to them directly (RoPE gives tokens no absolute position of their own, so a
                 # frame-wide embedding must be routed to the mouth by attention first).
                 self.motion_map = nn.Parameter(torch.zeros(cfg.tokens_per_frame, len(cfg.motion_channels), d))
+        if cfg.reference_warp:
+            self.reference_warp = ReferenceWarp(cfg.motion_channels, cfg.latent_height, cfg.latent_width)
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.num_blocks))
         self.head = Head(d, c * p * p, cfg.eps)
         self.rope = Rope3D(cfg.head_dim, cfg.rope_theta)
@@ -159,11 +162,10 @@ class DiT(nn.Module):
                              f" does not cover frames {first_frame}..{first_frame + num_frames}")
         return track[:, start:start + num_frames]
 
-    def _motion(self, cond: Conditioning, first_frame: int,
-                num_frames: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        """The track's embedding ``(B, F, D)`` and, with ``motion_spatial``, its per-token part ``(B, F, N, D)``:
-        from the given track, the predicted one where asked (or when none is given), dropped per sample in
-        training (an exact zero, as with no track)."""
+    def _motion(self, cond: Conditioning, first_frame: int, num_frames: int) -> MotionInputs | None:
+        """The track's embedding ``(B, F, D)``, with ``motion_spatial`` its per-token part ``(B, F, N, D)``, and
+        the track ``(B, F, P)`` itself: from the given track, the predicted one where asked (or when none is
+        given), dropped per sample in training (an exact zero, as with no track)."""
         if not self.cfg.motion_channels:
             return None
         track = cond.motion
@@ -179,7 +181,7 @@ class DiT(nn.Module):
         if self.training and self.cfg.motion_dropout > 0:
             e = e * keep  # the MLP's biases must not leak through a dropped track
         tokens = torch.einsum("bfp,npd->bfnd", track, self.motion_map) if self.cfg.motion_spatial else None
-        return e, tokens
+        return MotionInputs(e, tokens, track)
 
     def _modulation(self, t: torch.Tensor, extra: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Flow-time embedding ``e (..., D)`` (plus ``extra``, e.g. the motion track's, as DiT adds its class
@@ -246,13 +248,17 @@ class DiT(nn.Module):
         return self.reference_in(patchify(latent[:, None].to(self.reference_in.weight.dtype),
                                           self.cfg.patch_size)[:, 0])
 
-    def finish_output(self, out: torch.Tensor, cond: Conditioning, cache: KVCache | None) -> torch.Tensor:
+    def finish_output(self, out: torch.Tensor, cond: Conditioning, cache: KVCache | None,
+                      track: torch.Tensor | None) -> torch.Tensor:
         """The head's ``(B, F, C, h, w)`` -> the prediction: plus the global reference with
-        ``reference_residual`` (from the cache once it is prefilled), else unchanged."""
+        ``reference_residual`` (from the cache once it is prefilled), moved to the head pose of ``track``
+        ``(B, F, P)`` with ``reference_warp`` (no track: the still reference), else unchanged."""
         if not self.cfg.reference_residual:
             return out
         ref = (cache.reference_latent if cache is not None and cache.is_prefilled
-               else self.global_reference(cond.references, "reference_residual"))
+               else self.global_reference(cond.references, "reference_residual"))  # (B, C, h, w)
+        if self.cfg.reference_warp and track is not None:
+            return out + self.reference_warp(ref, track).to(out.dtype)
         return out + ref[:, None].to(out.dtype)
 
     # ---- streaming ----
@@ -297,10 +303,12 @@ class DiT(nn.Module):
 
     # ---- the forward ----
     def embed_video(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, cache: KVCache | None = None,
-                    context: ChunkContext | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    context: ChunkContext | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                  torch.Tensor | None]:
         """The video tokens entering the blocks and their modulation (checks, patch embedding, reference input,
-        pose, motion track, flow time): ``x (B, F, N, D)``, ``e (B, F, D)``, ``e6 (B, F, 6, D)``. Arguments as
-        ``forward``'s; shared with ``lpm.parallel.SequenceParallelDiT``, which shards ``x`` afterwards."""
+        pose, motion track, flow time): ``x (B, F, N, D)``, ``e (B, F, D)``, ``e6 (B, F, 6, D)`` and the motion
+        track ``(B, F, P)`` (None without one, for ``finish_output``). Arguments as ``forward``'s; shared with
+        ``lpm.parallel.SequenceParallelDiT``, which shards ``x`` afterwards."""
         cfg = self.cfg
         b, f, c, h, w = x_t.shape
         if c != cfg.latent_channels or (h, w) != (cfg.latent_height, cfg.latent_width):
@@ -326,12 +334,12 @@ class DiT(nn.Module):
         motion = context.motion if context is not None else self._motion(cond, first_frame, f)
         motion_e = None
         if motion is not None:
-            motion_e, motion_tokens = motion  # (B, F, D), (B, F, N, D) or None
+            motion_e = motion.embedding  # (B, F, D)
             x = x + motion_e[:, :, None]
-            if motion_tokens is not None:
-                x = x + motion_tokens
+            if motion.tokens is not None:
+                x = x + motion.tokens  # (B, F, N, D)
         e, e6 = self._modulation(t, motion_e)  # (B, F, D), (B, F, 6, D)
-        return x, e, e6
+        return x, e, e6, None if motion is None else motion.track
 
     def forward(
         self,
@@ -360,7 +368,7 @@ class DiT(nn.Module):
         """
         cfg = self.cfg
         b, f, c, h, w = x_t.shape
-        x, e, e6 = self.embed_video(x_t, t, cond, cache, context)  # (B, F, N, D), (B, F, D), (B, F, 6, D)
+        x, e, e6, track = self.embed_video(x_t, t, cond, cache, context)  # (B,F,N,D), (B,F,D), (B,F,6,D), (B,F,P)
         first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk
         device = x.device
         if cache is None:
@@ -400,7 +408,7 @@ class DiT(nn.Module):
         if cache is not None and update_cache:
             cache.commit(new_kv)
         out = self.head(x, e)  # (B, F, N, C*p*p)
-        return self.finish_output(unpatchify(out, cfg.patch_size, c, h, w), cond, cache)
+        return self.finish_output(unpatchify(out, cfg.patch_size, c, h, w), cond, cache, track)
 
 
 # ---- checkpoints: safetensors + resolved config; strict load ----

@@ -46,6 +46,9 @@ class DiTConfig:
     # from its reference instead of from memory. A fresh head makes the fine-tune of a model without it start as
     # the still image (``lpm distill ode reference_residual=true``).
     reference_residual: bool = False
+    # The reference that residual adds, moved to each frame's head pose by the track's head yaw/pitch/roll (an
+    # affine warp linear in the pose, zero at init, blended per latent cell: lpm.models.reference_warp).
+    reference_warp: bool = False
     # --- text: a byte-level encoder trained with the model (no downloads) ---
     text_dim: int = 128  # width of the text encoder's tokens (projected to D inside the DiT)
     text_layers: int = 2  # transformer layers of the byte encoder
@@ -123,6 +126,14 @@ class DiTConfig:
         unknown = [k for k in self.reaction_kinds if k not in REACTION_KINDS]
         if unknown:
             raise ConfigError(f"unknown reaction_kinds {unknown}; known: {', '.join(REACTION_KINDS)}")
+        if self.reference_warp:
+            if not self.reference_residual:
+                raise ConfigError("reference_warp moves the reference that reference_residual adds: set both")
+            from lpm.models.reference_warp import HEAD_POSE
+
+            if not any(c in self.motion_channels for c in HEAD_POSE):
+                raise ConfigError(f"reference_warp needs head-pose channels ({', '.join(HEAD_POSE)}) in "
+                                  f"motion_channels, got {self.motion_channels}")
         if self.reaction_frames < 1 or self.reaction_window < 1:
             raise ConfigError(f"reaction_frames and reaction_window must be >= 1, got {self.reaction_frames}, "
                               f"{self.reaction_window}")

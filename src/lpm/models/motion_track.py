@@ -20,6 +20,7 @@ Track values are the rig's channels (``lpm.world.motion``) divided by ``TRACK_SC
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,17 @@ SPEECH_FIELDS = ("motion_channels", "speech_dim", "speech_dilations", "self_audi
 REACTION_FIELDS: dict[str, Any] = {"reaction_kinds": (), "reaction_frames": 48, "reaction_window": 10}
 
 # Per-channel divisor from rig units to track units (angles in degrees: a nod is a few degrees).
+@dataclass(frozen=True)
+class MotionInputs:
+    """What a frame range's motion track gives the DiT: its embedding ``(B, F, D)`` (adaLN and every token), its
+    per-token part ``(B, F, N, D)`` (``motion_spatial``, else None) and the track ``(B, F, P)`` (``reference_warp``
+    moves the reference by its head pose)."""
+
+    embedding: torch.Tensor
+    tokens: torch.Tensor | None
+    track: torch.Tensor
+
+
 TRACK_SCALE: dict[str, float] = {
     "jaw_open": 1.0, "mouth_round": 1.0, "mouth_wide": 1.0, "blink_l": 1.0, "blink_r": 1.0,
     "gaze_x": 1.0, "gaze_y": 1.0, "head_yaw": 10.0, "head_pitch": 10.0, "head_roll": 10.0,

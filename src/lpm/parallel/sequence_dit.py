@@ -119,7 +119,7 @@ class SequenceParallelDiT(nn.Module):
         dit, cfg, group = self.dit, self.cfg, self.group
         b, f, c, h, w = x_t.shape
         # The embedding whole on every rank (a linear per token, cheap beside the blocks), then this rank's shard.
-        x, e, e6 = dit.embed_video(x_t, t, cond, cache, context)  # (B, F, N, D), (B, F, D), (B, F, 6, D)
+        x, e, e6, track = dit.embed_video(x_t, t, cond, cache, context)  # (B, F, N, D), (B, F, D), (B, F, 6, D)
         first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk
         device = x.device
         if cache is None:
@@ -159,7 +159,7 @@ class SequenceParallelDiT(nn.Module):
         if cache is not None and update_cache:
             cache.commit(new_kv)
         out = shards.gather_video(dit.head(x, e), group, communicator)  # (B, F, N, C*p*p)
-        return dit.finish_output(unpatchify(out, cfg.patch_size, c, h, w), cond, cache)
+        return dit.finish_output(unpatchify(out, cfg.patch_size, c, h, w), cond, cache, track)
 
     @staticmethod
     def _attention(exchange: UlyssesExchange, groups, prefix, whole=None):

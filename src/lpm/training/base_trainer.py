@@ -252,13 +252,15 @@ class BaseTrainer:
             track_fields += ("reference_concat",)
         if not stored.reference_residual:  # the head restarts at zero: the model starts as the still reference
             track_fields += ("reference_residual",)
+        if not stored.reference_warp:  # the warp starts as the identity
+            track_fields += ("reference_warp",)
         mine = dataclasses.replace(mine, **{k: getattr(stored, k) for k in track_fields})
         try:
             loaded = load_dit(path, expect=mine).state_dict()
         except CheckpointError as e:
             raise ConfigError(f"init is a DiT of another shape: {e}") from None
         missing, unexpected = dit.load_state_dict(loaded, strict=False)
-        new = ("speech_motion.", "motion_embed.", "motion_map", "reference_in.")  # parts a checkpoint may lack
+        new = ("speech_motion.", "motion_embed.", "motion_map", "reference_in.", "reference_warp.")  # may lack
         if unexpected or any(not k.startswith(new) for k in missing):
             raise ConfigError(f"init {path}: keys differ from the model: missing {missing}, unexpected {unexpected}")
         if dit.cfg.reference_residual and not stored.reference_residual:
