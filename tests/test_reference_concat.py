@@ -79,7 +79,7 @@ def test_reference_residual_starts_as_the_still_reference_and_streams_equal_to_t
 
 
 def test_reference_warp_starts_as_the_identity_moves_the_reference_with_the_head_pose_and_streams():
-    from lpm.models.reference_warp import ReferenceWarp
+    from lpm.models.reference_warp import AFFINE_GAIN, ReferenceWarp
 
     channels = ("jaw_open", "head_yaw", "head_pitch", "head_roll")
     warp = ReferenceWarp(channels, 8, 8).double()
@@ -87,7 +87,7 @@ def test_reference_warp_starts_as_the_identity_moves_the_reference_with_the_head
     track = torch.randn(2, 3, len(channels), dtype=torch.float64)
     assert (warp(ref, track) - ref[:, None]).abs().max() < 1e-12  # zero pose matrices: the still reference
     with torch.no_grad():
-        warp.pose_to_affine[2, 1, 2] = 0.25  # roll -> a vertical shift of an eighth of the frame per unit
+        warp.pose_to_affine[2, 1, 2] = 0.25 / AFFINE_GAIN  # roll -> a vertical shift of an eighth of the frame per unit
         warp.mask_logit.fill_(30.0)  # every cell follows the head
     track = torch.zeros(1, 2, len(channels), dtype=torch.float64)
     track[0, 1, 3] = 1.0  # frame 1 rolls, frame 0 does not

@@ -19,6 +19,10 @@ from torch import nn
 
 HEAD_POSE = ("head_yaw", "head_pitch", "head_roll")
 MASK_INIT_LOGIT = 2.0  # sigmoid(2) = 0.88 of each cell follows the head at init
+# Parameter gains: Adam moves a parameter by about the learning rate per step, and the pose matrices need entries of
+# ~0.1 (a shift of a latent cell per 10 degrees) within a few hundred steps at lr 3e-4, the mask logits a few units.
+AFFINE_GAIN = 30.0
+MASK_GAIN = 10.0
 
 
 def pose_channels(motion_channels: tuple[str, ...]) -> list[int]:
@@ -41,18 +45,18 @@ class ReferenceWarp(nn.Module):
     def __init__(self, motion_channels: tuple[str, ...], height: int, width: int) -> None:
         super().__init__()
         self.register_buffer("channels", torch.tensor(pose_channels(motion_channels)), persistent=False)
-        self.pose_to_affine = nn.Parameter(torch.zeros(len(self.channels), 2, 3))  # per pose channel, A_k
-        self.mask_logit = nn.Parameter(torch.full((height, width), MASK_INIT_LOGIT))
+        self.pose_to_affine = nn.Parameter(torch.zeros(len(self.channels), 2, 3))  # per pose channel, A_k / gain
+        self.mask_logit = nn.Parameter(torch.full((height, width), MASK_INIT_LOGIT / MASK_GAIN))
 
     def forward(self, reference: torch.Tensor, track: torch.Tensor) -> torch.Tensor:
         b, c, h, w = reference.shape
         f = track.shape[1]
         pose = track[..., self.channels].to(self.pose_to_affine.dtype)  # (B, F, K)
         theta = torch.eye(2, 3, dtype=pose.dtype, device=pose.device) + torch.einsum(
-            "bfk,kij->bfij", pose, self.pose_to_affine)  # (B, F, 2, 3)
+            "bfk,kij->bfij", pose, self.pose_to_affine * AFFINE_GAIN)  # (B, F, 2, 3)
         grid = F.affine_grid(theta.flatten(0, 1), [b * f, c, h, w], align_corners=False)
         frames = reference.to(pose.dtype)[:, None].expand(b, f, c, h, w).flatten(0, 1)
         warped = F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        m = torch.sigmoid(self.mask_logit)  # (h, w)
+        m = torch.sigmoid(self.mask_logit * MASK_GAIN)  # (h, w)
         out = m * warped.unflatten(0, (b, f)) + (1 - m) * reference.to(pose.dtype)[:, None]
         return out.to(reference.dtype)
