@@ -29,6 +29,7 @@ from lpm.training.base_samples import write_sample
 from lpm.training.base_trainer import BaseTrainConfig, BaseTrainer
 from lpm.training.checkpoint import read_metadata
 from lpm.training.conditioned import ConditionedDiT
+from lpm.training.warp_fit import fit_reference_warp, warp_fit_data
 
 ONLINE_SAMPLER = "renoise"  # lpm.diffusion.samplers key of the students' few-step sampler
 
@@ -51,6 +52,9 @@ class DistillConfig(BaseTrainConfig):
     reference_residual: bool = False
     # Move that reference to each frame's head pose (``DiTConfig.reference_warp``; the identity at init).
     reference_warp: bool = False
+    # A new warp is first fitted alone on the training clips' latents for this many Adam steps
+    # (lpm.training.warp_fit); 0 = it starts as the identity.
+    warp_fit_steps: int = 300
 
 
 def resolve_weights(spec: str, what: str) -> Path:
@@ -149,6 +153,12 @@ class DistillTrainer(BaseTrainer):
             raise LpmError(f"the student's initial weights do not fit it: missing {missing}, unexpected {unexpected}")
         if residual and not tc.reference_residual:  # the teacher's head predicts whole frames
             student.restart_head()
+        if self.dit_cfg.reference_warp and not tc.reference_warp and cfg.warp_fit_steps > 0:
+            data = warp_fit_data(self.train_clips, self.dit_cfg.motion_channels, seed=cfg.seed)
+            fit = fit_reference_warp(student.reference_warp, *data, steps=cfg.warp_fit_steps)
+            if info.is_main:
+                print(f"reference_warp fitted on {fit.clips} clips x {fit.frames} frames: the warped reference's "
+                      f"error is {fit.relative_error:.3f} of the still reference's", flush=True)
         self.export_dit = DiT(self.dit_cfg) if info.is_main else None
         # As the Base: windows carry their true motion track (teacher pairs render it; the student sees the
         # speech network's prediction for ``predicted_motion`` of its samples), the mouth weighted up.
