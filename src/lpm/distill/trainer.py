@@ -55,6 +55,9 @@ class DistillConfig(BaseTrainConfig):
     # A new warp is first fitted alone on the training clips' latents for this many Adam steps
     # (lpm.training.warp_fit); 0 = it starts as the identity.
     warp_fit_steps: int = 300
+    # Train the warp with the model (False: it stays as fitted). Trained from a residual head that already
+    # compensates the still reference, the fitted pose matrices fell back to ~0 within 150 steps.
+    warp_trainable: bool = False
 
 
 def resolve_weights(spec: str, what: str) -> Path:
@@ -159,6 +162,8 @@ class DistillTrainer(BaseTrainer):
             if info.is_main:
                 print(f"reference_warp fitted on {fit.clips} clips x {fit.frames} frames: the warped reference's "
                       f"error is {fit.relative_error:.3f} of the still reference's", flush=True)
+        if self.dit_cfg.reference_warp and not cfg.warp_trainable:
+            student.reference_warp.requires_grad_(False)
         self.export_dit = DiT(self.dit_cfg) if info.is_main else None
         # As the Base: windows carry their true motion track (teacher pairs render it; the student sees the
         # speech network's prediction for ``predicted_motion`` of its samples), the mouth weighted up.
