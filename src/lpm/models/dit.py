@@ -39,6 +39,7 @@ from lpm.models.conditioning import (
     unpatchify,
 )
 from lpm.models.dit_config import DiTConfig, stored_dit_config
+from lpm.models.idle_motion import IdleMotion
 from lpm.models.kv_cache import KVCache
 from lpm.models.motion_track import MotionEmbedder, MotionInputs, speech_network
 from lpm.models.reference_warp import ReferenceWarp
@@ -113,6 +114,8 @@ class DiT(nn.Module):
                 self.motion_map = nn.Parameter(torch.zeros(cfg.tokens_per_frame, len(cfg.motion_channels), d))
         if cfg.reference_warp:
             self.reference_warp = ReferenceWarp(cfg.motion_channels, cfg.latent_height, cfg.latent_width)
+        if cfg.idle_motion:
+            self.idle_motion = IdleMotion(cfg.motion_channels, cfg.latent_channels)
         self.blocks = nn.ModuleList(DiTBlock(cfg, i) for i in range(cfg.num_blocks))
         self.head = Head(d, c * p * p, cfg.eps)
         self.rope = Rope3D(cfg.head_dim, cfg.rope_theta)
@@ -162,15 +165,20 @@ class DiT(nn.Module):
                              f" does not cover frames {first_frame}..{first_frame + num_frames}")
         return track[:, start:start + num_frames]
 
-    def _motion(self, cond: Conditioning, first_frame: int, num_frames: int) -> MotionInputs | None:
+    def _motion(self, cond: Conditioning, first_frame: int, num_frames: int,
+                reference: torch.Tensor | None = None) -> MotionInputs | None:
         """The track's embedding ``(B, F, D)``, with ``motion_spatial`` its per-token part ``(B, F, N, D)``, and
         the track ``(B, F, P)`` itself: from the given track, the predicted one where asked (or when none is
-        given), dropped per sample in training (an exact zero, as with no track)."""
+        given), dropped per sample in training (an exact zero, as with no track). With ``idle_motion`` the predicted
+        track gets the idle head motion of ``reference`` ``(B, C, h, w)`` (the global reference latent)."""
         if not self.cfg.motion_channels:
             return None
         track = cond.motion
         if track is None or cond.motion_from_audio is not None:
             predicted = self.predict_motion(cond, first_frame, num_frames)
+            if self.cfg.idle_motion:
+                ref = reference if reference is not None else self.global_reference(cond.references, "idle_motion")
+                predicted = predicted + self.idle_motion(ref, first_frame, num_frames).to(predicted)
             track = predicted if track is None else torch.where(
                 cond.motion_from_audio[:, None, None].to(predicted.device), predicted, track.to(predicted))
         track = track.to(self.patch_embed.weight.dtype)  # (B, F, P)
@@ -299,7 +307,8 @@ class DiT(nn.Module):
         groups, num_slots = plan_chunk(cfg, self.rope, cache, device)
         cross = self._cross_inputs(cond, first_frame, f)
         memory = [block.cross_memory(cross) for block in self.blocks]
-        return ChunkContext.build(cache, groups[0], num_slots, cross, memory, self._motion(cond, first_frame, f))
+        return ChunkContext.build(cache, groups[0], num_slots, cross, memory,
+                                  self._motion(cond, first_frame, f, cache.reference_latent))
 
     # ---- the forward ----
     def embed_video(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, cache: KVCache | None = None,
@@ -331,7 +340,8 @@ class DiT(nn.Module):
         if context is not None and (cache is None or context.chunk != cache.chunks_seen):
             raise ValueError(f"the chunk context was prepared for chunk {context.chunk}, this forward is "
                              f"{'uncached' if cache is None else f'chunk {cache.chunks_seen}'}")
-        motion = context.motion if context is not None else self._motion(cond, first_frame, f)
+        motion = context.motion if context is not None else self._motion(
+            cond, first_frame, f, cache.reference_latent if cache is not None and cache.is_prefilled else None)
         motion_e = None
         if motion is not None:
             motion_e = motion.embedding  # (B, F, D)

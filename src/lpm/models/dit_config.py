@@ -49,6 +49,9 @@ class DiTConfig:
     # The reference that residual adds, moved to each frame's head pose by the track's head yaw/pitch/roll (an
     # affine warp linear in the pose, zero at init, blended per latent cell: lpm.models.reference_warp).
     reference_warp: bool = False
+    # Idle head motion sampled per character and added to the track predicted from audio (lpm.models.idle_motion):
+    # the held pose and sway that are not in the audio; calibrated on true tracks (scripts/calibrate_idle.py).
+    idle_motion: bool = False
     # --- text: a byte-level encoder trained with the model (no downloads) ---
     text_dim: int = 128  # width of the text encoder's tokens (projected to D inside the DiT)
     text_layers: int = 2  # transformer layers of the byte encoder
@@ -134,6 +137,12 @@ class DiTConfig:
             if not any(c in self.motion_channels for c in HEAD_POSE):
                 raise ConfigError(f"reference_warp needs head-pose channels ({', '.join(HEAD_POSE)}) in "
                                   f"motion_channels, got {self.motion_channels}")
+        if self.idle_motion:
+            from lpm.models.reference_warp import HEAD_POSE
+
+            if not self.reference_residual or not any(c in self.motion_channels for c in HEAD_POSE):
+                raise ConfigError("idle_motion draws a character's idle pattern from its global reference and moves "
+                                  "the track's head pose: it needs reference_residual and head-pose motion_channels")
         if self.reaction_frames < 1 or self.reaction_window < 1:
             raise ConfigError(f"reaction_frames and reaction_window must be >= 1, got {self.reaction_frames}, "
                               f"{self.reaction_window}")

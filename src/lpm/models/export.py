@@ -20,6 +20,7 @@ from lpm.config import to_dict
 from lpm.errors import LpmError
 from lpm.models.dit import CHECKPOINT_KIND
 from lpm.models.dit_config import stored_dit_config
+from lpm.models.idle_motion import IdleMotion, IdleStats, calibrate_idle, head_pose_tracks
 from lpm.models.motion_track import load_speech, speech_network, speech_reactions
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -37,6 +38,7 @@ class Export:
     dtype: str  # an EXPORT_DTYPES key
     num_bytes: int  # size of the exported file
     source_bytes: int  # size of the source file
+    idle: IdleStats | None = None  # the idle motion's calibration, when it was turned on
 
 
 def dit_weights_of(run: str | Path, ema: bool = True) -> Path:
@@ -59,7 +61,7 @@ def dit_weights_of(run: str | Path, ema: bool = True) -> Path:
 
 
 def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = "bf16",
-               speech: str | Path | None = None) -> Export:
+               speech: str | Path | None = None, idle_motion: str | Path | None = None) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -69,6 +71,7 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         dtype: ``bf16`` or ``fp32``; floating tensors are cast, others kept.
         speech: a ``lpm train speech`` checkpoint whose weights replace the DiT's speech network (one retrained on
             more data after the DiT trained: the DiT renders whatever track it is given).
+        idle_motion: a world data set: turn on ``idle_motion`` calibrated on its train clips' head-pose tracks.
     """
     if dtype not in EXPORT_DTYPES:
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
@@ -91,7 +94,16 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         state.update({prefix + k: v for k, v in speech_state.items()})
         meta = {**meta, "config": to_dict(cfg)}
         extra["export"]["speech"] = {"path": str(speech), "val_r": speech_extra.get("val_r")}
+    idle = None
+    if idle_motion is not None:
+        cfg = dataclasses.replace(stored_dit_config(meta["config"]), idle_motion=True)  # checks what it needs
+        module = IdleMotion(cfg.motion_channels, cfg.latent_channels)
+        idle = calibrate_idle(module, head_pose_tracks(idle_motion, cfg.motion_channels))
+        state = {k: v for k, v in state.items() if not k.startswith("idle_motion.")}
+        state.update({f"idle_motion.{k}": v for k, v in module.state_dict().items()})
+        meta = {**meta, "config": to_dict(cfg)}
+        extra["export"]["idle_motion"] = {"data": str(idle_motion), **dataclasses.asdict(idle)}
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)
-    return Export(path, source, dtype, path.stat().st_size, source.stat().st_size)
+    return Export(path, source, dtype, path.stat().st_size, source.stat().st_size, idle)

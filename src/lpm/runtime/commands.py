@@ -9,9 +9,13 @@ import os
 def cmd_export(args: argparse.Namespace) -> int:
     from lpm.models.export import export_dit
 
-    done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech)
+    done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech,
+                      idle_motion=args.idle_motion)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
+    if done.idle is not None:
+        print(f"idle head motion calibrated on {done.idle.clips} clips: offset std {done.idle.offset_std}, "
+              f"sway std {done.idle.sway_std} (track units: degrees / 10)")
     return 0
 
 
@@ -45,6 +49,9 @@ def register(sub, groups) -> None:
     p.add_argument("--speech", default=None,
                    help="a `lpm train speech` checkpoint replacing the DiT's speech network (e.g. one retrained on "
                         "more world clips after the DiT trained)")
+    p.add_argument("--idle-motion", default=None, metavar="DATA",
+                   help="turn on idle head motion (lpm.models.idle_motion), calibrated on the true head-pose tracks "
+                        "of DATA's train clips (a world data set, e.g. data/world128)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="offline generation: reference image(s) and voices -> mp4")

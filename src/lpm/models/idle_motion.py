@@ -1,0 +1,138 @@
+"""Idle head motion, sampled: what the speech network cannot predict, drawn instead of regressed to the mean.
+
+A character's head holds a pose and sways whether or not anyone speaks, and none of it is in the audio: regressed
+from audio, the track's head pose is the mean (a still head; the world-FID of such a model is near the still
+image's). This module adds to the *predicted* track's head yaw / pitch / roll a held offset and a sway, each a
+stationary process with the statistics measured on the training clips' true tracks (``calibrate_idle``):
+
+- offset: per character, Gaussian-like with the across-clip standard deviation of the clips' mean pose;
+- sway: a sum of ``M`` sinusoids at frequencies drawn from the measured spectrum of the within-clip motion,
+  amplitude set to its standard deviation.
+
+Per character: the random values (offset draws and sway phases) are a fixed random projection of the global
+reference latent's channel means, wrapped to [0, 1) (a smooth function of the reference, so the same character gets
+the same idle pattern on any device and dtype). The sway is a function of the absolute frame index alone, so a
+streamed session equals the full forward. All buffers: zero amplitudes (the uncalibrated default) add nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lpm.models.reference_warp import HEAD_POSE
+
+SWAY_COMPONENTS = 6
+PROJECTION_SCALE = 37.0  # the reference's channel means are O(1): a large scale decorrelates nearby characters
+
+
+def head_channels(motion_channels: tuple[str, ...]) -> list[int]:
+    found = [motion_channels.index(c) for c in HEAD_POSE if c in motion_channels]
+    if not found:
+        raise ValueError(f"idle_motion needs head-pose channels ({', '.join(HEAD_POSE)}) in motion_channels, "
+                         f"got {motion_channels}")
+    return found
+
+
+class IdleMotion(nn.Module):
+    """``(reference (B, C, h, w), first_frame, num_frames)`` -> the idle track ``(B, F, P)`` to add to a predicted
+    track (zero on every channel but the head pose).
+
+    Args:
+        motion_channels: the track's channel names. latent_channels: C of the reference latent.
+    """
+
+    def __init__(self, motion_channels: tuple[str, ...], latent_channels: int,
+                 components: int = SWAY_COMPONENTS) -> None:
+        super().__init__()
+        k = len(head_channels(motion_channels))
+        self.num_channels = len(motion_channels)
+        self.register_buffer("channels", torch.tensor(head_channels(motion_channels)), persistent=False)
+        self.register_buffer("offset_std", torch.zeros(k))  # track units (the scaled channel)
+        self.register_buffer("sway_std", torch.zeros(k))
+        self.register_buffer("frequencies", torch.zeros(k, components))  # cycles per latent frame
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("projection", torch.randn(latent_channels, k * (1 + components), generator=g)
+                             * PROJECTION_SCALE)
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(self.offset_std.any() or self.sway_std.any())
+
+    def forward(self, reference: torch.Tensor, first_frame: int, num_frames: int) -> torch.Tensor:
+        b = reference.shape[0]
+        k, m = self.frequencies.shape
+        u = torch.frac(reference.to(self.projection.dtype).mean((2, 3)) @ self.projection)  # (B, k * (1 + M)) in [0, 1)
+        u = u.abs()
+        offset_u, phase_u = u[:, :k], u[:, k:].unflatten(1, (k, m))  # (B, k), (B, k, M)
+        offset = self.offset_std * math.sqrt(2) * torch.sin(2 * math.pi * offset_u)  # std offset_std over characters
+        frames = torch.arange(first_frame, first_frame + num_frames, dtype=u.dtype, device=reference.device)
+        angle = 2 * math.pi * (self.frequencies[None, :, :, None] * frames + phase_u[..., None])  # (B, k, M, F)
+        sway = self.sway_std[None, :, None] * math.sqrt(2 / m) * torch.sin(angle).sum(2)  # (B, k, F)
+        out = torch.zeros(b, num_frames, self.num_channels, dtype=u.dtype, device=reference.device)
+        out[:, :, self.channels] = (offset[:, :, None] + sway).transpose(1, 2)
+        return out
+
+
+def head_pose_tracks(data_dir: str | Path, motion_channels: tuple[str, ...], split: str = "train") -> np.ndarray:
+    """The true head-pose tracks ``(N, F, k)`` (track units, ``IdleMotion``'s channel order) of ``data_dir``'s
+    ``split`` clips with motion, cut to the shortest."""
+    from lpm.data.clip import read_clip, read_manifest
+    from lpm.models.motion_track import to_track
+
+    names = tuple(motion_channels[i] for i in head_channels(motion_channels))
+    tracks = []
+    for row in read_manifest(data_dir, split):
+        clip = read_clip(Path(data_dir) / row["path"], load_video=False)
+        if clip.motion is not None and all(n in clip.motion_names for n in names):
+            tracks.append(to_track(clip.motion, clip.motion_names, names).numpy())
+    if len(tracks) < 2:
+        raise ValueError(f"{data_dir} ({split}): {len(tracks)} clips with head-pose motion; idle motion is "
+                         f"calibrated on the true tracks of a world data set")
+    frames = min(len(t) for t in tracks)
+    return np.stack([t[:frames] for t in tracks])
+
+
+@dataclass(frozen=True)
+class IdleStats:
+    """What ``calibrate_idle`` measured (track units; frequencies in cycles per latent frame)."""
+
+    offset_std: list[float]
+    sway_std: list[float]
+    frequencies: list[list[float]]
+    clips: int
+
+
+def calibrate_idle(idle: IdleMotion, tracks: np.ndarray, seed: int = 0) -> IdleStats:
+    """Set ``idle``'s statistics from true head-pose tracks ``(N, F, k)`` (the module's channels, in order): the
+    across-clip std of the clips' mean pose, the within-clip std, and ``M`` frequencies drawn from the mean power
+    spectrum of the within-clip motion (DC excluded)."""
+    tracks = np.asarray(tracks, np.float64)
+    if tracks.ndim != 3 or tracks.shape[2] != len(idle.channels) or tracks.shape[1] < 8 or len(tracks) < 2:
+        raise ValueError(f"calibrating idle motion needs >= 2 tracks of >= 8 frames x {len(idle.channels)} head-pose "
+                         f"channels, got {tracks.shape}")
+    means = tracks.mean(1)  # (N, k)
+    centred = tracks - means[:, None]
+    power = (np.abs(np.fft.rfft(centred, axis=1)) ** 2).mean(0)[1:]  # (F/2, k), DC dropped
+    freqs = np.fft.rfftfreq(tracks.shape[1])[1:]
+    rng = np.random.default_rng(seed)
+    m = idle.frequencies.shape[1]
+    drawn = []
+    for c in range(tracks.shape[2]):
+        p = power[:, c] / power[:, c].sum()
+        # Draw from the spectrum, jittered within a bin so components do not beat in lockstep.
+        bins = rng.choice(len(freqs), size=m, p=p)
+        width = freqs[0]
+        drawn.append(np.clip(freqs[bins] + rng.uniform(-0.5, 0.5, m) * width, width / 4, 0.5))
+    stats = IdleStats(offset_std=means.std(0).tolist(), sway_std=centred.std((0, 1)).tolist(),
+                      frequencies=[d.tolist() for d in drawn], clips=len(tracks))
+    with torch.no_grad():
+        idle.offset_std.copy_(torch.tensor(stats.offset_std))
+        idle.sway_std.copy_(torch.tensor(stats.sway_std))
+        idle.frequencies.copy_(torch.tensor(np.array(stats.frequencies)))
+    return stats
