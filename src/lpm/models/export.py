@@ -61,7 +61,8 @@ def dit_weights_of(run: str | Path, ema: bool = True) -> Path:
 
 
 def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = "bf16",
-               speech: str | Path | None = None, idle_motion: str | Path | None = None) -> Export:
+               speech: str | Path | None = None, idle_motion: str | Path | None = None,
+               idle_scale: float = 1.0) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -72,6 +73,7 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         speech: a ``lpm train speech`` checkpoint whose weights replace the DiT's speech network (one retrained on
             more data after the DiT trained: the DiT renders whatever track it is given).
         idle_motion: a world data set: turn on ``idle_motion`` calibrated on its train clips' head-pose tracks.
+        idle_scale: the idle motion's amplitudes times this (1 = the measured spread).
     """
     if dtype not in EXPORT_DTYPES:
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
@@ -98,7 +100,7 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
     if idle_motion is not None:
         cfg = dataclasses.replace(stored_dit_config(meta["config"]), idle_motion=True)  # checks what it needs
         module = IdleMotion(cfg.motion_channels, cfg.latent_channels)
-        idle = calibrate_idle(module, head_pose_tracks(idle_motion, cfg.motion_channels))
+        idle = calibrate_idle(module, head_pose_tracks(idle_motion, cfg.motion_channels), scale=idle_scale)
         state = {k: v for k, v in state.items() if not k.startswith("idle_motion.")}
         state.update({f"idle_motion.{k}": v for k, v in module.state_dict().items()})
         meta = {**meta, "config": to_dict(cfg)}

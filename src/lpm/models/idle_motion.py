@@ -108,10 +108,10 @@ class IdleStats:
     clips: int
 
 
-def calibrate_idle(idle: IdleMotion, tracks: np.ndarray, seed: int = 0) -> IdleStats:
+def calibrate_idle(idle: IdleMotion, tracks: np.ndarray, seed: int = 0, scale: float = 1.0) -> IdleStats:
     """Set ``idle``'s statistics from true head-pose tracks ``(N, F, k)`` (the module's channels, in order): the
-    across-clip std of the clips' mean pose, the within-clip std, and ``M`` frequencies drawn from the mean power
-    spectrum of the within-clip motion (DC excluded)."""
+    across-clip std of the clips' mean pose, the within-clip std (both times ``scale``), and ``M`` frequencies
+    drawn from the mean power spectrum of the within-clip motion (DC excluded)."""
     tracks = np.asarray(tracks, np.float64)
     if tracks.ndim != 3 or tracks.shape[2] != len(idle.channels) or tracks.shape[1] < 8 or len(tracks) < 2:
         raise ValueError(f"calibrating idle motion needs >= 2 tracks of >= 8 frames x {len(idle.channels)} head-pose "
@@ -129,7 +129,9 @@ def calibrate_idle(idle: IdleMotion, tracks: np.ndarray, seed: int = 0) -> IdleS
         bins = rng.choice(len(freqs), size=m, p=p)
         width = freqs[0]
         drawn.append(np.clip(freqs[bins] + rng.uniform(-0.5, 0.5, m) * width, width / 4, 0.5))
-    stats = IdleStats(offset_std=means.std(0).tolist(), sway_std=centred.std((0, 1)).tolist(),
+    if scale < 0:
+        raise ValueError(f"the idle motion's scale must be >= 0, got {scale}")
+    stats = IdleStats(offset_std=(scale * means.std(0)).tolist(), sway_std=(scale * centred.std((0, 1))).tolist(),
                       frequencies=[d.tolist() for d in drawn], clips=len(tracks))
     with torch.no_grad():
         idle.offset_std.copy_(torch.tensor(stats.offset_std))

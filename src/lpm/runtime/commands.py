@@ -10,7 +10,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lpm.models.export import export_dit
 
     done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech,
-                      idle_motion=args.idle_motion)
+                      idle_motion=args.idle_motion, idle_scale=args.idle_scale)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
     if done.idle is not None:
@@ -52,6 +52,8 @@ def register(sub, groups) -> None:
     p.add_argument("--idle-motion", default=None, metavar="DATA",
                    help="turn on idle head motion (lpm.models.idle_motion), calibrated on the true head-pose tracks "
                         "of DATA's train clips (a world data set, e.g. data/world128)")
+    p.add_argument("--idle-scale", type=float, default=1.0,
+                   help="the idle motion's amplitudes times this (1 = the spread measured on the data)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="offline generation: reference image(s) and voices -> mp4")
