@@ -25,18 +25,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from lpm.models.reference_warp import HEAD_POSE
+from lpm.models.reference_warp import pose_channels
 
 SWAY_COMPONENTS = 6
 PROJECTION_SCALE = 37.0  # the reference's channel means are O(1): a large scale decorrelates nearby characters
 
 
 def head_channels(motion_channels: tuple[str, ...]) -> list[int]:
-    found = [motion_channels.index(c) for c in HEAD_POSE if c in motion_channels]
-    if not found:
-        raise ValueError(f"idle_motion needs head-pose channels ({', '.join(HEAD_POSE)}) in motion_channels, "
-                         f"got {motion_channels}")
-    return found
+    return pose_channels(motion_channels, "idle_motion")
 
 
 class IdleMotion(nn.Module):

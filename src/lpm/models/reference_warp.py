@@ -25,11 +25,12 @@ AFFINE_GAIN = 30.0
 MASK_GAIN = 10.0
 
 
-def pose_channels(motion_channels: tuple[str, ...]) -> list[int]:
-    """Indices of the head-pose channels in the track (a clear error when it has none)."""
+def pose_channels(motion_channels: tuple[str, ...], user: str = "reference_warp") -> list[int]:
+    """Indices of the head-pose channels in the track, in ``HEAD_POSE`` order (a clear error naming ``user``, the
+    option that needs them, when it has none)."""
     found = [motion_channels.index(c) for c in HEAD_POSE if c in motion_channels]
     if not found:
-        raise ValueError(f"reference_warp needs head-pose channels ({', '.join(HEAD_POSE)}) in motion_channels, "
+        raise ValueError(f"{user} needs head-pose channels ({', '.join(HEAD_POSE)}) in motion_channels, "
                          f"got {motion_channels}")
     return found
 
