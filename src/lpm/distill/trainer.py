@@ -154,9 +154,10 @@ class DistillTrainer(BaseTrainer):
         missing, unexpected = student.load_state_dict(initial, strict=False)
         if unexpected or any(not k.startswith(("reference_in.", "reference_warp.")) for k in missing):
             raise LpmError(f"the student's initial weights do not fit it: missing {missing}, unexpected {unexpected}")
-        if residual and not tc.reference_residual:  # the teacher's head predicts whole frames
+        fresh = not self._state_path().is_file()  # a resumed run loads all of these from its train state
+        if residual and not tc.reference_residual and fresh:  # the teacher's head predicts whole frames
             student.restart_head()
-        if self.dit_cfg.reference_warp and not tc.reference_warp and cfg.warp_fit_steps > 0:
+        if self.dit_cfg.reference_warp and not tc.reference_warp and cfg.warp_fit_steps > 0 and fresh:
             data = warp_fit_data(self.train_clips, self.dit_cfg.motion_channels, seed=cfg.seed)
             fit = fit_reference_warp(student.reference_warp, *data, steps=cfg.warp_fit_steps)
             if info.is_main:

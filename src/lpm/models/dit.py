@@ -166,18 +166,18 @@ class DiT(nn.Module):
         return track[:, start:start + num_frames]
 
     def _motion(self, cond: Conditioning, first_frame: int, num_frames: int,
-                reference: torch.Tensor | None = None) -> MotionInputs | None:
+                cache: KVCache | None = None) -> MotionInputs | None:
         """The track's embedding ``(B, F, D)``, with ``motion_spatial`` its per-token part ``(B, F, N, D)``, and
         the track ``(B, F, P)`` itself: from the given track, the predicted one where asked (or when none is
         given), dropped per sample in training (an exact zero, as with no track). With ``idle_motion`` the predicted
-        track gets the idle head motion of ``reference`` ``(B, C, h, w)`` (the global reference latent)."""
+        track gets the idle head motion of the global reference (``reference_latent``)."""
         if not self.cfg.motion_channels:
             return None
         track = cond.motion
         if track is None or cond.motion_from_audio is not None:
             predicted = self.predict_motion(cond, first_frame, num_frames)
             if self.cfg.idle_motion:
-                ref = reference if reference is not None else self.global_reference(cond.references, "idle_motion")
+                ref = self.reference_latent(cond, cache, "idle_motion")
                 predicted = predicted + self.idle_motion(ref, first_frame, num_frames).to(predicted)
             track = predicted if track is None else torch.where(
                 cond.motion_from_audio[:, None, None].to(predicted.device), predicted, track.to(predicted))
@@ -256,6 +256,13 @@ class DiT(nn.Module):
         return self.reference_in(patchify(latent[:, None].to(self.reference_in.weight.dtype),
                                           self.cfg.patch_size)[:, 0])
 
+    def reference_latent(self, cond: Conditioning, cache: KVCache | None, user: str) -> torch.Tensor:
+        """The global reference latent ``(B, C, h, w)``: the session's (``cache.reference_latent``) once the cache is
+        prefilled, else ``cond``'s (``global_reference``; ``user`` names the option in its errors)."""
+        if cache is not None and cache.is_prefilled:
+            return cache.reference_latent
+        return self.global_reference(cond.references, user)
+
     def finish_output(self, out: torch.Tensor, cond: Conditioning, cache: KVCache | None,
                       track: torch.Tensor | None) -> torch.Tensor:
         """The head's ``(B, F, C, h, w)`` -> the prediction: plus the global reference with
@@ -263,8 +270,7 @@ class DiT(nn.Module):
         ``(B, F, P)`` with ``reference_warp`` (no track: the still reference), else unchanged."""
         if not self.cfg.reference_residual:
             return out
-        ref = (cache.reference_latent if cache is not None and cache.is_prefilled
-               else self.global_reference(cond.references, "reference_residual"))  # (B, C, h, w)
+        ref = self.reference_latent(cond, cache, "reference_residual")  # (B, C, h, w)
         if self.cfg.reference_warp and track is not None:
             return out + self.reference_warp(ref, track).to(out.dtype)
         return out + ref[:, None].to(out.dtype)
@@ -308,7 +314,7 @@ class DiT(nn.Module):
         cross = self._cross_inputs(cond, first_frame, f)
         memory = [block.cross_memory(cross) for block in self.blocks]
         return ChunkContext.build(cache, groups[0], num_slots, cross, memory,
-                                  self._motion(cond, first_frame, f, cache.reference_latent))
+                                  self._motion(cond, first_frame, f, cache))
 
     # ---- the forward ----
     def embed_video(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, cache: KVCache | None = None,
@@ -340,8 +346,7 @@ class DiT(nn.Module):
         if context is not None and (cache is None or context.chunk != cache.chunks_seen):
             raise ValueError(f"the chunk context was prepared for chunk {context.chunk}, this forward is "
                              f"{'uncached' if cache is None else f'chunk {cache.chunks_seen}'}")
-        motion = context.motion if context is not None else self._motion(
-            cond, first_frame, f, cache.reference_latent if cache is not None and cache.is_prefilled else None)
+        motion = context.motion if context is not None else self._motion(cond, first_frame, f, cache)
         motion_e = None
         if motion is not None:
             motion_e = motion.embedding  # (B, F, D)

@@ -14,6 +14,7 @@ from lpm.audio.mel import MelConfig
 from lpm.config import ConfigError
 from lpm.models.motion_track import TRACK_SCALE, speech_history
 from lpm.models.reactions import REACTION_KINDS
+from lpm.models.reference_warp import pose_channels
 
 ATTENTION_MODES = ("bidirectional", "block_causal")
 AUDIO_ATTENTION_MODES = ("separate", "joint")
@@ -50,7 +51,7 @@ class DiTConfig:
     # affine warp linear in the pose, zero at init, blended per latent cell: lpm.models.reference_warp).
     reference_warp: bool = False
     # Idle head motion sampled per character and added to the track predicted from audio (lpm.models.idle_motion):
-    # the held pose and sway that are not in the audio; calibrated on true tracks (scripts/calibrate_idle.py).
+    # the held pose and sway that are not in the audio; calibrated on true tracks (lpm export --idle-motion).
     idle_motion: bool = False
     # --- text: a byte-level encoder trained with the model (no downloads) ---
     text_dim: int = 128  # width of the text encoder's tokens (projected to D inside the DiT)
@@ -129,20 +130,17 @@ class DiTConfig:
         unknown = [k for k in self.reaction_kinds if k not in REACTION_KINDS]
         if unknown:
             raise ConfigError(f"unknown reaction_kinds {unknown}; known: {', '.join(REACTION_KINDS)}")
-        if self.reference_warp:
-            if not self.reference_residual:
-                raise ConfigError("reference_warp moves the reference that reference_residual adds: set both")
-            from lpm.models.reference_warp import HEAD_POSE
-
-            if not any(c in self.motion_channels for c in HEAD_POSE):
-                raise ConfigError(f"reference_warp needs head-pose channels ({', '.join(HEAD_POSE)}) in "
-                                  f"motion_channels, got {self.motion_channels}")
-        if self.idle_motion:
-            from lpm.models.reference_warp import HEAD_POSE
-
-            if not self.reference_residual or not any(c in self.motion_channels for c in HEAD_POSE):
-                raise ConfigError("idle_motion draws a character's idle pattern from its global reference and moves "
-                                  "the track's head pose: it needs reference_residual and head-pose motion_channels")
+        if self.reference_warp and not self.reference_residual:
+            raise ConfigError("reference_warp moves the reference that reference_residual adds: set both")
+        if self.idle_motion and not self.reference_residual:
+            raise ConfigError("idle_motion draws a character's idle pattern from its global reference: it needs "
+                              "reference_residual")
+        for option in ("reference_warp", "idle_motion"):  # both move the track's head pose
+            if getattr(self, option):
+                try:
+                    pose_channels(self.motion_channels, option)
+                except ValueError as e:
+                    raise ConfigError(str(e)) from None
         if self.reaction_frames < 1 or self.reaction_window < 1:
             raise ConfigError(f"reaction_frames and reaction_window must be >= 1, got {self.reaction_frames}, "
                               f"{self.reaction_window}")
