@@ -56,10 +56,6 @@ class IdleMotion(nn.Module):
         self.register_buffer("projection", torch.randn(latent_channels, k * (1 + components), generator=g)
                              * PROJECTION_SCALE)
 
-    @property
-    def calibrated(self) -> bool:
-        return bool(self.offset_std.any() or self.sway_std.any())
-
     def forward(self, reference: torch.Tensor, first_frame: int, num_frames: int) -> torch.Tensor:
         b = reference.shape[0]
         k, m = self.frequencies.shape
