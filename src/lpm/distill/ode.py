@@ -169,7 +169,7 @@ class OdeDistiller(DistillTrainer):
             states, target = self.pair_states[idx], self.pair_ends[idx]
         n = len(target)
         if batch.cond.motion is not None and cfg.predicted_motion > 0:  # as the Base: some see the track from audio
-            batch.cond.motion_from_audio = torch.from_numpy(rng.random(n) < cfg.predicted_motion)
+            batch.cond.motion_from_audio = self.sampler.motion_from_audio(rng, n)
         device = info.device
         target = target.to(device)
         inputs = causal_inputs(states.to(device), target, self.times, chunk.to(device),

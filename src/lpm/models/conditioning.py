@@ -46,7 +46,9 @@ class Conditioning:
         motion: ``(B, F, P)`` the motion track of the frames being generated (``lpm.models.motion_track``,
             track units), or None: the DiT then predicts it from the audio (inference).
         motion_from_audio: ``(B,)`` bool, samples whose given ``motion`` is replaced by the prediction
-            (training shows the DiT the predicted track too), or None.
+            (training shows the DiT the predicted track too), or ``(B, P)`` per channel, or None.
+        captions: the B captions as text, read by the speech network when it predicts the track from the caption
+            too (``DiTConfig.speech_caption_buckets``); None = no caption.
     """
 
     text_tokens: torch.Tensor
@@ -58,6 +60,7 @@ class Conditioning:
     references: References | None = None
     motion: torch.Tensor | None = None
     motion_from_audio: torch.Tensor | None = None
+    captions: list[str] | None = None
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:

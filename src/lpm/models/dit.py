@@ -159,7 +159,7 @@ class DiT(nn.Module):
     def predict_motion(self, cond: Conditioning, first_frame: int, num_frames: int) -> torch.Tensor:
         """The motion track of frames ``first_frame ..`` predicted from ``cond``'s audio: ``(B, F, P)``."""
         start = first_frame - cond.audio_start_frame
-        track = self.speech_motion(cond.audio_self, cond.audio_partner)  # (B, Fa, P)
+        track = self.speech_motion(cond.audio_self, cond.audio_partner, cond.captions)  # (B, Fa, P)
         if start < 0 or start + num_frames > track.shape[1]:
             raise ValueError(f"the audio (frames {cond.audio_start_frame}..{cond.audio_start_frame + track.shape[1]})"
                              f" does not cover frames {first_frame}..{first_frame + num_frames}")
@@ -179,8 +179,12 @@ class DiT(nn.Module):
             if self.cfg.idle_motion:
                 ref = self.reference_latent(cond, cache, "idle_motion")
                 predicted = predicted + self.idle_motion(ref, first_frame, num_frames).to(predicted)
-            track = predicted if track is None else torch.where(
-                cond.motion_from_audio[:, None, None].to(predicted.device), predicted, track.to(predicted))
+            if track is not None:
+                use = cond.motion_from_audio.to(predicted.device)  # (B,) or (B, P)
+                use = use[:, None, None] if use.dim() == 1 else use[:, None, :]
+                track = torch.where(use, predicted, track.to(predicted))
+            else:
+                track = predicted
         track = track.to(self.patch_embed.weight.dtype)  # (B, F, P)
         if self.training and self.cfg.motion_dropout > 0:
             keep = torch.rand(track.shape[0], 1, 1, device=track.device) >= self.cfg.motion_dropout

@@ -85,6 +85,10 @@ class DiTConfig:
     motion_spatial: bool = False
     speech_dim: int = 128  # width of the speech -> motion network
     speech_dilations: tuple[int, ...] = (1, 2, 4, 8)  # its causal blocks (kernel 3): 2 * sum = 30 frames of history
+    # Words of the caption the speech network reads (lpm.models.caption_bag: hashed into this many buckets) to set
+    # the channels the text control drives (emo_*, smile and brow baselines); 0 = audio only (checkpoints saved
+    # before it existed).
+    speech_caption_buckets: int = 0
     # Listening reactions fired as whole events by the speech network (lpm.models.reactions); () = none.
     reaction_kinds: tuple[str, ...] = ()
     reaction_frames: int = 48  # length of a reaction's template, frames (a smile holds ~1.8 s)
@@ -120,6 +124,8 @@ class DiTConfig:
         if self.mel_steps_per_frame % self.audio_tokens_per_frame:
             raise ConfigError(f"mel steps per latent frame ({self.mel.steps_per_frame} x t_down {self.t_down}) must be "
                               f"divisible by audio_tokens_per_frame {self.audio_tokens_per_frame}")
+        if self.speech_caption_buckets < 0:
+            raise ConfigError(f"speech_caption_buckets must be >= 0, got {self.speech_caption_buckets}")
         if not 0 <= self.motion_dropout <= 1:
             raise ConfigError(f"motion_dropout must be in [0, 1], got {self.motion_dropout}")
         unknown = [c for c in self.motion_channels if c not in TRACK_SCALE]
@@ -227,15 +233,19 @@ class DiTConfig:
 
 
 # The motion track of the presets: what own speech (mouth, blinks, prosodic head motion, brows) and partner speech
-# (nods, brow raises, smiles) drive. Gaze, breath, body turn and emotions are left to the references and the text.
-TRACK_CHANNELS = ("jaw_open", "mouth_round", "mouth_wide", "blink_l", "blink_r", "head_yaw", "head_pitch",
+# (nods, brow raises, smiles) drive, and the emotion the caption asks for (``TEXT_CHANNELS``, set by the speech
+# network from the caption's words). Gaze, breath and body turn are left to the references.
+AUDIO_CHANNELS = ("jaw_open", "mouth_round", "mouth_wide", "blink_l", "blink_r", "head_yaw", "head_pitch",
                   "head_roll", "brow_raise", "smile")
+TEXT_CHANNELS = ("emo_happy", "emo_sad", "emo_surprised", "emo_angry")
+TRACK_CHANNELS = AUDIO_CHANNELS + TEXT_CHANNELS
+CAPTION_BUCKETS = 256  # the presets' speech_caption_buckets
 
 
 # ---- presets: plain functions, collected in one dict ----
 def tiny() -> DiTConfig:
     """CPU-trainable: 128x128, 4-frame chunks, about 10M parameters."""
-    return DiTConfig(motion_channels=TRACK_CHANNELS,
+    return DiTConfig(motion_channels=TRACK_CHANNELS, speech_caption_buckets=CAPTION_BUCKETS,
         reaction_kinds=REACTION_KINDS, motion_spatial=True)
 
 
@@ -254,7 +264,7 @@ def small() -> DiTConfig:
         audio_dim=256,
         audio_layers=4,
         mel=MelConfig(n_mels=80),
-        motion_channels=TRACK_CHANNELS,
+        motion_channels=TRACK_CHANNELS, speech_caption_buckets=CAPTION_BUCKETS,
         reaction_kinds=REACTION_KINDS,
     )
 
@@ -277,7 +287,7 @@ def base() -> DiTConfig:
         audio_layers=6,
         mel=MelConfig(n_mels=80),
         reference_patch_size=4,
-        motion_channels=TRACK_CHANNELS,
+        motion_channels=TRACK_CHANNELS, speech_caption_buckets=CAPTION_BUCKETS,
         reaction_kinds=REACTION_KINDS,
         speech_dim=512,
     )
@@ -302,7 +312,7 @@ def lpm_17b() -> DiTConfig:
         audio_layers=8,
         mel=MelConfig(n_mels=80),
         reference_patch_size=4,
-        motion_channels=TRACK_CHANNELS,
+        motion_channels=TRACK_CHANNELS, speech_caption_buckets=CAPTION_BUCKETS,
         reaction_kinds=REACTION_KINDS,
         speech_dim=1024,
     )

@@ -29,16 +29,20 @@ from torch import nn
 
 from lpm.config import to_dict
 from lpm.errors import LpmError
+from lpm.models.caption_bag import caption_bag
 from lpm.models.reactions import FIRE_LEVEL, fire, place, reaction_history
 from lpm.training.checkpoint import CheckpointError, load_checkpoint, read_metadata, save_checkpoint
 
 SPEECH_KERNEL = 3  # frames per causal convolution of the speech network (each block reaches back 2 * dilation)
 SPEECH_KIND = "speech_motion"  # checkpoint kind of a ``SpeechMotion`` (``lpm train speech``)
 # DiTConfig fields a speech network's weights depend on: a checkpoint fits a DiT that agrees on all of them.
-SPEECH_FIELDS = ("motion_channels", "speech_dim", "speech_dilations", "self_audio_lookahead_frames", "mel")
+SPEECH_FIELDS = ("motion_channels", "speech_dim", "speech_dilations", "self_audio_lookahead_frames", "mel",
+                 "speech_caption_buckets")
 # Fields the speech network alone defines (its listening reactions, ``lpm.models.reactions``): a speech checkpoint
 # carries them into the DiT it is exported into. A stored config without them means no reactions.
 REACTION_FIELDS: dict[str, Any] = {"reaction_kinds": (), "reaction_frames": 48, "reaction_window": 10}
+# Stored configs saved before these fields existed had them at this value (no caption input).
+SPEECH_FIELD_DEFAULTS: dict[str, Any] = {"speech_caption_buckets": 0}
 
 # Per-channel divisor from rig units to track units (angles in degrees: a nod is a few degrees).
 @dataclass(frozen=True)
@@ -117,12 +121,17 @@ class SpeechMotion(nn.Module):
         reactions: listening reaction kinds with an onset head (``lpm.models.reactions``); () for none.
         reaction_frames: length of each reaction's template (frames); reaction_window: frames of onset probability
             summed to fire one.
+        caption_buckets: width of the caption's bag of words (``lpm.models.caption_bag``), added to every frame's
+            features: the text control's emotion sets the ``emo_*`` channels and the smile and brow baselines;
+            0 = no caption input.
     """
 
     def __init__(self, n_mels: int, steps_per_frame: int, channels: tuple[str, ...], dim: int,
                  dilations: tuple[int, ...], lookahead: int, reactions: tuple[str, ...] = (),
-                 reaction_frames: int = 48, reaction_window: int = 10) -> None:
+                 reaction_frames: int = 48, reaction_window: int = 10, caption_buckets: int = 0) -> None:
         super().__init__()
+        self.caption_buckets = caption_buckets
+        self.caption_in = nn.Linear(caption_buckets, dim) if caption_buckets else None
         self.channels, self.lookahead = tuple(channels), lookahead
         self.reactions, self.reaction_frames, self.reaction_window = tuple(reactions), reaction_frames, reaction_window
         self.self_in = nn.Linear(steps_per_frame * n_mels, dim)
@@ -144,15 +153,17 @@ class SpeechMotion(nn.Module):
         reach = sum(b.reach for b in self.blocks)
         return reach + (reaction_history(self.reaction_frames, self.reaction_window) if self.reactions else 0)
 
-    def forward(self, mel_self: torch.Tensor, mel_partner: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel_self: torch.Tensor, mel_partner: torch.Tensor,
+                captions: list[str] | None = None) -> torch.Tensor:
         """Args:
             mel_self, mel_partner: ``(B, Fa, k, M)`` log-mel of the same frames.
+            captions: the B captions (text control) when the network reads them; None = no caption ("").
         Returns:
             ``(B, Fa, P)`` track; frame ``f`` depends on own speech up to ``f + lookahead`` and partner speech up
             to ``f``. The last ``lookahead`` frames see the own-speech features of the range's last frame. With
             reactions, the regressed track plus a whole template at each onset the hazard fires.
         """
-        track, logits = self.heads(mel_self, mel_partner)
+        track, logits = self.heads(mel_self, mel_partner, captions)
         return track if logits is None else self.with_reactions(track, self.onsets(logits))
 
     def with_reactions(self, track: torch.Tensor, onsets: torch.Tensor) -> torch.Tensor:
@@ -163,7 +174,8 @@ class SpeechMotion(nn.Module):
         """Fired reaction onsets ``(B, Fa, R)`` from the onset logits ``(B, Fa, R)``."""
         return fire(torch.sigmoid(logits), self.reaction_window, float(self.fire_level))
 
-    def heads(self, mel_self: torch.Tensor, mel_partner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def heads(self, mel_self: torch.Tensor, mel_partner: torch.Tensor,
+              captions: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The regressed track ``(B, Fa, P)`` (without reactions when the net has them) and the onset logits
         ``(B, Fa, R)`` (None without reactions): what ``lpm train speech`` supervises."""
         b, fa = mel_self.shape[:2]
@@ -173,6 +185,11 @@ class SpeechMotion(nn.Module):
             idx = torch.arange(fa, device=s.device).add(self.lookahead).clamp(max=fa - 1)
             s = s[:, idx]
         x = s + self.partner_in(mel_partner.reshape(b, fa, -1))  # (B, Fa, D)
+        if self.caption_in is not None:
+            if captions is not None and len(captions) != b:
+                raise ValueError(f"{len(captions)} captions for a batch of {b}")
+            bag = caption_bag(captions if captions is not None else [""] * b, self.caption_buckets)  # (B, H)
+            x = x + self.caption_in(bag.to(x))[:, None]
         for block in self.blocks:
             x = block(x)
         h = self.norm(x)
@@ -206,7 +223,7 @@ def load_speech(path: str | Path, dit_cfg: Any) -> tuple[dict[str, torch.Tensor]
     ``SPEECH_FIELDS`` (a clear error lists the differences)."""
     state, meta = load_checkpoint(path, kind=SPEECH_KIND)
     stored, mine = meta["config"], to_dict(dit_cfg)
-    stored = {**stored, **reaction_settings(stored)}
+    stored = {**SPEECH_FIELD_DEFAULTS, **stored, **reaction_settings(stored)}
     mine = {**mine, **reaction_settings(mine)}
     diff = [f"{k}: checkpoint {stored.get(k)!r} vs model {mine[k]!r}"
             for k in (*SPEECH_FIELDS, *REACTION_FIELDS) if stored.get(k) != mine[k]]
@@ -234,4 +251,4 @@ def speech_network(cfg: Any) -> SpeechMotion:
     """The ``SpeechMotion`` a DiT config (``DiTConfig``) builds."""
     return SpeechMotion(cfg.mel.n_mels, cfg.mel_steps_per_frame, cfg.motion_channels, cfg.speech_dim,
                         cfg.speech_dilations, cfg.self_audio_lookahead_frames, cfg.reaction_kinds,
-                        cfg.reaction_frames, cfg.reaction_window)
+                        cfg.reaction_frames, cfg.reaction_window, cfg.speech_caption_buckets)

@@ -330,7 +330,8 @@ class DiTEngine(Engine):
         # holds is cut to whole latent frames ending at ``end``.
         mel_self, mel_partner = (self._latent_mel(ring, start * t + offset, end * t + offset) for ring in self.features)
         audio_start = end - mel_self.shape[1]
-        cond = Conditioning(text_tokens, text_mask, mel_self, mel_partner, audio_start_frame=audio_start)
+        cond = Conditioning(text_tokens, text_mask, mel_self, mel_partner, audio_start_frame=audio_start,
+                            captions=[chunk.text])
         context = self.model.prepare_chunk(cond, self.cache) if self.use_context else None
         extra = {"context": context} if context is not None else {}
         timings["generate.features"] = (time.perf_counter() - start_time) * 1000
@@ -349,7 +350,8 @@ class DiTEngine(Engine):
             self.settle(timings)
         # The refiner runs uncached on the chunk alone: its conditioning is relative to the chunk's frame 0.
         local = Conditioning(text_tokens, text_mask, mel_self, mel_partner,
-                             audio_start_frame=audio_start - model_first, references=self.references)
+                             audio_start_frame=audio_start - model_first, references=self.references,
+                             captions=[chunk.text])
         return x_0, local
 
     @torch.no_grad()

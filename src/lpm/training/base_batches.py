@@ -55,6 +55,7 @@ class WindowSampler:
         face_weight: loss weight added on mouth/eye cells (``face_weights.loss_weights``).
         motion_channels: the DiT's motion track; windows carry their true track when every clip has motion.
         predicted_motion: share of samples (drawn per step) that get the track predicted from audio instead.
+        predicted_channels: the channels those samples get predicted (the others stay true); () = all.
         mouth_weight: loss weight added on mouth-only cells.
         balance_modes: draw the clip's mode (speak / listen / conversation / idle) uniformly first, so rarer
             behaviours are seen as often as common ones.
@@ -64,7 +65,10 @@ class WindowSampler:
     def __init__(self, clips: list[CachedClip], frames: int, audio_before: int, audio_after: int, silent: float,
                  dropout: ConditionDropout, face_weight: float, balance_modes: bool, seed: int,
                  motion_channels: tuple[str, ...] = (), predicted_motion: float = 0.0,
-                 mouth_weight: float = 0.0) -> None:
+                 mouth_weight: float = 0.0, predicted_channels: tuple[str, ...] = ()) -> None:
+        unknown = [c for c in predicted_channels if c not in motion_channels]
+        if unknown:
+            raise ValueError(f"predicted_channels {unknown} are not in the motion track {list(motion_channels)}")
         clips = [c for c in clips if c.frames >= frames]
         if not clips:
             raise ValueError(f"no clip has {frames} frames or more")
@@ -72,6 +76,7 @@ class WindowSampler:
         self.audio_before, self.audio_after, self.silent = audio_before, audio_after, silent
         self.dropout, self.face_weight, self.seed = dropout, face_weight, seed
         self.motion_channels, self.predicted_motion, self.mouth_weight = motion_channels, predicted_motion, mouth_weight
+        self.predicted_channels = tuple(predicted_channels)
         modes = sorted({c.mode for c in clips})
         self.by_mode = [[i for i, c in enumerate(clips) if c.mode == m] for m in modes] if balance_modes else [
             list(range(len(clips)))]
@@ -92,8 +97,18 @@ class WindowSampler:
         drop_refs = bool(rng.random() < self.dropout.references)
         batch = self.assemble(windows, drop, drop_refs)
         if batch.cond.motion is not None and self.predicted_motion > 0:
-            batch.cond.motion_from_audio = torch.from_numpy(rng.random(size) < self.predicted_motion)
+            batch.cond.motion_from_audio = self.motion_from_audio(rng, size)
         return batch
+
+    def motion_from_audio(self, rng: np.random.Generator, size: int) -> torch.Tensor:
+        """Which samples see the predicted track: ``(B,)`` bool, or ``(B, P)`` with only ``predicted_channels``
+        predicted (e.g. the mouth, while the head pose stays true: the DiT then learns to follow the track's head
+        pose, which idle motion sets at inference, rather than to distrust it)."""
+        chosen = torch.from_numpy(rng.random(size) < self.predicted_motion)  # (B,)
+        if not self.predicted_channels:
+            return chosen
+        channels = torch.tensor([c in self.predicted_channels for c in self.motion_channels])  # (P,)
+        return chosen[:, None] & channels[None]
 
     def draw_dropout(self, rng: np.random.Generator, size: int) -> dict[str, np.ndarray]:
         """Per-sample CFG dropout masks of text, own audio and partner audio (``assemble``'s ``drop``)."""

@@ -125,6 +125,9 @@ class BaseTrainConfig:
     # Share of samples that see the motion track predicted from their audio instead of the true one (the rest
     # see the truth, so the DiT learns to render the track; these teach it to render what inference gives it).
     predicted_motion: float = 0.25
+    # The channels those samples see predicted; the others stay true (() = all). E.g. the mouth and brows only:
+    # the head pose then always matches the frames, so the DiT follows it (idle motion sets it at inference).
+    predicted_channels: tuple[str, ...] = ()
     # Extra loss weight on mouth-only latent cells (on top of face_weight's mouth-and-eyes weight).
     mouth_weight: float = 0.0
 
@@ -228,7 +231,7 @@ class BaseTrainer:
         before, after = dit.audio_margin()
         return WindowSampler(self.train_clips, cfg.frames, before, after, silent_mel(self.mel), cfg.dropout,
                              cfg.face_weight, cfg.balance_modes, cfg.seed, dit.cfg.motion_channels,
-                             cfg.predicted_motion, cfg.mouth_weight)
+                             cfg.predicted_motion, cfg.mouth_weight, cfg.predicted_channels)
 
     def _freeze_speech(self, dit: DiT) -> None:
         """The speech network is trained on world truth (``lpm train speech``): kept as is unless ``train_speech``."""

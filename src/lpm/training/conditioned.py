@@ -122,6 +122,7 @@ class ConditionedDiT(nn.Module):
             references=References([cond.references[k].to(dtype) for k in kinds], kinds),
             motion=cond.motion,
             motion_from_audio=cond.motion_from_audio,
+            captions=list(cond.captions),
         )
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: ConditionBatch, cache: KVCache | None = None,

@@ -64,23 +64,30 @@ class SpeechTrainConfig:
     # Weight of the reaction onsets' cross-entropy (per frame and kind; onsets are ~1 % of frames, so its mean is
     # small beside the track's variance-normalised error).
     onset_weight: float = 10.0
+    # Share of windows whose caption is dropped (""): the network must give the caption-free track too (text
+    # dropout in the DiT's training, a session without text control).
+    caption_dropout: float = 0.1
     threads: int = 0  # torch CPU threads (0 = torch's default)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.frames < 1:
             raise ConfigError("steps must be >= 0, batch and frames >= 1")
+        if not 0 <= self.caption_dropout <= 1:
+            raise ConfigError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
 
 
 @dataclass
 class SpeechClip:
-    """One clip's inputs and targets: ``mel (2, F, k, M)`` (own, partner), ``track (F, P)`` and the listening
-    reactions' ``onsets (F, R)`` (``lpm.models.reactions.onset_targets``; R = 0 without reactions)."""
+    """One clip's inputs and targets: ``mel (2, F, k, M)`` (own, partner), ``track (F, P)``, the listening
+    reactions' ``onsets (F, R)`` (``lpm.models.reactions.onset_targets``; R = 0 without reactions) and the
+    caption (the text control)."""
 
     id: str
     mel: torch.Tensor
     track: torch.Tensor
     onsets: torch.Tensor
+    caption: str = ""
 
 
 def _events(events: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -101,7 +108,7 @@ def load_speech_clips(data_dir: str | Path, split: str, dit: DiTConfig, limit: i
         n = clip.motion.shape[0]
         mel = frame_mel(log_mel, clip.audio[[SELF_CHANNEL, PARTNER_CHANNEL]], n)
         out.append(SpeechClip(clip.meta.id, mel, to_track(clip.motion, clip.motion_names, dit.motion_channels),
-                              onset_targets(_events(clip.meta.events), dit.reaction_kinds, n)))
+                              onset_targets(_events(clip.meta.events), dit.reaction_kinds, n), clip.meta.caption))
     return out
 
 
@@ -145,15 +152,16 @@ def _speech_clips_of(specs: list, dit: DiTConfig) -> list[SpeechClip]:
         n = motion.shape[0]
         mel = frame_mel(log_mel, torch.from_numpy(clip.conversation.stereo()), n)  # (2, F, k, M)
         out.append(SpeechClip(spec.clip_id, mel, to_track(motion, MOTION_NAMES, dit.motion_channels),
-                              onset_targets(_events(clip.performance.events), dit.reaction_kinds, n)))
+                              onset_targets(_events(clip.performance.events), dit.reaction_kinds, n), clip.caption))
     return out
 
 
 def window_batch(clips: list[SpeechClip], rng: np.random.Generator, size: int, frames: int, before: int,
-                 after: int, silent: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 after: int, silent: float,
+                 caption_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """``size`` random windows: mel ``(2, B, before + F + after, k, M)`` (silence outside the clip), the
-    target track ``(B, F, P)`` and onsets ``(B, F, R)``."""
-    mels, tracks, onsets = [], [], []
+    target track ``(B, F, P)``, onsets ``(B, F, R)`` and the B captions (each "" with ``caption_dropout``)."""
+    mels, tracks, onsets, captions = [], [], [], []
     for _ in range(size):
         clip = clips[int(rng.integers(len(clips)))]
         n = clip.track.shape[0]
@@ -167,7 +175,8 @@ def window_batch(clips: list[SpeechClip], rng: np.random.Generator, size: int, f
         mels.append(mel)
         tracks.append(clip.track[frame_idx])
         onsets.append(clip.onsets[frame_idx])
-    return torch.stack(mels, 1), torch.stack(tracks), torch.stack(onsets)
+        captions.append("" if rng.random() < caption_dropout else clip.caption)
+    return torch.stack(mels, 1), torch.stack(tracks), torch.stack(onsets), captions
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -188,7 +197,7 @@ def evaluate(net: SpeechMotion, clips: list[SpeechClip], shuffle_self: bool = Fa
     for i, clip in enumerate(clips):
         mel_self = clips[(i + 1) % len(clips)].mel[0] if shuffle_self else clip.mel[0]
         n = min(mel_self.shape[0], clip.mel.shape[1])
-        track, logits = net.heads(mel_self[None, :n], clip.mel[1][None, :n])
+        track, logits = net.heads(mel_self[None, :n], clip.mel[1][None, :n], [clip.caption])
         if logits is not None:
             fired = net.onsets(logits)  # (1, n, R)
             track = net.with_reactions(track, fired)
@@ -232,7 +241,7 @@ def calibrate_fire_level(net: SpeechMotion, clips: list[SpeechClip]) -> dict[flo
     measured, not assumed."""
     was_training = net.training
     net.eval()
-    hazards = [(torch.sigmoid(net.heads(c.mel[0][None], c.mel[1][None])[1]), c.onsets) for c in clips]
+    hazards = [(torch.sigmoid(net.heads(c.mel[0][None], c.mel[1][None], [c.caption])[1]), c.onsets) for c in clips]
     f1 = {}
     for level in FIRE_LEVELS:
         match = EventMatch(0, 0, 0, [])
@@ -306,8 +315,9 @@ class SpeechTrainer:
         while step < cfg.steps:
             step += 1
             rng = np.random.default_rng([cfg.seed, step])
-            mel, target, onsets = window_batch(train, rng, cfg.batch, cfg.frames, before, after, silent)
-            pred, logits = net.heads(mel[0], mel[1])
+            mel, target, onsets, captions = window_batch(train, rng, cfg.batch, cfg.frames, before, after, silent,
+                                                         cfg.caption_dropout)
+            pred, logits = net.heads(mel[0], mel[1], captions)
             pred = pred[:, before:before + cfg.frames]  # (B, F, P)
             loss = ((pred - target).square() * inv_var).mean()
             if logits is not None:  # the onset hazard: a per-frame cross-entropy (its sums must be probabilities)
