@@ -230,3 +230,43 @@ def test_dmd_two_processes_match_single_process(world, tmp_path):
     assert all(abs(d - s) <= 1e-4 * max(abs(s), 1e-3) for d, s in zip(dist[:3], single[:3])), (dist, single)
     assert abs(dist[3] - single[3]) <= 1e-3 * abs(single[3]), (dist, single)
 
+
+
+def test_ode_stage_with_another_speech_network_takes_its_track_layout(world, tmp_path):
+    """``speech=``: the student takes the speech network's channels (here the caption-driven emo_* too) and
+    weights; the teacher's track weights move to the new layout, the added channels start at zero."""
+    from lpm.models.motion_track import save_speech, speech_network
+
+    data, vae, base = world
+    teacher = load_dit(base / "dit_ema.safetensors")
+    channels = teacher.cfg.motion_channels
+    assert "emo_sad" in channels  # the presets' track holds the text channels: make a teacher without one
+    narrow = tuple(c for c in channels if c != "emo_sad")
+    narrow_cfg = dataclasses.replace(teacher.cfg, motion_channels=narrow)
+    from lpm.models.dit import DiT
+    from lpm.models.motion_track import widen_track
+    from lpm.training.checkpoint import read_metadata, save_checkpoint
+    from lpm.config import to_dict
+
+    state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("speech_motion.")}
+    keep = [channels.index(c) for c in narrow]
+    state["motion_embed.mlp.0.weight"] = state["motion_embed.mlp.0.weight"][:, keep]
+    state["motion_map"] = state["motion_map"][:, keep]
+    small = DiT(narrow_cfg)
+    small.load_state_dict({**small.state_dict(), **state})
+    meta = read_metadata(base / "dit_ema.safetensors")
+    save_checkpoint(tmp_path / "narrow.safetensors", small.state_dict(), to_dict(narrow_cfg), "dit", meta["extra"])
+    torch.manual_seed(5)
+    speech = speech_network(teacher.cfg)
+    speech_path = save_speech(tmp_path / "speech.safetensors", speech, teacher.cfg, {})
+    with pytest.raises(ConfigError, match="target=data"):
+        load_ode_config(None, [*TRAIN_KEYS, f"teacher={tmp_path / 'narrow.safetensors'}", f"speech={speech_path}"])
+    cfg = load_ode_config(None, [*TRAIN_KEYS, f"teacher={tmp_path / 'narrow.safetensors'}", "target=data",
+                                 f"speech={speech_path}", "steps=2", "batch=2", "checkpoint_every=2",
+                                 "predicted_channels=[jaw_open]"])
+    OdeDistiller(cfg, data, str(vae), tmp_path / "ode").run()
+    student = load_dit(tmp_path / "ode" / "dit.safetensors")
+    assert student.cfg.motion_channels == channels
+    assert all(torch.equal(v, student.speech_motion.state_dict()[k]) for k, v in speech.state_dict().items())
+    wide = widen_track(small.state_dict(), narrow, channels)["motion_embed.mlp.0.weight"]
+    assert wide[:, channels.index("emo_sad")].abs().sum() == 0 and wide.shape[1] == len(channels)

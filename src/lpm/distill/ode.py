@@ -65,6 +65,9 @@ class OdeConfig(DistillConfig):
         super().__post_init__()
         if self.target not in ODE_TARGETS:
             raise ConfigError(f"target must be one of {', '.join(ODE_TARGETS)}, got {self.target!r}")
+        if self.speech and self.target != "data":
+            raise ConfigError("speech= gives the student another motion track than its teacher renders: use "
+                              "target=data (regress onto the data, not the teacher's trajectories)")
 
 
 @dataclass

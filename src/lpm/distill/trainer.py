@@ -22,6 +22,7 @@ from lpm.distill.student import rollout, student_times
 from lpm.errors import LpmError
 from lpm.models.dit import DiT, load_dit
 from lpm.models.dit_config import stored_dit_config
+from lpm.models.motion_track import SPEECH_PREFIX, speech_settings, widen_track
 from lpm.models.export import dit_weights_of
 from lpm.training import distributed as D
 from lpm.training.base_batches import Window
@@ -29,6 +30,7 @@ from lpm.training.base_samples import write_sample
 from lpm.training.base_trainer import BaseTrainConfig, BaseTrainer
 from lpm.training.checkpoint import read_metadata
 from lpm.training.conditioned import ConditionedDiT
+from lpm.training.speech_trainer import load_speech_into
 from lpm.training.warp_fit import fit_reference_warp, warp_fit_data
 
 ONLINE_SAMPLER = "renoise"  # lpm.diffusion.samplers key of the students' few-step sampler
@@ -144,17 +146,28 @@ class DistillTrainer(BaseTrainer):
         if residual and cfg.flow.parametrisation != "x0":
             raise ConfigError(f"reference_residual adds the reference to a predicted frame: the teacher's objective "
                               f"predicts {cfg.flow.parametrisation!r}, not 'x0'")
+        # ``speech=``: the student takes that speech network, and with it its track's layout (channels, caption).
+        swap = speech_settings(cfg.speech) if cfg.speech else {}
+        if swap and not tc.motion_channels:
+            raise LpmError(f"teacher {self.teacher_path} has no motion track: speech={cfg.speech} has no track to "
+                           "replace")
         self.dit_cfg = dataclasses.replace(tc, attention="block_causal",
                                            reference_concat=tc.reference_concat or cfg.reference_concat,
                                            reference_residual=residual,
-                                           reference_warp=tc.reference_warp or cfg.reference_warp)
+                                           reference_warp=tc.reference_warp or cfg.reference_warp, **swap)
         self.cfg = dataclasses.replace(cfg, model=self.dit_cfg)
         student = DiT(self.dit_cfg)
         initial = self._student_state(teacher)
+        new = ("reference_in.", "reference_warp.")
+        if swap:  # the teacher's track weights re-laid for the new channels (added ones at zero)
+            initial = widen_track(initial, tc.motion_channels, self.dit_cfg.motion_channels)
+            new += (SPEECH_PREFIX,)
         missing, unexpected = student.load_state_dict(initial, strict=False)
-        if unexpected or any(not k.startswith(("reference_in.", "reference_warp.")) for k in missing):
+        if unexpected or any(not k.startswith(new) for k in missing):
             raise LpmError(f"the student's initial weights do not fit it: missing {missing}, unexpected {unexpected}")
         fresh = not self._state_path().is_file()  # a resumed run loads all of these from its train state
+        if swap and fresh:
+            load_speech_into(student.speech_motion, cfg.speech, self.dit_cfg)
         if residual and not tc.reference_residual and fresh:  # the teacher's head predicts whole frames
             student.restart_head()
         if self.dit_cfg.reference_warp and not tc.reference_warp and cfg.warp_fit_steps > 0 and fresh:

@@ -241,10 +241,8 @@ def reaction_settings(config: dict[str, Any]) -> dict[str, Any]:
 
 def speech_reactions(path: str | Path) -> dict[str, Any]:
     """The reaction settings a speech checkpoint was trained with (what ``lpm export --speech`` carries over)."""
-    meta = read_metadata(path)  # the settings only: the weights are read by ``load_speech``
-    if meta["kind"] != SPEECH_KIND:
-        raise CheckpointError(f"checkpoint {path} holds {meta['kind']!r} weights, expected {SPEECH_KIND!r}")
-    return reaction_settings(meta["config"])
+    settings = speech_settings(path)  # the settings only: the weights are read by ``load_speech``
+    return {k: settings[k] for k in REACTION_FIELDS}
 
 
 def speech_network(cfg: Any) -> SpeechMotion:
@@ -252,3 +250,45 @@ def speech_network(cfg: Any) -> SpeechMotion:
     return SpeechMotion(cfg.mel.n_mels, cfg.mel_steps_per_frame, cfg.motion_channels, cfg.speech_dim,
                         cfg.speech_dilations, cfg.self_audio_lookahead_frames, cfg.reaction_kinds,
                         cfg.reaction_frames, cfg.reaction_window, cfg.speech_caption_buckets)
+
+
+# DiT weights whose shape depends on the track's channels (their channel axis), and the prefix of the speech
+# network's own weights.
+TRACK_AXES: dict[str, int] = {"motion_embed.mlp.0.weight": 1, "motion_map": 1}
+SPEECH_PREFIX = "speech_motion."
+
+
+def widen_track(state: dict[str, torch.Tensor], old: tuple[str, ...], new: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """A DiT state dict for the track ``old`` re-laid for the track ``new`` (a superset): each kept channel's
+    weights move to its new index, added channels get zeros (the model is unchanged while they are zero) and the
+    speech network's weights are left out (one for ``new`` is loaded in their place)."""
+    missing = [c for c in old if c not in new]
+    if missing:
+        raise LpmError(f"the new motion track drops channels {missing} the weights were trained with")
+    index = torch.tensor([new.index(c) for c in old])
+    out = {}
+    for key, value in state.items():
+        if key.startswith(SPEECH_PREFIX):
+            continue
+        axis = TRACK_AXES.get(key)
+        if axis is not None:
+            shape = list(value.shape)
+            shape[axis] = len(new)
+            wide = value.new_zeros(shape)
+            wide.index_copy_(axis, index, value)
+            value = wide
+        out[key] = value
+    return out
+
+
+def speech_settings(path: str | Path) -> dict[str, Any]:
+    """The DiT config fields a speech checkpoint defines (``SPEECH_FIELDS`` but the mel, and the reactions'): what
+    a DiT takes on when this network is swapped into it."""
+    meta = read_metadata(path)
+    if meta["kind"] != SPEECH_KIND:
+        raise CheckpointError(f"checkpoint {path} holds {meta['kind']!r} weights, expected {SPEECH_KIND!r}")
+    stored = {**SPEECH_FIELD_DEFAULTS, **meta["config"]}
+    out = {k: stored[k] for k in SPEECH_FIELDS if k != "mel"}
+    out["motion_channels"] = tuple(out["motion_channels"])
+    out["speech_dilations"] = tuple(out["speech_dilations"])
+    return {**out, **reaction_settings(stored)}
