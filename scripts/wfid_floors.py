@@ -1,0 +1,142 @@
+"""What the world-FID measures: floors of the bench's quick suite from the world's own rig.
+
+Renders the quick suite's clips with the character's rig (no model), from motion tracks that lack one part of
+the truth each, and from the track a DiT checkpoint's speech network predicts; scores each like ``lpm bench``
+(the probe's features against the truth render; 12 clips, the model systems' subset). Tells how much of a model's
+world-FID its motion source costs before any rendering error, and what the VAE alone costs.
+
+    python scripts/wfid_floors.py --checkpoint checkpoints/online_tiny.safetensors --out docs/bench/wfid_floors.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lpm.audio.mel import LogMel
+from lpm.data.clip import image_to_tensor
+from lpm.eval.suites import load_clip, load_instruments, run_clip_suite, select_clips
+from lpm.eval.systems import ClipInputs, System, TruthSystem
+from lpm.models.dit import load_dit
+from lpm.models.latent_codec import load_codec
+from lpm.models.motion_track import track_scale
+from lpm.training.base_samples import to_uint8
+from lpm.world.motion import MOTION_INDEX, NUM_MOTION
+from lpm.world.render import Renderer
+
+HEAD = ("head_yaw", "head_pitch", "head_roll")
+EMOTION = ("emo_happy", "emo_sad", "emo_surprised", "emo_angry")
+# Truth with one group of channels at rest.
+GROUPS = {"head pose": HEAD, "blinks": ("blink_l", "blink_r"), "gaze": ("gaze_x", "gaze_y"),
+          "brow and smile": ("brow_raise", "smile"), "breath": ("breath",), "emotion": EMOTION}
+
+
+class RigSystem(System):
+    """The rig rendering a track made from the clip's inputs by ``make``."""
+
+    measures_speed = False
+
+    def __init__(self, name: str, make) -> None:
+        self.name, self.make = name, make
+
+    def generate(self, inputs: ClipInputs) -> np.ndarray:
+        return Renderer(inputs.identity, inputs.res).render_sequence(self.make(inputs))
+
+
+def without(channels: tuple[str, ...]):
+    def make(inputs: ClipInputs) -> np.ndarray:
+        m = inputs.truth_motion.copy()
+        m[:, [MOTION_INDEX[c] for c in channels]] = 0.0
+        return m
+    return make
+
+
+class VaeRoundTrip(System):
+    """The truth render encoded and decoded by the VAE: the floor of any latent model."""
+
+    name, measures_speed = "truth through the VAE", False
+
+    def __init__(self, vae: str) -> None:
+        self.codec = load_codec(vae)
+
+    @torch.no_grad()
+    def generate(self, inputs: ClipInputs) -> np.ndarray:
+        video = torch.stack([image_to_tensor(f) for f in TruthSystem().generate(inputs)])[None]
+        return np.concatenate([to_uint8(self.codec.decode(self.codec.encode(video[:, s:s + 8]))[0])
+                               for s in range(0, video.shape[1], 8)])
+
+
+class Predicted:
+    """The motion a DiT checkpoint's speech network predicts from the clip's audio (and caption), as rig motion;
+    the channels it does not predict at rest, the body turn the clip's."""
+
+    def __init__(self, checkpoint: str) -> None:
+        self.dit = load_dit(checkpoint).eval()
+        self.mel = LogMel(self.dit.cfg.mel)
+        self.scale = track_scale(self.dit.cfg.motion_channels).numpy()
+
+    @torch.no_grad()
+    def __call__(self, inputs: ClipInputs) -> np.ndarray:
+        mels = [self.mel(torch.from_numpy(a)[None].float()) for a in (inputs.self_audio, inputs.partner_audio)]
+        n = min(m.shape[1] for m in mels)
+        track = self.dit.speech_motion(mels[0][:, :n], mels[1][:, :n], [inputs.caption])[0].float().numpy()
+        track = track * self.scale
+        f = inputs.num_frames
+        track = np.concatenate([track, np.repeat(track[-1:], max(0, f - len(track)), 0)])[:f]
+        m = np.zeros((f, NUM_MOTION), np.float32)
+        m[:, [MOTION_INDEX[c] for c in self.dit.cfg.motion_channels]] = track
+        m[:, MOTION_INDEX["body_yaw"]] = inputs.body_yaw_deg
+        return m
+
+
+def with_truth(base, channels: tuple[str, ...], held: bool = False):
+    """``base``'s motion with ``channels`` from the truth (``held``: only the truth's clip mean added)."""
+    def make(inputs: ClipInputs) -> np.ndarray:
+        m, t = base(inputs), inputs.truth_motion
+        for c in channels:
+            i = MOTION_INDEX[c]
+            m[:, i] = m[:, i] + t[:, i].mean() - m[:, i].mean() if held else t[:, i]
+        return m
+    return make
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default="data/world128")
+    ap.add_argument("--checkpoint", default="checkpoints/online_tiny.safetensors")
+    ap.add_argument("--vae", default="checkpoints/vae_tiny.safetensors")
+    ap.add_argument("--clips", type=int, default=12)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    inst = load_instruments("checkpoints/probe.safetensors", "checkpoints/identity.safetensors",
+                            "checkpoints/states.safetensors")
+    rows = select_clips(args.data, "quick")
+    loaded = [load_clip(args.data, r) for r in rows]
+    pred = Predicted(args.checkpoint)
+    systems = [TruthSystem(), VaeRoundTrip(args.vae)]
+    systems += [RigSystem(f"truth without {k}", without(v)) for k, v in GROUPS.items()]
+    systems += [RigSystem("truth, mouth only", without(sum(GROUPS.values(), ())))]
+    systems += [RigSystem("predicted track", pred),
+                RigSystem("predicted + true emotion", with_truth(pred, EMOTION)),
+                RigSystem("predicted + true emotion + held head", with_truth(with_truth(pred, EMOTION), HEAD, True)),
+                RigSystem("predicted + true emotion + head", with_truth(with_truth(pred, EMOTION), HEAD))]
+    results, _ = run_clip_suite(systems, rows, loaded, inst, model_clips={"*": args.clips})
+    lines = [f"# World-FID floors (rig renders, {args.clips} clips of the quick suite)", "",
+             f"Speech network of `{args.checkpoint}`; `python scripts/wfid_floors.py` writes this.", "",
+             "| track rendered by the rig | wFID seen | wFID zero-shot | lip r |", "| --- | --- | --- | --- |"]
+    for r in results[1:]:
+        s, z = r.metrics["seen"], r.metrics["zeroshot"]
+        lines.append(f"| {r.name} | {s['world_fid']:.1f} | {z['world_fid']:.1f} | {s['lipsync_r']:.3f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
