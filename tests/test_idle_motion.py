@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lpm.models.idle_motion import IdleMotion, calibrate_idle
+from lpm.models.idle_motion import IdleMotion, calibrate_blinks, calibrate_idle
 from test_dit import make_inputs, make_model, micro, stream
 
 CHANNELS = ("jaw_open", "head_yaw", "head_pitch", "head_roll")
@@ -65,3 +65,45 @@ def test_the_dit_adds_it_to_the_predicted_track_and_streams_equal_to_the_full_fo
         assert (full - plain(x, t, cond)).abs().max() > 1e-3  # the idle pose reaches the frame
     streamed = stream(model, x, t, cond)
     assert (streamed - full).abs().max() <= 1e-6 * full.abs().max()
+
+
+BLINK_TRACK = ("blink_l", "blink_r", "head_yaw", "head_pitch", "head_roll")
+
+
+def world_like_blinks(clips=60, frames=240, mean_gap=70, seed=0) -> np.ndarray:
+    """Blink tracks with the world's shape at exponential gaps (``lpm.world.controller``'s process)."""
+    rng = np.random.default_rng(seed)
+    shape = np.array([0.5, 1.0, 1.0, 0.6, 0.25])
+    out = np.zeros((clips, frames))
+    for c in range(clips):
+        f = int(rng.integers(0, 30))
+        while f < frames:
+            out[c, f:f + 5] += shape[:frames - f]
+            f += max(7, int(rng.exponential(mean_gap)))
+    return out
+
+
+def test_blinks_have_the_measured_rate_and_shape_per_character_and_stream():
+    tracks = world_like_blinks()
+    idle = IdleMotion(BLINK_TRACK, 4)
+    refs = torch.randn(6, 4, 8, 8)
+    assert not idle(refs, 0, 50).any()  # uncalibrated: no blinks
+    stats = calibrate_blinks(idle, tracks)
+    true_rate = ((tracks[:, 1:] >= 0.3) & (tracks[:, :-1] < 0.3)).sum() / tracks.size
+    assert abs(1 / stats.period - true_rate) < 1e-9
+    assert np.allclose(stats.shape[:5], [0.5, 1.0, 1.0, 0.6, 0.25], atol=0.05) and max(stats.shape[5:]) < 0.1  # next blinks: rare
+    out = idle(refs, 0, 2000)  # (B, F, P)
+    blink = out[..., 0]
+    assert torch.equal(blink, out[..., 1])  # both eyes
+    onsets = ((blink[:, 1:] >= 0.3) & (blink[:, :-1] < 0.3)).sum(1).double()
+    assert torch.allclose(onsets / 2000, torch.full_like(onsets, 1 / stats.period), rtol=0.1)
+    assert blink.max() <= max(stats.shape) + 1e-6  # blinks never overlap
+    assert not torch.equal(blink[0], blink[1])  # another character blinks at other times
+    assert torch.equal(idle(refs[:2], 0, 300)[:, 137:], idle(refs[:2], 137, 163))  # the frame index alone
+
+
+def test_bad_blink_calibration_is_a_clear_error():
+    with pytest.raises(ValueError, match="no blink channels"):
+        calibrate_blinks(IdleMotion(CHANNELS, 4), world_like_blinks())
+    with pytest.raises(ValueError, match="too few"):
+        calibrate_blinks(IdleMotion(BLINK_TRACK, 4), np.zeros((4, 100)))

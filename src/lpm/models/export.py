@@ -20,7 +20,8 @@ from lpm.config import to_dict
 from lpm.errors import LpmError
 from lpm.models.dit import CHECKPOINT_KIND
 from lpm.models.dit_config import stored_dit_config
-from lpm.models.idle_motion import IdleMotion, IdleStats, calibrate_idle, head_pose_tracks
+from lpm.models.idle_motion import (IdleMotion, IdleStats, blink_tracks, calibrate_blinks, calibrate_idle,
+                                     head_pose_tracks)
 from lpm.models.motion_track import load_speech, speech_network, speech_reactions
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -101,10 +102,12 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         cfg = dataclasses.replace(stored_dit_config(meta["config"]), idle_motion=True)  # checks what it needs
         module = IdleMotion(cfg.motion_channels, cfg.latent_channels)
         idle = calibrate_idle(module, head_pose_tracks(idle_motion, cfg.motion_channels), scale=idle_scale)
+        blinks = calibrate_blinks(module, blink_tracks(idle_motion)) if len(module.blink_channels) else None
         state = {k: v for k, v in state.items() if not k.startswith("idle_motion.")}
         state.update({f"idle_motion.{k}": v for k, v in module.state_dict().items()})
         meta = {**meta, "config": to_dict(cfg)}
-        extra["export"]["idle_motion"] = {"data": str(idle_motion), **dataclasses.asdict(idle)}
+        extra["export"]["idle_motion"] = {"data": str(idle_motion), **dataclasses.asdict(idle),
+                                          "blinks": None if blinks is None else dataclasses.asdict(blinks)}
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)
