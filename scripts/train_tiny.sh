@@ -28,6 +28,9 @@ RESID_STEPS=${RESID_STEPS:-1000}
 BASE_INIT=${BASE_INIT:-}      # "" = the Base from random weights
 MOUTH_WEIGHT=${MOUTH_WEIGHT:-20}
 PREDICTED_MOTION=${PREDICTED_MOTION:-0.25}
+# The channels the Online stages' predicted-track samples take from the speech network (the voice and the caption
+# set them); head pose and blinks stay true, so the DiT follows them (idle motion sets them at inference).
+PREDICTED_CHANNELS=${PREDICTED_CHANNELS:-[jaw_open,mouth_round,mouth_wide,brow_raise,smile,emo_happy,emo_sad,emo_surprised,emo_angry]}
 
 if [ ! -f "$DATA/manifest.jsonl" ]; then
   "$LPM" world synth --out "$DATA" --clips 320 --seconds 4 --res 128 --seed 0
@@ -48,11 +51,12 @@ fi
 # reference and learns what moves). Two runs: the reference path first, then the residual (docs/learning.md).
 "$LPM" distill ode --teacher "$RUNS/ode_tiny" --data "$DATA" --vae "$VAE" --out "$RUNS/online_concat" \
   --steps "$CONCAT_STEPS" --batch 4 target=data reference_concat=true lr=3e-4 warmup_steps=20 \
-  mouth_weight="$MOUTH_WEIGHT" cache_dir="$RUNS/cache" checkpoint_minutes=4 sample_every=0 threads="$THREADS" $EXTRA
+  mouth_weight="$MOUTH_WEIGHT" predicted_channels="$PREDICTED_CHANNELS" cache_dir="$RUNS/cache" \
+  checkpoint_minutes=4 sample_every=0 threads="$THREADS" $EXTRA
 "$LPM" distill ode --teacher "$RUNS/online_concat" --data "$DATA" --vae "$VAE" --out "$RUNS/online_resid" \
-  --steps "$RESID_STEPS" --batch 4 target=data reference_concat=true reference_residual=true lr=3e-4 \
-  warmup_steps=20 mouth_weight="$MOUTH_WEIGHT" cache_dir="$RUNS/cache" checkpoint_minutes=4 sample_every=0 \
-  threads="$THREADS" $EXTRA
+  --steps "$RESID_STEPS" --batch 4 target=data reference_concat=true reference_residual=true reference_warp=true \
+  lr=3e-4 warmup_steps=20 mouth_weight="$MOUTH_WEIGHT" predicted_channels="$PREDICTED_CHANNELS" \
+  cache_dir="$RUNS/cache" checkpoint_minutes=4 sample_every=0 threads="$THREADS" $EXTRA
 # The speech network goes into both exports (the DiTs trained with an earlier copy of it, frozen).
 "$LPM" export --run "$RUNS/base_tiny" --out checkpoints/base_tiny.safetensors --speech "$RUNS/speech_tiny/speech.safetensors"
 "$LPM" export --run "$RUNS/online_resid" --out checkpoints/online_tiny.safetensors \

@@ -11,7 +11,7 @@ import torch
 
 from lpm.models.caption_bag import caption_bag, caption_words
 from lpm.models.dit import DiT
-from lpm.models.motion_track import SpeechMotion, speech_settings, save_speech, widen_track
+from lpm.models.motion_track import SpeechMotion, save_speech, speech_settings, widen_track
 from test_dit import make_inputs, make_model, micro
 
 OLD = ("jaw_open", "head_yaw", "head_pitch", "head_roll")

@@ -243,10 +243,10 @@ def test_ode_stage_with_another_speech_network_takes_its_track_layout(world, tmp
     assert "emo_sad" in channels  # the presets' track holds the text channels: make a teacher without one
     narrow = tuple(c for c in channels if c != "emo_sad")
     narrow_cfg = dataclasses.replace(teacher.cfg, motion_channels=narrow)
+    from lpm.config import to_dict
     from lpm.models.dit import DiT
     from lpm.models.motion_track import widen_track
     from lpm.training.checkpoint import read_metadata, save_checkpoint
-    from lpm.config import to_dict
 
     state = {k: v for k, v in teacher.state_dict().items() if not k.startswith("speech_motion.")}
     keep = [channels.index(c) for c in narrow]

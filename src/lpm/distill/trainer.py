@@ -22,8 +22,8 @@ from lpm.distill.student import rollout, student_times
 from lpm.errors import LpmError
 from lpm.models.dit import DiT, load_dit
 from lpm.models.dit_config import stored_dit_config
-from lpm.models.motion_track import SPEECH_PREFIX, speech_settings, widen_track
 from lpm.models.export import dit_weights_of
+from lpm.models.motion_track import SPEECH_PREFIX, speech_settings, widen_track
 from lpm.training import distributed as D
 from lpm.training.base_batches import Window
 from lpm.training.base_samples import write_sample

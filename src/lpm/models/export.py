@@ -20,8 +20,15 @@ from lpm.config import to_dict
 from lpm.errors import LpmError
 from lpm.models.dit import CHECKPOINT_KIND
 from lpm.models.dit_config import stored_dit_config
-from lpm.models.idle_motion import (IdleMotion, IdleStats, blink_tracks, calibrate_blinks, calibrate_idle,
-                                     head_pose_tracks)
+from lpm.models.idle_motion import (
+    BlinkStats,
+    IdleMotion,
+    IdleStats,
+    blink_tracks,
+    calibrate_blinks,
+    calibrate_idle,
+    head_pose_tracks,
+)
 from lpm.models.motion_track import load_speech, speech_network, speech_reactions
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -40,6 +47,7 @@ class Export:
     num_bytes: int  # size of the exported file
     source_bytes: int  # size of the source file
     idle: IdleStats | None = None  # the idle motion's calibration, when it was turned on
+    blinks: BlinkStats | None = None  # its blinks' calibration, when the track has blink channels
 
 
 def dit_weights_of(run: str | Path, ema: bool = True) -> Path:
@@ -97,7 +105,7 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         state.update({prefix + k: v for k, v in speech_state.items()})
         meta = {**meta, "config": to_dict(cfg)}
         extra["export"]["speech"] = {"path": str(speech), "val_r": speech_extra.get("val_r")}
-    idle = None
+    idle = blinks = None
     if idle_motion is not None:
         cfg = dataclasses.replace(stored_dit_config(meta["config"]), idle_motion=True)  # checks what it needs
         module = IdleMotion(cfg.motion_channels, cfg.latent_channels)
@@ -111,4 +119,4 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)
-    return Export(path, source, dtype, path.stat().st_size, source.stat().st_size, idle)
+    return Export(path, source, dtype, path.stat().st_size, source.stat().st_size, idle, blinks)

@@ -16,6 +16,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if done.idle is not None:
         print(f"idle head motion calibrated on {done.idle.clips} clips: offset std {done.idle.offset_std}, "
               f"sway std {done.idle.sway_std} (track units: degrees / 10)")
+    if done.blinks is not None:
+        print(f"idle blinks calibrated on {done.blinks.blinks} blinks: one per {done.blinks.period:.1f} frames")
     return 0
 
 
