@@ -6,6 +6,9 @@ the truth each, and from the track a DiT checkpoint's speech network predicts; s
 world-FID its motion source costs before any rendering error, and what the VAE alone costs.
 
     python scripts/wfid_floors.py --checkpoint checkpoints/online_tiny.safetensors --out docs/bench/wfid_floors.md
+
+``--dit-true-track`` adds the Online model itself given the clip's *true* track in place of its speech network's
+prediction: its drawing error alone (the rig's row with the same track is the truth, 0).
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import torch
 
 from lpm.audio.mel import LogMel
 from lpm.data.clip import image_to_tensor
+from lpm.eval.dit_systems import OnlineSystem
 from lpm.eval.suites import load_clip, load_instruments, run_clip_suite, select_clips
 from lpm.eval.systems import ClipInputs, System, TruthSystem
 from lpm.models.dit import load_dit
 from lpm.models.latent_codec import load_codec
-from lpm.models.motion_track import track_scale
+from lpm.models.motion_track import to_track, track_scale
 from lpm.training.base_samples import to_uint8
 from lpm.world.motion import MOTION_INDEX, NUM_MOTION
+from lpm.world.motion import MOTION_NAMES as MOTION_NAMES_ALL
 from lpm.world.render import Renderer
 
 HEAD = ("head_yaw", "head_pitch", "head_roll")
@@ -92,6 +97,20 @@ class Predicted:
         return m
 
 
+class TrueTrackOnline(OnlineSystem):
+    """An Online checkpoint streamed as the bench streams it, its speech network's track replaced by the truth."""
+
+    def stream(self, inputs: ClipInputs, chunk_frames: int = 4):
+        true = to_track(torch.from_numpy(inputs.truth_motion), MOTION_NAMES_ALL, self.model.cfg.motion_channels)[None]
+
+        def predict(cond, first: int, num: int) -> torch.Tensor:  # (1, num, P), the last frame held past the end
+            t = true[:, first:first + num]
+            return torch.cat([t, t[:, -1:].expand(-1, num - t.shape[1], -1)], 1) if t.shape[1] < num else t
+
+        self.model.predict_motion = predict
+        return super().stream(inputs, chunk_frames)
+
+
 def with_truth(base, channels: tuple[str, ...], held: bool = False):
     """``base``'s motion with ``channels`` from the truth (``held``: only the truth's clip mean added)."""
     def make(inputs: ClipInputs) -> np.ndarray:
@@ -110,6 +129,8 @@ def main() -> None:
     ap.add_argument("--vae", default="checkpoints/vae_tiny.safetensors")
     ap.add_argument("--clips", type=int, default=12)
     ap.add_argument("--out", default="")
+    ap.add_argument("--dit-true-track", action="store_true",
+                    help="also stream --checkpoint with the true track (minutes: a DiT on 12 clips)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     inst = load_instruments("checkpoints/probe.safetensors", "checkpoints/identity.safetensors",
@@ -124,10 +145,13 @@ def main() -> None:
                 RigSystem("predicted + true emotion", with_truth(pred, EMOTION)),
                 RigSystem("predicted + true emotion + held head", with_truth(with_truth(pred, EMOTION), HEAD, True)),
                 RigSystem("predicted + true emotion + head", with_truth(with_truth(pred, EMOTION), HEAD))]
+    if args.dit_true_track:
+        systems.append(TrueTrackOnline("the Online DiT given the true track", args.checkpoint))
     results, _ = run_clip_suite(systems, rows, loaded, inst, model_clips={"*": args.clips})
     lines = [f"# World-FID floors (rig renders, {args.clips} clips of the quick suite)", "",
              f"Speech network of `{args.checkpoint}`; `python scripts/wfid_floors.py` writes this.", "",
-             "| track rendered by the rig | wFID seen | wFID zero-shot | lip r |", "| --- | --- | --- | --- |"]
+             "| track rendered by the rig (or the DiT) | wFID seen | wFID zero-shot | lip r |",
+             "| --- | --- | --- | --- |"]
     for r in results[1:]:
         s, z = r.metrics["seen"], r.metrics["zeroshot"]
         lines.append(f"| {r.name} | {s['world_fid']:.1f} | {z['world_fid']:.1f} | {s['lipsync_r']:.3f} |")
