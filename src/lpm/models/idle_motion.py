@@ -103,23 +103,28 @@ class IdleMotion(nn.Module):
         return out
 
 
-def head_pose_tracks(data_dir: str | Path, motion_channels: tuple[str, ...], split: str = "train") -> np.ndarray:
-    """The true head-pose tracks ``(N, F, k)`` (track units, ``IdleMotion``'s channel order) of ``data_dir``'s
-    ``split`` clips with motion, cut to the shortest."""
+def true_tracks(data_dir: str | Path, names: tuple[str, ...], what: str, split: str = "train") -> np.ndarray:
+    """The true tracks ``(N, F, len(names))`` (track units, in ``names``' order) of ``data_dir``'s ``split`` clips
+    that have those channels, cut to the shortest; ``what`` names them in the error for too few clips."""
     from lpm.data.clip import read_clip, read_manifest
     from lpm.models.motion_track import to_track
 
-    names = tuple(motion_channels[i] for i in head_channels(motion_channels))
     tracks = []
     for row in read_manifest(data_dir, split):
         clip = read_clip(Path(data_dir) / row["path"], load_video=False)
         if clip.motion is not None and all(n in clip.motion_names for n in names):
             tracks.append(to_track(clip.motion, clip.motion_names, names).numpy())
     if len(tracks) < 2:
-        raise ValueError(f"{data_dir} ({split}): {len(tracks)} clips with head-pose motion; idle motion is "
-                         f"calibrated on the true tracks of a world data set")
+        raise ValueError(f"{data_dir} ({split}): {len(tracks)} clips with {what}; idle motion is calibrated on the "
+                         f"true tracks of a world data set")
     frames = min(len(t) for t in tracks)
     return np.stack([t[:frames] for t in tracks])
+
+
+def head_pose_tracks(data_dir: str | Path, motion_channels: tuple[str, ...], split: str = "train") -> np.ndarray:
+    """The true head-pose tracks ``(N, F, k)`` (``IdleMotion``'s channel order) of ``data_dir``'s clips."""
+    names = tuple(motion_channels[i] for i in head_channels(motion_channels))
+    return true_tracks(data_dir, names, "head-pose motion", split)
 
 
 @dataclass(frozen=True)
@@ -165,20 +170,8 @@ def calibrate_idle(idle: IdleMotion, tracks: np.ndarray, seed: int = 0, scale: f
 
 
 def blink_tracks(data_dir: str | Path, split: str = "train") -> np.ndarray:
-    """The true ``blink_l`` tracks ``(N, F)`` (track units) of ``data_dir``'s ``split`` clips, cut to the shortest."""
-    from lpm.data.clip import read_clip, read_manifest
-    from lpm.models.motion_track import to_track
-
-    tracks = []
-    for row in read_manifest(data_dir, split):
-        clip = read_clip(Path(data_dir) / row["path"], load_video=False)
-        if clip.motion is not None and BLINK_CHANNELS[0] in clip.motion_names:
-            tracks.append(to_track(clip.motion, clip.motion_names, BLINK_CHANNELS[:1]).numpy()[:, 0])
-    if len(tracks) < 2:
-        raise ValueError(f"{data_dir} ({split}): {len(tracks)} clips with blinks; idle blinks are calibrated on the "
-                         f"true tracks of a world data set")
-    frames = min(len(t) for t in tracks)
-    return np.stack([t[:frames] for t in tracks])
+    """The true ``blink_l`` tracks ``(N, F)`` of ``data_dir``'s clips."""
+    return true_tracks(data_dir, BLINK_CHANNELS[:1], "blinks", split)[..., 0]
 
 
 @dataclass(frozen=True)
