@@ -24,10 +24,9 @@ from lpm.models.idle_motion import (
     BlinkStats,
     IdleMotion,
     IdleStats,
-    blink_tracks,
     calibrate_blinks,
     calibrate_idle,
-    head_pose_tracks,
+    idle_tracks,
 )
 from lpm.models.motion_track import load_speech, speech_network, speech_reactions
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
@@ -109,8 +108,9 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
     if idle_motion is not None:
         cfg = dataclasses.replace(stored_dit_config(meta["config"]), idle_motion=True)  # checks what it needs
         module = IdleMotion(cfg.motion_channels, cfg.latent_channels)
-        idle = calibrate_idle(module, head_pose_tracks(idle_motion, cfg.motion_channels), scale=idle_scale)
-        blinks = calibrate_blinks(module, blink_tracks(idle_motion)) if len(module.blink_channels) else None
+        head, blink = idle_tracks(idle_motion, cfg.motion_channels)
+        idle = calibrate_idle(module, head, scale=idle_scale)
+        blinks = calibrate_blinks(module, blink) if blink is not None else None
         state = {k: v for k, v in state.items() if not k.startswith("idle_motion.")}
         state.update({f"idle_motion.{k}": v for k, v in module.state_dict().items()})
         meta = {**meta, "config": to_dict(cfg)}

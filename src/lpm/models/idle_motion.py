@@ -103,28 +103,29 @@ class IdleMotion(nn.Module):
         return out
 
 
-def true_tracks(data_dir: str | Path, names: tuple[str, ...], what: str, split: str = "train") -> np.ndarray:
-    """The true tracks ``(N, F, len(names))`` (track units, in ``names``' order) of ``data_dir``'s ``split`` clips
-    that have those channels, cut to the shortest; ``what`` names them in the error for too few clips."""
+def idle_tracks(data_dir: str | Path, motion_channels: tuple[str, ...],
+                split: str = "train") -> tuple[np.ndarray, np.ndarray | None]:
+    """What idle motion is calibrated on, read in one pass over ``data_dir``'s ``split`` clips with those channels
+    (cut to the shortest): the true head-pose tracks ``(N, F, k)`` (track units, ``IdleMotion``'s channel order)
+    and, when the track has blink channels, the true ``blink_l`` tracks ``(N, F)`` (else None)."""
     from lpm.data.clip import read_clip, read_manifest
     from lpm.models.motion_track import to_track
 
+    head = tuple(motion_channels[i] for i in head_channels(motion_channels))
+    blinks = any(c in motion_channels for c in BLINK_CHANNELS)
+    names = head + (BLINK_CHANNELS[:1] if blinks else ())
     tracks = []
     for row in read_manifest(data_dir, split):
         clip = read_clip(Path(data_dir) / row["path"], load_video=False)
         if clip.motion is not None and all(n in clip.motion_names for n in names):
             tracks.append(to_track(clip.motion, clip.motion_names, names).numpy())
     if len(tracks) < 2:
+        what = "head-pose motion and blinks" if blinks else "head-pose motion"
         raise ValueError(f"{data_dir} ({split}): {len(tracks)} clips with {what}; idle motion is calibrated on the "
                          f"true tracks of a world data set")
     frames = min(len(t) for t in tracks)
-    return np.stack([t[:frames] for t in tracks])
-
-
-def head_pose_tracks(data_dir: str | Path, motion_channels: tuple[str, ...], split: str = "train") -> np.ndarray:
-    """The true head-pose tracks ``(N, F, k)`` (``IdleMotion``'s channel order) of ``data_dir``'s clips."""
-    names = tuple(motion_channels[i] for i in head_channels(motion_channels))
-    return true_tracks(data_dir, names, "head-pose motion", split)
+    both = np.stack([t[:frames] for t in tracks])  # (N, F, k [+ 1])
+    return both[..., :len(head)], (both[..., len(head)] if blinks else None)
 
 
 @dataclass(frozen=True)
@@ -167,11 +168,6 @@ def calibrate_idle(idle: IdleMotion, tracks: np.ndarray, seed: int = 0, scale: f
         idle.sway_std.copy_(torch.tensor(stats.sway_std))
         idle.frequencies.copy_(torch.tensor(np.array(stats.frequencies)))
     return stats
-
-
-def blink_tracks(data_dir: str | Path, split: str = "train") -> np.ndarray:
-    """The true ``blink_l`` tracks ``(N, F)`` of ``data_dir``'s clips."""
-    return true_tracks(data_dir, BLINK_CHANNELS[:1], "blinks", split)[..., 0]
 
 
 @dataclass(frozen=True)

@@ -284,11 +284,10 @@ def widen_track(state: dict[str, torch.Tensor], old: tuple[str, ...], new: tuple
 def speech_settings(path: str | Path) -> dict[str, Any]:
     """The DiT config fields a speech checkpoint defines (``SPEECH_FIELDS`` but the mel, and the reactions'): what
     a DiT takes on when this network is swapped into it."""
+    from lpm.models.dit_config import stored_dit_config  # dit_config imports this module
+
     meta = read_metadata(path)
     if meta["kind"] != SPEECH_KIND:
         raise CheckpointError(f"checkpoint {path} holds {meta['kind']!r} weights, expected {SPEECH_KIND!r}")
-    stored = {**SPEECH_FIELD_DEFAULTS, **meta["config"]}
-    out = {k: stored[k] for k in SPEECH_FIELDS if k != "mel"}
-    out["motion_channels"] = tuple(out["motion_channels"])
-    out["speech_dilations"] = tuple(out["speech_dilations"])
-    return {**out, **reaction_settings(stored)}
+    cfg = stored_dit_config(meta["config"])  # fields added since it was saved at their defaults, lists as tuples
+    return {k: getattr(cfg, k) for k in (*SPEECH_FIELDS, *REACTION_FIELDS) if k != "mel"}
