@@ -28,8 +28,7 @@ from lpm.models.dit import load_dit
 from lpm.models.latent_codec import load_codec
 from lpm.models.motion_track import to_track, track_scale
 from lpm.training.base_samples import to_uint8
-from lpm.world.motion import MOTION_INDEX, NUM_MOTION
-from lpm.world.motion import MOTION_NAMES as MOTION_NAMES_ALL
+from lpm.world.motion import MOTION_INDEX, MOTION_NAMES, NUM_MOTION
 from lpm.world.render import Renderer
 
 HEAD = ("head_yaw", "head_pitch", "head_roll")
@@ -101,7 +100,7 @@ class TrueTrackOnline(OnlineSystem):
     """An Online checkpoint streamed as the bench streams it, its speech network's track replaced by the truth."""
 
     def stream(self, inputs: ClipInputs, chunk_frames: int = 4):
-        true = to_track(torch.from_numpy(inputs.truth_motion), MOTION_NAMES_ALL, self.model.cfg.motion_channels)[None]
+        true = to_track(torch.from_numpy(inputs.truth_motion), MOTION_NAMES, self.model.cfg.motion_channels)[None]
 
         def predict(cond, first: int, num: int) -> torch.Tensor:  # (1, num, P), the last frame held past the end
             t = true[:, first:first + num]
