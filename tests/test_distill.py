@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import socket
 import sys
@@ -142,6 +143,26 @@ def test_ode_stage_on_data_adds_the_reference_path_and_needs_no_pairs(world, tmp
     assert student.reference_in.weight.abs().sum() > 0  # trained from zero
     with pytest.raises(ConfigError, match="target"):
         load_ode_config(None, [*TRAIN_KEYS, f"teacher={base}", "target=teachers"])
+
+
+def test_ode_stage_regresses_its_own_rollouts(world, tmp_path):
+    """own_rollout=1: every step streams the student through its KV cache and regresses that onto the data."""
+    data, vae, base = world
+    run = tmp_path / "ode_own"
+    cfg = load_ode_config(None, [*TRAIN_KEYS, f"teacher={base}", "target=data", "own_rollout=1", "steps=2",
+                                 "batch=2", "checkpoint_every=2"])
+    result = OdeDistiller(cfg, data, str(vae), run).run()
+    assert result["step"] == 2
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in logged if "loss" in r]
+    assert steps and all(r["own_rollout"] == 1.0 and math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in steps)
+    teacher = load_dit(Path(base) / "dit_ema.safetensors").state_dict()
+    student = load_dit(run / "dit.safetensors").state_dict()
+    assert any(not torch.equal(teacher[k], v) for k, v in student.items() if k in teacher)  # it trained
+    with pytest.raises(ConfigError, match="own_rollout"):
+        load_ode_config(None, [*TRAIN_KEYS, f"teacher={base}", "own_rollout=0.5"])  # needs target=data
+    with pytest.raises(ConfigError, match="own_rollout"):
+        load_ode_config(None, [*TRAIN_KEYS, f"teacher={base}", "target=data", "own_rollout=2"])
 
 
 def test_dmd_stage_updates_generator_and_fake_score(world, tmp_path):

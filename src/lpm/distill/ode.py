@@ -28,8 +28,9 @@ from tqdm import tqdm
 
 from lpm.config import ConfigError, load_config
 from lpm.diffusion.cfg import GuidanceSpec, guided
+from lpm.diffusion.flow import Batch
 from lpm.diffusion.samplers import sample_euler
-from lpm.distill.student import causal_inputs, teacher_grid
+from lpm.distill.student import causal_inputs, rollout, teacher_grid
 from lpm.distill.trainer import DistillConfig, DistillTrainer
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_path
@@ -38,6 +39,7 @@ from lpm.training.base_batches import Window
 from lpm.training.vae_trainer import autocast
 
 PAIR_SEED = 7919  # separates the pair draws from the training batches of the same seed
+ROLLOUT_SEED = 104729  # separates the own-rollout draws (``own_rollout``) from them too
 ODE_TARGETS = ("teacher", "data")
 
 
@@ -60,11 +62,21 @@ class OdeConfig(DistillConfig):
     # matching at the student's few times, no teacher pass). ``data`` is for a student whose teacher lacks a path
     # it has (``reference_concat``): regressing onto the teacher's output would teach it the teacher's smear.
     target: str = "teacher"
+    # Share of steps (``target=data`` only) whose loss regresses the student's own streamed rollout onto the data
+    # (Self-Forcing's inputs: each chunk from noise through the KV cache, its context the student's own earlier
+    # chunks, a later denoising step fed the student's own earlier prediction; the gradient through one step drawn
+    # per rollout). The other steps see clean context and the data noised to the student's times, which is not
+    # what streaming feeds the second step or the next chunk (exposure bias).
+    own_rollout: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.target not in ODE_TARGETS:
             raise ConfigError(f"target must be one of {', '.join(ODE_TARGETS)}, got {self.target!r}")
+        if not 0 <= self.own_rollout <= 1:
+            raise ConfigError(f"own_rollout must be in [0, 1], got {self.own_rollout}")
+        if self.own_rollout > 0 and self.target != "data":
+            raise ConfigError("own_rollout regresses the student's rollouts onto the data: it needs target=data")
         if self.speech and self.target != "data":
             raise ConfigError("speech= gives the student another motion track than its teacher renders: use "
                               "target=data (regress onto the data, not the teacher's trajectories)")
@@ -150,17 +162,65 @@ class OdeDistiller(DistillTrainer):
             print(f"{len(self.pair_windows)} teacher trajectories, student times {self.times}", flush=True)
 
     # ---- the objective ----
+    def _data_batch(self, rng: np.random.Generator, part: slice) -> Batch:
+        """This rank's share of a batch of training windows, with dropout and (for some) the track from audio."""
+        cfg = self.cfg
+        windows = self.sampler.windows(rng, cfg.batch)[part]
+        drop = self.sampler.draw_dropout(rng, cfg.batch)
+        batch = self.sampler.assemble(windows, {k: v[part] for k, v in drop.items()})
+        self._predicted_motion(batch, rng)
+        return batch
+
+    def _predicted_motion(self, batch: Batch, rng: np.random.Generator) -> None:
+        """As the Base: ``predicted_motion`` of the samples see the track predicted from their audio."""
+        if batch.cond.motion is not None and self.cfg.predicted_motion > 0:
+            batch.cond.motion_from_audio = self.sampler.motion_from_audio(rng, len(batch.x_0))
+
+    def _weighted(self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> OdeLoss:
+        """The face-weighted squared error of ``pred`` against ``target`` (both ``(B, F, C, h, w)``) under
+        ``weights`` ``(B, F, h, w)``, normalised per sample."""
+        err = (pred - target).square().mean(2)  # (B, F, h, w)
+        per_sample = (err * weights).flatten(1).sum(1) / weights.flatten(1).sum(1)
+        return OdeLoss(loss=per_sample.mean(), per_sample=per_sample)
+
+    def _rollout_loss(self, step: int, part: slice) -> OdeLoss:
+        """``own_rollout``: the student streams the windows from noise through its KV cache (``rollout``), the
+        gradient through one denoising step drawn for the batch, and every chunk is regressed onto the data."""
+        cfg, device = self.cfg, self.info.device
+        rng = np.random.default_rng([cfg.seed, step, ROLLOUT_SEED])
+        batch = self._data_batch(rng, part)
+        target = batch.x_0.to(device)
+        shape = tuple(target.shape)
+        full = (cfg.batch, *shape[1:])  # drawn for the global batch, so every rank count sees the same noise
+        noise = torch.from_numpy(rng.standard_normal(full).astype(np.float32))[part].to(device)
+        renoise = torch.from_numpy(rng.standard_normal((len(self.times) - 2, *full)).astype(np.float32))
+        renoise = renoise[:, part].to(device)
+        exit_step = int(rng.integers(0, len(self.times) - 1))
+        with autocast(device, self.autocast_dtype):
+            video = rollout(self.model, self.flow, batch.cond.to(device), shape, self.times, noise, renoise,
+                            exit_step, self.dit_cfg).video
+        return self._weighted(video.float(), target, batch.weights.to(device))
+
+    def train_step(self, step: int) -> dict[str, float]:
+        out = super().train_step(step)
+        if self.cfg.own_rollout > 0:
+            out["own_rollout"] = float(self._last_rollout)
+        return out
+
     def _loss(self, step: int) -> OdeLoss:
         cfg, info = self.cfg, self.info
-        rng = np.random.default_rng([cfg.seed, step])
         b = cfg.batch
+        part = slice(info.rank * b // info.world_size, (info.rank + 1) * b // info.world_size)
+        self._last_rollout = cfg.own_rollout > 0 and np.random.default_rng(
+            [cfg.seed, step, ROLLOUT_SEED, 1]).random() < cfg.own_rollout
+        if self._last_rollout:
+            return self._rollout_loss(step, part)
+        rng = np.random.default_rng([cfg.seed, step])
         chunk = torch.from_numpy(rng.integers(0, cfg.frames // self.dit_cfg.frames_per_chunk, b))
         step_i = torch.from_numpy(rng.integers(0, len(self.times) - 1, b))
-        part = slice(info.rank * b // info.world_size, (info.rank + 1) * b // info.world_size)
         chunk, step_i = chunk[part], step_i[part]
         if cfg.target == "data":
-            windows = self.sampler.windows(rng, b)[part]
-            batch = self.sampler.assemble(windows, {k: v[part] for k, v in self.sampler.draw_dropout(rng, b).items()})
+            batch = self._data_batch(rng, part)
             target = batch.x_0
             noise = torch.from_numpy(rng.standard_normal(target.shape).astype(np.float32))
             t = torch.tensor(self.times[:-1])[:, None, None, None, None]  # (S, 1, 1, 1, 1)
@@ -170,9 +230,7 @@ class OdeDistiller(DistillTrainer):
             batch = self.sampler.assemble([self.pair_windows[i] for i in idx],
                                           {k: v[idx] for k, v in self.pair_drop.items()})
             states, target = self.pair_states[idx], self.pair_ends[idx]
-        n = len(target)
-        if batch.cond.motion is not None and cfg.predicted_motion > 0:  # as the Base: some see the track from audio
-            batch.cond.motion_from_audio = self.sampler.motion_from_audio(rng, n)
+            self._predicted_motion(batch, rng)
         device = info.device
         target = target.to(device)
         inputs = causal_inputs(states.to(device), target, self.times, chunk.to(device),
@@ -180,10 +238,7 @@ class OdeDistiller(DistillTrainer):
         with autocast(device, self.autocast_dtype):
             out = self.model(inputs.x_t, inputs.t, batch.cond.to(device))
         pred = self.flow.x0(out.float(), inputs.x_t, inputs.t)
-        err = (pred - target).square().mean(2)  # (B, F, h, w)
-        w = batch.weights.to(device) * inputs.loss_mask[..., None, None]
-        per_sample = (err * w).flatten(1).sum(1) / w.flatten(1).sum(1)
-        return OdeLoss(loss=per_sample.mean(), per_sample=per_sample)
+        return self._weighted(pred, target, batch.weights.to(device) * inputs.loss_mask[..., None, None])
 
 
 def load_ode_config(yaml_path: str | None, overrides: list[str]) -> OdeConfig:
