@@ -1,6 +1,7 @@
 """PNG plot of the Base trainer's curves from ``RUN/log.jsonl``: loss (raw and smoothed) and gradient norm; the
 audio-use checks (``lpm.training.diagnostics``) when logged; for a DMD run (rows with ``dmd_loss``) also the
-generator's DMD loss and the score gap on its update steps."""
+generator's DMD loss and the score gap on its update steps; for an ODE run with ``own_rollout`` the smoothed loss of
+its rollout steps and of its teacher-forced steps apart."""
 
 from __future__ import annotations
 
@@ -46,6 +47,10 @@ def plot_base_losses(log_path: Path, out_path: Path) -> None:
     ax1, ax2 = axes[0], axes[1]
     ax1.plot(steps, loss, alpha=0.3, label="loss")
     ax1.plot(steps, moving_average(loss, SMOOTH_STEPS), label=f"mean of {SMOOTH_STEPS}")
+    own = np.array([bool(r.get("own_rollout", 0.0)) for r in rows])
+    if own.any() and not own.all():  # lpm distill ode own_rollout=: the two inputs' losses apart
+        for mask, label in ((own, "own rollout"), (~own, "data noised (teacher-forced)")):
+            ax1.plot(steps[mask], moving_average(loss[mask], SMOOTH_STEPS), label=f"{label}, mean of {SMOOTH_STEPS}")
     ax1.set_yscale("log")
     ax1.set_xlabel("step")
     ax1.set_ylabel("weighted MSE (the objective's space)")
