@@ -78,6 +78,23 @@ def test_export_bf16_roundtrip(tmp_path):
         export_dit(tmp_path / "empty", tmp_path / "x.safetensors")
 
 
+def test_export_sets_the_kv_cache_shape(tmp_path):
+    """``lpm export --cache SINK,WINDOW``: the same weights, a streamed cache of another shape."""
+    src = save_dit(tmp_path / "model.safetensors", small_dit(0, attention="block_causal"), extra={"step": 1})
+    assert main(["export", "--run", str(src), "--out", str(tmp_path / "w1.safetensors"), "--dtype", "fp32",
+                 "--cache", "0,1"]) == 0
+    narrow = load_dit(tmp_path / "w1.safetensors")
+    assert (narrow.cfg.sink_chunks, narrow.cfg.window_chunks) == (0, 1)
+    assert read_metadata(tmp_path / "w1.safetensors")["extra"]["export"]["cache"] == {"sink_chunks": 0,
+                                                                                      "window_chunks": 1}
+    wide = load_dit(src)
+    assert all(torch.equal(v, wide.state_dict()[k]) for k, v in narrow.state_dict().items())
+    with pytest.raises(LpmError, match="window chunks >= 1"):
+        export_dit(src, tmp_path / "bad.safetensors", cache=(1, 0))
+    with pytest.raises(SystemExit):  # argparse: a usage error naming the expected form
+        main(["export", "--run", str(src), "--out", str(tmp_path / "x.safetensors"), "--cache", "one"])
+
+
 def _frames_of_first_chunk(engine: DiTEngine) -> np.ndarray:
     pcm = (np.random.default_rng(0).standard_normal(SR) * 0.1).astype(np.float32)
     end = samples_for_frames(engine.frames_per_chunk + engine.lookahead_frames)

@@ -70,7 +70,7 @@ def dit_weights_of(run: str | Path, ema: bool = True) -> Path:
 
 def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = "bf16",
                speech: str | Path | None = None, idle_motion: str | Path | None = None,
-               idle_scale: float = 1.0) -> Export:
+               idle_scale: float = 1.0, cache: tuple[int, int] | None = None) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -82,6 +82,8 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
             more data after the DiT trained: the DiT renders whatever track it is given).
         idle_motion: a world data set: turn on ``idle_motion`` calibrated on its train clips' head-pose tracks.
         idle_scale: the idle motion's amplitudes times this (1 = the measured spread).
+        cache: ``(sink_chunks, window_chunks)`` of the streamed model's KV cache, replacing the run's (the same
+            weights attend to fewer or more earlier chunks; a model trained on 2-chunk windows saw one).
     """
     if dtype not in EXPORT_DTYPES:
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
@@ -116,6 +118,13 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         meta = {**meta, "config": to_dict(cfg)}
         extra["export"]["idle_motion"] = {"data": str(idle_motion), **dataclasses.asdict(idle),
                                           "blinks": None if blinks is None else dataclasses.asdict(blinks)}
+    if cache is not None:
+        sink, window = cache
+        if sink < 0 or window < 1:
+            raise LpmError(f"the KV cache needs sink chunks >= 0 and window chunks >= 1, got {sink},{window}")
+        cfg = dataclasses.replace(stored_dit_config(meta["config"]), sink_chunks=sink, window_chunks=window)
+        meta = {**meta, "config": to_dict(cfg)}
+        extra["export"]["cache"] = {"sink_chunks": sink, "window_chunks": window}
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)

@@ -10,7 +10,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lpm.models.export import export_dit
 
     done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech,
-                      idle_motion=args.idle_motion, idle_scale=args.idle_scale)
+                      idle_motion=args.idle_motion, idle_scale=args.idle_scale, cache=args.cache)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
     if done.idle is not None:
@@ -40,6 +40,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cache_shape(text: str) -> tuple[int, int]:
+    """``--cache SINK,WINDOW`` -> ``(sink, window)`` (argparse reports a malformed value as a usage error)."""
+    try:
+        sink, window = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SINK,WINDOW as two integers (e.g. 1,1), got {text!r}") from None
+    return sink, window
+
+
 def register(sub, groups) -> None:
     # No model imports here: building the parser stays cheap for every other command.
     p = sub.add_parser("export", help="a run's DiT weights (EMA by default) as one inference checkpoint")
@@ -56,6 +65,9 @@ def register(sub, groups) -> None:
                         "of DATA's train clips (a world data set, e.g. data/world128)")
     p.add_argument("--idle-scale", type=float, default=1.0,
                    help="the idle motion's amplitudes times this (1 = the spread measured on the data)")
+    p.add_argument("--cache", default=None, type=cache_shape, metavar="SINK,WINDOW",
+                   help="the streamed model's KV cache: sink chunks kept forever and the rolling window of recent "
+                        "chunks (default: the run's)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="offline generation: reference image(s) and voices -> mp4")
