@@ -95,6 +95,21 @@ def test_export_sets_the_kv_cache_shape(tmp_path):
         main(["export", "--run", str(src), "--out", str(tmp_path / "x.safetensors"), "--cache", "one"])
 
 
+def test_export_fewer_online_steps(tmp_path):
+    """``lpm export --online-steps 1``: the first trained time, then 0; the engine then runs one forward per chunk."""
+    src = online_checkpoint(tmp_path / "online.safetensors")
+    out = export_dit(src, tmp_path / "one.safetensors", online_steps=1)
+    meta = read_metadata(out.path)
+    assert meta["extra"]["online"]["timesteps"] == [1.0, 0.0] and meta["extra"]["export"]["online_steps"] == 1
+    assert meta["extra"]["online"]["sampler"] == "renoise"
+    assert read_metadata(src)["extra"]["online"]["timesteps"] == [1.0, 0.75, 0.0]  # the source is untouched
+    with pytest.raises(LpmError, match="must be 1..2, got 3"):
+        export_dit(src, tmp_path / "x.safetensors", online_steps=3)
+    plain = save_dit(tmp_path / "base.safetensors", small_dit(0), extra={"step": 1})
+    with pytest.raises(LpmError, match="not an Online checkpoint"):
+        export_dit(plain, tmp_path / "x.safetensors", online_steps=1)
+
+
 def _frames_of_first_chunk(engine: DiTEngine) -> np.ndarray:
     pcm = (np.random.default_rng(0).standard_normal(SR) * 0.1).astype(np.float32)
     end = samples_for_frames(engine.frames_per_chunk + engine.lookahead_frames)

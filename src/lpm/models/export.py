@@ -68,9 +68,23 @@ def dit_weights_of(run: str | Path, ema: bool = True) -> Path:
     raise LpmError(f"run {run} has no {names}{hint}; is it a run of `lpm train base` or a distillation stage?")
 
 
+def fewer_steps(online: dict | None, steps: int, source: Path) -> dict:
+    """An Online checkpoint's ``extra.online`` with ``steps`` denoising steps per chunk: the first ``steps`` of the
+    times it was distilled with, then 0 (the renoising sampler re-noises each prediction to the next time, so a
+    prefix of the trained times is still what the student was trained on)."""
+    if not online or "timesteps" not in online:
+        raise LpmError(f"{source} is not an Online checkpoint (no extra.online.timesteps): nothing to shorten")
+    trained = [float(t) for t in online["timesteps"]]
+    if not 1 <= steps <= len(trained) - 1:
+        raise LpmError(f"{source} was distilled with {len(trained) - 1} steps per chunk (times {trained}); "
+                       f"--online-steps must be 1..{len(trained) - 1}, got {steps}")
+    return {**online, "timesteps": trained[:steps] + [0.0]}
+
+
 def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = "bf16",
                speech: str | Path | None = None, idle_motion: str | Path | None = None,
-               idle_scale: float = 1.0, cache: tuple[int, int] | None = None) -> Export:
+               idle_scale: float = 1.0, cache: tuple[int, int] | None = None,
+               online_steps: int | None = None) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -84,6 +98,8 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         idle_scale: the idle motion's amplitudes times this (1 = the measured spread).
         cache: ``(sink_chunks, window_chunks)`` of the streamed model's KV cache, replacing the run's (the same
             weights attend to fewer or more earlier chunks; a model trained on 2-chunk windows saw one).
+        online_steps: denoising steps per chunk of the streamed model, fewer than it was distilled with: its
+            timesteps become the first ``online_steps`` trained times then 0 (1: the prediction from noise alone).
     """
     if dtype not in EXPORT_DTYPES:
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
@@ -125,6 +141,9 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         cfg = dataclasses.replace(stored_dit_config(meta["config"]), sink_chunks=sink, window_chunks=window)
         meta = {**meta, "config": to_dict(cfg)}
         extra["export"]["cache"] = {"sink_chunks": sink, "window_chunks": window}
+    if online_steps is not None:
+        extra["online"] = fewer_steps(extra.get("online"), online_steps, source)
+        extra["export"]["online_steps"] = online_steps
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)

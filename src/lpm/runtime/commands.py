@@ -10,7 +10,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lpm.models.export import export_dit
 
     done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech,
-                      idle_motion=args.idle_motion, idle_scale=args.idle_scale, cache=args.cache)
+                      idle_motion=args.idle_motion, idle_scale=args.idle_scale, cache=args.cache,
+                      online_steps=args.online_steps)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
     if done.idle is not None:
@@ -68,6 +69,9 @@ def register(sub, groups) -> None:
     p.add_argument("--cache", default=None, type=cache_shape, metavar="SINK,WINDOW",
                    help="the streamed model's KV cache: sink chunks kept forever and the rolling window of recent "
                         "chunks (default: the run's)")
+    p.add_argument("--online-steps", type=int, default=None, metavar="N",
+                   help="denoising steps per chunk of an Online checkpoint, fewer than it was distilled with "
+                        "(its first N times, then 0; 1 = one forward per chunk)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="offline generation: reference image(s) and voices -> mp4")
