@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The tiny models, end to end, on CPU: data -> speech network -> Base -> ODE init -> Online on data -> export.
+# The tiny models, end to end, on CPU: data -> speech network -> Base -> ODE init -> Online on data -> the Base of
+# the Online model's shape -> export.
 # The shipped checkpoints are this CPU run fine-tuned on a lent H100 (scripts/gpu_tiny.sh; checkpoints/README.md).
 # Every stage is resumable: rerun this script after a stop and each stage continues from its last checkpoint
 # (a finished stage returns at once). Figures and wall times of the shipped run: checkpoints/README.md.
@@ -25,6 +26,7 @@ SPEECH_STEPS=${SPEECH_STEPS:-4000}
 SPEECH_WORLD_CLIPS=${SPEECH_WORLD_CLIPS:-2000}  # extra world clips made in memory for the speech network
 CONCAT_STEPS=${CONCAT_STEPS:-1000}
 RESID_STEPS=${RESID_STEPS:-1000}
+BASE_SAME_STEPS=${BASE_SAME_STEPS:-900}
 BASE_INIT=${BASE_INIT:-}      # "" = the Base from random weights
 MOUTH_WEIGHT=${MOUTH_WEIGHT:-20}
 PREDICTED_MOTION=${PREDICTED_MOTION:-0.25}
@@ -57,10 +59,17 @@ fi
   --steps "$RESID_STEPS" --batch 4 target=data reference_concat=true reference_residual=true reference_warp=true \
   lr=3e-4 warmup_steps=20 mouth_weight="$MOUTH_WEIGHT" predicted_channels="$PREDICTED_CHANNELS" \
   cache_dir="$RUNS/cache" checkpoint_minutes=4 sample_every=0 threads="$THREADS" $EXTRA
+# The shipped Base: the Online model's weights trained bidirectionally at every flow time, so the teacher has the
+# student's shape (reference path, track) for DMD (docs/learning.md, arm 22).
+"$LPM" train base --data "$DATA" --vae "$VAE" --preset tiny --out "$RUNS/base_same" --steps "$BASE_SAME_STEPS" \
+  model.reference_concat=true model.reference_residual=true model.reference_warp=true \
+  init="$RUNS/online_resid/dit_ema.safetensors" flow.loss_space=x0 mouth_weight="$MOUTH_WEIGHT" \
+  predicted_channels="$PREDICTED_CHANNELS" lr=2e-4 warmup_steps=50 ema_decay=0.995 audio_check_every=0 \
+  sample_every=0 cache_dir="$RUNS/cache" checkpoint_minutes=4 threads="$THREADS" $EXTRA
 # The speech network goes into both exports (the DiTs trained with an earlier copy of it, frozen).
-"$LPM" export --run "$RUNS/base_tiny" --out checkpoints/base_tiny.safetensors --speech "$RUNS/speech_tiny/speech.safetensors"
+"$LPM" export --run "$RUNS/base_same" --out checkpoints/base_tiny.safetensors --speech "$RUNS/speech_tiny/speech.safetensors"
 "$LPM" export --run "$RUNS/online_resid" --out checkpoints/online_tiny.safetensors \
   --speech "$RUNS/speech_tiny/speech.safetensors"
 cp "$RUNS/speech_tiny/speech.safetensors" checkpoints/speech_tiny.safetensors
-# DMD (lpm distill dmd) is not in this chain: its teacher must share the student's config, and the Base has no
-# reference path; it stays runnable on students of the same shape (tests/test_distill.py).
+# DMD (lpm distill dmd --teacher runs/base_same --student runs/online_resid) is not in this chain: it is not yet
+# measured on the tiny models (tests/test_distill.py runs it).
