@@ -94,6 +94,7 @@ class OdeDistiller(DistillTrainer):
     """One ODE-regression run (see the module docstring)."""
 
     stage = "ode"
+    _last_rollout: bool = False  # whether the last ``_loss`` was an own-rollout step (logged as ``own_rollout``)
 
     def setup(self) -> None:
         super().setup()
