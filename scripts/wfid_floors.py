@@ -22,6 +22,7 @@ import torch
 from lpm.audio.mel import LogMel
 from lpm.data.clip import image_to_tensor
 from lpm.eval.dit_systems import OnlineSystem
+from lpm.eval.metrics import pearson
 from lpm.eval.suites import load_clip, load_instruments, run_clip_suite, select_clips
 from lpm.eval.systems import ClipInputs, System, TruthSystem
 from lpm.models.dit import load_dit
@@ -129,11 +130,8 @@ def channel_agreement(truth, system, split: str = "val") -> dict[str, float]:
     mine = [r for r in system.readings if r.split == split]
     a = np.concatenate([by_id[r.inputs_id].track.motion for r in mine])
     b = np.concatenate([r.track.motion for r in mine])
-    out = {}
-    for name, i in MOTION_INDEX.items():
-        if a[:, i].std() > 1e-6 and b[:, i].std() > 1e-6:
-            out[name] = float(np.corrcoef(a[:, i], b[:, i])[0, 1])
-    return out
+    rs = {name: pearson(a[:, i], b[:, i]) for name, i in MOTION_INDEX.items()}
+    return {name: r for name, r in rs.items() if not np.isnan(r)}
 
 
 def main() -> None:

@@ -94,7 +94,6 @@ class OdeDistiller(DistillTrainer):
     """One ODE-regression run (see the module docstring)."""
 
     stage = "ode"
-    _last_rollout: bool = False  # whether the last ``_loss`` was an own-rollout step (logged as ``own_rollout``)
 
     def setup(self) -> None:
         super().setup()
@@ -202,19 +201,23 @@ class OdeDistiller(DistillTrainer):
                             exit_step, self.dit_cfg).video
         return self._weighted(video.float(), target, batch.weights.to(device))
 
+    def _is_rollout_step(self, step: int) -> bool:
+        """Whether step ``step`` regresses the student's own rollout (``own_rollout``; a function of seed and step)."""
+        cfg = self.cfg
+        draw = np.random.default_rng([cfg.seed, step, ROLLOUT_SEED, 1]).random()
+        return cfg.own_rollout > 0 and draw < cfg.own_rollout
+
     def train_step(self, step: int) -> dict[str, float]:
         out = super().train_step(step)
         if self.cfg.own_rollout > 0:
-            out["own_rollout"] = float(self._last_rollout)
+            out["own_rollout"] = float(self._is_rollout_step(step))
         return out
 
     def _loss(self, step: int) -> OdeLoss:
         cfg, info = self.cfg, self.info
         b = cfg.batch
         part = slice(info.rank * b // info.world_size, (info.rank + 1) * b // info.world_size)
-        self._last_rollout = cfg.own_rollout > 0 and np.random.default_rng(
-            [cfg.seed, step, ROLLOUT_SEED, 1]).random() < cfg.own_rollout
-        if self._last_rollout:
+        if self._is_rollout_step(step):
             return self._rollout_loss(step, part)
         rng = np.random.default_rng([cfg.seed, step])
         chunk = torch.from_numpy(rng.integers(0, cfg.frames // self.dit_cfg.frames_per_chunk, b))
