@@ -22,7 +22,7 @@ from lpm.config import ConfigError
 from lpm.diffusion import FlowMatching
 from lpm.distill.dmd import DmdDistiller, dmd_gradient, load_dmd_config
 from lpm.distill.ode import OdeDistiller, load_ode_config
-from lpm.distill.student import causal_inputs, rollout, student_times, teacher_grid
+from lpm.distill.student import causal_inputs, face_weighted_error, rollout, student_times, teacher_grid
 from lpm.models import load_dit
 from lpm.training.base_trainer import BaseTrainer, load_base_config
 from lpm.training.conditioned import ConditionedDiT
@@ -184,6 +184,33 @@ def test_dmd_stage_updates_generator_and_fake_score(world, tmp_path):
     assert any(not torch.equal(state["fake"][k], teacher[k]) for k in teacher)  # the fake score moved
     ode_student = ConditionedDiT(load_dit(ode / "dit.safetensors")).state_dict()
     assert any(not torch.equal(state["model"][k], ode_student[k]) for k in ode_student)  # so did the generator
+
+
+def test_face_weighted_error_counts_only_weighted_cells():
+    pred, target = torch.zeros(2, 2, 3, 4, 4), torch.zeros(2, 2, 3, 4, 4)
+    pred[:, :, :, :2] = 5.0  # wrong on the top half only
+    weights = torch.zeros(2, 2, 4, 4)
+    weights[:, :, 2:] = 1.0  # ...which carries no weight
+    assert torch.equal(face_weighted_error(pred, target, weights), torch.zeros(2))
+    weights[1, :, :2] = 3.0  # sample 1 weighs the wrong half 3x
+    err = face_weighted_error(pred, target, weights)
+    assert err[0] == 0 and torch.isclose(err[1], torch.tensor(25.0 * 3 / 4))
+
+
+def test_dmd_regression_anchor_logs_and_validates(world, tmp_path):
+    """regression > 0: the generator's loss adds the rollout's error against its data window (logged)."""
+    data, vae, base = world
+    ode = tmp_path / "ode"
+    OdeDistiller(load_ode_config(None, [*TRAIN_KEYS, f"teacher={base}", "target=data", "steps=1"]),
+                 data, str(vae), ode).run()
+    run = tmp_path / "dmd"
+    cfg = load_dmd_config(None, [*TRAIN_KEYS, f"teacher={base}", f"student={ode}", "steps=2", "batch=2",
+                                 "generator_every=1", "regression=0.5"])
+    DmdDistiller(cfg, data, str(vae), run).run()
+    rows = [json.loads(r) for r in (run / "log.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r["regression"]) and r["regression"] > 0 for r in rows)
+    with pytest.raises(ConfigError, match="regression"):
+        load_dmd_config(None, [*TRAIN_KEYS, f"teacher={base}", "regression=-1"])
 
 
 @pytest.mark.parametrize("stage", ["ode", "dmd"])

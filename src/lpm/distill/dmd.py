@@ -14,6 +14,12 @@ chunk, each from noise with the student's few steps, the clean chunk committed t
 carried by one denoising step drawn per rollout (``lpm.distill.student.rollout``). The student thus learns on
 the context it will really have when streaming, its own earlier output.
 
+With ``regression > 0`` the generator's loss adds that multiple of the face-weighted squared error of the
+rollout against the data window it was conditioned on (``face_weighted_error``): DMD's regression term
+(DMD eq. 9), with the world's own frames as the paired target instead of teacher ODE outputs. Distribution
+matching alone loses what the score difference does not see in a few hundred updates (the reference's
+identity, the shut mouth of silence); the anchor keeps them while DMD sharpens.
+
 Two-time-scale updates (DMD2): the fake score is updated every iteration, the generator every
 ``generator_every``-th, on a fresh rollout.
 """
@@ -26,10 +32,10 @@ from typing import Any
 
 import torch
 
-from lpm.config import load_config, to_dict
+from lpm.config import ConfigError, load_config, to_dict
 from lpm.diffusion.cfg import GuidanceSpec, guided
 from lpm.diffusion.flow import Batch, shift_time
-from lpm.distill.student import rollout
+from lpm.distill.student import face_weighted_error, rollout
 from lpm.distill.trainer import DistillConfig, DistillTrainer, resolve_weights
 from lpm.errors import LpmError
 from lpm.models.dit import DiT, load_dit
@@ -57,6 +63,13 @@ class DmdConfig(DistillConfig):
     # Range of the noise level the scores are compared at (before the timestep shift).
     time_min: float = 0.02
     time_max: float = 0.98
+    # Weight of the regression of the rollout onto its data window (0: pure DMD).
+    regression: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.regression < 0:
+            raise ConfigError(f"regression must be >= 0, got {self.regression}")
 
 
 @dataclass
@@ -145,15 +158,16 @@ class DmdDistiller(DistillTrainer):
         n = x.shape[dim]
         return x.narrow(dim, info.rank * n // info.world_size, n // info.world_size).to(info.device)
 
-    def _rollout(self, draws: dict[str, Any]) -> tuple[torch.Tensor, Any]:
-        """This rank's share of the iteration's student rollout ``(video (B, F, C, h, w), conditioning)``."""
+    def _rollout(self, draws: dict[str, Any]) -> tuple[torch.Tensor, Batch]:
+        """This rank's share of the iteration's student rollout ``video (B, F, C, h, w)`` and of its data batch
+        (conditioning, clean latents, face weights)."""
         info = self.info
         batch = shard_batch(draws["batch"], info.rank, info.world_size)
         cond = batch.cond.to(info.device)
         shape = (batch.x_0.shape[0], *draws["shape"][1:])
         video = rollout(self.model, self.flow, cond, shape, self.times, self._local(draws["noise"]),
                         self._local(draws["renoise"], 1), draws["exit_step"], self.dit_cfg).video
-        return video, cond
+        return video, Batch(x_0=batch.x_0.to(info.device), cond=cond, weights=batch.weights)
 
     def _fake_batch(self, draws: dict[str, Any], video: torch.Tensor, cond: Any) -> Batch:
         """The fake score's flow-matching batch on the (detached) rollout."""
@@ -168,7 +182,8 @@ class DmdDistiller(DistillTrainer):
         # 1. The student's own rollout (gradients only when the generator is updated).
         self.model.train()
         with torch.set_grad_enabled(update_generator):
-            video, cond = self._rollout(draws)
+            video, data = self._rollout(draws)
+        cond = data.cond
         # 2. Generator: the DMD gradient at a noised copy of the rollout.
         if update_generator:
             t = self._local(draws["t_dmd"])
@@ -178,8 +193,14 @@ class DmdDistiller(DistillTrainer):
                 real_x0 = self.real(x_t, t, cond)
                 fake_x0 = self._x0_of(self.fake)(x_t, t, cond)
             dmd = dmd_gradient(video, real_x0, fake_x0)
+            loss = dmd.loss
+            if cfg.regression > 0:
+                weights = data.weights if data.weights is not None else torch.ones_like(video[:, :, 0])
+                regression = face_weighted_error(video.float(), data.x_0.float(), weights.to(video.device)).mean()
+                loss = loss + cfg.regression * regression
+                out["regression"] = D.all_mean(regression.item(), info)
             self.opt.zero_grad(set_to_none=True)
-            dmd.loss.backward()
+            loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             self.opt.step()
             updates = step // cfg.generator_every  # the EMA warms up over generator updates, as in BaseTrainer
@@ -206,7 +227,8 @@ class DmdDistiller(DistillTrainer):
     def batch_loss(self, step: int) -> float:
         """The fake score's loss on iteration ``step``'s rollout, no update (ranks averaged)."""
         draws = self._draws(step)
-        video, cond = self._rollout(draws)
+        video, data = self._rollout(draws)
+        cond = data.cond
         return D.all_mean(self.flow.loss(self.fake, self._fake_batch(draws, video, cond)).loss.item(), self.info)
 
 

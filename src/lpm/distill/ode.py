@@ -30,7 +30,7 @@ from lpm.config import ConfigError, load_config
 from lpm.diffusion.cfg import GuidanceSpec, guided
 from lpm.diffusion.flow import Batch
 from lpm.diffusion.samplers import sample_euler
-from lpm.distill.student import causal_inputs, rollout, teacher_grid
+from lpm.distill.student import causal_inputs, face_weighted_error, rollout, teacher_grid
 from lpm.distill.trainer import DistillConfig, DistillTrainer
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_path
@@ -179,8 +179,7 @@ class OdeDistiller(DistillTrainer):
     def _weighted(self, pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> OdeLoss:
         """The face-weighted squared error of ``pred`` against ``target`` (both ``(B, F, C, h, w)``) under
         ``weights`` ``(B, F, h, w)``, normalised per sample."""
-        err = (pred - target).square().mean(2)  # (B, F, h, w)
-        per_sample = (err * weights).flatten(1).sum(1) / weights.flatten(1).sum(1)
+        per_sample = face_weighted_error(pred, target, weights)
         return OdeLoss(loss=per_sample.mean(), per_sample=per_sample)
 
     def _rollout_loss(self, step: int, part: slice) -> OdeLoss:

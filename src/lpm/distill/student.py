@@ -30,6 +30,13 @@ from lpm.models.kv_cache import KVCache
 from lpm.training.conditioned import ConditionBatch, ConditionedDiT
 
 
+def face_weighted_error(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: the squared error of ``pred`` against ``target`` (both ``(B, F, C, h, w)``) under the face
+    weights ``(B, F, h, w)`` (``Batch.weights``), normalised per sample. The students' regression onto data."""
+    err = (pred - target).square().mean(2)  # (B, F, h, w)
+    return (err * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1e-12)
+
+
 def student_times(steps: int, shift: float) -> list[float]:
     """The Online model's denoising times: ``steps + 1`` values from 1 to 0 on the shifted grid."""
     return [float(t) for t in flow_timesteps(steps, shift)]
