@@ -247,6 +247,26 @@ def test_dit_engine_int8_is_close_to_fp32_and_leaves_the_shared_model(one_thread
         DiTEngine(model, codec, character, DiTEngineConfig(precision="fp8"))
 
 
+def test_dit_engine_bf16_attention_is_close_to_fp32_past_eviction(one_thread):
+    """``attention_precision=bf16``: the cached self-attention in bf16 (fp32 softmax) stays close to fp32 over a
+    stream whose cache evicts (S = 1, W = 2), and is not the fp32 path in disguise."""
+    model, codec = tiny_dit()
+    with torch.no_grad():
+        model.head.linear.weight.normal_(0, 0.05)
+    character = Character(images={"global": np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)})
+    pcm = (np.random.default_rng(1).standard_normal(SR * 2) * 0.1).astype(np.float32)
+    fp32 = DiTEngine(model, codec, character, DiTEngineConfig(seed=3))
+    bf16 = DiTEngine(model, codec, character, DiTEngineConfig(seed=3, attention_precision="bf16"))
+    for c in chunks(pcm, pcm[::-1].copy(), 4, fp32.lookahead_frames, 6):
+        a, b = (dict(e.stages())["generate"](c, {})[0] for e in (fp32, bf16))
+        assert 0 < (a - b).abs().max() < 0.02 * a.abs().max()
+    assert bf16.cache.chunks_seen == 5  # four commits settled, chunks 3 and 4 evicted earlier ones
+    with pytest.raises(EngineError, match="unknown attention precision 'fp8'"):
+        DiTEngine(model, codec, character, DiTEngineConfig(attention_precision="fp8"))
+    with pytest.raises(EngineError, match="needs chunk_context"):
+        DiTEngine(model, codec, character, DiTEngineConfig(attention_precision="bf16", chunk_context=False))
+
+
 def test_dit_engine_skip_keeps_streaming(one_thread):
     model, codec = tiny_dit()
     engine = DiTEngine(model, codec, Character(world=WorldCharacter("sketch", 2)), DiTEngineConfig())

@@ -35,7 +35,14 @@ from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
 from lpm.eval.systems import CHUNK_FRAMES, ClipInputs, System, SystemUnavailable, register_model_loader
 from lpm.models.dit import CHECKPOINT_KIND, DiT, load_dit
 from lpm.models.latent_codec import LatentCodec, load_codec
-from lpm.runtime.dit_engine import DEFAULT_VAE, DiTEngine, DiTEngineConfig, flow_config_of, square_image
+from lpm.runtime.dit_engine import (
+    DEFAULT_VAE,
+    SERVING_COMPUTE,
+    DiTEngine,
+    DiTEngineConfig,
+    flow_config_of,
+    square_image,
+)
 from lpm.runtime.engines import Character, ChunkInput, samples_for_frames
 from lpm.training.base_samples import to_uint8
 from lpm.training.checkpoint import read_metadata
@@ -43,6 +50,8 @@ from lpm.training.conditioned import GLOBAL_REFERENCE, ConditionBatch, Condition
 from lpm.training.latent_cache import silent_mel
 
 REFINER_SUFFIX = "+refiner"
+# ``online+served``: the Online checkpoint with the compute settings ``lpm serve`` uses by default.
+SERVED_SUFFIX = "+served"
 # The attention mode each system name needs from its checkpoint.
 ATTENTION_OF = {"base": "bidirectional", "online": "block_causal", f"online{REFINER_SUFFIX}": "block_causal"}
 # Without the checkpoint's own training settings: the Base trainer's sample-time guidance.
@@ -109,9 +118,10 @@ class OnlineSystem(System):
     """
 
     def __init__(self, name: str, checkpoint: str | Path, vae: str = DEFAULT_VAE, refiner: bool = False,
-                 seed: int = 0, device: str | None = None) -> None:
+                 seed: int = 0, device: str | None = None, compute: dict | None = None) -> None:
         check_checkpoint(name, checkpoint)
         self.name, self.checkpoint, self.vae, self.refiner, self.seed = name, str(checkpoint), str(vae), refiner, seed
+        self.compute = dict(compute or {})  # DiTEngineConfig precision settings (SERVING_COMPUTE for +served)
         self.device = device or default_device()
         # Loaded once (strictly: a bad file is reported before the suite runs) and shared by every case's engine.
         self.model: DiT = load_dit(checkpoint, device=self.device).eval()
@@ -124,13 +134,14 @@ class OnlineSystem(System):
         self.frames_per_chunk = mc.frames_per_chunk
         self.lookahead_frames = mc.audio_lookahead_frames
         self.note = (f"trained Online DiT {checkpoint} streamed chunk by chunk ({self.frames_per_chunk} frames, "
-                     f"KV cache), stages in sequence{', with the one-step refiner' if refiner else ''}")
+                     f"KV cache), stages in sequence{', with the one-step refiner' if refiner else ''}"
+                     + "".join(f", {k} {v}" for k, v in self.compute.items()))
 
     def engine(self, inputs: ClipInputs) -> DiTEngine:
         """A fresh engine for one case: the references encoded and prefilled into its cache (the engine reads the
         checkpoint's own sampling settings from ``cfg.checkpoint``)."""
         cfg = DiTEngineConfig(checkpoint=self.checkpoint, vae=self.vae, refiner=self.refiner, seed=self.seed,
-                              device=self.device)
+                              device=self.device, **self.compute)
         images = reference_images(inputs, self.model.cfg.reference_kinds)
         return DiTEngine(self.model, self.codec, Character(images=images), cfg, self.flow)
 
@@ -302,7 +313,8 @@ class BaseSystem(System):
 
 def load_dit_system(name: str, checkpoint: Path, steps: int | None = None) -> System:
     """``lpm bench``'s loader of ``dit`` checkpoints: ``base`` / ``online`` / ``online+refiner`` by name, any other
-    name by the checkpoint's attention mode (bidirectional -> Base, block-causal -> Online).
+    name by the checkpoint's attention mode (bidirectional -> Base, block-causal -> Online). An Online name with
+    ``+refiner`` runs the refiner; with ``+served``, ``lpm serve``'s default compute (``SERVING_COMPUTE``).
 
     Args:
         steps: ODE steps per window of a Base system (None: ``BaseSampling``'s); an Online checkpoint's steps are
@@ -314,7 +326,8 @@ def load_dit_system(name: str, checkpoint: Path, steps: int | None = None) -> Sy
         attention = check_checkpoint(name, checkpoint)["config"].get("attention", "bidirectional")
     if attention == "bidirectional":
         return BaseSystem(name, checkpoint, sampling=BaseSampling() if steps is None else BaseSampling(steps=steps))
-    return OnlineSystem(name, checkpoint, refiner=name.endswith(REFINER_SUFFIX))
+    return OnlineSystem(name, checkpoint, refiner=REFINER_SUFFIX in name,
+                        compute=SERVING_COMPUTE if SERVED_SUFFIX in name else None)
 
 
 register_model_loader(CHECKPOINT_KIND, load_dit_system)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
+from lpm.runtime.dit_engine import SERVING_COMPUTE, DiTEngine, DiTEngineConfig
 from lpm.runtime.engines import SAMPLE_RATE, Character, ChunkInput, WorldCharacter, samples_for_frames
 
 SHIPPED = "checkpoints/online_tiny.safetensors"
@@ -45,6 +45,7 @@ LEVERS = (
     Lever("+ one context per chunk", dict(chunk_context=True, defer_commit=False)),
     Lever("+ commit deferred past the hand-off", dict(chunk_context=True, defer_commit=True)),
     Lever("+ int8 linears", dict(chunk_context=True, defer_commit=True, precision="int8")),
+    Lever("+ bf16 attention", dict(chunk_context=True, defer_commit=True, **SERVING_COMPUTE)),
 )
 
 

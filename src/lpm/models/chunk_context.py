@@ -35,6 +35,10 @@ class ChunkContext:
 
     Attributes:
         chunk: the chunk it belongs to (``cache.chunks_seen`` when built).
+        attention_dtype: the dtype the self-attention computes in (its keys/values are held in it), or None for
+            the forward's own dtype (``F.scaled_dot_product_attention``). ``torch.bfloat16`` on a CPU with
+            avx512_bf16 or AMX: the scores, the softmax (accumulated in fp32 by the kernel) and the weighted sum
+            run in bf16 (1.8x faster than fp32 SDPA on avx512_bf16 at 256 x 1,488 tokens; bf16 SDPA is not).
         motion: the motion track's ``MotionInputs`` (embeddings and the track), or None without a track.
         cross: the forward's cross-attention inputs (audio tokens, projected caption, windows).
         cross_memory: per block, its cross-attention keys/values.
@@ -54,11 +58,12 @@ class ChunkContext:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     prefix_tokens: int
+    attention_dtype: torch.dtype | None = None
 
     @classmethod
     def build(cls, cache: KVCache, group: AttentionGroup, num_slots: int, cross: CrossInputs,
               cross_memory: list[CrossMemory],
-              motion: MotionInputs | None) -> ChunkContext:
+              motion: MotionInputs | None, attention_dtype: torch.dtype | None = None) -> ChunkContext:
         """Rotate the visible cache once (``group`` is ``plan_chunk``'s single group: keys
         ``[references | num_slots chunks | the chunk]``) and keep the per-chunk inputs."""
         if group.q_index is not None or group.k_index is not None or group.mask is not None:
@@ -76,10 +81,10 @@ class ChunkContext:
             k_all[:, :, :prefix] = apply_rope(k, cos[:prefix], sin[:prefix])
             v_all = k.new_empty(b, h, prefix + tail, d)
             v_all[:, :, :prefix] = torch.cat(pv, dim=2)
-            keys.append(k_all)
-            values.append(v_all)
+            keys.append(k_all if attention_dtype is None else k_all.to(attention_dtype))
+            values.append(v_all if attention_dtype is None else v_all.to(attention_dtype))
         return cls(cache.chunks_seen, motion, cross, cross_memory, group.q_rope,
-                   (cos[prefix:], sin[prefix:]), keys, values, prefix)
+                   (cos[prefix:], sin[prefix:]), keys, values, prefix, attention_dtype)
 
     def attention(self, layer: int) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """Layer ``layer``'s attention ``(q, k, v) -> o``, all ``(B, H, Nc, d)``: the chunk's rotated keys go
@@ -87,12 +92,17 @@ class ChunkContext:
         cache's part)."""
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            if self.keys[layer].dtype != k.dtype:  # e.g. a bf16 autocast forward over an fp32 cache: once
-                self.keys[layer] = self.keys[layer].to(k.dtype)
-                self.values[layer] = self.values[layer].to(v.dtype)
+            dtype = self.attention_dtype or k.dtype
+            if self.keys[layer].dtype != dtype:  # e.g. a bf16 autocast forward over an fp32 cache: once
+                self.keys[layer] = self.keys[layer].to(dtype)
+                self.values[layer] = self.values[layer].to(dtype)
             k_all, v_all, p = self.keys[layer], self.values[layer], self.prefix_tokens
-            k_all[:, :, p:] = apply_rope(k, *self.tail_rope)
+            k_all[:, :, p:] = apply_rope(k, *self.tail_rope)  # cast to the keys' dtype on assignment
             v_all[:, :, p:] = v
-            return F.scaled_dot_product_attention(apply_rope(q, *self.q_rope), k_all, v_all)  # (B, H, Nc, d)
+            q = apply_rope(q, *self.q_rope)
+            if dtype == q.dtype:
+                return F.scaled_dot_product_attention(q, k_all, v_all)  # (B, H, Nc, d)
+            scores = torch.matmul((q * q.shape[-1] ** -0.5).to(dtype), k_all.transpose(-1, -2))  # (B, H, Nc, P+Nc)
+            return torch.matmul(scores.softmax(-1), v_all).to(q.dtype)  # CPU softmax accumulates bf16 in fp32
 
         return attend

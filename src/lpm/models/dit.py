@@ -306,10 +306,12 @@ class DiT(nn.Module):
         return self._references(references, cache.slot_k[0].shape[0], self.patch_embed.weight.device)
 
     @torch.no_grad()
-    def prepare_chunk(self, cond: Conditioning, cache: KVCache) -> ChunkContext:
+    def prepare_chunk(self, cond: Conditioning, cache: KVCache,
+                      attention_dtype: torch.dtype | None = None) -> ChunkContext:
         """What every forward of the next chunk (``cache.chunks_seen``) shares: its rotated cache, cross-attention
         keys/values, audio tokens and motion track (``lpm.models.chunk_context``). Pass it as ``context`` to
-        each of the chunk's forwards, the commit included; the result equals forwards without it."""
+        each of the chunk's forwards, the commit included; the result equals forwards without it (with
+        ``attention_dtype``, e.g. bf16, the self-attention runs in that dtype: close, not equal)."""
         cfg, device = self.cfg, self.patch_embed.weight.device
         if not cache.is_prefilled:
             self.prefill(cache, cond.references)
@@ -318,7 +320,7 @@ class DiT(nn.Module):
         cross = self._cross_inputs(cond, first_frame, f)
         memory = [block.cross_memory(cross) for block in self.blocks]
         return ChunkContext.build(cache, groups[0], num_slots, cross, memory,
-                                  self._motion(cond, first_frame, f, cache))
+                                  self._motion(cond, first_frame, f, cache), attention_dtype)
 
     # ---- the forward ----
     def embed_video(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, cache: KVCache | None = None,

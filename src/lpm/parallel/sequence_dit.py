@@ -69,12 +69,13 @@ class SequenceParallelDiT(nn.Module):
 
     # ---- forwards ----
     @torch.no_grad()
-    def prepare_chunk(self, cond: Conditioning, cache: KVCache) -> ChunkContext:
+    def prepare_chunk(self, cond: Conditioning, cache: KVCache,
+                      attention_dtype: torch.dtype | None = None) -> ChunkContext:
         """``DiT.prepare_chunk`` on this rank's cache: the rotated cache of its heads, the cross-attention keys of
         the chunk's frames, the motion track; shared by the chunk's forwards (``context=``)."""
         if not cache.is_prefilled:
             self.prefill(cache, cond.references)
-        return self.dit.prepare_chunk(cond, cache)
+        return self.dit.prepare_chunk(cond, cache, attention_dtype)
 
     @torch.no_grad()
     def prefill(self, cache: KVCache, references: References | None) -> None:

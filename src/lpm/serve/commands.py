@@ -43,7 +43,7 @@ def _engine_spec(args):
         raise LpmError(f"--checkpoint {checkpoint} does not exist (the shipped model is {DEFAULT_CHECKPOINT}; "
                        "--rig runs the rule-driven rig engine instead)")
     dit = DiTEngineConfig(vae=args.vae, denoise_steps=args.steps, refiner=args.refiner, device=args.device,
-                          precision=args.precision)
+                          precision=args.precision, attention_precision=args.attention_precision)
     return EngineSpec(checkpoint=checkpoint, dit=dit, rig_resolution=args.res)
 
 
@@ -123,12 +123,17 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    help="torch intra-op threads; pipeline stages already run in parallel, one core each")
 
 
-def _precision_arg(p: argparse.ArgumentParser, default: str) -> None:
+def _precision_arg(p: argparse.ArgumentParser, default: str, attention: str) -> None:
     p.add_argument("--precision", choices=("fp32", "int8"), default=default,
                    help=f"DiT compute: int8 quantises the blocks' linears (faster on CPUs; default {default})")
+    p.add_argument("--attention-precision", choices=("fp32", "bf16"), default=attention,
+                   help="the cached self-attention's dtype: bf16 is faster on CPUs with avx512_bf16 or AMX "
+                        f"(docs/bench/speed_cpu_1step; default {attention})")
 
 
 def register(sub, groups) -> None:
+    from lpm.runtime.dit_engine import SERVING_COMPUTE
+
     p = sub.add_parser("serve", help="live sessions over WebSocket, with a web page (FastAPI + uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
@@ -139,7 +144,7 @@ def register(sub, groups) -> None:
                    help="run sessions in the server's process (default: a worker process per session)")
     p.add_argument("--idle-timeout", type=float, default=120.0, help="close sessions idle this many seconds")
     _engine_args(p)
-    _precision_arg(p, "int8")
+    _precision_arg(p, SERVING_COMPUTE["precision"], SERVING_COMPUTE["attention_precision"])
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("perform", help="offline NPC performance: a reference and a script -> mp4")
@@ -153,5 +158,5 @@ def register(sub, groups) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tail", type=float, default=0.5, help="seconds of silence after the speech")
     _engine_args(p)
-    _precision_arg(p, "fp32")
+    _precision_arg(p, "fp32", "fp32")
     p.set_defaults(func=cmd_perform)

@@ -45,7 +45,9 @@ class EngineSpec:
         """The model sessions run, for people (the page, ``ready``, ``/v1/info``)."""
         if not self.checkpoint:
             return "rig engine: the world's rule-driven pipeline (world characters only)"
-        extras = [self.dit.precision] + (["refiner"] if self.dit.refiner else [])
+        extras = [self.dit.precision] + ([f"{self.dit.attention_precision} attention"]
+                                         if self.dit.attention_precision != "fp32" else [])
+        extras += ["refiner"] if self.dit.refiner else []
         return f"DiT {self.checkpoint} ({', '.join(extras)})"
 
 
