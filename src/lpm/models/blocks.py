@@ -86,6 +86,10 @@ class SelfAttention(nn.Module):
         """``(B, N, D)`` -> un-rotated ``q, k, v`` each ``(B, H, N, d)``."""
         return self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
 
+    def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, N, D)`` -> un-rotated ``k, v`` each ``(B, H, N, d)`` (``qkv`` without the queries)."""
+        return self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
+
 
 class WindowedCrossAttention(nn.Module):
     """Per-frame cross-attention to ``[caption tokens | the frame's audio window]``.
@@ -257,3 +261,11 @@ class DiTBlock(nn.Module):
             x = x + self.cross_attn(self.norm2(x), memory=cross_memory or self.cross_memory(cross))
             x = x + m_vid[5] * self.mlp(modulate(self.norm3(x), m_vid[3], m_vid[4]))
         return x, x_ref, (k, v)
+
+    def keys_values(self, x: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Only the un-rotated keys/values ``(B, H, F*N, d)`` ``forward`` would return for video tokens ``x
+        (B, F, N, D)`` under modulation ``e (B, F, 6, D)`` (no references): what a cache commit needs of the last
+        block, without its attention, cross-attention and MLP."""
+        b, f, n, d = x.shape
+        m_vid = (e + self.modulation)[:, :, None].unbind(3)  # 6 x (B, F, 1, D)
+        return self.self_attn.kv(modulate(self.norm1(x), m_vid[0], m_vid[1]).reshape(b, f * n, d))

@@ -371,7 +371,8 @@ class DiT(nn.Module):
         update_cache: bool = False,
         mode: str | None = None,
         context: ChunkContext | None = None,
-    ) -> torch.Tensor:
+        keys_only: bool = False,
+    ) -> torch.Tensor | None:
         """Predict the flow-matching target for ``x_t``.
 
         Args:
@@ -384,10 +385,14 @@ class DiT(nn.Module):
                 block-causal.
             context: ``prepare_chunk(cond, cache)`` of this chunk (cached forwards only): its shared parts
                 are taken from there instead of recomputed; ``cond``'s audio and text are then not read.
+            keys_only: a cache commit that returns nothing (needs ``update_cache``): the last block stops at its
+                keys/values and the head does not run; the cache equals a full forward's.
         Returns:
-            ``(B, F, C, h, w)``.
+            ``(B, F, C, h, w)``, or None with ``keys_only``.
         """
         cfg = self.cfg
+        if keys_only and (cache is None or not update_cache):
+            raise ValueError("keys_only is a cache commit: it needs a cache and update_cache=True")
         b, f, c, h, w = x_t.shape
         x, e, e6, track = self.embed_video(x_t, t, cond, cache, context)  # (B,F,N,D), (B,F,D), (B,F,6,D), (B,F,P)
         first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk
@@ -409,6 +414,9 @@ class DiT(nn.Module):
         cross = context.cross if context is not None else self._cross_inputs(cond, first_frame, f)
         new_kv = []
         for layer, block in enumerate(self.blocks):
+            if keys_only and layer == len(self.blocks) - 1:
+                new_kv.append(block.keys_values(x, e6))  # the last block's output feeds only the head
+                break
             memory = None
             if context is not None:
                 attention, memory = context.attention(layer), context.cross_memory[layer]
@@ -428,6 +436,8 @@ class DiT(nn.Module):
             new_kv.append(kv)
         if cache is not None and update_cache:
             cache.commit(new_kv)
+        if keys_only:
+            return None
         out = self.head(x, e)  # (B, F, N, C*p*p)
         return self.finish_output(unpatchify(out, cfg.patch_size, c, h, w), cond, cache, track)
 

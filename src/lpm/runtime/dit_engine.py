@@ -267,6 +267,9 @@ class DiTEngine(Engine):
         self.decode_state = None
         # Both the plain and the sequence-parallel DiT share a chunk's work between its forwards (prepare_chunk).
         self.use_context = cfg.chunk_context and isinstance(model, (DiT, SequenceParallelDiT))
+        # The commit skips the last block's tail and the head (DiT.forward keys_only; a plain DiT only: a block
+        # wrapped for sharding gathers its weights in ``forward``, which keys_values bypasses).
+        self.keys_only_commit = type(self.model) is DiT
         self._pending: tuple[torch.Tensor, Conditioning, ChunkContext | None] | None = None  # a commit to run
 
     @classmethod
@@ -326,6 +329,8 @@ class DiTEngine(Engine):
         self._pending = None
         begin = time.perf_counter()
         extra = {"context": context} if context is not None else {}
+        if self.keys_only_commit:
+            extra["keys_only"] = True
         self.model(x_0, torch.zeros(1, device=self.device), cond, cache=self.cache, update_cache=True, **extra)
         timings["generate.commit"] = (time.perf_counter() - begin) * 1000
 
