@@ -14,7 +14,7 @@ from lpm.eval.systems import ClipInputs, make_systems, timed_stream
 from lpm.models.dit import DiT, save_dit
 from lpm.models.dit_config import DiTConfig
 from lpm.models.vae import LpmVAE, VAEConfig
-from lpm.runtime.dit_engine import DiTEngine
+from lpm.runtime.dit_engine import SERVING_COMPUTE, DiTEngine
 from lpm.training.base_batches import ConditionDropout, Window, WindowSampler
 from lpm.training.latent_cache import CachedClip
 
@@ -118,6 +118,9 @@ def test_loader_names_and_reasons(files, monkeypatch):
     assert all(systems[n].unavailable() is None for n in ("base", "online", "online+refiner"))
     assert isinstance(systems["base"]._system, BaseSystem) and systems["base"]._system.sampling.steps == 3
     assert systems["online+refiner"]._system.refiner and not systems["online"]._system.refiner
+    served = {s.name: s for s in make_systems({"online+served": files["online"]})}["online+served"]._system
+    assert served.compute == SERVING_COMPUTE and not served.refiner  # what `lpm serve` computes in
+    assert systems["online"]._system.compute == {}
     swapped = {s.name: s.unavailable() for s in make_systems({"base": files["online"], "online": files["base"]})}
     assert "block_causal DiT, base needs a bidirectional" in swapped["base"]
     assert "bidirectional DiT, online needs a block_causal" in swapped["online"]
