@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tiny models, end to end, on CPU: data -> speech network -> Base -> ODE init -> Online on data -> the Base of
-# the Online model's shape -> export.
+# the Online model's shape -> DMD of the one-step Online model against it -> export.
 # The shipped checkpoints are this CPU run fine-tuned on a lent H100 (scripts/gpu_tiny.sh; checkpoints/README.md).
 # Every stage is resumable: rerun this script after a stop and each stage continues from its last checkpoint
 # (a finished stage returns at once). Figures and wall times of the shipped run: checkpoints/README.md.
@@ -27,6 +27,7 @@ SPEECH_WORLD_CLIPS=${SPEECH_WORLD_CLIPS:-2000}  # extra world clips made in memo
 CONCAT_STEPS=${CONCAT_STEPS:-1000}
 RESID_STEPS=${RESID_STEPS:-1000}
 BASE_SAME_STEPS=${BASE_SAME_STEPS:-900}
+DMD_STEPS=${DMD_STEPS:-1200}  # iterations; the generator is updated every 2nd
 BASE_INIT=${BASE_INIT:-}      # "" = the Base from random weights
 MOUTH_WEIGHT=${MOUTH_WEIGHT:-20}
 PREDICTED_MOTION=${PREDICTED_MOTION:-0.25}
@@ -68,8 +69,14 @@ fi
   sample_every=0 cache_dir="$RUNS/cache" checkpoint_minutes=4 threads="$THREADS" $EXTRA
 # The speech network goes into both exports (the DiTs trained with an earlier copy of it, frozen).
 "$LPM" export --run "$RUNS/base_same" --out checkpoints/base_tiny.safetensors --speech "$RUNS/speech_tiny/speech.safetensors"
-"$LPM" export --run "$RUNS/online_resid" --out checkpoints/online_tiny.safetensors \
+"$LPM" export --run "$RUNS/online_resid" --out "$RUNS/online_1step.safetensors" --online-steps 1 \
   --speech "$RUNS/speech_tiny/speech.safetensors"
 cp "$RUNS/speech_tiny/speech.safetensors" checkpoints/speech_tiny.safetensors
-# DMD (lpm distill dmd --teacher runs/base_same --student runs/online_resid) is not in this chain: it is not yet
-# measured on the tiny models (tests/test_distill.py runs it).
+# The shipped Online model: the one-step student trained by DMD on its own KV-cache rollouts against the Base above,
+# with the rollout also regressed onto its data window (regression=0.5: pure DMD lost the identity and the shut
+# mouth; docs/learning.md, arms 24-25).
+"$LPM" distill dmd --teacher checkpoints/base_tiny.safetensors --student "$RUNS/online_1step.safetensors" \
+  --data "$DATA" --vae "$VAE" --out "$RUNS/online_dmd" student_steps=1 batch=2 generator_every=2 lr=5e-5 \
+  fake_lr=2e-4 regression=0.5 steps="$DMD_STEPS" predicted_channels="$PREDICTED_CHANNELS" cache_dir="$RUNS/cache" \
+  checkpoint_minutes=4 threads="$THREADS" $EXTRA
+"$LPM" export --run "$RUNS/online_dmd" --out checkpoints/online_tiny.safetensors
