@@ -27,6 +27,7 @@ import torch
 
 from lpm.runtime.dit_engine import SERVING_COMPUTE, DiTEngine, DiTEngineConfig
 from lpm.runtime.engines import SAMPLE_RATE, Character, ChunkInput, WorldCharacter, samples_for_frames
+from lpm.runtime.stats import FPS_WINDOW_S
 
 SHIPPED = "checkpoints/online_tiny.safetensors"
 CHARACTER = WorldCharacter("photo", 1)
@@ -157,8 +158,8 @@ def measure_session(checkpoint: str, settings: dict, seconds: float, log: Callab
         "stage_ms_first": (first_minute or snap)["stage_ms"],
         "rss_mb_start": round(rss_start, 1), "rss_mb_end": round(_rss_mb(), 1),
     }
-    log(f"speed engine: session {seconds:g} s: {result['fps']} fps, latency p50 {result['latency_p50_s']} s p95 "
-        f"{result['latency_p95_s']} s, dropped {result['dropped']}")
+    log(f"speed engine: session {seconds:g} s: {frames / seconds:.1f} fps on average, {result['fps']} at the end, "
+        f"latency p50 {result['latency_p50_s']} s p95 {result['latency_p95_s']} s, dropped {result['dropped']}")
     return result
 
 
@@ -208,8 +209,10 @@ def engine_report_lines(engine: dict) -> list[str]:
         lines += [
             "",
             f"Realtime session, last lever, both voices streamed at real time for {s['seconds']:g} s: "
-            f"**{s['fps']} fps**, audio-to-frame latency **p50 {s['latency_p50_s']} s, p95 {s['latency_p95_s']} s** "
-            f"(the `stats` message's figures), {s['dropped']} frames dropped, {s['skipped_chunks']} chunks skipped, "
+            f"**{s['frames'] / s['seconds']:.1f} fps** on average ({s['frames']} frames shown), {s['fps']} fps over "
+            f"the last {FPS_WINDOW_S:g} s and audio-to-frame latency **p50 {s['latency_p50_s']} s, p95 "
+            f"{s['latency_p95_s']} s** (the `stats` message's figures), {s['dropped']} frames dropped, "
+            f"{s['skipped_chunks']} chunks skipped, "
             f"clock delay {s['delay_s']} s; generate {first.get('generate', float('nan')):.0f} ms per chunk early, "
             f"{end.get('generate', float('nan')):.0f} ms at the end; RSS {s['rss_mb_start']:.0f} -> "
             f"{s['rss_mb_end']:.0f} MiB.",

@@ -1,7 +1,7 @@
 """PNG plot of the Base trainer's curves from ``RUN/log.jsonl``: loss (raw and smoothed) and gradient norm; the
 audio-use checks (``lpm.training.diagnostics``) when logged; for a DMD run (rows with ``dmd_loss``) also the
-generator's DMD loss and the score gap on its update steps (and its regression onto the data, when anchored); for an ODE run with ``own_rollout`` the smoothed loss of
-its rollout steps and of its teacher-forced steps apart."""
+generator's DMD loss and the score gap on its update steps (and its regression onto the data, when anchored); for
+an ODE run with ``own_rollout`` the smoothed loss of its rollout steps and of its teacher-forced steps apart."""
 
 from __future__ import annotations
 
@@ -83,8 +83,8 @@ def plot_base_losses(log_path: Path, out_path: Path) -> None:
         ax3.plot([r["step"] for r in gen], [r["score_gap"] for r in gen], color="C4", label="mean |score gap|")
         anchored = [r for r in gen if "regression" in r]
         if anchored:  # ``regression > 0``: the rollout's face-weighted error against its data window
-            ax3.plot([r["step"] for r in anchored], moving_average(np.array([r["regression"] for r in anchored]), 50), color="C1",
-                     label="regression onto the data (mean of 50)")
+            regression = moving_average(np.array([r["regression"] for r in anchored]), 50)
+            ax3.plot([r["step"] for r in anchored], regression, color="C1", label="regression onto data (mean of 50)")
         ax3.set_xlabel("step")
         ax3.set_yscale("log")
         ax3.legend()
