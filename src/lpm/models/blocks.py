@@ -84,7 +84,7 @@ class SelfAttention(nn.Module):
 
     def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(B, N, D)`` -> un-rotated ``q, k, v`` each ``(B, H, N, d)``."""
-        return self.heads(self.norm_q(self.q(x))), self.heads(self.norm_k(self.k(x))), self.heads(self.v(x))
+        return (self.heads(self.norm_q(self.q(x))), *self.kv(x))
 
     def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, N, D)`` -> un-rotated ``k, v`` each ``(B, H, N, d)`` (``qkv`` without the queries)."""
