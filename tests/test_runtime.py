@@ -247,9 +247,9 @@ def test_dit_engine_int8_is_close_to_fp32_and_leaves_the_shared_model(one_thread
         DiTEngine(model, codec, character, DiTEngineConfig(precision="fp8"))
 
 
-def test_dit_engine_bf16_attention_is_close_to_fp32_past_eviction(one_thread):
-    """``attention_precision=bf16``: the cached self-attention in bf16 (fp32 softmax) stays close to fp32 over a
-    stream whose cache evicts (S = 1, W = 2), and is not the fp32 path in disguise."""
+def test_dit_engine_bf16_attention_is_close_to_fp32_past_eviction(one_thread, monkeypatch):
+    """``attention_precision=bf16``: the cached self-attention in bf16 stays close to fp32 over a stream whose
+    cache evicts (S = 1, W = 2), and is not the fp32 path in disguise; ``auto`` picks bf16 only on a CPU with it."""
     model, codec = tiny_dit()
     with torch.no_grad():
         model.head.linear.weight.normal_(0, 0.05)
@@ -265,6 +265,13 @@ def test_dit_engine_bf16_attention_is_close_to_fp32_past_eviction(one_thread):
         DiTEngine(model, codec, character, DiTEngineConfig(attention_precision="fp8"))
     with pytest.raises(EngineError, match="needs chunk_context"):
         DiTEngine(model, codec, character, DiTEngineConfig(attention_precision="bf16", chunk_context=False))
+    import lpm.runtime.dit_engine as dit_engine
+
+    for native, want in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(dit_engine, "cpu_has_bf16", lambda native=native: native)
+        auto = DiTEngine(model, codec, character, DiTEngineConfig(seed=3, attention_precision="auto"))
+        assert auto.attention_dtype == want
+    assert dit_engine.resolve_attention_precision("auto", "cuda") == "fp32"  # SDPA's own kernels there
 
 
 def test_dit_engine_skip_keeps_streaming(one_thread):

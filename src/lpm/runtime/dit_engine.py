@@ -57,7 +57,24 @@ DEFAULT_REFINER_TIME = 0.3
 PRECISIONS = ("fp32", "int8")
 ATTENTION_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 # What ``lpm serve`` computes in by default (the bench's ``online+served`` system rates exactly this).
-SERVING_COMPUTE = {"precision": "int8", "attention_precision": "bf16"}
+SERVING_COMPUTE = {"precision": "int8", "attention_precision": "auto"}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (avx512_bf16 or AMX; Linux ``/proc/cpuinfo``)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_attention_precision(name: str, device: str) -> str:
+    """``auto`` -> ``bf16`` on a CPU with native bf16 (faster there, docs/bench/speed_cpu_1step), else ``fp32``;
+    other names unchanged."""
+    if name != "auto":
+        return name
+    return "bf16" if torch.device(device).type == "cpu" and cpu_has_bf16() else "fp32"
 
 
 @dataclass
@@ -79,7 +96,7 @@ class DiTEngineConfig:
     chunk_context: bool = True  # share one DiT.prepare_chunk context between a chunk's forwards (equal output)
     defer_commit: bool = True  # commit after the chunk is handed to the decoder (Engine.settle; equal output)
     # The cached self-attention's dtype (ChunkContext.attention_dtype; needs chunk_context): bf16 matrix products
-    # close to fp32 (tested), faster on CPUs with avx512_bf16 / AMX.
+    # close to fp32 (tested), faster on CPUs with avx512_bf16 / AMX; auto = bf16 where the CPU has them.
     attention_precision: str = "fp32"
 
 
@@ -250,13 +267,14 @@ class DiTEngine(Engine):
         self._text_tokens: tuple[torch.Tensor, torch.Tensor] | None = None
         if cfg.precision not in PRECISIONS:
             raise EngineError(f"unknown precision {cfg.precision!r}; known: {', '.join(PRECISIONS)}")
-        if cfg.attention_precision not in ATTENTION_PRECISIONS:
+        attention = resolve_attention_precision(cfg.attention_precision, cfg.device)
+        if attention not in ATTENTION_PRECISIONS:
             raise EngineError(f"unknown attention precision {cfg.attention_precision!r}; known: "
-                              f"{', '.join(ATTENTION_PRECISIONS)}")
-        if cfg.attention_precision != "fp32" and not cfg.chunk_context:
-            raise EngineError(f"attention precision {cfg.attention_precision} needs chunk_context (the chunk "
-                              "context holds the cache in that dtype)")
-        self.attention_dtype = ATTENTION_PRECISIONS[cfg.attention_precision]
+                              f"{', '.join([*ATTENTION_PRECISIONS, 'auto'])}")
+        if attention != "fp32" and not cfg.chunk_context:
+            raise EngineError(f"attention precision {attention} needs chunk_context (the chunk context holds the "
+                              "cache in that dtype)")
+        self.attention_dtype = ATTENTION_PRECISIONS[attention]
         if cfg.precision == "int8" and not is_quantized(model):
             self.model = model = quantize_linears(model)
         self.references = self._encode_references(character)

@@ -33,7 +33,7 @@ def _character(reference: str, frame: bool = True):
 def _engine_spec(args):
     import torch
 
-    from lpm.runtime.dit_engine import DiTEngineConfig
+    from lpm.runtime.dit_engine import DiTEngineConfig, resolve_attention_precision
 
     torch.set_num_threads(max(1, args.threads))
     from lpm.serve.manager import EngineSpec
@@ -43,7 +43,8 @@ def _engine_spec(args):
         raise LpmError(f"--checkpoint {checkpoint} does not exist (the shipped model is {DEFAULT_CHECKPOINT}; "
                        "--rig runs the rule-driven rig engine instead)")
     dit = DiTEngineConfig(vae=args.vae, denoise_steps=args.steps, refiner=args.refiner, device=args.device,
-                          precision=args.precision, attention_precision=args.attention_precision)
+                          precision=args.precision,
+                          attention_precision=resolve_attention_precision(args.attention_precision, args.device))
     return EngineSpec(checkpoint=checkpoint, dit=dit, rig_resolution=args.res)
 
 
@@ -126,9 +127,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 def _precision_arg(p: argparse.ArgumentParser, default: str, attention: str) -> None:
     p.add_argument("--precision", choices=("fp32", "int8"), default=default,
                    help=f"DiT compute: int8 quantises the blocks' linears (faster on CPUs; default {default})")
-    p.add_argument("--attention-precision", choices=("fp32", "bf16"), default=attention,
+    p.add_argument("--attention-precision", choices=("fp32", "bf16", "auto"), default=attention,
                    help="the cached self-attention's dtype: bf16 is faster on CPUs with avx512_bf16 or AMX "
-                        f"(docs/bench/speed_cpu_1step; default {attention})")
+                        f"(docs/bench/speed_cpu_1step); auto = bf16 where the CPU has them (default {attention})")
 
 
 def register(sub, groups) -> None:
