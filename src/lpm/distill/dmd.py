@@ -167,7 +167,7 @@ class DmdDistiller(DistillTrainer):
         shape = (batch.x_0.shape[0], *draws["shape"][1:])
         video = rollout(self.model, self.flow, cond, shape, self.times, self._local(draws["noise"]),
                         self._local(draws["renoise"], 1), draws["exit_step"], self.dit_cfg).video
-        return video, Batch(x_0=batch.x_0.to(info.device), cond=cond, weights=batch.weights)
+        return video, Batch(x_0=batch.x_0.to(info.device), cond=cond, weights=batch.weights.to(info.device))
 
     def _fake_batch(self, draws: dict[str, Any], video: torch.Tensor, cond: Any) -> Batch:
         """The fake score's flow-matching batch on the (detached) rollout."""
@@ -195,8 +195,7 @@ class DmdDistiller(DistillTrainer):
             dmd = dmd_gradient(video, real_x0, fake_x0)
             loss = dmd.loss
             if cfg.regression > 0:
-                weights = data.weights if data.weights is not None else torch.ones_like(video[:, :, 0])
-                regression = face_weighted_error(video.float(), data.x_0.float(), weights.to(video.device)).mean()
+                regression = face_weighted_error(video.float(), data.x_0, data.weights).mean()
                 loss = loss + cfg.regression * regression
                 out["regression"] = D.all_mean(regression.item(), info)
             self.opt.zero_grad(set_to_none=True)
@@ -228,8 +227,7 @@ class DmdDistiller(DistillTrainer):
         """The fake score's loss on iteration ``step``'s rollout, no update (ranks averaged)."""
         draws = self._draws(step)
         video, data = self._rollout(draws)
-        cond = data.cond
-        return D.all_mean(self.flow.loss(self.fake, self._fake_batch(draws, video, cond)).loss.item(), self.info)
+        return D.all_mean(self.flow.loss(self.fake, self._fake_batch(draws, video, data.cond)).loss.item(), self.info)
 
 
 def load_dmd_config(yaml_path: str | None, overrides: list[str]) -> DmdConfig:
