@@ -268,7 +268,7 @@ def test_dit_engine_bf16_attention_is_close_to_fp32_past_eviction(one_thread, mo
     import lpm.runtime.dit_engine as dit_engine
 
     for native, want in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(dit_engine, "cpu_has_bf16", lambda native=native: native)
+        monkeypatch.setattr(dit_engine, "cpu_has_native_bf16", lambda native=native: native)
         auto = DiTEngine(model, codec, character, DiTEngineConfig(seed=3, attention_precision="auto"))
         assert auto.attention_dtype == want
     assert dit_engine.resolve_attention_precision("auto", "cuda") == "fp32"  # SDPA's own kernels there

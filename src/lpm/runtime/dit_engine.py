@@ -46,6 +46,7 @@ from lpm.models.latent_codec import LatentCodec, load_codec
 from lpm.parallel.sequence_dit import SequenceParallelDiT
 from lpm.runtime.engines import Character, ChunkInput, Engine, EngineError, Stage
 from lpm.training.checkpoint import read_metadata
+from lpm.training.vae_trainer import cpu_has_native_bf16
 from lpm.world.identity import sample_identity
 from lpm.world.render import Renderer
 from lpm.world.synth import render_references
@@ -60,21 +61,12 @@ ATTENTION_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 SERVING_COMPUTE = {"precision": "int8", "attention_precision": "auto"}
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (avx512_bf16 or AMX; Linux ``/proc/cpuinfo``)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def resolve_attention_precision(name: str, device: str) -> str:
     """``auto`` -> ``bf16`` on a CPU with native bf16 (faster there, docs/bench/speed_cpu_1step), else ``fp32``;
     other names unchanged."""
     if name != "auto":
         return name
-    return "bf16" if torch.device(device).type == "cpu" and cpu_has_bf16() else "fp32"
+    return "bf16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 @dataclass

@@ -95,6 +95,12 @@ class VAETrainConfig:
     cache_dir: str = ""
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (avx512_bf16 or AMX tiles)."""
+    return getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False)()
+
+
 def resolve_precision(precision: str, device: str) -> torch.dtype | None:
     """The autocast dtype for a ``precision`` setting (None = fp32)."""
     if precision == "fp32":
@@ -105,9 +111,7 @@ def resolve_precision(precision: str, device: str) -> torch.dtype | None:
         raise ConfigError(f"precision: expected auto, bf16 or fp32, got {precision!r}")
     if device.startswith("cuda"):
         return torch.bfloat16
-    fast = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if fast else None
+    return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
 def autocast(device: str, dtype: torch.dtype | None):
