@@ -131,3 +131,74 @@ def test_config_fields_are_commented():
         while src[j - 1].strip() and not src[j - 1].strip().startswith("#"):
             j -= 1  # fields grouped under one comment
         assert src[j - 1].strip().startswith("#"), name
+
+
+def _world_dataset(root: Path) -> Path:
+    from lpm.world.synth import plan, synth
+
+    # Conversations face the camera (other modes may turn the body away, with no visible features).
+    specs = plan(2, seed=3, seconds=0.5, res=64, split="train", mode="conversation")
+    specs += plan(1, seed=5, seconds=0.5, res=64, split="val", mode="conversation")
+    synth(root, specs, workers=1, progress=False)
+    return root
+
+
+def test_face_masks_cover_mouth_and_eyes_of_world_frames(tmp_path):
+    from lpm.training.vae_trainer import face_masks, load_frames
+
+    data = _world_dataset(tmp_path / "world")
+    frames, _ = load_frames(data, "val", tmp_path / "cache", frames_per_clip=6)
+    masks = face_masks(data, "val", tmp_path / "cache", frames_per_clip=6)
+    assert masks.shape == frames.shape[:3] and masks.dtype == bool
+    share = masks.mean(axis=(1, 2))
+    # A few percent of the pixels: the features, not the head (empty where the head faces away).
+    assert share.max() > 0.005 and (share < 0.2).all()
+    # The masked pixels hold the face's detail: they differ more from the frame's median colour than the rest.
+    dev = np.abs(frames.astype(float) - np.median(frames, axis=(1, 2), keepdims=True)).sum(-1)
+    assert dev[masks].mean() > dev[~masks].mean()
+    # Clips without motion (the toy set) get empty masks, one per frame.
+    toy = make_dataset(tmp_path / "toy")
+    assert not face_masks(toy, "val", tmp_path / "cache2", 4).any()
+
+
+def test_psnr_masked_pools_only_masked_pixels():
+    from lpm.training.vae_trainer import psnr_masked_uint8
+
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[:, :2] = 10  # error only in the top half
+    top = np.zeros((2, 4, 4), bool)
+    top[:, :2] = True
+    assert abs(psnr_masked_uint8(a, b, top) - 10 * np.log10(255**2 / 100)) < 1e-9
+    assert psnr_masked_uint8(a, b, ~top) == 100.0  # capped: no error there
+    assert psnr_masked_uint8(a, b, np.zeros_like(top)) is None
+
+
+def test_decoder_fine_tune_keeps_the_latent_space(tmp_path):
+    import pytest
+
+    from lpm.config import ConfigError
+
+    data = _world_dataset(tmp_path / "world")
+    small = ["model.channels=[8,16,16]", "model.latent_channels=4", "model.norm_groups=4", "batch=4",
+             "stats_frames=8", "eval_frames_per_clip=2", "threads=1", "sample_every=1000", "log_every=2"]
+    first = VAETrainer(load_train_config(None, small + ["steps=4", "checkpoint_every=4"]), data, tmp_path / "a")
+    first.run()
+    init = tmp_path / "a/vae.safetensors"
+    with pytest.raises(ConfigError, match="init"):
+        load_train_config(None, ["train_encoder=false"])
+    cfg = load_train_config(None, ["batch=4", "eval_frames_per_clip=2", "threads=1", "sample_every=1000",
+                                   "checkpoint_every=3", "log_every=1", "steps=3", "lr=3e-3",
+                                   f"init={init}", "train_encoder=false", "face_weight=20"])
+    result = VAETrainer(cfg, data, tmp_path / "b").run()
+    before = load_codec(init)
+    after = load_codec(tmp_path / "b/vae.safetensors")
+    for k, v in before.state_dict().items():
+        same = torch.equal(v, after.state_dict()[k])
+        assert same == (not k.startswith("decoder.")), k  # the encoder and latent stats are init's
+    assert list(after.cfg.channels) == [8, 16, 16]  # the checkpoint's shape, not the default
+    assert set(result["psnr_face_db"]) == {"val"}
+    # A data set without face regions cannot be face-weighted: a clear error, not a silent uniform loss.
+    toy = make_dataset(tmp_path / "toy")
+    with pytest.raises(Exception, match="face_weight"):
+        VAETrainer(cfg, toy, tmp_path / "c").run()

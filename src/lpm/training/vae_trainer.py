@@ -2,7 +2,12 @@
 
 Data: random frames and reference images of the ``train`` split, decoded once into a uint8 cache under the run
 directory (decoding mp4s every step would cost more than the step). Evaluation: PSNR on ``val`` (held-out
-identities) and ``zeroshot`` (an unseen style), plus decode time per frame, written to ``RUN/eval.json``.
+identities) and ``zeroshot`` (an unseen style), the same over the mouth and eye pixels alone (world clips), plus
+decode time per frame, written to ``RUN/eval.json``.
+
+``init=<vae.safetensors> train_encoder=false`` fine-tunes a shipped VAE's decoder alone (its latent space, and so
+every DiT trained on it, stays valid); ``face_weight`` weights the L1 on the mouth and eyes. ``steps=0`` with
+``init`` only evaluates the checkpoint.
 
 Run directory:
 ```
@@ -93,6 +98,22 @@ class VAETrainConfig:
     seed: int = 0
     # Where frame caches live ("" = RUN/cache).
     cache_dir: str = ""
+    # Start from this VAE checkpoint's weights and latent statistics ("" = random weights); its model config
+    # replaces ``model``.
+    init: str = ""
+    # Train the encoder too. False fine-tunes the decoder alone: the latent space and its statistics stay
+    # ``init``'s, so DiTs trained on its latents stay valid (needs ``init``).
+    train_encoder: bool = True
+    # L1 weight added on the pixels of the mouth and eyes (world clips: ``Renderer.face_regions`` of each
+    # frame's motion, dilated by 2 px); 0 = uniform. They are ~1 % of the pixels and what lip sync, blinks
+    # and the character's look depend on.
+    face_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.train_encoder and not self.init:
+            raise ConfigError("train_encoder=false fine-tunes a decoder: it needs init=<a VAE checkpoint>")
+        if self.face_weight < 0:
+            raise ConfigError(f"face_weight must be >= 0, got {self.face_weight}")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -177,6 +198,38 @@ def load_frames(data_dir: Path, split: str, cache_dir: Path, frames_per_clip: in
     return out, ref_arr
 
 
+def face_masks(data_dir: Path, split: str, cache_dir: Path, frames_per_clip: int = 0) -> np.ndarray:
+    """Mouth-and-eye pixel masks of the frames ``load_frames`` returns (same order), cached like them.
+
+    World clips get ``Renderer.face_regions`` of each frame's motion (``face_weights.face_coverage`` at full
+    resolution); clips without motion or a world identity get empty masks.
+
+    Returns:
+        (N, H, W) bool.
+    """
+    from lpm.training.face_weights import face_coverage
+
+    rows = read_manifest(data_dir, split) if (data_dir / "manifest.jsonl").is_file() else []
+    key = hashlib.sha1(json.dumps([rows, frames_per_clip, "face"], sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_dir / f"{split}_face_{key}.npz"
+    if path.is_file():
+        with np.load(path) as z:
+            return z["masks"]
+    masks = []
+    for row in tqdm(rows, desc=f"face masks of {split}", leave=False):
+        clip = read_clip(data_dir / row["path"], load_video=False)
+        f, h, w = int(row["frames"]), int(row["height"]), int(row["width"])
+        idx = _even(f, frames_per_clip)
+        cov = face_coverage(clip.meta.extra, clip.meta.style, clip.motion, clip.motion_names, h, w, 1)
+        masks.append(cov[0][idx].numpy() > 0 if cov is not None else np.zeros((len(idx), h, w), bool))
+    out = np.concatenate(masks) if masks else np.zeros((0, 1, 1), bool)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, masks=out)
+    os.replace(tmp, path)
+    return out
+
+
 def to_pixels(images: np.ndarray, device: str | torch.device = "cpu") -> torch.Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [-1, 1]."""
     return torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
@@ -210,6 +263,19 @@ def psnr_uint8(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """PSNR in dB per image of uint8 images (N, H, W, 3) (capped at 100 dB for identical images)."""
     mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).reshape(len(a), -1).mean(1)
     return 10 * np.log10(255.0**2 / np.maximum(mse, 255.0**2 * 1e-10))
+
+
+def psnr_masked_uint8(a: np.ndarray, b: np.ndarray, masks: np.ndarray) -> float | None:
+    """PSNR in dB over the masked pixels of uint8 images ``(N, H, W, 3)``, pooled; None without masked pixels.
+
+    Args:
+        masks: (N, H, W) bool.
+    """
+    if not masks.any():
+        return None
+    err = (a.astype(np.float64) - b.astype(np.float64)) ** 2  # (N, H, W, 3)
+    mse = err[masks].mean()
+    return float(10 * np.log10(255.0**2 / max(mse, 255.0**2 * 1e-10)))
 
 
 def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -282,9 +348,17 @@ class VAETrainer:
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.vae = LpmVAE(cfg.model).to(cfg.device)
-        self.opt = torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, betas=cfg.betas,
-                                     weight_decay=cfg.weight_decay)
+        if cfg.init:
+            if not Path(cfg.init).is_file():
+                raise ConfigError(f"init={cfg.init}: no such VAE checkpoint")
+            self.vae = LpmVAE.from_checkpoint(cfg.init, cfg.device)
+            cfg.model = self.vae.cfg  # the checkpoint's shape (saved with the run)
+        else:
+            self.vae = LpmVAE(cfg.model).to(cfg.device)
+        self.vae.encoder.requires_grad_(cfg.train_encoder)
+        self.opt = torch.optim.AdamW([p for p in self.vae.parameters() if p.requires_grad], lr=cfg.lr,
+                                     betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.masks: np.ndarray | None = None  # (N, H, W) bool per training frame, with face_weight
         self.rng = np.random.default_rng(cfg.seed)
         self.step = 0
 
@@ -328,6 +402,8 @@ class VAETrainer:
 
     @torch.no_grad()
     def _measure_latent_stats(self) -> None:
+        if not self.cfg.train_encoder:
+            return  # a decoder fine-tune keeps init's latent space and statistics
         idx = _even(len(self.frames), self.cfg.stats_frames)
         was_training = self.vae.training
         self.vae.eval()
@@ -346,33 +422,51 @@ class VAETrainer:
         cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
         return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
 
-    def _batch(self) -> torch.Tensor:
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Images ``(B, 3, H, W)`` and, with ``face_weight``, their L1 weights ``(B, 1, H, W)``."""
         cfg = self.cfg
         n_ref = int(round(cfg.batch * cfg.ref_fraction)) if len(self.refs) else 0
-        imgs = [self.frames[self.rng.integers(0, len(self.frames), cfg.batch - n_ref)]]
+        pick = self.rng.integers(0, len(self.frames), cfg.batch - n_ref)
+        imgs = [self.frames[pick]]
         if n_ref:
             imgs.append(self.refs[self.rng.integers(0, len(self.refs), n_ref)])
         imgs = np.concatenate(imgs)
+        masks = None
+        if self.masks is not None:  # references carry no motion: no face map
+            masks = np.concatenate([self.masks[pick], np.zeros((n_ref, *self.masks.shape[1:]), bool)])
         if cfg.hflip:
             flip = self.rng.random(len(imgs)) < 0.5
             imgs[flip] = imgs[flip, :, ::-1]
-        return to_pixels(imgs, cfg.device)  # (B, 3, H, W)
+            if masks is not None:
+                masks[flip] = masks[flip, :, ::-1]
+        weights = None
+        if masks is not None:
+            m = torch.from_numpy(np.ascontiguousarray(masks)).float()[:, None].to(cfg.device)
+            weights = 1.0 + cfg.face_weight * F.max_pool2d(m, 5, 1, 2)  # dilated by 2 px
+        return to_pixels(imgs, cfg.device), weights
 
-    def train_step(self, x: torch.Tensor) -> dict[str, float]:
-        """One optimizer step on images ``x`` (B, 3, H, W); returns the loss parts."""
+    def train_step(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, float]:
+        """One optimizer step on images ``x`` (B, 3, H, W), L1 weighted by ``weights`` (B, 1, H, W) if given;
+        returns the loss parts."""
         cfg = self.cfg
         with autocast(cfg.device, self.autocast_dtype):
-            mean, logvar = self.vae.encode_frames(x)
-            z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)  # reparameterised posterior sample
+            if cfg.train_encoder:
+                mean, logvar = self.vae.encode_frames(x)
+                z = mean + (0.5 * logvar).exp() * torch.randn_like(mean)  # reparameterised posterior sample
+            else:  # the frozen encoder's mean: the latents a DiT is trained on and generates
+                with torch.no_grad():
+                    mean, logvar = self.vae.encode_frames(x)
+                z = mean
             x_hat = self.vae.decode_frames(z).float()
-        l1 = (x_hat - x).abs().mean()
+        err = (x_hat - x).abs()
+        l1 = (err * weights).mean() if weights is not None else err.mean()
         ssim_loss = 1 - ssim(x_hat, x)
         kl = kl_divergence(mean, logvar)
         loss = cfg.l1_weight * l1 + cfg.ssim_weight * ssim_loss + cfg.kl_weight * kl
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.vae.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_([p for p in self.vae.parameters() if p.requires_grad], cfg.grad_clip)
         self.opt.step()
         mse = F.mse_loss(x_hat.detach().clamp(-1, 1), x).item()
         return {"loss": loss.item(), "l1": l1.item(), "ssim_loss": ssim_loss.item(), "kl": kl.item(),
@@ -398,9 +492,15 @@ class VAETrainer:
             raise LpmError(f"frames are {w}x{h}; the VAE needs sides divisible by {self.vae.downsample}")
         held_out = {s: load_frames(self.data_dir, s, self.cache_dir, cfg.eval_frames_per_clip)[0]
                     for s in ("val", "zeroshot")}
+        if cfg.face_weight > 0:
+            self.masks = face_masks(self.data_dir, "train", self.cache_dir, cfg.train_frames_per_clip)
+            if len(self.masks) != len(self.frames) or not self.masks.any():
+                raise LpmError(f"face_weight={cfg.face_weight}: {self.data_dir} has no mouth/eye regions (world "
+                               f"clips with motion have them); use face_weight=0")
         pool = held_out["val"] if len(held_out["val"]) else self.frames
         self.sample_images = pool[_even(len(pool), cfg.sample_images)]
-        print(f"VAE {count_parameters(self.vae) / 1e6:.2f}M params, {len(self.frames)} train frames + "
+        what = "" if cfg.train_encoder else f" (decoder only, from {cfg.init})"
+        print(f"VAE {count_parameters(self.vae) / 1e6:.2f}M trainable params{what}, {len(self.frames)} train frames + "
               f"{len(self.refs)} refs at {w}x{h}, precision {self.autocast_dtype or 'fp32'}", flush=True)
 
         self._resume()
@@ -413,7 +513,7 @@ class VAETrainer:
             lr = self.lr_at(self.step)
             for group in self.opt.param_groups:
                 group["lr"] = lr
-            parts = self.train_step(self._batch())
+            parts = self.train_step(*self._batch())
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 now = time.perf_counter()
@@ -438,11 +538,17 @@ class VAETrainer:
         train_eval = self.frames[_even(len(self.frames), 256)]
         result: dict[str, Any] = {"step": self.step, "params": count_parameters(self.vae), "psnr_db": {},
                                   "frames": {}}
+        result["psnr_face_db"] = {}  # over the mouth and eye pixels (world clips), where the look is decided
         for split, frames in {"train": train_eval, **held_out}.items():
             if len(frames):
-                psnr = psnr_uint8(frames, reconstruct(self.vae, frames))
-                result["psnr_db"][split] = round(float(psnr.mean()), 3)
+                recon = reconstruct(self.vae, frames)
+                result["psnr_db"][split] = round(float(psnr_uint8(frames, recon).mean()), 3)
                 result["frames"][split] = len(frames)
+                if split != "train":
+                    masks = face_masks(self.data_dir, split, self.cache_dir, self.cfg.eval_frames_per_clip)
+                    face = psnr_masked_uint8(frames, recon, masks) if len(masks) == len(frames) else None
+                    if face is not None:
+                        result["psnr_face_db"][split] = round(face, 3)
         h, w = self.frames.shape[1:3]
         result["resolution"] = [int(h), int(w)]
         result["threads"] = torch.get_num_threads()
