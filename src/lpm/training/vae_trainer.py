@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from lpm.config import ConfigError, load_config, to_dict
 from lpm.data.clip import read_clip, read_manifest, tensor_to_image
 from lpm.data.video import read_mp4
 from lpm.errors import LpmError
+from lpm.fsutil import atomic_path
 from lpm.models.latent_codec import time_codec
 from lpm.models.vae import LpmVAE, VAEConfig, count_parameters
 from lpm.training.checkpoint import load_into, load_train_state, save_train_state
@@ -191,10 +191,8 @@ def load_frames(data_dir: Path, split: str, cache_dir: Path, frames_per_clip: in
         raise LpmError(f"{data_dir} split {split}: clips of different frame sizes {sorted(shapes)}")
     out = np.concatenate(frames)
     ref_arr = np.stack(refs) if refs else np.zeros((0, *out.shape[1:]), np.uint8)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, frames=out, refs=ref_arr)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, frames=out, refs=ref_arr)
     return out, ref_arr
 
 
@@ -220,13 +218,12 @@ def face_masks(data_dir: Path, split: str, cache_dir: Path, frames_per_clip: int
         clip = read_clip(data_dir / row["path"], load_video=False)
         f, h, w = int(row["frames"]), int(row["height"]), int(row["width"])
         idx = _even(f, frames_per_clip)
-        cov = face_coverage(clip.meta.extra, clip.meta.style, clip.motion, clip.motion_names, h, w, 1)
-        masks.append(cov[0][idx].numpy() > 0 if cov is not None else np.zeros((len(idx), h, w), bool))
+        motion = clip.motion[idx] if clip.motion is not None else None  # only the frames load_frames keeps
+        cov = face_coverage(clip.meta.extra, clip.meta.style, motion, clip.motion_names, h, w, 1)
+        masks.append(cov[0].numpy() > 0 if cov is not None else np.zeros((len(idx), h, w), bool))
     out = np.concatenate(masks) if masks else np.zeros((0, 1, 1), bool)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, masks=out)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, masks=out)
     return out
 
 
@@ -442,7 +439,7 @@ class VAETrainer:
         weights = None
         if masks is not None:
             m = torch.from_numpy(np.ascontiguousarray(masks)).float()[:, None].to(cfg.device)
-            weights = 1.0 + cfg.face_weight * F.max_pool2d(m, 5, 1, 2)  # dilated by 2 px
+            weights = 1.0 + cfg.face_weight * m
         return to_pixels(imgs, cfg.device), weights
 
     def train_step(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, float]:
@@ -493,10 +490,13 @@ class VAETrainer:
         held_out = {s: load_frames(self.data_dir, s, self.cache_dir, cfg.eval_frames_per_clip)[0]
                     for s in ("val", "zeroshot")}
         if cfg.face_weight > 0:
-            self.masks = face_masks(self.data_dir, "train", self.cache_dir, cfg.train_frames_per_clip)
-            if len(self.masks) != len(self.frames) or not self.masks.any():
+            masks = face_masks(self.data_dir, "train", self.cache_dir, cfg.train_frames_per_clip)
+            if len(masks) != len(self.frames) or not masks.any():
                 raise LpmError(f"face_weight={cfg.face_weight}: {self.data_dir} has no mouth/eye regions (world "
                                f"clips with motion have them); use face_weight=0")
+            self.masks = np.concatenate([  # dilated by 2 px, once (in slices: a float copy of all is large)
+                F.max_pool2d(torch.from_numpy(masks[i:i + 1024]).float()[:, None], 5, 1, 2)[:, 0].numpy() > 0
+                for i in range(0, len(masks), 1024)])
         pool = held_out["val"] if len(held_out["val"]) else self.frames
         self.sample_images = pool[_even(len(pool), cfg.sample_images)]
         what = "" if cfg.train_encoder else f" (decoder only, from {cfg.init})"
