@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from killing import kill_after_checkpoint, rerun_until
@@ -133,9 +134,12 @@ def test_config_fields_are_commented():
         assert src[j - 1].strip().startswith("#"), name
 
 
-def _world_dataset(root: Path) -> Path:
+@pytest.fixture(scope="module")
+def world_data(tmp_path_factory) -> Path:
+    """Three small world clips (two train, one val), made once for the tests that need face regions."""
     from lpm.world.synth import plan, synth
 
+    root = tmp_path_factory.mktemp("world")
     # Conversations face the camera (other modes may turn the body away, with no visible features).
     specs = plan(2, seed=3, seconds=0.5, res=64, split="train", mode="conversation")
     specs += plan(1, seed=5, seconds=0.5, res=64, split="val", mode="conversation")
@@ -143,10 +147,10 @@ def _world_dataset(root: Path) -> Path:
     return root
 
 
-def test_face_masks_cover_mouth_and_eyes_of_world_frames(tmp_path):
+def test_face_masks_cover_mouth_and_eyes_of_world_frames(tmp_path, world_data):
     from lpm.training.vae_trainer import face_masks, load_frames
 
-    data = _world_dataset(tmp_path / "world")
+    data = world_data
     frames, _ = load_frames(data, "val", tmp_path / "cache", frames_per_clip=6)
     masks = face_masks(data, "val", tmp_path / "cache", frames_per_clip=6)
     assert masks.shape == frames.shape[:3] and masks.dtype == bool
@@ -174,12 +178,10 @@ def test_psnr_masked_pools_only_masked_pixels():
     assert psnr_masked_uint8(a, b, np.zeros_like(top)) is None
 
 
-def test_decoder_fine_tune_keeps_the_latent_space(tmp_path):
-    import pytest
-
+def test_decoder_fine_tune_keeps_the_latent_space(tmp_path, world_data):
     from lpm.config import ConfigError
 
-    data = _world_dataset(tmp_path / "world")
+    data = world_data
     small = ["model.channels=[8,16,16]", "model.latent_channels=4", "model.norm_groups=4", "batch=4",
              "stats_frames=8", "eval_frames_per_clip=2", "threads=1", "sample_every=1000", "log_every=2"]
     first = VAETrainer(load_train_config(None, small + ["steps=4", "checkpoint_every=4"]), data, tmp_path / "a")
