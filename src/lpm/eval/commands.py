@@ -1,4 +1,4 @@
-"""``lpm bench`` and ``lpm eval train-probe|train-identity`` (argument parsing only)."""
+"""``lpm bench`` and ``lpm eval train-probe|train-eyes|train-identity|train-states`` (argument parsing only)."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     """Add ``lpm bench`` and ``lpm eval train-probe|train-identity``."""
     from lpm.eval.speed import DEFAULT_REPEATS
     from lpm.eval.suites import SUITES
-    from lpm.eval.train import IDENTITY_KIND, PROBE_KIND
+    from lpm.eval.train import EYES_KIND, IDENTITY_KIND, PROBE_KIND
     from lpm.models.dit_config import PRESETS
 
     p = sub.add_parser("bench", help="LPM-Bench: every system, every metric, with validated instruments",
@@ -206,6 +206,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.set_defaults(func=_bench)
 
     for name, kind, what in (("train-probe", PROBE_KIND, "the motion probe"),
+                             ("train-eyes", EYES_KIND, "the eye reader (blinks, gaze, brows)"),
                              ("train-identity", IDENTITY_KIND, "the identity embedding")):
         p = groups["eval"].add_parser(name, help=f"train {what} on world renders (rerun to resume)")
         p.add_argument("--out", required=True, help="run directory; render sets are cached in OUT/../renders")

@@ -37,26 +37,32 @@ class RenderSet:
         poses: (N, NUM_MOTION) float32, the rig pose of each frame.
         identity: (N,) int64, an identity index within this set (equal index = same character).
         styles: the style of each identity index.
+        eyes: (N, 2, 4) int16 or None, the pixel boxes (x0, y0, x1, y1) of "eye_l" and "eye_r" in each frame
+            (``Renderer.face_regions``; x0 == x1 where the eye faces away). None in sets saved before they existed.
     """
 
     frames: np.ndarray
     poses: np.ndarray
     identity: np.ndarray
     styles: list[str]
+    eyes: np.ndarray | None = None
 
     def save(self, path: str | Path) -> None:
         """Write as one npz (atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
-        np.savez(tmp, frames=self.frames, poses=self.poses, identity=self.identity, styles=np.array(self.styles))
+        extra = {} if self.eyes is None else {"eyes": self.eyes}
+        np.savez(tmp, frames=self.frames, poses=self.poses, identity=self.identity, styles=np.array(self.styles),
+                 **extra)
         os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | Path) -> RenderSet:
         """Read a set written by ``save``."""
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["frames"], z["poses"], z["identity"], [str(s) for s in z["styles"]])
+            eyes = z["eyes"] if "eyes" in z.files else None
+            return cls(z["frames"], z["poses"], z["identity"], [str(s) for s in z["styles"]], eyes)
 
 
 def load_clip_motion(data: str | Path | None, split: str = "train") -> np.ndarray | None:
@@ -96,7 +102,7 @@ def _init_worker(clip_motion: np.ndarray | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _identity_job(args: tuple[str, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, str]:
+def _identity_job(args: tuple[str, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
     split, seed, i, per_identity, res = args
     clip_motion = _worker_clip_motion
     rng = np.random.default_rng([seed, i, SPLIT_CODE[split], RENDER_SET_SALT])
@@ -104,7 +110,9 @@ def _identity_job(args: tuple[str, int, int, int, int]) -> tuple[np.ndarray, np.
     style = styles[i % len(styles)]
     identity = sample_identity(IDENTITY_SEED_BASE[split] + int(rng.integers(0, 9_999_999)), style)
     poses = _poses(rng, per_identity, clip_motion)
-    return Renderer(identity, res).render_sequence(poses), poses, style
+    renderer = Renderer(identity, res)
+    eyes = np.array([[boxes["eye_l"], boxes["eye_r"]] for boxes in map(renderer.face_regions, poses)], np.int16)
+    return renderer.render_sequence(poses), poses, eyes, style
 
 
 def render_set(split: str, identities: int, per_identity: int, res: int = 128, seed: int = 0,
@@ -119,19 +127,23 @@ def render_set(split: str, identities: int, per_identity: int, res: int = 128, s
     else:
         with mp.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(clip_motion,)) as pool:
             out = pool.map(_identity_job, jobs, chunksize=4)
-    frames = np.concatenate([f for f, _, _ in out])
-    poses = np.concatenate([p for _, p, _ in out]).astype(np.float32)
+    frames = np.concatenate([f for f, _, _, _ in out])
+    poses = np.concatenate([p for _, p, _, _ in out]).astype(np.float32)
     assert poses.shape[1] == NUM_MOTION
     identity = np.repeat(np.arange(identities), per_identity).astype(np.int64)
-    return RenderSet(frames, poses, identity, [s for _, _, s in out])
+    return RenderSet(frames, poses, identity, [s for _, _, _, s in out], np.concatenate([e for _, _, e, _ in out]))
 
 
 def cached_render_set(cache: str | Path, split: str, identities: int, per_identity: int, res: int = 128,
                       seed: int = 0, clip_motion: np.ndarray | None = None) -> RenderSet:
-    """``render_set``, stored under ``cache`` (one npz per split, size, res and seed) after the first call."""
+    """``render_set``, stored under ``cache`` (one npz per split, size, res and seed) after the first call.
+
+    A cached set from before eye boxes existed is rendered again (the same frames, now with their boxes)."""
     path = Path(cache) / f"{split}_{identities}x{per_identity}_r{res}_s{seed}.npz"
     if path.is_file():
-        return RenderSet.load(path)
+        cached = RenderSet.load(path)
+        if cached.eyes is not None:
+            return cached
     out = render_set(split, identities, per_identity, res, seed, clip_motion)
     out.save(path)
     return out
