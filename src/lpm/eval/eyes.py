@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpm.eval.probe import (
-    _LO,
     _HI,
+    _LO,
     ChannelAccuracy,
     ProbeTrack,
     _pearson,

@@ -122,7 +122,10 @@ def validation(results: list[SystemResult], channel_r: dict | None = None,
 def instrument_summary(inst, identity_checks: dict | None = None) -> dict:
     """The instrument accuracy figures that go into the report (``inst``: ``suites.Instruments``)."""
     out: dict = {"probe": {}, "identity": {}, "states": inst.states_accuracy,
-                 "identity_checks": identity_checks or {}}
+                 "identity_checks": identity_checks or {}, "eyes": None}
+    if inst.eyes_accuracy:  # the eye reader's own figures (its channels are already in "probe")
+        out["eyes"] = {split: {k: acc[k] for k in ("locator_px_p50", "locator_px_p95", "visibility_acc")}
+                       for split, acc in inst.eyes_accuracy.items()}
     for split, acc in inst.probe_accuracy.items():
         out["probe"][split] = {"frames": acc["frames"], "emotion_acc": acc["emotion_acc"],
                                "channels": {c: acc["channels"][c] for c in PROBE_CHANNELS}}

@@ -67,8 +67,10 @@ def _cached(path: Path, make) -> dict[str, np.ndarray]:
     return out
 
 
-def calibration_readings(run: Path, cfg: StateTrainConfig, read) -> dict[str, np.ndarray]:
+def calibration_readings(run: Path, cfg: StateTrainConfig, read, tag: str = "") -> dict[str, np.ndarray]:
     """Render the calibration clips (cached) and read them with ``read`` ((F, H, W, 3) -> (F, NUM_MOTION)).
+
+    The readings are cached per ``tag`` (one per reader: the probe alone, the probe with the eye reader).
 
     Returns:
         {"read", "true": (N, F, NUM_MOTION), "states": (N, F)}.
@@ -89,7 +91,7 @@ def calibration_readings(run: Path, cfg: StateTrainConfig, read) -> dict[str, np
             states.append(st)
         return {"read": np.stack(read_), "true": np.stack(true), "states": np.stack(states)}
 
-    return _cached(run / "calib_readings.npz", make)
+    return _cached(run / f"calib_readings{tag}.npz", make)
 
 
 def train_state_net(motion: np.ndarray, states: np.ndarray, noise: ReadingNoise, cfg: StateTrainConfig,
@@ -119,16 +121,23 @@ def train_state_net(motion: np.ndarray, states: np.ndarray, noise: ReadingNoise,
     return net.eval()
 
 
-def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path, log=print) -> dict[str, Any]:
-    """The whole recipe (module docstring); writes ``RUN/model.safetensors``; returns its metadata ``extra``."""
-    from lpm.eval.probe import read_frames
-    from lpm.eval.train import load_probe
+def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
+                 eyes_path: str | Path | None = None, log=print) -> dict[str, Any]:
+    """The whole recipe (module docstring); writes ``RUN/model.safetensors``; returns its metadata ``extra``.
+
+    The tracks are read as the bench reads them: the probe, with the eye reader's channels when ``eyes_path``
+    is given (``suites.eyes_path_or_none``)."""
+    from lpm.eval.suites import eyes_path_or_none, read_tracks
+    from lpm.eval.train import load_eyes, load_probe
 
     torch.set_num_threads(cfg.threads)
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     probe, _ = load_probe(probe_path)
-    calib = calibration_readings(run, cfg, lambda frames: read_frames(probe, frames).motion)
+    eyes_path = eyes_path_or_none(eyes_path)
+    eyes = None if eyes_path is None else load_eyes(eyes_path)[0]
+    calib = calibration_readings(run, cfg, lambda frames: read_tracks(probe, eyes, frames).motion,
+                                 "" if eyes is None else "_eyes")
     noise = ReadingNoise.fit(list(calib["read"]), list(calib["true"]))
     perf = _cached(run / f"performances_{cfg.clips}_s{cfg.seed}.npz",
                    lambda: dict(zip(("motion", "states"), world_performances(cfg.clips, cfg.seed, cfg.seconds))))
@@ -140,7 +149,7 @@ def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
                           "calib_true_motion": float((true_motion == calib["states"]).mean()),
                           "calib_clips": int(len(pred))},
              "noise": {k: getattr(noise, k).tolist() for k in ("gain", "offset", "sigma")},
-             "probe": str(probe_path)}
+             "probe": str(probe_path), "eyes": None if eyes_path is None else str(eyes_path)}
     save_checkpoint(run / "model.safetensors", net.state_dict(),
                     {"train": dataclasses.asdict(cfg), "net": dataclasses.asdict(net.cfg)}, STATE_KIND, extra)
     (run / "accuracy.json").write_text(json.dumps(extra, indent=1))

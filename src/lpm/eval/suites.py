@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -19,8 +20,10 @@ import numpy as np
 
 from lpm.data.clip import STATE_NAMES, read_clip, read_manifest, tensor_to_image
 from lpm.data.video import read_mp4
-from lpm.eval import DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
+from lpm.errors import LpmError
+from lpm.eval import DEFAULT_EYES, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
 from lpm.eval import metrics as M
+from lpm.eval.eyes import EyeReader, merge_eyes, read_eyes
 from lpm.eval.identity import IdentityNet, embed_frames
 from lpm.eval.identity_check import check_identity
 from lpm.eval.probe import MotionProbe, ProbeTrack, read_frames
@@ -67,6 +70,8 @@ class Instruments:
 
     ``identity_threshold``: split -> the identity similarity below which a frame counts as off-identity, fixed
     on the truth render when the bench runs (``identity_check``: the 1st percentile of its frames).
+    ``eyes``: the eye reader, whose blink, gaze and brow channels replace the probe's (None: the probe's alone).
+    ``probe_accuracy`` is then the accuracy of the merged reading (those channels from ``eyes_accuracy``).
     """
 
     probe: MotionProbe
@@ -76,23 +81,51 @@ class Instruments:
     identity_accuracy: dict
     states_accuracy: dict | None = None
     identity_threshold: dict[str, float] = field(default_factory=dict)
+    eyes: EyeReader | None = None
+    eyes_accuracy: dict | None = None
 
     def read(self, frames: np.ndarray) -> ProbeTrack:
-        """(F, H, W, 3) uint8 -> the motion probe's track."""
-        return read_frames(self.probe, frames)
+        """(F, H, W, 3) uint8 -> the motion track (the probe's, with the eye reader's channels when there is one)."""
+        return read_tracks(self.probe, self.eyes, frames)
+
+
+def read_tracks(probe: MotionProbe, eyes: EyeReader | None, frames: np.ndarray) -> ProbeTrack:
+    """The probe's track of frames (F, H, W, 3) uint8, with the eye reader's channels merged in (``eyes``)."""
+    track = read_frames(probe, frames)
+    return track if eyes is None else merge_eyes(track, read_eyes(eyes, frames))
+
+
+def eyes_path_or_none(path: str | Path | None) -> Path | None:
+    """An ``--eyes`` argument: None, "" or "none" = no eye reader; else the checkpoint (which must exist)."""
+    if path is None or str(path).lower() in ("", "none"):
+        return None
+    if not Path(path).is_file():
+        raise LpmError(f"--eyes {path} does not exist (train it with `lpm eval train-eyes`, use the shipped "
+                       f"{DEFAULT_EYES}, or pass --eyes none to read blinks, gaze and brows with the probe)")
+    return Path(path)
 
 
 def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str | Path = DEFAULT_IDENTITY,
-                     states_path: str | Path = DEFAULT_STATES) -> Instruments:
-    """Load the motion probe, the state reader and the identity embedding."""
+                     states_path: str | Path = DEFAULT_STATES,
+                     eyes_path: str | Path | None = DEFAULT_EYES) -> Instruments:
+    """Load the motion probe, the eye reader (``eyes_path_or_none``), the state reader and the identity
+    embedding."""
     from lpm.eval.state_train import load_state_reader
-    from lpm.eval.train import load_identity, load_probe
+    from lpm.eval.train import load_eyes, load_identity, load_probe
 
     probe, pmeta = load_probe(probe_path)
     ident, imeta = load_identity(identity_path)
     states, smeta = load_state_reader(states_path)
-    return Instruments(probe, ident, states, pmeta["extra"]["accuracy"], imeta["extra"]["accuracy"],
-                       smeta["extra"].get("accuracy"))
+    probe_acc = copy.deepcopy(pmeta["extra"]["accuracy"])
+    eyes, eyes_acc = None, None
+    if (path := eyes_path_or_none(eyes_path)) is not None:
+        eyes, emeta = load_eyes(path)
+        eyes_acc = emeta["extra"]["accuracy"]
+        for split, acc in eyes_acc.items():
+            if split in probe_acc:
+                probe_acc[split]["channels"].update(acc["channels"])
+    return Instruments(probe, ident, states, probe_acc, imeta["extra"]["accuracy"], smeta["extra"].get("accuracy"),
+                       eyes=eyes, eyes_accuracy=eyes_acc)
 
 
 def load_motion_states(clip_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
