@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from lpm.errors import LpmError
 from lpm.eval.eyes import (
     EYE_CHANNELS,
     EYE_OUTPUTS,
@@ -21,7 +22,6 @@ from lpm.eval.probe import MotionProbe, ProbeTrack, read_frames
 from lpm.eval.renders import render_set
 from lpm.eval.suites import eyes_path_or_none, read_tracks
 from lpm.eval.train import EYES_KIND, InstrumentTrainConfig, load_eyes, train_instrument
-from lpm.errors import LpmError
 from lpm.world.motion import MOTION_INDEX, NUM_MOTION
 
 
