@@ -17,7 +17,7 @@ from lpm.eval.systems import (
     make_systems,
     timed_stream,
 )
-from lpm.eval.train import IDENTITY_KIND, PROBE_KIND, InstrumentTrainConfig, train_instrument
+from lpm.eval.train import FACE_KIND, IDENTITY_KIND, PROBE_KIND, InstrumentTrainConfig, train_instrument
 from lpm.world.identity import sample_identity
 from lpm.world.synth import ClipSpec, synth
 
@@ -35,6 +35,7 @@ def tiny_world(tmp_path_factory):
                                 res=RES, steps=2, batch=4, identities_per_batch=2, threads=1)
     train_instrument(PROBE_KIND, root / "inst" / "probe", cfg, log=lambda *_: None)
     train_instrument(IDENTITY_KIND, root / "inst" / "identity", cfg, log=lambda *_: None)
+    train_instrument(FACE_KIND, root / "inst" / "face", cfg, log=lambda *_: None)
     _tiny_state_reader(root / "inst" / "states.safetensors")
     return root
 
@@ -90,7 +91,7 @@ def test_bench_quick_writes_contract_report(tiny_world):
     rc = main(["bench", "--suite", "quick", "--data", str(tiny_world / "data"), "--out", str(out),
                "--probe", str(inst / "probe" / "model.safetensors"),
                "--identity", str(inst / "identity" / "model.safetensors"), "--minutes", "0.05",
-               "--states", str(inst / "states.safetensors"),
+               "--states", str(inst / "states.safetensors"), "--face", str(inst / "face" / "model.safetensors"),
                "--no-default-checkpoints"])  # the shipped models are rated by the committed report, not here
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
@@ -110,6 +111,7 @@ def test_bench_quick_writes_contract_report(tiny_world):
     # Two seen clips are too few for an interval (scoring.MIN_DEFINING_CLIPS): none rather than a false point.
     assert isinstance(truth["ci95"], dict) and "identity_sim" not in truth["ci95"]
     assert set(report["instruments"]["identity_checks"]) <= {"val", "zeroshot"}
+    assert set(report["instruments"]["face"]) == {"val", "zeroshot"}  # the face reader's own figures are reported
     assert any("identity on the val truth render" in n for n in report["validation"])
     static = report["systems"][2]["metrics"]["seen"]
     assert static["fps"] > 0 and static["identity_sim"] == pytest.approx(1.0, abs=1e-4)

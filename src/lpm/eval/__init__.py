@@ -7,6 +7,7 @@ DEFAULT_DATA = "data/world128"
 DEFAULT_DATA_RECIPE = {"version": 1, "clips": 320, "seconds": 4.0, "res": 128, "seed": 0}
 # The shipped instruments (``lpm bench`` defaults).
 DEFAULT_PROBE = "checkpoints/probe.safetensors"
-DEFAULT_EYES = "checkpoints/eyes.safetensors"  # blink, gaze, brow: read over the probe's (``lpm.eval.eyes``)
+# Eyes, brows, mouth and emotion, read in place of the probe's (``lpm.eval.face``).
+DEFAULT_FACE = "checkpoints/face.safetensors"
 DEFAULT_IDENTITY = "checkpoints/identity.safetensors"
 DEFAULT_STATES = "checkpoints/states.safetensors"

@@ -18,7 +18,7 @@ from lpm.eval.suites import (
     SUITES,
     check_identity_instrument,
     clip_metrics,
-    eyes_path_or_none,
+    face_path_or_none,
     load_clip,
     load_instruments,
     run_clip_suite,
@@ -78,7 +78,7 @@ def ensure_default_data(data: str | Path, log=print) -> None:
 
 
 def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, identity: str | Path,
-              states: str | Path, checkpoints: dict[str, str] | None = None, eyes: str | Path | None = None,
+              states: str | Path, checkpoints: dict[str, str] | None = None, face: str | Path | None = None,
               minutes: float = 0.0, seed: int = 0,
               refiner: bool = False, base_steps: int | None = None, model_clips: dict[str, int] | None = None,
               log=print) -> dict:
@@ -87,7 +87,7 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
     ``refiner``: also run ``online+refiner`` (the online checkpoint with the one-step refiner on);
     ``base_steps``: ODE steps per window of ``base`` (None: its default; ``QUICK_BASE_STEPS`` in the quick suite);
     ``model_clips``: clips each trained model rates in the quick suite, by system name (``"*"``: any other), over
-    ``QUICK_MODEL_CLIPS``; ``eyes``: the eye reader (``suites.eyes_path_or_none``; None: the probe alone).
+    ``QUICK_MODEL_CLIPS``; ``face``: the face reader (``suites.face_path_or_none``; None: the probe alone).
     """
     if suite not in SUITES:
         raise LpmError(f"unknown suite {suite!r}; expected one of {SUITES}")
@@ -96,7 +96,7 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
         if not Path(path).is_file():
             raise LpmError(f"{what} {path} does not exist (train it with `lpm eval {how}`, or use the shipped one "
                            "under checkpoints/)")
-    eyes_path_or_none(eyes)
+    face_path_or_none(face)
     if Path(data).resolve() == Path(DEFAULT_DATA).resolve():
         ensure_default_data(data, log)
     elif not (Path(data) / "manifest.jsonl").is_file():
@@ -106,7 +106,7 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
     machine = {"cpus": os.cpu_count(), "threads": threads,
                "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     t0 = time.time()
-    inst = load_instruments(probe, identity, states, eyes)
+    inst = load_instruments(probe, identity, states, face)
     if base_steps is None and suite == "quick":
         base_steps = QUICK_BASE_STEPS
     systems = make_systems(checkpoints, seed, refiner, base_steps)

@@ -1,4 +1,4 @@
-"""``lpm bench`` and ``lpm eval train-probe|train-eyes|train-identity|train-states`` (argument parsing only)."""
+"""``lpm bench`` and ``lpm eval train-probe|train-face|train-identity|train-states`` (argument parsing only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from lpm.errors import LpmError
-from lpm.eval import DEFAULT_DATA, DEFAULT_EYES, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
+from lpm.eval import DEFAULT_DATA, DEFAULT_FACE, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
 
 # --minutes when not given: the long suite's 45-minute session; the full suite runs a shorter one.
 DEFAULT_MINUTES = {"long": 45.0, "full": 10.0, "quick": 0.0}
@@ -109,7 +109,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     minutes = args.minutes if args.minutes is not None else DEFAULT_MINUTES[args.suite]
     report = run_bench(args.suite, args.out, data=args.data, probe=args.probe, identity=args.identity,
-                       states=args.states, eyes=args.eyes,
+                       states=args.states, face=args.face,
                        checkpoints=_parse_checkpoints(args.checkpoint, not args.no_default_checkpoints),
                        minutes=minutes, seed=args.seed, refiner=args.refiner, base_steps=args.base_steps,
                        model_clips=_parse_model_clips(args.model_clips))
@@ -134,7 +134,7 @@ def _train_states(args: argparse.Namespace) -> int:
     from lpm.eval.state_train import StateTrainConfig, train_states
 
     cfg = apply_overrides(StateTrainConfig(), args.overrides)
-    print(json.dumps(train_states(args.out, cfg, args.probe, args.eyes)["accuracy"], indent=1))
+    print(json.dumps(train_states(args.out, cfg, args.probe, args.face)["accuracy"], indent=1))
     return 0
 
 
@@ -142,7 +142,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     """Add ``lpm bench`` and ``lpm eval train-probe|train-identity``."""
     from lpm.eval.speed import DEFAULT_REPEATS
     from lpm.eval.suites import SUITES
-    from lpm.eval.train import EYES_KIND, IDENTITY_KIND, PROBE_KIND
+    from lpm.eval.train import FACE_KIND, IDENTITY_KIND, PROBE_KIND
     from lpm.models.dit_config import PRESETS
 
     p = sub.add_parser("bench", help="LPM-Bench: every system, every metric, with validated instruments",
@@ -167,8 +167,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--data", default=DEFAULT_DATA, help="world clip data set (train clips fit the state reader)")
     p.add_argument("--probe", default=DEFAULT_PROBE)
-    p.add_argument("--eyes", default=DEFAULT_EYES, help="eye reader whose blink, gaze and brow replace the probe's "
-                   "(none: the probe alone)")
+    p.add_argument("--face", default=DEFAULT_FACE, help="face reader whose eye, brow and mouth channels and "
+                   "emotion replace the probe's (none: the probe alone)")
     p.add_argument("--identity", default=DEFAULT_IDENTITY)
     p.add_argument("--states", default=DEFAULT_STATES, help="state reader (speak / listen / idle from the tracks)")
     p.add_argument("--minutes", type=float, default=None,
@@ -208,7 +208,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.set_defaults(func=_bench)
 
     for name, kind, what in (("train-probe", PROBE_KIND, "the motion probe"),
-                             ("train-eyes", EYES_KIND, "the eye reader (blinks, gaze, brows)"),
+                             ("train-face", FACE_KIND, "the face reader (eyes, brows, mouth, emotion)"),
                              ("train-identity", IDENTITY_KIND, "the identity embedding")):
         p = groups["eval"].add_parser(name, help=f"train {what} on world renders (rerun to resume)")
         p.add_argument("--out", required=True, help="run directory; render sets are cached in OUT/../renders")
@@ -221,7 +221,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                                   "probes' measured errors")
     p.add_argument("--out", required=True, help="run directory (calibration clips and performances cached there)")
     p.add_argument("--probe", default=DEFAULT_PROBE)
-    p.add_argument("--eyes", default=DEFAULT_EYES, help="eye reader whose blink, gaze and brow replace the probe's "
-                   "(none: the probe alone)")
+    p.add_argument("--face", default=DEFAULT_FACE, help="face reader whose eye, brow and mouth channels and "
+                   "emotion replace the probe's (none: the probe alone)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="StateTrainConfig overrides, e.g. clips=1200")
     p.set_defaults(func=_train_states)

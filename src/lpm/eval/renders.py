@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lpm.eval.face import REGIONS
 from lpm.world.frames import random_poses
 from lpm.world.identity import TRAIN_STYLES, ZEROSHOT_STYLE, sample_identity
 from lpm.world.motion import NUM_MOTION
@@ -37,22 +38,23 @@ class RenderSet:
         poses: (N, NUM_MOTION) float32, the rig pose of each frame.
         identity: (N,) int64, an identity index within this set (equal index = same character).
         styles: the style of each identity index.
-        eyes: (N, 2, 4) int16 or None, the pixel boxes (x0, y0, x1, y1) of "eye_l" and "eye_r" in each frame
-            (``Renderer.face_regions``; x0 == x1 where the eye faces away). None in sets saved before they existed.
+        boxes: (N, 3, 4) int16 or None, the pixel boxes (x0, y0, x1, y1) of "eye_l", "eye_r" and "mouth"
+            (``face.REGIONS``) in each frame (``Renderer.face_regions``; x0 == x1 where the feature faces away).
+            None in sets saved before they existed.
     """
 
     frames: np.ndarray
     poses: np.ndarray
     identity: np.ndarray
     styles: list[str]
-    eyes: np.ndarray | None = None
+    boxes: np.ndarray | None = None
 
     def save(self, path: str | Path) -> None:
         """Write as one npz (atomically)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp.npz")
-        extra = {} if self.eyes is None else {"eyes": self.eyes}
+        extra = {} if self.boxes is None else {"boxes": self.boxes}
         np.savez(tmp, frames=self.frames, poses=self.poses, identity=self.identity, styles=np.array(self.styles),
                  **extra)
         os.replace(tmp, path)
@@ -61,8 +63,8 @@ class RenderSet:
     def load(cls, path: str | Path) -> RenderSet:
         """Read a set written by ``save``."""
         with np.load(path, allow_pickle=False) as z:
-            eyes = z["eyes"] if "eyes" in z.files else None
-            return cls(z["frames"], z["poses"], z["identity"], [str(s) for s in z["styles"]], eyes)
+            boxes = z["boxes"] if "boxes" in z.files else None
+            return cls(z["frames"], z["poses"], z["identity"], [str(s) for s in z["styles"]], boxes)
 
 
 def load_clip_motion(data: str | Path | None, split: str = "train") -> np.ndarray | None:
@@ -111,8 +113,8 @@ def _identity_job(args: tuple[str, int, int, int, int]) -> tuple[np.ndarray, np.
     identity = sample_identity(IDENTITY_SEED_BASE[split] + int(rng.integers(0, 9_999_999)), style)
     poses = _poses(rng, per_identity, clip_motion)
     renderer = Renderer(identity, res)
-    eyes = np.array([[boxes["eye_l"], boxes["eye_r"]] for boxes in map(renderer.face_regions, poses)], np.int16)
-    return renderer.render_sequence(poses), poses, eyes, style
+    boxes = np.array([[b[r] for r in REGIONS] for b in map(renderer.face_regions, poses)], np.int16)
+    return renderer.render_sequence(poses), poses, boxes, style
 
 
 def render_set(split: str, identities: int, per_identity: int, res: int = 128, seed: int = 0,
@@ -138,11 +140,11 @@ def cached_render_set(cache: str | Path, split: str, identities: int, per_identi
                       seed: int = 0, clip_motion: np.ndarray | None = None) -> RenderSet:
     """``render_set``, stored under ``cache`` (one npz per split, size, res and seed) after the first call.
 
-    A cached set from before eye boxes existed is rendered again (the same frames, now with their boxes)."""
+    A cached set from before region boxes existed is rendered again (the same frames, now with their boxes)."""
     path = Path(cache) / f"{split}_{identities}x{per_identity}_r{res}_s{seed}.npz"
     if path.is_file():
         cached = RenderSet.load(path)
-        if cached.eyes is not None:
+        if cached.boxes is not None:
             return cached
     out = render_set(split, identities, per_identity, res, seed, clip_motion)
     out.save(path)

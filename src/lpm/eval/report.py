@@ -122,10 +122,10 @@ def validation(results: list[SystemResult], channel_r: dict | None = None,
 def instrument_summary(inst, identity_checks: dict | None = None) -> dict:
     """The instrument accuracy figures that go into the report (``inst``: ``suites.Instruments``)."""
     out: dict = {"probe": {}, "identity": {}, "states": inst.states_accuracy,
-                 "identity_checks": identity_checks or {}, "eyes": None}
-    if inst.eyes_accuracy:  # the eye reader's own figures (its channels are already in "probe")
-        out["eyes"] = {split: {k: acc[k] for k in ("locator_px_p50", "locator_px_p95", "visibility_acc")}
-                       for split, acc in inst.eyes_accuracy.items()}
+                 "identity_checks": identity_checks or {}, "face": None}
+    if inst.face_accuracy:  # the face reader's own figures (its channels are already in "probe")
+        out["face"] = {split: {k: acc[k] for k in ("locator_px_p50", "locator_px_p95", "visibility_acc")}
+                       for split, acc in inst.face_accuracy.items()}
     for split, acc in inst.probe_accuracy.items():
         out["probe"][split] = {"frames": acc["frames"], "emotion_acc": acc["emotion_acc"],
                                "channels": {c: acc["channels"][c] for c in PROBE_CHANNELS}}
@@ -201,6 +201,11 @@ def to_markdown(report: dict) -> str:
         ch = ", ".join(f"{c} MAE {v['mae']:.3g} r {v['r']:.3f}" for c, v in acc["channels"].items())
         lines.append(f"- Motion probe on {split} ({acc['frames']} frames): emotion acc {acc['emotion_acc']:.3f}; "
                      f"{ch}.")
+    for split, v in (inst.get("face") or {}).items():
+        lines.append(f"- Face reader on {split} (its eye, brow and mouth channels and emotion are in the line "
+                     f"above): anchor error "
+                     f"{v['locator_px_p50']:.2f} px median, {v['locator_px_p95']:.2f} px p95; visibility acc "
+                     f"{v['visibility_acc']:.3f}.")
     for split, v in inst["identity"].items():
         lines.append(f"- Identity embedding on {split}: EER {v['eer']:.3f} (verification accuracy "
                      f"{v['accuracy']:.3f} at cosine {v['threshold']:.2f}; same {v['same_mean']:.2f}, "
@@ -210,7 +215,7 @@ def to_markdown(report: dict) -> str:
                      f"acc {inst['states']['calib_probe_tracks']:.3f} "
                      f"({inst['states']['calib_true_motion']:.3f} on their true motion).")
     for split, rs in inst.get("truth_channel_r", {}).items():
-        lines.append(f"- Probe tracks of the {split} truth render vs true motion, r: "
+        lines.append(f"- Tracks of the {split} truth render (probe + face reader) vs true motion, r: "
                      + ", ".join(f"{c} {v:.2f}" for c, v in rs.items() if v is not None and math.isfinite(v)) + ".")
     for split, chk in inst.get("identity_checks", {}).items():
         lines.append(f"- Identity on the {split} truth render ({chk['clips']} clips, {chk['frames']} frames): ROC AUC "

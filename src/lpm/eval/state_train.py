@@ -70,7 +70,7 @@ def _cached(path: Path, make) -> dict[str, np.ndarray]:
 def calibration_readings(run: Path, cfg: StateTrainConfig, read, tag: str = "") -> dict[str, np.ndarray]:
     """Render the calibration clips (cached) and read them with ``read`` ((F, H, W, 3) -> (F, NUM_MOTION)).
 
-    The readings are cached per ``tag`` (one per reader: the probe alone, the probe with the eye reader).
+    The readings are cached per ``tag`` (one per reader: the probe alone, the probe with the face reader).
 
     Returns:
         {"read", "true": (N, F, NUM_MOTION), "states": (N, F)}.
@@ -122,22 +122,22 @@ def train_state_net(motion: np.ndarray, states: np.ndarray, noise: ReadingNoise,
 
 
 def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
-                 eyes_path: str | Path | None = None, log=print) -> dict[str, Any]:
+                 face_path: str | Path | None = None, log=print) -> dict[str, Any]:
     """The whole recipe (module docstring); writes ``RUN/model.safetensors``; returns its metadata ``extra``.
 
-    The tracks are read as the bench reads them: the probe, with the eye reader's channels when ``eyes_path``
-    is given (``suites.eyes_path_or_none``)."""
-    from lpm.eval.suites import eyes_path_or_none, read_tracks
-    from lpm.eval.train import load_eyes, load_probe
+    The tracks are read as the bench reads them: the probe, with the face reader's channels when ``face_path``
+    is given (``suites.face_path_or_none``)."""
+    from lpm.eval.suites import face_path_or_none, read_tracks
+    from lpm.eval.train import load_face, load_probe
 
     torch.set_num_threads(cfg.threads)
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     probe, _ = load_probe(probe_path)
-    eyes_path = eyes_path_or_none(eyes_path)
-    eyes = None if eyes_path is None else load_eyes(eyes_path)[0]
-    calib = calibration_readings(run, cfg, lambda frames: read_tracks(probe, eyes, frames).motion,
-                                 "" if eyes is None else "_eyes")
+    face_path = face_path_or_none(face_path)
+    face = None if face_path is None else load_face(face_path)[0]
+    calib = calibration_readings(run, cfg, lambda frames: read_tracks(probe, face, frames).motion,
+                                 "" if face is None else "_face")
     noise = ReadingNoise.fit(list(calib["read"]), list(calib["true"]))
     perf = _cached(run / f"performances_{cfg.clips}_s{cfg.seed}.npz",
                    lambda: dict(zip(("motion", "states"), world_performances(cfg.clips, cfg.seed, cfg.seconds))))
@@ -149,7 +149,7 @@ def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
                           "calib_true_motion": float((true_motion == calib["states"]).mean()),
                           "calib_clips": int(len(pred))},
              "noise": {k: getattr(noise, k).tolist() for k in ("gain", "offset", "sigma")},
-             "probe": str(probe_path), "eyes": None if eyes_path is None else str(eyes_path)}
+             "probe": str(probe_path), "face": None if face_path is None else str(face_path)}
     save_checkpoint(run / "model.safetensors", net.state_dict(),
                     {"train": dataclasses.asdict(cfg), "net": dataclasses.asdict(net.cfg)}, STATE_KIND, extra)
     (run / "accuracy.json").write_text(json.dumps(extra, indent=1))

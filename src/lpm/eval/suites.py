@@ -21,9 +21,9 @@ import numpy as np
 from lpm.data.clip import STATE_NAMES, read_clip, read_manifest, tensor_to_image
 from lpm.data.video import read_mp4
 from lpm.errors import LpmError
-from lpm.eval import DEFAULT_EYES, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
+from lpm.eval import DEFAULT_FACE, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
 from lpm.eval import metrics as M
-from lpm.eval.eyes import EyeReader, merge_eyes, read_eyes
+from lpm.eval.face import FaceReader, merge_face, read_face
 from lpm.eval.identity import IdentityNet, embed_frames
 from lpm.eval.identity_check import check_identity
 from lpm.eval.probe import MotionProbe, ProbeTrack, read_frames
@@ -70,8 +70,9 @@ class Instruments:
 
     ``identity_threshold``: split -> the identity similarity below which a frame counts as off-identity, fixed
     on the truth render when the bench runs (``identity_check``: the 1st percentile of its frames).
-    ``eyes``: the eye reader, whose blink, gaze and brow channels replace the probe's (None: the probe's alone).
-    ``probe_accuracy`` is then the accuracy of the merged reading (those channels from ``eyes_accuracy``).
+    ``face``: the face reader, whose eye, brow and mouth channels and emotion replace the probe's (None: the
+    probe alone).
+    ``probe_accuracy`` is then the accuracy of the merged reading (those channels from ``face_accuracy``).
     """
 
     probe: MotionProbe
@@ -81,51 +82,52 @@ class Instruments:
     identity_accuracy: dict
     states_accuracy: dict | None = None
     identity_threshold: dict[str, float] = field(default_factory=dict)
-    eyes: EyeReader | None = None
-    eyes_accuracy: dict | None = None
+    face: FaceReader | None = None
+    face_accuracy: dict | None = None
 
     def read(self, frames: np.ndarray) -> ProbeTrack:
-        """(F, H, W, 3) uint8 -> the motion track (the probe's, with the eye reader's channels when there is one)."""
-        return read_tracks(self.probe, self.eyes, frames)
+        """(F, H, W, 3) uint8 -> the motion track (the probe's, with the face reader's readings when there is one)."""
+        return read_tracks(self.probe, self.face, frames)
 
 
-def read_tracks(probe: MotionProbe, eyes: EyeReader | None, frames: np.ndarray) -> ProbeTrack:
-    """The probe's track of frames (F, H, W, 3) uint8, with the eye reader's channels merged in (``eyes``)."""
+def read_tracks(probe: MotionProbe, face: FaceReader | None, frames: np.ndarray) -> ProbeTrack:
+    """The probe's track of frames (F, H, W, 3) uint8, with the face reader's channels merged in (``face``)."""
     track = read_frames(probe, frames)
-    return track if eyes is None else merge_eyes(track, read_eyes(eyes, frames))
+    return track if face is None else merge_face(track, read_face(face, frames))
 
 
-def eyes_path_or_none(path: str | Path | None) -> Path | None:
-    """An ``--eyes`` argument: None, "" or "none" = no eye reader; else the checkpoint (which must exist)."""
+def face_path_or_none(path: str | Path | None) -> Path | None:
+    """A ``--face`` argument: None, "" or "none" = no face reader; else the checkpoint (which must exist)."""
     if path is None or str(path).lower() in ("", "none"):
         return None
     if not Path(path).is_file():
-        raise LpmError(f"--eyes {path} does not exist (train it with `lpm eval train-eyes`, use the shipped "
-                       f"{DEFAULT_EYES}, or pass --eyes none to read blinks, gaze and brows with the probe)")
+        raise LpmError(f"--face {path} does not exist (train it with `lpm eval train-face`, use the shipped "
+                       f"{DEFAULT_FACE}, or pass --face none to read every channel with the probe)")
     return Path(path)
 
 
 def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str | Path = DEFAULT_IDENTITY,
                      states_path: str | Path = DEFAULT_STATES,
-                     eyes_path: str | Path | None = DEFAULT_EYES) -> Instruments:
-    """Load the motion probe, the eye reader (``eyes_path_or_none``), the state reader and the identity
+                     face_path: str | Path | None = DEFAULT_FACE) -> Instruments:
+    """Load the motion probe, the face reader (``face_path_or_none``), the state reader and the identity
     embedding."""
     from lpm.eval.state_train import load_state_reader
-    from lpm.eval.train import load_eyes, load_identity, load_probe
+    from lpm.eval.train import load_face, load_identity, load_probe
 
     probe, pmeta = load_probe(probe_path)
     ident, imeta = load_identity(identity_path)
     states, smeta = load_state_reader(states_path)
     probe_acc = copy.deepcopy(pmeta["extra"]["accuracy"])
-    eyes, eyes_acc = None, None
-    if (path := eyes_path_or_none(eyes_path)) is not None:
-        eyes, emeta = load_eyes(path)
-        eyes_acc = emeta["extra"]["accuracy"]
-        for split, acc in eyes_acc.items():
+    face, face_acc = None, None
+    if (path := face_path_or_none(face_path)) is not None:
+        face, fmeta = load_face(path)
+        face_acc = fmeta["extra"]["accuracy"]
+        for split, acc in face_acc.items():
             if split in probe_acc:
                 probe_acc[split]["channels"].update(acc["channels"])
+                probe_acc[split]["emotion_acc"] = acc["emotion_acc"]
     return Instruments(probe, ident, states, probe_acc, imeta["extra"]["accuracy"], smeta["extra"].get("accuracy"),
-                       eyes=eyes, eyes_accuracy=eyes_acc)
+                       face=face, face_accuracy=face_acc)
 
 
 def load_motion_states(clip_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:

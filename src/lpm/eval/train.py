@@ -1,4 +1,4 @@
-"""Training of the bench instruments (motion probe, eye reader, identity embedding) on labelled world renders.
+"""Training of the bench instruments (motion probe, face reader, identity embedding) on labelled world renders.
 
 One run directory per instrument: ``RUN/model.safetensors`` (weights + config + accuracy in the metadata),
 ``RUN/train_state.pt`` (optimizer, step, RNG: rerunning the command resumes), ``RUN/log.jsonl``.
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lpm.eval.eyes import EyeReader, EyeReaderConfig, box_centres, eye_accuracy, eye_loss, eye_targets
+from lpm.eval.face import FaceReader, FaceReaderConfig, face_accuracy, face_loss, face_targets, region_anchors
 from lpm.eval.identity import IdentityConfig, IdentityNet, embed_frames, supcon_loss, verification
 from lpm.eval.probe import (
     MotionProbe,
@@ -39,7 +39,7 @@ from lpm.training.checkpoint import (
 )
 
 PROBE_KIND = "motion_probe"
-EYES_KIND = "eye_reader"
+FACE_KIND = "face_reader"
 IDENTITY_KIND = "identity_embedding"
 
 
@@ -72,9 +72,9 @@ class InstrumentTrainConfig:
     identity_res: int = 96
     identity_crop: bool = True
     identity_negatives: float = 0.5
-    # Eye reader only: the random offset (pixels of a 128 frame, normal, per axis) of the true eye centres at
-    # which its patch net reads in training; about the locator's error, so it reads well at the locator's guess.
-    eye_jitter: float = 1.5
+    # Face reader only: the random offset (pixels of a 128 frame, normal, per axis) of the true anchors at which
+    # its patch nets read in training; about the locator's error, so they read well at the locator's guess.
+    face_jitter: float = 1.5
 
 
 def load_sets(cfg: InstrumentTrainConfig, cache: str | Path, data: str | Path | None) -> dict[str, RenderSet]:
@@ -101,7 +101,7 @@ def augment(x: torch.Tensor, blur_prob: float, gen: torch.Generator) -> torch.Te
 
 
 def _batch_indices(kind: str, rs: RenderSet, cfg: InstrumentTrainConfig, rng: np.random.Generator) -> np.ndarray:
-    if kind in (PROBE_KIND, EYES_KIND):
+    if kind in (PROBE_KIND, FACE_KIND):
         return rng.integers(0, len(rs.frames), cfg.batch)
     # Identity: P identities, K poses each, so every image has positives in the batch.
     per = max(2, cfg.batch // cfg.identities_per_batch)
@@ -138,8 +138,8 @@ def evaluate(kind: str, model: torch.nn.Module, sets: dict[str, RenderSet]) -> d
         rs = sets[split]
         if kind == PROBE_KIND:
             out[split] = dataclasses.asdict(probe_accuracy(model, rs.frames, rs.poses, split))
-        elif kind == EYES_KIND:
-            out[split] = dataclasses.asdict(eye_accuracy(model, rs.frames, rs.poses, rs.eyes, split))
+        elif kind == FACE_KIND:
+            out[split] = dataclasses.asdict(face_accuracy(model, rs.frames, rs.poses, rs.boxes, split))
         else:
             out[split] = dataclasses.asdict(verification(embed_frames(model, rs.frames), rs.identity, split))
     return out
@@ -155,9 +155,9 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
     if kind == PROBE_KIND:
         net_cfg: Any = ProbeConfig(stem=cfg.probe_stem)
         model: torch.nn.Module = MotionProbe(net_cfg)
-    elif kind == EYES_KIND:
-        net_cfg = EyeReaderConfig()
-        model = EyeReader(net_cfg)
+    elif kind == FACE_KIND:
+        net_cfg = FaceReaderConfig()
+        model = FaceReader(net_cfg)
     elif kind == IDENTITY_KIND:
         net_cfg = IdentityConfig(res=cfg.identity_res, crop=cfg.identity_crop)
         model = IdentityNet(net_cfg)
@@ -183,9 +183,9 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
     train = sets["train"]
     targets, emotion = encode_targets(train.poses)
     weights = torch.from_numpy(channel_weights(targets)) if cfg.balance_channels else None
-    if kind == EYES_KIND:
-        eye_c, eye_v = (torch.from_numpy(a) for a in box_centres(train.eyes, train.frames.shape[1:3]))
-        eye_t = torch.from_numpy(eye_targets(train.poses))
+    if kind == FACE_KIND:
+        face_a, face_v = (torch.from_numpy(a) for a in region_anchors(train.boxes, train.frames.shape[1:3]))
+        face_t = torch.from_numpy(face_targets(train.poses)[0])
     meta = {"train": dataclasses.asdict(cfg), "net": dataclasses.asdict(net_cfg)}
 
     def save_state() -> None:
@@ -201,9 +201,10 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
             x = augment(frames_to_tensor(train.frames[idx]), cfg.blur_prob, gen)
             if kind == PROBE_KIND:
                 loss = probe_loss(model, x, torch.from_numpy(targets[idx]), torch.from_numpy(emotion[idx]), weights)
-            elif kind == EYES_KIND:
+            elif kind == FACE_KIND:
                 ti = torch.from_numpy(idx)
-                loss = eye_loss(model, x, eye_c[ti], eye_v[ti], eye_t[ti], cfg.eye_jitter, gen)
+                loss = face_loss(model, x, face_a[ti], face_v[ti], face_t[ti], torch.from_numpy(emotion[idx]),
+                                 cfg.face_jitter, gen)
             else:
                 labels = torch.from_numpy(train.identity[idx])
                 if cfg.identity_negatives > 0:
@@ -244,12 +245,12 @@ def load_probe(path: str | Path) -> tuple[MotionProbe, dict[str, Any]]:
     return model.eval(), meta
 
 
-def load_eyes(path: str | Path) -> tuple[EyeReader, dict[str, Any]]:
-    """The trained eye reader and its metadata (``extra.accuracy`` holds its held-out accuracy)."""
-    state, meta = load_checkpoint(path, EYES_KIND)
+def load_face(path: str | Path) -> tuple[FaceReader, dict[str, Any]]:
+    """The trained face reader and its metadata (``extra.accuracy`` holds its held-out accuracy)."""
+    state, meta = load_checkpoint(path, FACE_KIND)
     net = meta["config"]["net"]
     tuples = {k: tuple(v) for k, v in net.items() if isinstance(v, list)}
-    model = EyeReader(EyeReaderConfig(**{**net, **tuples}))
+    model = FaceReader(FaceReaderConfig(**{**net, **tuples}))
     load_into(model, state, str(path))
     return model.eval(), meta
 
