@@ -125,7 +125,7 @@ def style_augment(x: torch.Tensor, prob: float, gen: torch.Generator) -> torch.T
     edges = F.conv2d(F.pad(g, (1, 1, 1, 1), mode="replicate"), kernels).norm(dim=1, keepdim=True)
     outline = (torch.rand(n, 1, 1, 1, generator=gen) < 0.5).float() * uniform(0.5, 2.0)
     g = uniform(0.5, 1.2) * (g - outline * edges) + uniform(-0.2, 0.3)
-    g = g + uniform(0.0, 0.08) * torch.randn(g.shape, generator=gen)
+    g = g + uniform(0.0, 0.05) * torch.randn(g.shape, generator=gen)
     x = x.clone()
     x[pick] = g.clamp(-1, 1).expand(-1, 3, -1, -1)
     return x
