@@ -219,3 +219,15 @@ def test_default_case_set_is_stamped_resumed_and_checked(tmp_path, monkeypatch):
     (root / bench.CASE_SET_STAMP).unlink()
     with pytest.raises(LpmError, match="does not plan"):
         bench.ensure_default_data(root)
+
+
+def test_calibration_readings_are_cached_per_reader(tmp_path):
+    from lpm.eval.state_train import reader_tag
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b"probe v1")
+    b.write_bytes(b"face v1")
+    tag = reader_tag(a, b)
+    assert tag == reader_tag(a, b) and tag != reader_tag(a, None) and tag.startswith("_")
+    b.write_bytes(b"face v2")  # a retrained reader: its readings are redone
+    assert reader_tag(a, b) != tag

@@ -12,6 +12,7 @@ Everything is cached under the run directory, so a rerun only repeats what is mi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,7 @@ def _cached(path: Path, make) -> dict[str, np.ndarray]:
 def calibration_readings(run: Path, cfg: StateTrainConfig, read, tag: str = "") -> dict[str, np.ndarray]:
     """Render the calibration clips (cached) and read them with ``read`` ((F, H, W, 3) -> (F, NUM_MOTION)).
 
-    The readings are cached per ``tag`` (one per reader: the probe alone, the probe with the face reader).
+    The readings are cached per ``tag`` (one per reader, ``reader_tag``).
 
     Returns:
         {"read", "true": (N, F, NUM_MOTION), "states": (N, F)}.
@@ -121,6 +122,16 @@ def train_state_net(motion: np.ndarray, states: np.ndarray, noise: ReadingNoise,
     return net.eval()
 
 
+def reader_tag(*paths: str | Path | None) -> str:
+    """"_" + a short hash of the reader checkpoints' bytes (None skipped): readings cached under it are redone when
+    a reader changes."""
+    h = hashlib.sha1()
+    for p in paths:
+        if p is not None:
+            h.update(Path(p).read_bytes())
+    return "_" + h.hexdigest()[:12]
+
+
 def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
                  face_path: str | Path | None = None, log=print) -> dict[str, Any]:
     """The whole recipe (module docstring); writes ``RUN/model.safetensors``; returns its metadata ``extra``.
@@ -137,7 +148,7 @@ def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
     face_path = face_path_or_none(face_path)
     face = None if face_path is None else load_face(face_path)[0]
     calib = calibration_readings(run, cfg, lambda frames: read_tracks(probe, face, frames).motion,
-                                 "" if face is None else "_face")
+                                 reader_tag(probe_path, face_path))
     noise = ReadingNoise.fit(list(calib["read"]), list(calib["true"]))
     perf = _cached(run / f"performances_{cfg.clips}_s{cfg.seed}.npz",
                    lambda: dict(zip(("motion", "states"), world_performances(cfg.clips, cfg.seed, cfg.seconds))))
