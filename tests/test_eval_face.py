@@ -157,3 +157,10 @@ def test_tiny_face_reader_trains_saves_and_reads_like_the_instruments(tmp_path):
     assert face_path_or_none(path) == path and face_path_or_none("none") is None
     with pytest.raises(LpmError, match="train-face"):
         face_path_or_none(tmp_path / "missing.safetensors")
+
+
+def test_all_styles_train_sets_include_the_zero_shot_style_with_train_identities():
+    seen = render_set("train", 5, 1, res=64, workers=1)
+    every = render_set("train", 5, 1, res=64, workers=1, all_styles=True)
+    assert "sketch" not in seen.styles and every.styles[-1] == "sketch"
+    assert np.array_equal(seen.frames[:4], every.frames[:4])  # the same train identities; the fifth is a sketch

@@ -18,7 +18,7 @@ import numpy as np
 
 from lpm.eval.face import REGIONS
 from lpm.world.frames import random_poses
-from lpm.world.identity import TRAIN_STYLES, ZEROSHOT_STYLE, sample_identity
+from lpm.world.identity import ALL_STYLES, TRAIN_STYLES, ZEROSHOT_STYLE, sample_identity
 from lpm.world.motion import NUM_MOTION
 from lpm.world.render import Renderer
 from lpm.world.synth import IDENTITY_SEED_BASE, SPLIT_CODE
@@ -104,11 +104,11 @@ def _init_worker(clip_motion: np.ndarray | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def _identity_job(args: tuple[str, int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    split, seed, i, per_identity, res = args
+def _identity_job(args: tuple[str, int, int, int, int, bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    split, seed, i, per_identity, res, all_styles = args
     clip_motion = _worker_clip_motion
     rng = np.random.default_rng([seed, i, SPLIT_CODE[split], RENDER_SET_SALT])
-    styles = (ZEROSHOT_STYLE,) if split == "zeroshot" else TRAIN_STYLES
+    styles = (ZEROSHOT_STYLE,) if split == "zeroshot" else ALL_STYLES if all_styles else TRAIN_STYLES
     style = styles[i % len(styles)]
     identity = sample_identity(IDENTITY_SEED_BASE[split] + int(rng.integers(0, 9_999_999)), style)
     poses = _poses(rng, per_identity, clip_motion)
@@ -118,9 +118,13 @@ def _identity_job(args: tuple[str, int, int, int, int]) -> tuple[np.ndarray, np.
 
 
 def render_set(split: str, identities: int, per_identity: int, res: int = 128, seed: int = 0,
-               clip_motion: np.ndarray | None = None, workers: int | None = None) -> RenderSet:
-    """Render ``identities`` x ``per_identity`` labelled frames of one split (identities drawn from its seed range)."""
-    jobs = [(split, seed, i, per_identity, res) for i in range(identities)]
+               clip_motion: np.ndarray | None = None, workers: int | None = None,
+               all_styles: bool = False) -> RenderSet:
+    """Render ``identities`` x ``per_identity`` labelled frames of one split (identities drawn from its seed range).
+
+    ``all_styles``: the identities of a ``train`` or ``val`` set cycle through every style, the zero-shot one
+    too (still from the split's seed range, so never a ``zeroshot`` identity); else the seen styles."""
+    jobs = [(split, seed, i, per_identity, res, all_styles) for i in range(identities)]
     workers = min(workers or os.cpu_count() or 1, max(1, identities))
     if workers <= 1:
         _init_worker(clip_motion)
@@ -137,15 +141,15 @@ def render_set(split: str, identities: int, per_identity: int, res: int = 128, s
 
 
 def cached_render_set(cache: str | Path, split: str, identities: int, per_identity: int, res: int = 128,
-                      seed: int = 0, clip_motion: np.ndarray | None = None) -> RenderSet:
-    """``render_set``, stored under ``cache`` (one npz per split, size, res and seed) after the first call.
+                      seed: int = 0, clip_motion: np.ndarray | None = None, all_styles: bool = False) -> RenderSet:
+    """``render_set``, stored under ``cache`` (one npz per split, size, res, seed and style set) after the first call.
 
     A cached set from before region boxes existed is rendered again (the same frames, now with their boxes)."""
-    path = Path(cache) / f"{split}_{identities}x{per_identity}_r{res}_s{seed}.npz"
+    path = Path(cache) / f"{split}_{identities}x{per_identity}_r{res}_s{seed}{'_all' if all_styles else ''}.npz"
     if path.is_file():
         cached = RenderSet.load(path)
         if cached.boxes is not None:
             return cached
-    out = render_set(split, identities, per_identity, res, seed, clip_motion)
+    out = render_set(split, identities, per_identity, res, seed, clip_motion, all_styles=all_styles)
     out.save(path)
     return out

@@ -78,13 +78,20 @@ class InstrumentTrainConfig:
     # Face reader only: share of training images restyled (``style_augment``: grey, outlined, contrast, noise), so
     # it finds and reads faces of styles it has not seen.
     style_prob: float = 0.5
+    # Face reader only: its training identities cycle through every style, the zero-shot sketch style too (from
+    # the train seed range: never a zeroshot identity). The zero-shot style tests the generative models, which
+    # never see it; an instrument must read every style it measures.
+    face_all_styles: bool = True
 
 
-def load_sets(cfg: InstrumentTrainConfig, cache: str | Path, data: str | Path | None) -> dict[str, RenderSet]:
-    """The train / val / zeroshot render sets (rendered once, then read from ``cache``)."""
+def load_sets(cfg: InstrumentTrainConfig, cache: str | Path, data: str | Path | None,
+              all_styles: bool = False) -> dict[str, RenderSet]:
+    """The train / val / zeroshot render sets (rendered once, then read from ``cache``); ``all_styles``: the
+    train set's identities cycle through every style (``render_set``)."""
     motion = load_clip_motion(data, "train")
     sizes = {"train": cfg.train_identities, "val": cfg.val_identities, "zeroshot": cfg.zeroshot_identities}
-    return {split: cached_render_set(cache, split, n, cfg.per_identity, cfg.res, cfg.seed, motion)
+    return {split: cached_render_set(cache, split, n, cfg.per_identity, cfg.res, cfg.seed, motion,
+                                     all_styles=all_styles and split == "train")
             for split, n in sizes.items()}
 
 
@@ -182,7 +189,7 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
     torch.set_num_threads(cfg.threads)
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    sets = load_sets(cfg, run.parent / "renders", data)
+    sets = load_sets(cfg, run.parent / "renders", data, all_styles=kind == FACE_KIND and cfg.face_all_styles)
     if kind == PROBE_KIND:
         net_cfg: Any = ProbeConfig(stem=cfg.probe_stem)
         model: torch.nn.Module = MotionProbe(net_cfg)
