@@ -11,9 +11,9 @@ them (and on the unseen sketch style its mouth reading drops too). This reader w
    ``eye`` (shared by both eyes; the right eye mirrored so both look alike): eyelid, gaze and the brow above it;
    ``mouth``: jaw, rounding, width, smile. Each also regresses the four emotion intensities (a surprised face
    raises the brows, an angry one lowers them, a happy one squints and smiles), and an emotion head over the
-   three patches' features classifies the emotion. The head reads those features without training them: with
-   its cross-entropy flowing into the patch nets, the eyes' gaze and blink readings fell (val r 0.17-0.64
-   against 0.87-0.93 without it).
+   three patches' features classifies the emotion. The head reads those features without training them: a first
+   run with its cross-entropy flowing into the patch nets (and style noise up to 0.08) read the eyes at val r
+   0.17-0.64; detached (noise up to 0.05), 0.86-0.92.
 
 ``read_face`` gives the reader's channels (``FACE_CHANNELS``) and emotion per frame; ``merge_face`` puts them
 into a ``ProbeTrack`` where the region is visible. Trained by ``lpm eval train-face`` on the same labelled renders

@@ -107,7 +107,7 @@ def validation(results: list[SystemResult], channel_r: dict | None = None,
         for c in TRUTH_CHANNELS:
             v = rs.get(c)
             if v is not None and math.isfinite(v):
-                note(v >= TRUTH_CHANNEL_MIN, f"probe r of {c} on the {split} truth render = {v:.3f} "
+                note(v >= TRUTH_CHANNEL_MIN, f"read r of {c} on the {split} truth render = {v:.3f} "
                      f"(needs >= {TRUTH_CHANNEL_MIN})", split, f"probe_{c}")
     for split, chk in (identity or {}).items():
         worst = min(low for _, low in chk["degraded"].values())
@@ -199,11 +199,10 @@ def to_markdown(report: dict) -> str:
     inst = report["instruments"]
     for split, acc in inst["probe"].items():
         ch = ", ".join(f"{c} MAE {v['mae']:.3g} r {v['r']:.3f}" for c, v in acc["channels"].items())
-        lines.append(f"- Motion probe on {split} ({acc['frames']} frames): emotion acc {acc['emotion_acc']:.3f}; "
-                     f"{ch}.")
+        who = "Motion probe with the face reader's channels and emotion" if inst.get("face") else "Motion probe"
+        lines.append(f"- {who} on {split} ({acc['frames']} frames): emotion acc {acc['emotion_acc']:.3f}; {ch}.")
     for split, v in (inst.get("face") or {}).items():
-        lines.append(f"- Face reader on {split} (its eye, brow and mouth channels and emotion are in the line "
-                     f"above): anchor error "
+        lines.append(f"- Face reader on {split}: anchor error "
                      f"{v['locator_px_p50']:.2f} px median, {v['locator_px_p95']:.2f} px p95; visibility acc "
                      f"{v['visibility_acc']:.3f}.")
     for split, v in inst["identity"].items():
