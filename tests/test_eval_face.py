@@ -164,3 +164,16 @@ def test_all_styles_train_sets_include_the_zero_shot_style_with_train_identities
     every = render_set("train", 5, 1, res=64, workers=1, all_styles=True)
     assert "sketch" not in seen.styles and every.styles[-1] == "sketch"
     assert np.array_equal(seen.frames[:4], every.frames[:4])  # the same train identities; the fifth is a sketch
+
+
+def test_style_augment_restyles_the_chosen_share_only():
+    from lpm.eval.train import style_augment
+
+    x = torch.rand(16, 3, 32, 32) * 2 - 1
+    before = x.clone()
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(style_augment(x, 0.0, gen), x)
+    y = style_augment(x, 1.0, gen)
+    assert torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 1], y[:, 2])  # grey
+    assert y.min() >= -1 and y.max() <= 1 and not torch.equal(y, x)
+    assert torch.equal(x, before)  # the input is not modified in place
