@@ -82,6 +82,8 @@ class InstrumentTrainConfig:
     # the train seed range: never a zeroshot identity). The zero-shot style tests the generative models, which
     # never see it; an instrument must read every style it measures.
     face_all_styles: bool = True
+    # Identity embedding only: the same for its training identities (the shipped one since stop 25).
+    identity_all_styles: bool = True
 
 
 def load_sets(cfg: InstrumentTrainConfig, cache: str | Path, data: str | Path | None,
@@ -189,7 +191,8 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
     torch.set_num_threads(cfg.threads)
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    sets = load_sets(cfg, run.parent / "renders", data, all_styles=kind == FACE_KIND and cfg.face_all_styles)
+    all_styles = {FACE_KIND: cfg.face_all_styles, IDENTITY_KIND: cfg.identity_all_styles}.get(kind, False)
+    sets = load_sets(cfg, run.parent / "renders", data, all_styles=all_styles)
     if kind == PROBE_KIND:
         net_cfg: Any = ProbeConfig(stem=cfg.probe_stem)
         model: torch.nn.Module = MotionProbe(net_cfg)
