@@ -30,15 +30,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpm.eval.probe import (
-    _HI,
-    _LO,
     ChannelAccuracy,
     ProbeTrack,
     _pearson,
     conv_stage,
     encode_targets,
     frames_to_tensor,
+    from_unit,
     head_crop,
+    to_unit,
 )
 from lpm.world.motion import EMOTIONS, MOTION_INDEX
 
@@ -214,23 +214,13 @@ def region_anchors(boxes: np.ndarray, res: tuple[int, int]) -> tuple[np.ndarray,
     return np.stack([ax, ay], -1), (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
 
 
-def _scaled(poses: np.ndarray, name: str) -> np.ndarray:
-    i = MOTION_INDEX[name]
-    return 2 * (poses[:, i] - _LO[i]) / (_HI[i] - _LO[i]) - 1
-
-
-def _unscale(values: np.ndarray, name: str) -> np.ndarray:
-    i = MOTION_INDEX[name]
-    return _LO[i] + (np.clip(values, -1, 1) + 1) / 2 * (_HI[i] - _LO[i])
-
-
 def face_targets(poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rig poses (N, NUM_MOTION) -> per-region targets (N, R, NUM_PATCH_OUTPUTS) scaled to [-1, 1] by each
     channel's range (the mirrored eye's gaze_x negated), and the emotion class (N,) (``probe.encode_targets``)."""
     out = np.empty((len(poses), len(REGIONS), NUM_PATCH_OUTPUTS), np.float32)
     for r, names in ((0, ("blink_l", *EYE_OUTPUTS[1:])), (1, ("blink_r", *EYE_OUTPUTS[1:])), (2, MOUTH_OUTPUTS)):
         for k, name in enumerate(names):
-            out[:, r, k] = _scaled(poses, name)
+            out[:, r, k] = to_unit(poses[:, MOTION_INDEX[name]], MOTION_INDEX[name])
     out[:, 1, EYE_OUTPUTS.index("gaze_x")] *= -1
     return out, encode_targets(poses)[1]
 
@@ -300,7 +290,7 @@ def read_face(reader: FaceReader, frames: np.ndarray, batch: int = 256) -> FaceT
     motion = np.full((len(out), len(FACE_CHANNELS)), np.nan, np.float32)
 
     def put(name: str, rows: np.ndarray, values: np.ndarray) -> None:
-        motion[rows, FACE_CHANNELS.index(name)] = _unscale(values, name)
+        motion[rows, FACE_CHANNELS.index(name)] = from_unit(values, MOTION_INDEX[name])
 
     for e, name in enumerate(("blink_l", "blink_r")):
         put(name, seen[:, e], out[seen[:, e], e, 0])

@@ -54,6 +54,17 @@ def head_crop(x: torch.Tensor) -> torch.Tensor:
     return x[..., round(top * h): round(bottom * h), round(left * w): round(right * w)]
 
 
+def to_unit(values: np.ndarray, index) -> np.ndarray:
+    """Rig units -> [-1, 1] by the range of the channel(s) ``index`` (an int, index array or slice of
+    MOTION_NAMES)."""
+    return 2 * (values - _LO[index]) / (_HI[index] - _LO[index]) - 1
+
+
+def from_unit(values: np.ndarray, index) -> np.ndarray:
+    """``to_unit``'s inverse, clipped to the channel's range."""
+    return _LO[index] + (np.clip(values, -1, 1) + 1) / 2 * (_HI[index] - _LO[index])
+
+
 def encode_targets(poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Rig poses -> regression targets and emotion class.
 
@@ -62,7 +73,7 @@ def encode_targets(poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Returns:
         targets (N, NUM_TARGETS) float32 in [-1, 1]; emotion (N,) int64 index into EMOTIONS.
     """
-    scaled = 2 * (poses - _LO) / (_HI - _LO) - 1  # (N, NUM_MOTION) in [-1, 1]
+    scaled = to_unit(poses, slice(None))  # (N, NUM_MOTION) in [-1, 1]
     yaw = np.deg2rad(poses[:, BODY_YAW])
     targets = np.concatenate([scaled[:, LINEAR_CHANNELS], np.sin(yaw)[:, None], np.cos(yaw)[:, None]], axis=1)
     emo = poses[:, EMO_SLICE]
@@ -73,9 +84,8 @@ def encode_targets(poses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def decode_targets(targets: np.ndarray) -> np.ndarray:
     """Regression outputs (N, NUM_TARGETS) -> rig poses (N, NUM_MOTION) in rig units (clipped to range)."""
     poses = np.zeros((targets.shape[0], NUM_MOTION), np.float32)
-    lin = np.clip(targets[:, : len(LINEAR_CHANNELS)], -1, 1)
     idx = list(LINEAR_CHANNELS)
-    poses[:, idx] = _LO[idx] + (lin + 1) / 2 * (_HI[idx] - _LO[idx])
+    poses[:, idx] = from_unit(targets[:, : len(LINEAR_CHANNELS)], idx)
     poses[:, BODY_YAW] = np.rad2deg(np.arctan2(targets[:, -2], targets[:, -1]))
     return poses
 
