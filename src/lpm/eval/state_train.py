@@ -23,6 +23,7 @@ import torch
 
 from lpm.data.clip import STATE_NAMES, read_manifest
 from lpm.eval.states import STATE_KIND, ReadingNoise, StateNet, StateReader, StateReaderConfig, scale_tracks
+from lpm.fsutil import file_digest
 from lpm.training.checkpoint import load_checkpoint, load_into, save_checkpoint
 
 
@@ -125,11 +126,8 @@ def train_state_net(motion: np.ndarray, states: np.ndarray, noise: ReadingNoise,
 def reader_tag(*paths: str | Path | None) -> str:
     """"_" + a short hash of the reader checkpoints' bytes (None skipped): readings cached under it are redone when
     a reader changes."""
-    h = hashlib.sha1()
-    for p in paths:
-        if p is not None:
-            h.update(Path(p).read_bytes())
-    return "_" + h.hexdigest()[:12]
+    digests = "".join(file_digest(p) for p in paths if p is not None)
+    return "_" + hashlib.sha1(digests.encode()).hexdigest()[:12]
 
 
 def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from lpm.audio.mel import LogMel, MelConfig
 from lpm.data.clip import read_clip, read_manifest
 from lpm.errors import LpmError
+from lpm.fsutil import file_digest
 from lpm.models.latent_codec import LatentCodec
 from lpm.training.face_weights import FACE_FEATURES, face_coverage
 from lpm.world.motion import MOTION_NAMES
@@ -65,20 +66,12 @@ class CachedClip:
         return self.latents.shape[0]
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def cache_key(rows: list[dict], vae_spec: str, mel: MelConfig) -> str:
     """Hash of the manifest rows, the VAE (file bytes, or the spec of a non-file codec) and the mel config."""
     vae_path = Path(vae_spec)
     if vae_path.is_dir():
         vae_path = vae_path / "vae.safetensors"
-    vae_id = _file_digest(vae_path) if vae_path.is_file() else vae_spec
+    vae_id = file_digest(vae_path) if vae_path.is_file() else vae_spec
     text = json.dumps([CACHE_VERSION, rows, vae_id, dataclasses.asdict(mel)], sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
