@@ -57,6 +57,7 @@ class WindowSampler:
         predicted_motion: share of samples (drawn per step) that get the track predicted from audio instead.
         predicted_channels: the channels those samples get predicted (the others stay true); () = all.
         mouth_weight: loss weight added on mouth-only cells.
+        expression_weight: loss weight added on brow and cheek cells (where the emotions show).
         balance_modes: draw the clip's mode (speak / listen / conversation / idle) uniformly first, so rarer
             behaviours are seen as often as common ones.
         seed: the run's seed.
@@ -65,7 +66,8 @@ class WindowSampler:
     def __init__(self, clips: list[CachedClip], frames: int, audio_before: int, audio_after: int, silent: float,
                  dropout: ConditionDropout, face_weight: float, balance_modes: bool, seed: int,
                  motion_channels: tuple[str, ...] = (), predicted_motion: float = 0.0,
-                 mouth_weight: float = 0.0, predicted_channels: tuple[str, ...] = ()) -> None:
+                 mouth_weight: float = 0.0, predicted_channels: tuple[str, ...] = (),
+                 expression_weight: float = 0.0) -> None:
         unknown = [c for c in predicted_channels if c not in motion_channels]
         if unknown:
             raise ValueError(f"predicted_channels {unknown} are not in the motion track {list(motion_channels)}")
@@ -77,6 +79,7 @@ class WindowSampler:
         self.dropout, self.face_weight, self.seed = dropout, face_weight, seed
         self.motion_channels, self.predicted_motion, self.mouth_weight = motion_channels, predicted_motion, mouth_weight
         self.predicted_channels = tuple(predicted_channels)
+        self.expression_weight = expression_weight
         modes = sorted({c.mode for c in clips})
         self.by_mode = [[i for i, c in enumerate(clips) if c.mode == m] for m in modes] if balance_modes else [
             list(range(len(clips)))]
@@ -136,7 +139,9 @@ class WindowSampler:
         weights = torch.stack([
             loss_weights(None if w.clip.coverage is None else w.clip.coverage[w.start:w.start + f],
                          self.face_weight, (f, *x_0.shape[-2:]),
-                         None if w.clip.mouth is None else w.clip.mouth[w.start:w.start + f], self.mouth_weight)
+                         None if w.clip.mouth is None else w.clip.mouth[w.start:w.start + f], self.mouth_weight,
+                         None if w.clip.expression is None else w.clip.expression[w.start:w.start + f],
+                         self.expression_weight)
             for w in windows])  # (B, F, h, w)
         motion = None
         if self.motion_channels and all(w.clip.motion is not None for w in windows):

@@ -130,12 +130,17 @@ class BaseTrainConfig:
     predicted_channels: tuple[str, ...] = ()
     # Extra loss weight on mouth-only latent cells (on top of face_weight's mouth-and-eyes weight).
     mouth_weight: float = 0.0
+    # Extra loss weight on the brows and cheeks (where the emotions show; face_weights.EXPRESSION_FEATURES).
+    expression_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.batch < 1 or self.steps < 0 or self.frames < 1:
             raise ConfigError("batch and frames must be >= 1, steps >= 0")
         if not 0 <= self.predicted_motion <= 1:
             raise ConfigError(f"predicted_motion must be in [0, 1], got {self.predicted_motion}")
+        for name in ("face_weight", "mouth_weight", "expression_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
         GuidanceSpec(dict(self.guidance))  # validates the condition names
@@ -231,7 +236,7 @@ class BaseTrainer:
         before, after = dit.audio_margin()
         return WindowSampler(self.train_clips, cfg.frames, before, after, silent_mel(self.mel), cfg.dropout,
                              cfg.face_weight, cfg.balance_modes, cfg.seed, dit.cfg.motion_channels,
-                             cfg.predicted_motion, cfg.mouth_weight, cfg.predicted_channels)
+                             cfg.predicted_motion, cfg.mouth_weight, cfg.predicted_channels, cfg.expression_weight)
 
     def _freeze_speech(self, dit: DiT) -> None:
         """The speech network is trained on world truth (``lpm train speech``): kept as is unless ``train_speech``."""

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 FACE_FEATURES = ("mouth", "eye_l", "eye_r")
+# Where the emotions show besides mouth and eyes: brow raise and knit, cheek colour (``lpm.world.render_rig.face_state``).
+EXPRESSION_FEATURES = ("brow_l", "brow_r", "cheek_l", "cheek_r")
 
 
 def face_coverage(meta: dict[str, Any], style: str, motion: torch.Tensor | None, motion_names: tuple[str, ...],
@@ -60,17 +62,23 @@ def face_coverage(meta: dict[str, Any], style: str, motion: torch.Tensor | None,
 
 
 def loss_weights(coverage: torch.Tensor | None, face_weight: float, shape: tuple[int, ...],
-                 mouth: torch.Tensor | None = None, mouth_weight: float = 0.0) -> torch.Tensor:
-    """Per-position loss weights ``1 + face_weight * coverage + mouth_weight * mouth`` (ones where there is no map).
+                 mouth: torch.Tensor | None = None, mouth_weight: float = 0.0,
+                 expression: torch.Tensor | None = None, expression_weight: float = 0.0) -> torch.Tensor:
+    """Per-position loss weights ``1 + face_weight * coverage + mouth_weight * mouth + expression_weight *
+    expression`` (ones where there is no map).
 
     The mouth alone is ~2.5 % of latent cells and the only region audio can explain, so it gets its own weight
-    (ARCHITECTURE.md, "Learnability").
+    (ARCHITECTURE.md, "Learnability"); the brows and cheeks carry the emotions a caption asks for
+    (``EXPRESSION_FEATURES``).
 
     Args:
         coverage: ``(F, h, w)`` mouth-and-eyes coverage, or None. shape: ``(F, h, w)`` of the weights to return.
         mouth: ``(F, h, w)`` mouth-only coverage, or None.
+        expression: ``(F, h, w)`` brows-and-cheeks coverage, or None.
     """
     w = torch.ones(shape) if coverage is None else 1.0 + face_weight * coverage.float()
     if mouth is not None and mouth_weight:
         w = w + mouth_weight * mouth.float()
+    if expression is not None and expression_weight:
+        w = w + expression_weight * expression.float()
     return w

@@ -26,10 +26,10 @@ from lpm.data.clip import read_clip, read_manifest
 from lpm.errors import LpmError
 from lpm.fsutil import file_digest
 from lpm.models.latent_codec import LatentCodec
-from lpm.training.face_weights import FACE_FEATURES, face_coverage
+from lpm.training.face_weights import EXPRESSION_FEATURES, FACE_FEATURES, face_coverage
 from lpm.world.motion import MOTION_NAMES
 
-CACHE_VERSION = 2  # bump when the cached content changes (2: full motion and the mouth-only map)
+CACHE_VERSION = 3  # bump when the cached content changes (2: full motion and the mouth-only map; 3: expression map)
 POSE_CHANNELS = ("head_yaw", "head_pitch", "head_roll", "body_yaw")  # the DiT's pose track, degrees
 SELF_CHANNEL, PARTNER_CHANNEL = 0, 1  # clip audio rows (ARCHITECTURE.md clip format)
 
@@ -47,6 +47,7 @@ class CachedClip:
         states: ``(F,)`` int64 speak / listen / idle per frame.
         motion: ``(F, NUM_MOTION)`` float32 ground-truth motion in ``MOTION_NAMES`` order (world clips), or None.
         mouth: ``(F, h, w)`` float16 mouth-only coverage of each latent cell, or None.
+        expression: ``(F, h, w)`` float16 brows-and-cheeks coverage of each latent cell, or None.
     """
 
     id: str
@@ -60,6 +61,7 @@ class CachedClip:
     states: torch.Tensor
     motion: torch.Tensor | None = None
     mouth: torch.Tensor | None = None
+    expression: torch.Tensor | None = None
 
     @property
     def frames(self) -> int:
@@ -96,8 +98,8 @@ def encode_clip(clip_dir: Path, codec: LatentCodec, log_mel: LogMel, frames_per_
         pose = clip.motion[:, [clip.motion_names.index(n) for n in POSE_CHANNELS]].clone()  # (F, 4)
     down = h // latents.shape[-2]
     maps = face_coverage(clip.meta.extra, clip.meta.style, clip.motion, clip.motion_names, h, w, down,
-                         (FACE_FEATURES, ("mouth",)))
-    coverage, mouth = maps if maps is not None else (None, None)
+                         (FACE_FEATURES, ("mouth",), EXPRESSION_FEATURES))
+    coverage, mouth, expression = maps if maps is not None else (None, None, None)
     motion = None
     if clip.motion is not None and all(n in clip.motion_names for n in MOTION_NAMES):
         motion = clip.motion[:, [clip.motion_names.index(n) for n in MOTION_NAMES]].float().clone()  # (F, P)
@@ -106,6 +108,7 @@ def encode_clip(clip_dir: Path, codec: LatentCodec, log_mel: LogMel, frames_per_
         latents=latents.half(), mel=mel, references=refs, pose=pose,
         coverage=None if coverage is None else coverage.half(), states=clip.states, motion=motion,
         mouth=None if mouth is None else mouth.half(),
+        expression=None if expression is None else expression.half(),
     )
 
 

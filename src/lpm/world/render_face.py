@@ -41,6 +41,7 @@ PROFILE_Z = -0.08  # the nose and mouth still show at the outline in profile (th
 JAW_OPEN = 0.37  # mouth opening at jaw_open = 1, unit-head heights
 SMILE_LIFT = 0.1  # mouth corner lift at smile = 1
 BROW_LIFT = 0.09  # brow raise at brow_raise = 1
+CHEEK_RADII = (0.16, 0.085)  # the blush ellipse's half-axes
 GAZE_X, GAZE_Y = 0.5, 0.38  # iris travel as a fraction of the eye half-width / half-height
 
 
@@ -99,7 +100,8 @@ class FacePainter:
     def regions(
         self, f: HeadFrame, s: FaceState, scale: float, res: int
     ) -> dict[str, tuple[int, int, int, int]]:
-        """Pixel boxes (x0, y0, x1, y1) of mouth and eyes at output resolution; empty when facing away."""
+        """Pixel boxes (x0, y0, x1, y1) of mouth, eyes, brows and cheeks at output resolution; empty when facing
+        away."""
         out = {}
         margin = 1
 
@@ -120,6 +122,15 @@ class FacePainter:
             e = by_side.get(side, by_side.get("c"))
             up, lo = self.eye_curves(e, s, open_only=True)
             out[name] = box(np.concatenate([up, lo]), np.array([e.x, e.y]))
+        # Where the emotions show besides mouth and eyes (brow raise and knit, cheek colour): the expression
+        # regions. A one-eyed face's single brow is both brows.
+        brows = {eye.side: (anchor, poly) for eye, anchor, poly in self.brow_polygons(s)}
+        for name, side in (("brow_l", "l"), ("brow_r", "r")):
+            anchor, poly = brows.get(side, brows.get("c", next(iter(brows.values()))))
+            out[name] = box(poly, anchor[0])
+        for name, sign in (("cheek_l", 1.0), ("cheek_r", -1.0)):
+            centre = np.array([0.5 * sign, -0.2 + 0.04 * s.cheek])
+            out[name] = box(centre + _CIRCLE * CHEEK_RADII, centre)
         return out
 
     # ---- drawing -------------------------------------------------------------------------------------
@@ -149,7 +160,7 @@ class FacePainter:
     def _add_cheeks(self, b: _Batch, s: FaceState) -> None:
         for side, name in ((1.0, "l"), (-1.0, "r")):
             b.face("a:cheek_" + name, np.array([[0.5 * side, -0.2]]))
-            b.face("cheek_" + name, np.array([0.5 * side, -0.2 + 0.04 * s.cheek]) + _CIRCLE * [0.16, 0.085])
+            b.face("cheek_" + name, np.array([0.5 * side, -0.2 + 0.04 * s.cheek]) + _CIRCLE * CHEEK_RADII)
             if self.ident.freckles:
                 b.face("freckles_" + name, self.freckles * [side, 1.0])
 
@@ -227,11 +238,16 @@ class FacePainter:
         if look.style == "anime":
             draw.line(_flat(lo_px[2:-2]), fill=lash_rgb, width=max(1, width // 3))
 
-    def _add_brows(self, b: _Batch, s: FaceState) -> None:
+    def _brow_eyes(self) -> list[Eye]:
+        """The eyes that carry a brow, in brow order (``brow{j}``): the left and right ones, else the single one."""
+        return [e for e in self.look.eyes if e.side in ("l", "r")] or list(self.look.eyes)
+
+    def brow_polygons(self, s: FaceState) -> list[tuple[Eye, np.ndarray, np.ndarray]]:
+        """Per brow: its eye, its anchor ``(1, 2)`` and its outline ``(2 N, 2)`` in face coordinates."""
         look = self.look
         thick, gap, half = look.brow
-        eyes = [e for e in look.eyes if e.side in ("l", "r")] or list(look.eyes)
-        for j, eye in enumerate(eyes):
+        out = []
+        for eye in self._brow_eyes():
             single = eye.side == "c"
             side = 1.0 if eye.x >= 0 else -1.0
             base = eye.y + (gap if look.kind == "human" else eye.h + 0.1) + BROW_LIFT * s.brow
@@ -246,7 +262,12 @@ class FacePainter:
                 y = base + 0.04 * _BELL + 0.09 * s.brow_inner * (1 - _T) / 2
                 th = thick * (1.0 - 0.45 * (_T + 1) / 2)
             poly = np.concatenate([np.column_stack([x, y + th / 2]), np.column_stack([x, y - th / 2])[::-1]])
-            b.face(f"a:brow{j}", np.array([[eye.x, float(y.mean())]]))
+            out.append((eye, np.array([[eye.x, float(y.mean())]]), poly))
+        return out
+
+    def _add_brows(self, b: _Batch, s: FaceState) -> None:
+        for j, (_, anchor, poly) in enumerate(self.brow_polygons(s)):
+            b.face(f"a:brow{j}", anchor)
             b.face(f"brow{j}", poly, 0.01)
 
     def _add_nose(self, b: _Batch) -> None:
