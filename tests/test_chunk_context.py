@@ -63,3 +63,29 @@ def test_cross_memory_equals_the_inline_cross_attention():
             audio = cross.audio_partner if block.partner else cross.audio_self
             inline = block.cross_attn(tokens, cross.text, cross.text_mask, audio, window)
             assert torch.equal(inline, block.cross_attn(tokens, memory=block.cross_memory(cross)))
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 5])
+def test_windowed_audio_tokens_equal_encoding_the_whole_range(chunk):
+    """``_cross_inputs`` encodes only the frames the windows read (plus the encoder's history): every valid window
+    entry's token equals the one of encoding the chunk's whole audio range (the speech network's history)."""
+    from lpm.audio.encoder import PARTNER_STREAM, SELF_STREAM
+    from lpm.models.blocks import audio_window
+
+    model = make_model(micro(), torch.float64)
+    _, _, cond = make_inputs(model, num_chunks=6, dtype=torch.float64)
+    fc, cfg = model.cfg.frames_per_chunk, model.cfg
+    c = chunk_cond(model, cond, chunk)
+    with torch.no_grad():
+        cross = model._cross_inputs(c, chunk * fc, fc)
+        for stream, mel, tokens, window, (before, after) in (
+                (SELF_STREAM, c.audio_self, cross.audio_self, cross.window_self,
+                 (cfg.self_audio_before_frames, cfg.self_audio_lookahead_frames)),
+                (PARTNER_STREAM, c.audio_partner, cross.audio_partner, cross.window_partner,
+                 (cfg.partner_audio_before_frames, cfg.partner_audio_after_frames))):
+            full = model.audio_encoder(mel, stream)
+            ref = audio_window(chunk * fc, fc, c.audio_start_frame, mel.shape[1], before, after)
+            assert torch.equal(window.valid, ref.valid)
+            assert tokens.shape[1] <= fc + before + after  # the window's frames only
+            got, want = tokens[:, window.index][:, window.valid], full[:, ref.index][:, ref.valid]
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)

@@ -73,16 +73,21 @@ class ChunkContext:
         prefix = 0
         for layer in range(cache.num_layers):
             pk, pv = cache.prefix(layer, num_slots)  # [refs (B, H, R, d), slots (B, H, n*Nc, d)]
-            k = torch.cat(pk, dim=2)  # (B, H, P, d)
-            prefix = k.shape[2]
-            b, h, _, d = k.shape
+            prefix = sum(part.shape[2] for part in pk)
+            b, h, _, d = pk[0].shape
             tail = cos.shape[0] - prefix
-            k_all = k.new_empty(b, h, prefix + tail, d)
-            k_all[:, :, :prefix] = apply_rope(k, cos[:prefix], sin[:prefix])
-            v_all = k.new_empty(b, h, prefix + tail, d)
-            v_all[:, :, :prefix] = torch.cat(pv, dim=2)
-            keys.append(k_all if attention_dtype is None else k_all.to(attention_dtype))
-            values.append(v_all if attention_dtype is None else v_all.to(attention_dtype))
+            dtype = attention_dtype or pk[0].dtype
+            # Rotated straight into the buffer, cast on assignment: no concatenated copy of the cache.
+            k_all = pk[0].new_empty(b, h, prefix + tail, d, dtype=dtype)
+            v_all = pk[0].new_empty(b, h, prefix + tail, d, dtype=dtype)
+            at = 0
+            for k_part, v_part in zip(pk, pv):
+                n = k_part.shape[2]
+                k_all[:, :, at:at + n] = apply_rope(k_part, cos[at:at + n], sin[at:at + n])
+                v_all[:, :, at:at + n] = v_part
+                at += n
+            keys.append(k_all)
+            values.append(v_all)
         return cls(cache.chunks_seen, motion, cross, cross_memory, group.q_rope,
                    (cos[prefix:], sin[prefix:]), keys, values, prefix, attention_dtype)
 

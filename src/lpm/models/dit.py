@@ -28,7 +28,7 @@ from torch import nn
 from lpm.audio.encoder import PARTNER_STREAM, SELF_STREAM, AudioEncoder
 from lpm.config import to_dict
 from lpm.models.attention import attend, plan_chunk, plan_full, plan_references
-from lpm.models.blocks import CrossInputs, DiTBlock, audio_window
+from lpm.models.blocks import AudioWindow, CrossInputs, DiTBlock, audio_window
 from lpm.models.chunk_context import ChunkContext
 from lpm.models.conditioning import (
     Conditioning,
@@ -212,34 +212,37 @@ class DiT(nn.Module):
         return x_ref, self._modulation(t_ref)[1], positions
 
     def _cross_inputs(self, cond: Conditioning, first_frame: int, num_frames: int) -> CrossInputs:
-        cfg, device = self.cfg, cond.audio_self.device
+        cfg = self.cfg
         fa = cond.audio_self.shape[1]
         if cond.audio_partner.shape[1] != fa or fa == 0:
             raise ValueError("audio_self and audio_partner must cover the same, non-empty frame range")
-        return CrossInputs(
-            text=self.text_proj(cond.text_tokens),
-            text_mask=cond.text_mask.bool(),
-            audio_self=self.audio_encoder(cond.audio_self, SELF_STREAM),
-            audio_partner=self.audio_encoder(cond.audio_partner, PARTNER_STREAM),
-            window_self=audio_window(
-                first_frame,
-                num_frames,
-                cond.audio_start_frame,
-                fa,
-                cfg.self_audio_before_frames,
-                cfg.self_audio_lookahead_frames,
-                device,
-            ),
-            window_partner=audio_window(
-                first_frame,
-                num_frames,
-                cond.audio_start_frame,
-                fa,
-                cfg.partner_audio_before_frames,
-                cfg.partner_audio_after_frames,
-                device,
-            ),
-        )
+        audio_self, window_self = self._window_tokens(cond, SELF_STREAM, first_frame, num_frames,
+                                                      cfg.self_audio_before_frames, cfg.self_audio_lookahead_frames)
+        audio_partner, window_partner = self._window_tokens(cond, PARTNER_STREAM, first_frame, num_frames,
+                                                            cfg.partner_audio_before_frames,
+                                                            cfg.partner_audio_after_frames)
+        return CrossInputs(text=self.text_proj(cond.text_tokens), text_mask=cond.text_mask.bool(),
+                           audio_self=audio_self, audio_partner=audio_partner,
+                           window_self=window_self, window_partner=window_partner)
+
+    def _window_tokens(self, cond: Conditioning, stream: int, first_frame: int, num_frames: int, before: int,
+                       after: int) -> tuple[torch.Tensor, AudioWindow]:
+        """One stream's audio tokens ``(B, n, A, Da)`` for the ``n`` frames its windows over frames
+        ``first_frame ..`` read, and those windows indexed into them.
+
+        A streamed chunk's audio spans the speech network's history (~90 frames) while its windows read a few
+        frames; the encoder is causal with ``history_frames`` of receptive field, so encoding from that many
+        frames before the first one read gives the same tokens as encoding everything (issue 13: 5x less
+        encoder and audio key/value work per chunk). Masked window entries are clamped into the slice.
+        """
+        mel = cond.audio_self if stream == SELF_STREAM else cond.audio_partner  # (B, Fa, k, M)
+        fa, start = mel.shape[1], cond.audio_start_frame
+        lo = min(max(0, first_frame - before - start), fa - 1)
+        hi = max(min(fa, first_frame + num_frames + after - start), lo + 1)
+        begin = max(0, lo - self.audio_encoder.history_frames)
+        tokens = self.audio_encoder(mel[:, begin:hi], stream)[:, lo - begin:]  # (B, hi - lo, A, Da)
+        # Frames ``lo .. hi`` are exactly the window's frames inside the audio: the validity is unchanged.
+        return tokens, audio_window(first_frame, num_frames, start + lo, hi - lo, before, after, mel.device)
 
     def global_reference(self, refs: References | None, user: str) -> torch.Tensor:
         """The global reference's latent ``(B, C, h, w)``, checked to be a frame's latent (``user`` names the
