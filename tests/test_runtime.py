@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -173,6 +174,59 @@ def test_session_far_behind_still_shows_frames_at_bounded_latency():
     assert stats["skipped_chunks"] > 0 and engine.skipped > 0 and stats["dropped"] > 3 * stats["frames"]
 
 
+class StreamingEngine(Engine):
+    """A fake engine whose last stage makes a chunk's four frames one by one, ``per_frame`` seconds each."""
+
+    name, frames_per_chunk, lookahead_frames, resolution, compute_budget_s = "streaming", 4, 0, 8, 0.05
+
+    def __init__(self, per_frame: float) -> None:
+        self.per_frame = per_frame
+
+    def _index(self, chunk: ChunkInput, timings) -> int:
+        return chunk.index
+
+    def _frames(self, index: int, timings):
+        for j in range(4):
+            time.sleep(self.per_frame)
+            yield np.full((8, 8, 3), (4 * index + j) % 255, np.uint8)
+
+    def _decode(self, index: int, timings) -> np.ndarray:
+        return np.stack(list(self._frames(index, timings)))
+
+    def stages(self):
+        return [("index", self._index), ("decode", self._decode)]
+
+    def frame_stream(self):
+        return self._frames
+
+    def skip(self, chunk: ChunkInput) -> None:
+        pass
+
+
+def test_streamed_last_stage_hands_each_frame_on_as_it_is_made():
+    engine = StreamingEngine(per_frame=0.08)
+    with Session(engine, SessionConfig(realtime=False, vad="off")) as session:
+        session.push_self_audio(np.zeros(SR // 3, np.float32), native=True)
+        session.finish()
+        got = [(time.monotonic(), ts, int(image[0, 0, 0])) for ts, image in session.frames(timeout=3.0)]
+    walls, stamps, values = map(np.array, zip(*got))
+    assert list(values) == list(range(len(values))) and np.allclose(stamps, values / 24)
+    # Frame 0 of the chunk left about three frame-makings before frame 3 (at once, were the chunk handed whole).
+    assert walls[3] - walls[0] > 2.5 * 0.08
+
+
+def test_frame_lead_is_the_worst_frame_against_its_own_slot():
+    from lpm.runtime.pipeline import FrameFeed, Work, frame_lead
+
+    chunk = ChunkInput(0, 0, np.zeros(1, np.float32), np.zeros(1, np.float32), 1, "", 0.0)
+    whole = Work(chunk, np.zeros((4, 8, 8, 3), np.uint8), started=10.0, finished=10.3)
+    assert frame_lead(whole, 24) == pytest.approx(0.3)
+    feed = FrameFeed(4, threading.Event())
+    feed.ready = [10.1, 10.12, 10.2, 10.3]  # frame j is due j / 24 s after frame 0
+    streamed = Work(chunk, feed, started=10.0, finished=10.3)
+    assert frame_lead(streamed, 24) == pytest.approx(max(0.1, 0.12 - 1 / 24, 0.2 - 2 / 24, 0.3 - 3 / 24))
+
+
 def tiny_dit() -> tuple[DiT, LpmVAE]:
     torch.manual_seed(0)
     cfg = DiTConfig(latent_height=8, latent_width=8, dim=64, num_blocks=2, num_heads=2, ffn_dim=128, text_dim=32,
@@ -310,3 +364,14 @@ def test_silero_vad_detects_speech():
     assert vad.push(np.zeros(SR, np.float32)) == []
     onsets = vad.push(speech("Hello, can you hear me?"))
     assert vad.backend == "silero" and len(onsets) >= 1
+
+
+def test_dit_engine_frame_by_frame_decode_equals_one_call(one_thread):
+    model, codec = tiny_dit()
+    engine = DiTEngine(model, codec, Character(images={"global": np.zeros((64, 64, 3), np.uint8)}))
+    latents = torch.randn(1, 4, codec.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = codec.decode_chunk(latents, None)[0][0]  # (4, 3, H, W)
+    frames = list(engine.frame_stream()((latents, None), {}))
+    want = np.stack([((f.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy() for f in whole])
+    assert len(frames) == 4 and np.abs(np.stack(frames).astype(int) - want.astype(int)).max() <= 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,6 +134,12 @@ class Engine(ABC):
         pipeline runs it right after passing a chunk to the next stage, so it overlaps them instead of delaying
         the chunk's frames. The engine runs it itself before the next chunk needs it if nobody did. Timings
         go to ``timings`` (ms); the default has nothing to do."""
+        return None
+
+    def frame_stream(self) -> Callable[[Any, dict[str, float]], Iterator[np.ndarray]] | None:
+        """The last stage as a generator of single ``(H, W, 3)`` uint8 frames, each yielded as soon as it is made
+        (the live pipeline shows it then: ``pipeline.FrameFeed``), or None when the last stage makes the chunk's
+        frames at once. Same frames as the last stage."""
         return None
 
     def step(self, chunk: ChunkInput) -> np.ndarray:

@@ -6,6 +6,11 @@ Queues hold at most ``queue_chunks`` items, so a slow stage back-pressures the o
 letting work (and latency) pile up. Stages of different chunks run concurrently; torch releases the GIL in
 its kernels, which is what makes threads enough here.
 
+An engine whose last stage can hand frames on one at a time (``Engine.frame_stream``: the DiT engine decodes
+latent frame by latent frame) gets a ``FrameFeed`` passed on before that stage starts: the emitter shows each
+frame as soon as it is decoded instead of when the chunk's last one is, so a chunk's first frame (the one whose
+audio waited longest) no longer waits for the decoding of the other three.
+
 ``Emitter`` shows frame ``i`` at wall time ``t0 + delay_s + i / fps`` (realtime) or as soon as it exists
 (offline). A frame that arrives after its slot plus ``LATE_TOLERANCE_FRAMES`` is dropped and counted, so the
 screen holds the previous frame and the stream catches up instead of drifting later and later; the last frame
@@ -17,7 +22,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +48,47 @@ class Work:
 
 class Stopped(Exception):
     """Raised inside a stage thread when the pipeline is closing."""
+
+
+class FrameFeed:
+    """A chunk's frames as the streamed last stage makes them: ``push`` (stage thread), iterate (emitter).
+
+    Args:
+        expected: frames the chunk has (``len``; the emitter treats the last one specially).
+        stop: the pipeline's stop flag (a blocked reader gives up when it is set).
+    """
+
+    def __init__(self, expected: int, stop: threading.Event) -> None:
+        self.expected, self.stop = expected, stop
+        self.ready: list[float] = []  # time.monotonic() when each frame was pushed
+        self._queue: queue.Queue = queue.Queue()
+
+    def __len__(self) -> int:
+        return self.expected
+
+    def push(self, frame: np.ndarray) -> None:
+        self.ready.append(time.monotonic())
+        self._queue.put(frame)
+
+    def close(self) -> None:
+        """No more frames (all made, or the stage failed)."""
+        self._queue.put(None)
+
+    def __iter__(self):
+        while True:
+            frame = get(self._queue, self.stop)
+            if frame is None:
+                return
+            yield frame
+
+
+def frame_lead(work: Work, fps: int) -> float:
+    """How early a chunk's compute must start for every frame to be ready at its slot, relative to the first
+    frame's slot: ``max_j(ready_j - started - j / fps)``. A chunk whose frames came at once: ``finished -
+    started``; a streamed one: about the first frame's time."""
+    if isinstance(work.payload, FrameFeed) and work.payload.ready:
+        return max(t - work.started - j / fps for j, t in enumerate(work.payload.ready))
+    return work.finished - work.started
 
 
 def put(q: queue.Queue, item: Any, stop: threading.Event) -> None:
@@ -79,13 +125,20 @@ class Pipeline:
             that the chunk would be late anyway); True marks the chunk ``skip``.
         settle: the first stage calls it (``Engine.settle``) right after handing a chunk on; its timings
             (``stage.part`` -> ms) go to ``stats``.
+        stream_last: the last stage as a generator of single frames (``Engine.frame_stream``), used in its
+            place with a ``FrameFeed`` of ``frames_per_chunk`` frames; None: the last stage's frames go on at once.
     """
 
     def __init__(self, stages: list[Stage], stats: SessionStats, queue_chunks: int = 2,
                  on_error: Callable[[BaseException], None] | None = None,
                  skip: Callable[[ChunkInput], None] | None = None,
                  should_skip: Callable[[ChunkInput], bool] | None = None,
-                 settle: Callable[[dict[str, float]], None] | None = None) -> None:
+                 settle: Callable[[dict[str, float]], None] | None = None,
+                 stream_last: Callable[[Any, dict[str, float]], Iterator[np.ndarray]] | None = None,
+                 frames_per_chunk: int = 0) -> None:
+        if stream_last is not None and frames_per_chunk < 1:
+            raise ValueError("a streamed last stage needs frames_per_chunk")
+        self.stream_last, self.frames_per_chunk = stream_last, frames_per_chunk
         self.stats = stats
         self.skip, self.should_skip, self.settle = skip, should_skip, settle
         self.stop = threading.Event()
@@ -126,6 +179,12 @@ class Pipeline:
                     work.started = time.monotonic()
                     self.stats.add(chunks=1)
                 start = time.perf_counter()
+                if last and self.stream_last is not None:
+                    self._stream(work, q_out)
+                    ms = (time.perf_counter() - start) * 1000
+                    work.timings_ms.setdefault(name, ms)
+                    self.stats.record_stage(name, ms)
+                    continue
                 work.payload = fn(work.payload, work.timings_ms)
                 ms = (time.perf_counter() - start) * 1000
                 work.timings_ms.setdefault(name, ms)
@@ -151,6 +210,18 @@ class Pipeline:
             except Stopped:
                 return
 
+    def _stream(self, work: Work, q_out: queue.Queue) -> None:
+        """The streamed last stage: the chunk goes on with an empty ``FrameFeed`` that fills frame by frame."""
+        payload, feed = work.payload, FrameFeed(self.frames_per_chunk, self.stop)
+        work.payload = feed
+        put(q_out, work, self.stop)
+        try:
+            for frame in self.stream_last(payload, work.timings_ms):
+                feed.push(frame)
+        finally:
+            work.finished = time.monotonic()
+            feed.close()
+
     def close(self, timeout: float = 2.0) -> None:
         self.stop.set()
         for t in self.threads:
@@ -170,7 +241,7 @@ class Emitter:
 
     def __init__(self, source: queue.Queue, out: queue.Queue, stats: SessionStats, stop: threading.Event,
                  fps: int, realtime: bool, t0: float, delay_s: float,
-                 on_compute_latency: Callable[[float], None] | None = None) -> None:
+                 on_compute_latency: Callable[[float, float], None] | None = None) -> None:
         self.source, self.out, self.stats, self.stop = source, out, stats, stop
         self.fps, self.realtime, self.t0, self.delay_s = fps, realtime, t0, delay_s
         self.on_compute_latency = on_compute_latency
@@ -203,8 +274,6 @@ class Emitter:
                 if work is None:
                     break
                 chunk = work.chunk
-                if self.on_compute_latency is not None:  # the stages' time, without queueing before or after
-                    self.on_compute_latency(work.finished - work.started)
                 for i, image in enumerate(work.payload):
                     index = chunk.first_frame + i
                     if self.realtime:
@@ -216,6 +285,8 @@ class Emitter:
                             if self.stop.wait(-lateness):
                                 raise Stopped
                     self._emit(index, image, chunk.ready_wall)
+                if self.on_compute_latency is not None:  # the stages' time, without queueing before or after
+                    self.on_compute_latency(work.finished - work.started, frame_lead(work, self.fps))
         except Stopped:
             pass
         finally:

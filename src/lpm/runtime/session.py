@@ -90,6 +90,7 @@ class Session:
         self._frames: queue.Queue = queue.Queue(maxsize=max(1, int(OUT_QUEUE_S * cfg.fps)))
         self._compute_latency = 0.0
         self._recent: deque[float] = deque(maxlen=RECENT_CHUNKS)  # pipeline latency of recent chunks (s)
+        self._recent_lead: deque[float] = deque(maxlen=RECENT_CHUNKS)  # their frame leads (pipeline.frame_lead)
         self._last_speech_wall = -1e9
         self.error: BaseException | None = None
         self.started = False
@@ -101,7 +102,8 @@ class Session:
         self.t0 = 0.0
         self.pipeline = Pipeline(engine.stages(), self.stats, cfg.queue_chunks, on_error=self._on_error,
                                  skip=engine.skip, should_skip=self._late if cfg.realtime else None,
-                                 settle=engine.settle)
+                                 settle=engine.settle, stream_last=engine.frame_stream(),
+                                 frames_per_chunk=engine.frames_per_chunk)
         self.emitter: Emitter | None = None
         self._feeder = threading.Thread(target=self._feed, name="lpm-feeder", daemon=True)
 
@@ -232,12 +234,20 @@ class Session:
             self.stats.add(dropped=f, skipped_chunks=1)
         return late
 
-    def _observe_compute(self, seconds: float) -> None:
-        """Track the pipeline's latency per chunk (a high percentile of recent chunks, robust to one stall) and
-        fit the clock delay to it within ``[base delay, MAX_DELAY_S]``: growing holds the screen once, shrinking
-        drops the frames that are then late (the stream skips ahead)."""
+    def _observe_compute(self, seconds: float, lead: float | None = None) -> None:
+        """Track the pipeline's latency per chunk and fit the clock delay to it within ``[base delay,
+        MAX_DELAY_S]``: growing holds the screen once, shrinking drops the frames that are then late (the stream
+        skips ahead).
+
+        Args:
+            seconds: the chunk's compute, start to last frame (what the skip rule compares with the last slot).
+            lead: how early the compute must start for each frame to meet its own slot (``pipeline.frame_lead``;
+                shorter than ``seconds`` when frames are handed on one by one). The delay follows a high
+                percentile of it over recent chunks (robust to one stall). None: ``seconds``.
+        """
         self._recent.append(seconds)
-        self._compute_latency = float(np.percentile(self._recent, LATENCY_PERCENTILE))
+        self._recent_lead.append(seconds if lead is None else lead)
+        self._compute_latency = float(np.percentile(self._recent_lead, LATENCY_PERCENTILE))
         if self.cfg.delay_s is None and self.emitter is not None and len(self._recent) > WARMUP_CHUNKS:
             needed = self._base_delay - self.engine.compute_budget_s + DELAY_MARGIN * self._compute_latency
             needed = min(max(needed, self._base_delay), MAX_DELAY_S)
