@@ -84,7 +84,10 @@ class DiTEngineConfig:
     refiner_time: float | None = None  # flow time the refiner re-noises to; None: the checkpoint's or 0.3
     seed: int = 0  # noise seed of the session
     device: str = "cpu"
-    compute_budget_s: float = 0.25  # latency allowed for the pipeline per chunk (sets the session's delay)
+    # Latency first allowed for the pipeline per chunk: the session's starting clock delay. The session grows the
+    # delay to 1.25 x the measured frame lead (pipeline.frame_lead: features, one denoising step and the first
+    # frame's decode, ~0.15 s on this 2-core CPU) when that is more; 0.25 held every session 0.1 s later.
+    compute_budget_s: float = 0.15
     precision: str = "fp32"  # fp32, or int8: the blocks' linears dynamically quantised (quantize_linears)
     chunk_context: bool = True  # share one DiT.prepare_chunk context between a chunk's forwards (equal output)
     defer_commit: bool = True  # commit after the chunk is handed to the decoder (Engine.settle; equal output)
