@@ -57,6 +57,9 @@ class LeaderEngine(Engine):
 
         return [(name, lead), *stages[1:]]
 
+    def frame_stream(self):
+        return self.engine.frame_stream()  # the last stage runs on rank 0 alone: nothing to announce
+
     def skip(self, chunk: ChunkInput) -> None:
         self._announce(SKIP, chunk)
         self.engine.skip(chunk)
