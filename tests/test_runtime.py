@@ -375,3 +375,26 @@ def test_dit_engine_frame_by_frame_decode_equals_one_call(one_thread):
     frames = list(engine.frame_stream()((latents, None), {}))
     want = np.stack([((f.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy() for f in whole])
     assert len(frames) == 4 and np.abs(np.stack(frames).astype(int) - want.astype(int)).max() <= 1
+
+
+class FailingStreamEngine(StreamingEngine):
+    """Its streamed last stage fails after two frames of chunk 1."""
+
+    def _frames(self, index: int, timings):
+        for j, frame in enumerate(super()._frames(index, timings)):
+            if index == 1 and j == 2:
+                raise RuntimeError("decoder broke")
+            yield frame
+
+
+def test_a_failing_streamed_stage_ends_the_session_with_an_error_not_a_hang():
+    engine = FailingStreamEngine(per_frame=0.01)
+    with Session(engine, SessionConfig(realtime=False, vad="off")) as session:
+        session.push_self_audio(np.zeros(SR, np.float32), native=True)
+        session.finish()
+        start = time.monotonic()
+        values = [int(image[0, 0, 0]) for _, image in session.frames(timeout=3.0)]
+        events = session.events()
+    assert time.monotonic() - start < 3.0
+    assert values[:6] == list(range(6))  # chunk 0 whole, then the two frames chunk 1 made before it broke
+    assert any(e["type"] == "error" and "decoder broke" in e["message"] for e in events)
