@@ -45,7 +45,8 @@ def test_cheek_boxes_hold_the_angry_flush():
     r = Renderer(sample_identity(2, "photo"), RES)
     calm, angry = r.render(pose()), r.render(pose(emo_angry=1.0))
     regions = r.face_regions(pose(emo_angry=1.0))
-    red = (angry[..., 0].astype(int) - calm[..., 0].astype(int)) - (angry[..., 1].astype(int) - calm[..., 1].astype(int))
+    d = angry.astype(int) - calm.astype(int)
+    red = d[..., 0] - d[..., 1]
     flushed = red > 15  # redder than before: the cheek decal's colour
     cheeks = union([regions["cheek_l"], regions["cheek_r"]], flushed.shape)
     assert flushed[cheeks].sum() > 10 and flushed[cheeks].mean() > 5 * max(flushed[~cheeks].mean(), 1e-3)

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 FACE_FEATURES = ("mouth", "eye_l", "eye_r")
-# Where the emotions show besides mouth and eyes: brow raise and knit, cheek colour (``lpm.world.render_rig.face_state``).
+# Where the emotions show besides mouth and eyes: brow raise and knit, cheek colour
+# (``lpm.world.render_rig.face_state``).
 EXPRESSION_FEATURES = ("brow_l", "brow_r", "cheek_l", "cheek_r")
 
 
