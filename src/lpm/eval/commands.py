@@ -134,7 +134,8 @@ def _train_states(args: argparse.Namespace) -> int:
     from lpm.eval.state_train import StateTrainConfig, train_states
 
     cfg = apply_overrides(StateTrainConfig(), args.overrides)
-    print(json.dumps(train_states(args.out, cfg, args.probe, args.face)["accuracy"], indent=1))
+    extra = train_states(args.out, cfg, args.probe, args.face)
+    print(json.dumps({k: extra[k] for k in ("accuracy", "reaction_fit")}, indent=1))
     return 0
 
 

@@ -6,6 +6,8 @@
 2. Performances: ``clips`` world performances (true motion and states, drawn in memory, no rendering).
 3. The reader is trained on the performances with the fitted probe errors added afresh every step, then
    scored on the calibration clips' real probe tracks (``accuracy`` in the checkpoint's metadata).
+4. The reaction detector's rules are fitted to the reading (``reaction_fit``) on ``reaction_clips`` rendered
+   listening clips of held-out identities (seed + 202), and stored in the same metadata (``reaction_rules``).
 Everything is cached under the run directory, so a rerun only repeats what is missing.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from lpm.data.clip import STATE_NAMES, read_manifest
+from lpm.eval.reaction_fit import CalibrationClips, fit_reaction_rules, rules_to_json
 from lpm.eval.states import STATE_KIND, ReadingNoise, StateNet, StateReader, StateReaderConfig, scale_tracks
 from lpm.fsutil import file_digest
 from lpm.training.checkpoint import load_checkpoint, load_into, save_checkpoint
@@ -35,6 +38,7 @@ class StateTrainConfig:
     calib_clips: int = 96  # rendered clips of held-out identities the probe errors are measured on
     seconds: float = 4.0
     seed: int = 101  # of the performances; the calibration clips use seed + 101 (the bench data uses 0)
+    reaction_clips: int = 192  # rendered listening clips the reaction rules are fitted on (seed + 202)
     steps: int = 600
     batch: int = 64  # clips per step
     lr: float = 3e-3
@@ -69,31 +73,53 @@ def _cached(path: Path, make) -> dict[str, np.ndarray]:
     return out
 
 
-def calibration_readings(run: Path, cfg: StateTrainConfig, read, tag: str = "") -> dict[str, np.ndarray]:
-    """Render the calibration clips (cached) and read them with ``read`` ((F, H, W, 3) -> (F, NUM_MOTION)).
+def calibration_readings(run: Path, cfg: StateTrainConfig, read, tag: str = "", name: str = "calib",
+                         clips: int | None = None, seed: int | None = None,
+                         mode: str | None = None) -> dict[str, np.ndarray]:
+    """Render calibration clips under ``RUN/name`` (cached) and read them with ``read`` ((F, H, W, 3) ->
+    (F, NUM_MOTION)). By default the state reader's set (``calib_clips``, seed + 101, every mode).
 
     The readings are cached per ``tag`` (one per reader, ``reader_tag``).
 
     Returns:
-        {"read", "true": (N, F, NUM_MOTION), "states": (N, F)}.
+        {"read", "true": (N, F, NUM_MOTION), "states": (N, F), "events": (E, 3) int64 rows of (clip, reaction type
+        index into ``metrics.REACTION_TYPES``, onset frame)}.
     """
     from lpm.data.video import read_mp4
+    from lpm.eval.metrics import REACTION_TYPES
     from lpm.eval.suites import load_motion_states
     from lpm.world.synth import plan, synth
 
-    root = run / "calib"
-    synth(root, plan(cfg.calib_clips, cfg.seed + 101, cfg.seconds, 128, split="val"), workers=1, progress=False)
+    root = run / name
+    clips = cfg.calib_clips if clips is None else clips
+    seed = cfg.seed + 101 if seed is None else seed
+    synth(root, plan(clips, seed, cfg.seconds, 128, split="val", mode=mode), workers=1, progress=False)
 
     def make() -> dict[str, np.ndarray]:
-        read_, true, states = [], [], []
-        for row in read_manifest(root):
+        read_, true, states, events = [], [], [], []
+        for i, row in enumerate(read_manifest(root)):
             motion, st = load_motion_states(root / row["path"])
             read_.append(read(read_mp4(root / row["path"] / "video.mp4")))
             true.append(motion)
             states.append(st)
-        return {"read": np.stack(read_), "true": np.stack(true), "states": np.stack(states)}
+            meta = json.loads((root / row["path"] / "meta.json").read_text())
+            events += [(i, REACTION_TYPES.index(e["type"]), int(e["frame"])) for e in meta["events"]
+                       if e["type"] in REACTION_TYPES]
+        return {"read": np.stack(read_), "true": np.stack(true), "states": np.stack(states),
+                "events": np.array(events, np.int64).reshape(-1, 3)}
 
-    return _cached(run / f"calib_readings{tag}.npz", make)
+    prefix = "calib" if name == "calib" else name
+    return _cached(run / f"{prefix}_readings{tag}.npz", make)
+
+
+def calibration_clips(readings: dict[str, np.ndarray]) -> CalibrationClips:
+    """``calibration_readings``' arrays as the reaction fit's clips (read tracks, states, true events)."""
+    from lpm.eval.metrics import REACTION_TYPES, Event
+
+    events: list[list[Event]] = [[] for _ in range(len(readings["read"]))]
+    for clip, kind, frame in readings["events"]:
+        events[int(clip)].append(Event(REACTION_TYPES[int(kind)], int(frame)))
+    return CalibrationClips(readings["read"], readings["states"], events)
 
 
 def train_state_net(motion: np.ndarray, states: np.ndarray, noise: ReadingNoise, cfg: StateTrainConfig,
@@ -136,7 +162,7 @@ def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
 
     The tracks are read as the bench reads them: the probe, with the face reader's channels when ``face_path``
     is given (``suites.face_path_or_none``)."""
-    from lpm.eval.suites import face_path_or_none, read_tracks
+    from lpm.eval.suites import EDGE_FRAMES, face_path_or_none, read_tracks
     from lpm.eval.train import load_face, load_probe
 
     torch.set_num_threads(cfg.threads)
@@ -152,12 +178,19 @@ def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
                    lambda: dict(zip(("motion", "states"), world_performances(cfg.clips, cfg.seed, cfg.seconds))))
     net = train_state_net(perf["motion"], perf["states"], noise, cfg, log=log)
     reader = StateReader(net)
+    listen = calibration_readings(run, cfg, lambda frames: read_tracks(probe, face, frames).motion,
+                                  reader_tag(probe_path, face_path), name="reactions", clips=cfg.reaction_clips,
+                                  seed=cfg.seed + 202, mode="listen")
+    rules, rules_report = fit_reaction_rules(calibration_clips(listen), EDGE_FRAMES)
+    log(json.dumps({"reaction_rules": rules_report}))
     pred = np.stack([reader.predict(m) for m in calib["read"]])
     true_motion = np.stack([reader.predict(m) for m in calib["true"]])
     extra = {"accuracy": {"calib_probe_tracks": float((pred == calib["states"]).mean()),
                           "calib_true_motion": float((true_motion == calib["states"]).mean()),
                           "calib_clips": int(len(pred))},
              "noise": {k: getattr(noise, k).tolist() for k in ("gain", "offset", "sigma")},
+             "reaction_rules": rules_to_json(rules), "reaction_fit": rules_report,
+             "reaction_clips": int(len(listen["read"])),
              "probe": str(probe_path), "face": None if face_path is None else str(face_path)}
     save_checkpoint(run / "model.safetensors", net.state_dict(),
                     {"train": dataclasses.asdict(cfg), "net": dataclasses.asdict(net.cfg)}, STATE_KIND, extra)

@@ -27,6 +27,7 @@ from lpm.eval.face import FaceReader, merge_face, read_face
 from lpm.eval.identity import IdentityNet, embed_frames
 from lpm.eval.identity_check import check_identity
 from lpm.eval.probe import MotionProbe, ProbeTrack, read_frames
+from lpm.eval.reaction_fit import reaction_mask, rules_from_json
 from lpm.eval.scoring import FID_INTERVAL_CATEGORIES, ClipScore, metric_intervals, pooled_metrics
 from lpm.eval.states import StateReader
 from lpm.eval.systems import ClipInputs, System, SystemUnavailable, timed_stream
@@ -73,6 +74,8 @@ class Instruments:
     ``face``: the face reader, whose eye, brow and mouth channels and emotion replace the probe's (None: the
     probe alone).
     ``probe_accuracy`` is then the accuracy of the merged reading (those channels from ``face_accuracy``).
+    ``reaction_rules``: the reaction detector's rules in the reading's units, fitted with the state reader
+    (``reaction_fit``); ``metrics.BUMP_RULES`` (the true motion's) for a state reader written before them.
     """
 
     probe: MotionProbe
@@ -84,6 +87,7 @@ class Instruments:
     identity_threshold: dict[str, float] = field(default_factory=dict)
     face: FaceReader | None = None
     face_accuracy: dict | None = None
+    reaction_rules: dict[str, M.BumpRule] = field(default_factory=lambda: dict(M.BUMP_RULES))
 
     def read(self, frames: np.ndarray) -> ProbeTrack:
         """(F, H, W, 3) uint8 -> the motion track (the probe's, with the face reader's readings when there is one)."""
@@ -126,8 +130,14 @@ def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str 
             if split in probe_acc:
                 probe_acc[split]["channels"].update(acc["channels"])
                 probe_acc[split]["emotion_acc"] = acc["emotion_acc"]
+    rules = dict(M.BUMP_RULES)
+    if "reaction_rules" in smeta["extra"]:
+        try:
+            rules = rules_from_json(smeta["extra"]["reaction_rules"])
+        except (TypeError, ValueError) as e:
+            raise LpmError(f"{states_path}: {e}") from None
     return Instruments(probe, ident, states, probe_acc, imeta["extra"]["accuracy"], smeta["extra"].get("accuracy"),
-                       face=face, face_accuracy=face_acc)
+                       face=face, face_accuracy=face_acc, reaction_rules=rules)
 
 
 def load_motion_states(clip_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -267,9 +277,9 @@ def clip_score(reading: Reading, truth: ClipTruth, inst: Instruments,
     speaking = truth.states == SPEAK
     n = len(speaking)
     has_speech = speaking.sum() > 2
-    allowed = ~speaking & (np.arange(n) <= n - EDGE_FRAMES)
+    allowed = reaction_mask(truth.states, EDGE_FRAMES)
     true_ev = [e for e in truth.reactions if allowed[min(e.frame, n - 1)]]
-    det = M.detect_reactions({c: pred[:, MOTION_INDEX[c]] for c in MOTION_NAMES}, allowed)
+    det = M.detect_reactions({c: pred[:, MOTION_INDEX[c]] for c in MOTION_NAMES}, allowed, inst.reaction_rules)
     threshold = inst.identity_threshold.get(reading.split)
     low = reading.identity_sim < threshold if threshold is not None else np.zeros(n, bool)
     return ClipScore(
