@@ -1,5 +1,7 @@
 """The reaction rules fitted to a reading: constructed tracks where the right thresholds are known."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,23 @@ def test_rules_round_trip_and_bad_rules_are_named():
 def test_calibration_clips_must_agree():
     with pytest.raises(ValueError, match="disagree"):
         CalibrationClips(np.zeros((2, 10, NUM_MOTION)), np.zeros((2, 9)), [[], []])
+
+
+def test_instruments_take_the_state_readers_rules_and_name_a_bad_one(tmp_path):
+    from lpm.errors import LpmError
+    from lpm.eval.suites import DEFAULT_STATES, load_instruments
+    from lpm.training.checkpoint import load_checkpoint, save_checkpoint
+
+    weights, meta = load_checkpoint(DEFAULT_STATES)
+    fitted = dict(M.BUMP_RULES)
+    fitted["nod"] = dataclasses.replace(M.BUMP_RULES["nod"], threshold=M.BUMP_RULES["nod"].threshold * 1.5)
+    good = save_checkpoint(tmp_path / "good.safetensors", weights, meta["config"], meta["kind"],
+                           {**meta["extra"], "reaction_rules": rules_to_json(fitted)})
+    assert load_instruments(states_path=good).reaction_rules == fitted
+    old = {k: v for k, v in meta["extra"].items() if k != "reaction_rules"}
+    older = save_checkpoint(tmp_path / "old.safetensors", weights, meta["config"], meta["kind"], old)
+    assert load_instruments(states_path=older).reaction_rules == M.BUMP_RULES
+    bad = save_checkpoint(tmp_path / "bad.safetensors", weights, meta["config"], meta["kind"],
+                          {**meta["extra"], "reaction_rules": {"wink": rules_to_json(M.BUMP_RULES)["nod"]}})
+    with pytest.raises(LpmError, match="bad.safetensors.*wink"):
+        load_instruments(states_path=bad)
