@@ -108,6 +108,12 @@ def test_stats_report_the_drops(report):
         stats = c.stats[-1]
         # every media frame up to the session's end was either shown or counted as dropped
         assert stats["frames"] + stats["dropped"] >= 0.8 * SECONDS * c.ready["fps"], (c.index, stats)
-        assert stats["dropped"] > 0 and stats["skipped_chunks"] > 0  # two cores are behind: it says so
+        # every skipped chunk's frames are counted as dropped
+        assert stats["dropped"] >= stats["skipped_chunks"] * c.ready["frames_per_chunk"], (c.index, stats)
+        # a generator slower than real time (its per-chunk compute well over the chunk's duration) must fall behind
+        # and say so; a machine fast enough to keep up may drop nothing (a faster CPU did, with one session)
+        generator_s = sum(stats["stage_ms"].get(name, 0.0) for name in ("generate", "generate.commit")) / 1000
+        if generator_s > 1.5 * c.ready["frames_per_chunk"] / c.ready["fps"]:
+            assert stats["dropped"] > 0 and stats["skipped_chunks"] > 0, (c.index, stats)
     summary = report.summary()
     assert summary["dropped"] == sum(c.stats[-1]["dropped"] for c in admitted(report))
