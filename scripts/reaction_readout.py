@@ -20,11 +20,9 @@ import torch
 from lpm.data.clip import read_manifest
 from lpm.eval import DEFAULT_DATA
 from lpm.eval import metrics as M
-from lpm.eval.reaction_fit import CalibrationClips, count_type, f1_score
+from lpm.eval.reaction_fit import SPEAK, CalibrationClips, count_type, f1_score
 from lpm.eval.suites import EDGE_FRAMES, load_clip, load_instruments
 from lpm.world.motion import MOTION_INDEX
-
-SPEAK = 0  # lpm.data.clip.STATE_NAMES
 
 
 def read_split(data: str, split: str, clips: int, save: str | None) -> list[dict]:

@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lpm.data.clip import STATE_NAMES
 from lpm.eval import metrics as M
 from lpm.world.motion import MOTION_INDEX
 
 # Multiples of the motion rule's threshold tried, and of its minimum run length.
 THRESHOLD_SCALES: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0)
 MIN_FRAME_SCALES: tuple[float, ...] = (0.5, 1.0, 1.5)
-SPEAK = 0  # index of "speak" in lpm.data.clip.STATE_NAMES
+SPEAK = STATE_NAMES.index("speak")
 
 
 @dataclass(frozen=True)

@@ -98,18 +98,15 @@ def calibration_readings(run: Path, cfg: StateTrainConfig, read, tag: str = "", 
     def make() -> dict[str, np.ndarray]:
         read_, true, states, events = [], [], [], []
         for i, row in enumerate(read_manifest(root)):
-            motion, st = load_motion_states(root / row["path"])
+            motion, st, reactions = load_motion_states(root / row["path"])
             read_.append(read(read_mp4(root / row["path"] / "video.mp4")))
             true.append(motion)
             states.append(st)
-            meta = json.loads((root / row["path"] / "meta.json").read_text())
-            events += [(i, REACTION_TYPES.index(e["type"]), int(e["frame"])) for e in meta["events"]
-                       if e["type"] in REACTION_TYPES]
+            events += [(i, REACTION_TYPES.index(e.type), e.frame) for e in reactions]
         return {"read": np.stack(read_), "true": np.stack(true), "states": np.stack(states),
                 "events": np.array(events, np.int64).reshape(-1, 3)}
 
-    prefix = "calib" if name == "calib" else name
-    return _cached(run / f"{prefix}_readings{tag}.npz", make)
+    return _cached(run / f"{name}_readings{tag}.npz", make)
 
 
 def calibration_clips(readings: dict[str, np.ndarray]) -> CalibrationClips:

@@ -140,14 +140,20 @@ def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str 
                        face=face, face_accuracy=face_acc, reaction_rules=rules)
 
 
-def load_motion_states(clip_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """A clip's true motion (F, NUM_MOTION) in MOTION_NAMES order and states (F,) int64, without decoding its
-    audio, video or references."""
+def load_motion_states(clip_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[M.Event]]:
+    """A clip's true motion (F, NUM_MOTION) in MOTION_NAMES order, states (F,) int64 and reactions
+    (``true_reactions``), without decoding its audio, video or references."""
     d = Path(clip_dir)
     with np.load(d / "motion.npz", allow_pickle=False) as z:
         motion = _motion_array(z["values"], tuple(str(n) for n in z["names"]))
     meta = json.loads((d / "meta.json").read_text())
-    return motion, np.array([STATE_NAMES.index(x) for x in meta["states"]], np.int64)
+    states = np.array([STATE_NAMES.index(x) for x in meta["states"]], np.int64)
+    return motion, states, true_reactions(meta["events"])
+
+
+def true_reactions(events: list[dict]) -> list[M.Event]:
+    """The listening reactions among a clip's ``meta.json`` events."""
+    return [M.Event(e["type"], int(e["frame"]), e.get("cue_frame")) for e in events if e["type"] in M.REACTION_TYPES]
 
 
 def _motion_array(values: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
@@ -175,8 +181,7 @@ def load_clip(root: str | Path, row: dict) -> tuple[ClipInputs, ClipTruth]:
     motion = _motion_array(clip.motion.numpy(), clip.motion_names)
     audio = clip.audio.numpy()
     identity = sample_identity(int(meta.extra["seeds"]["identity"]), meta.style)
-    reactions = [M.Event(e["type"], int(e["frame"]), e.get("cue_frame")) for e in meta.events
-                 if e["type"] in M.REACTION_TYPES]
+    reactions = true_reactions(meta.events)
     inputs = ClipInputs(meta.id, meta.split, meta.style, meta.frames, audio[0], audio[1],
                         {k: tensor_to_image(v) for k, v in clip.refs.items()}, meta.caption,
                         float(np.median(motion[:, MOTION_INDEX["body_yaw"]])), identity, motion, video)
