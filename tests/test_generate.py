@@ -227,3 +227,63 @@ def test_model_demo_is_side_by_side(tmp_path, one_thread):
     checkpoint = str(online_checkpoint(tmp_path / "online.safetensors"))
     out = render_model_demo(tmp_path / "demo.mp4", checkpoint, seed=1, seconds=0.5, progress=False)
     assert read_mp4(out).shape == (12, LABEL_H + PANEL, 2 * PANEL, 3)
+
+
+def test_export_track_gain(tmp_path):
+    """``lpm export --track-gain``: patterns expanded over the model's channels, gains of 1 dropped, '' removes the
+    entry; a pattern matching nothing, a bad gain and a Base checkpoint are clear errors."""
+    src = online_checkpoint(tmp_path / "online.safetensors")
+    out = export_dit(src, tmp_path / "gain.safetensors", track_gain={"emo_*": 4, "brow_raise": "2", "smile": 1})
+    online = read_metadata(out.path)["extra"]["online"]
+    assert online["track_gain"] == {"emo_happy": 4.0, "emo_sad": 4.0, "emo_surprised": 4.0, "emo_angry": 4.0,
+                                    "brow_raise": 2.0}
+    assert online["timesteps"] == ONLINE["timesteps"]  # the rest of the sampling kept
+    cleared = export_dit(out.path, tmp_path / "none.safetensors", track_gain={})
+    assert "track_gain" not in read_metadata(cleared.path)["extra"]["online"]
+    with pytest.raises(LpmError, match="'emo', which matches none of the model's motion channels"):
+        export_dit(src, tmp_path / "x.safetensors", track_gain={"emo": 4})
+    with pytest.raises(LpmError, match=r"track_gain\['smile'\] must be in \(0, 20\]"):
+        export_dit(src, tmp_path / "x.safetensors", track_gain={"smile": -1})
+    plain = save_dit(tmp_path / "base.safetensors", small_dit(0), extra={"step": 1})
+    with pytest.raises(LpmError, match="not an Online checkpoint"):
+        export_dit(plain, tmp_path / "x.safetensors", track_gain={"smile": 2})
+    main(["export", "--run", str(src), "--out", str(tmp_path / "cli.safetensors"), "--track-gain", "head_*=2.5"])
+    assert set(read_metadata(tmp_path / "cli.safetensors")["extra"]["online"]["track_gain"].values()) == {2.5}
+    with pytest.raises(SystemExit):  # argparse: a usage error naming the item
+        main(["export", "--run", str(src), "--out", str(tmp_path / "x.safetensors"), "--track-gain", "smile:2"])
+
+
+def test_track_gain_scales_only_the_predicted_track(tmp_path, one_thread):
+    """The engine's track gain equals multiplying the speech network's prediction by hand; a gain of 1 is no gain;
+    a given track (training) is never scaled; an unknown channel in the checkpoint is an engine error."""
+    path = str(online_checkpoint(tmp_path / "online.safetensors"))
+    gained = str(export_dit(path, tmp_path / "gained.safetensors", dtype="fp32",
+                            track_gain={"emo_*": 3, "head_pitch": 2}).path)
+    character = Character(images={"global": np.full((64, 64, 3), 128, np.uint8)})
+    plain = DiTEngine.load(character, DiTEngineConfig(checkpoint=path, seed=1))
+    engine = DiTEngine.load(character, DiTEngineConfig(checkpoint=gained, seed=1))
+    names = engine.model.cfg.motion_channels
+    assert engine.track_gain[names.index("emo_sad")] == 3 and engine.track_gain[names.index("head_pitch")] == 2
+    assert engine.track_gain.sum() == len(names) - 5 + 4 * 3 + 2
+    by_hand = DiTEngine.load(character, DiTEngineConfig(checkpoint=path, seed=1))
+    predict = by_hand.model.predict_motion
+    by_hand.model.predict_motion = lambda cond, first, num: predict(cond, first, num) * engine.track_gain
+    got = _frames_of_first_chunk(engine)
+    assert np.array_equal(got, _frames_of_first_chunk(by_hand))
+    ungained = _frames_of_first_chunk(plain)
+    assert not np.array_equal(got, ungained)
+    ones = DiTEngine.load(character, DiTEngineConfig(checkpoint=gained, seed=1, track_gain={"smile": 1.0}))
+    assert ones.track_gain is None and np.array_equal(_frames_of_first_chunk(ones), ungained)
+
+    model = small_dit(0)  # a given track (as in training) passes unscaled
+    f, p = 2, len(model.cfg.motion_channels)
+    mel = torch.randn(1, 8, 4, 16)
+    given = torch.rand(1, f, p)
+    cond = Conditioning(torch.zeros(1, 1, 32), torch.ones(1, 1, dtype=torch.bool), mel, mel, motion=given,
+                        track_gain=torch.full((p,), 5.0))
+    assert torch.equal(model._motion(cond, 2, f).track, given)
+    assert torch.allclose(model.predict_motion(cond, 2, f),
+                          5 * model.predict_motion(Conditioning(*list(cond.__dict__.values())[:4]), 2, f))
+
+    with pytest.raises(LpmError, match="'emo_joy', which matches none"):
+        DiTEngine.load(character, DiTEngineConfig(checkpoint=path, track_gain={"emo_joy": 2}))

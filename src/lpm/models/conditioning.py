@@ -49,6 +49,8 @@ class Conditioning:
             (training shows the DiT the predicted track too), or ``(B, P)`` per channel, or None.
         captions: the B captions as text, read by the speech network when it predicts the track from the caption
             too (``DiTConfig.speech_caption_buckets``); None = no caption.
+        track_gain: ``(P,)`` per-channel gain on the track the DiT predicts from the audio (inference only: an
+            Online checkpoint's ``extra["online"]["track_gain"]``; None = 1). A given ``motion`` is never scaled.
     """
 
     text_tokens: torch.Tensor
@@ -61,6 +63,7 @@ class Conditioning:
     motion: torch.Tensor | None = None
     motion_from_audio: torch.Tensor | None = None
     captions: list[str] | None = None
+    track_gain: torch.Tensor | None = None
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:

@@ -157,13 +157,15 @@ class DiT(nn.Module):
         return before, self.cfg.audio_lookahead_frames
 
     def predict_motion(self, cond: Conditioning, first_frame: int, num_frames: int) -> torch.Tensor:
-        """The motion track of frames ``first_frame ..`` predicted from ``cond``'s audio: ``(B, F, P)``."""
+        """The motion track of frames ``first_frame ..`` predicted from ``cond``'s audio: ``(B, F, P)``, times
+        ``cond.track_gain`` when set."""
         start = first_frame - cond.audio_start_frame
         track = self.speech_motion(cond.audio_self, cond.audio_partner, cond.captions)  # (B, Fa, P)
         if start < 0 or start + num_frames > track.shape[1]:
             raise ValueError(f"the audio (frames {cond.audio_start_frame}..{cond.audio_start_frame + track.shape[1]})"
                              f" does not cover frames {first_frame}..{first_frame + num_frames}")
-        return track[:, start:start + num_frames]
+        track = track[:, start:start + num_frames]
+        return track if cond.track_gain is None else track * cond.track_gain.to(track)
 
     def _motion(self, cond: Conditioning, first_frame: int, num_frames: int,
                 cache: KVCache | None = None) -> MotionInputs | None:

@@ -28,7 +28,7 @@ from lpm.models.idle_motion import (
     calibrate_idle,
     idle_tracks,
 )
-from lpm.models.motion_track import load_speech, speech_network, speech_reactions
+from lpm.models.motion_track import load_speech, speech_network, speech_reactions, track_gains
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
 EXPORT_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -81,10 +81,21 @@ def fewer_steps(online: dict | None, steps: int, source: Path) -> dict:
     return {**online, "timesteps": trained[:steps] + [0.0]}
 
 
+def with_track_gain(online: dict | None, spec: dict[str, float], channels: tuple[str, ...], source: Path) -> dict:
+    """An Online checkpoint's ``extra.online`` with its track gain set to ``spec`` expanded over ``channels``
+    (gains of 1 dropped; none left: the entry removed)."""
+    if not online or "timesteps" not in online:
+        raise LpmError(f"{source} is not an Online checkpoint (no extra.online.timesteps): the track gain is a "
+                       f"setting of the streamed model")
+    gains = {k: v for k, v in track_gains(spec, channels).items() if v != 1.0}
+    online = {k: v for k, v in online.items() if k != "track_gain"}
+    return {**online, "track_gain": gains} if gains else online
+
+
 def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = "bf16",
                speech: str | Path | None = None, idle_motion: str | Path | None = None,
                idle_scale: float = 1.0, cache: tuple[int, int] | None = None,
-               online_steps: int | None = None) -> Export:
+               online_steps: int | None = None, track_gain: dict[str, float] | None = None) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -100,6 +111,9 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
             weights attend to fewer or more earlier chunks; a model trained on 2-chunk windows saw one).
         online_steps: denoising steps per chunk of the streamed model, fewer than it was distilled with: its
             timesteps become the first ``online_steps`` trained times then 0 (1: the prediction from noise alone).
+        track_gain: motion channel (or shell pattern, ``emo_*``) -> gain on the track the streamed model predicts
+            from its audio, stored in ``extra["online"]["track_gain"]`` (``{}``: none); docs/learning.md
+            "Track gain".
     """
     if dtype not in EXPORT_DTYPES:
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
@@ -144,6 +158,9 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
     if online_steps is not None:
         extra["online"] = fewer_steps(extra.get("online"), online_steps, source)
         extra["export"]["online_steps"] = online_steps
+    if track_gain is not None:
+        extra["online"] = with_track_gain(extra.get("online"), track_gain, cfg.motion_channels, source)
+        extra["export"]["track_gain"] = extra["online"].get("track_gain", {})
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)

@@ -20,6 +20,8 @@ Track values are the rig's channels (``lpm.world.motion``) divided by ``TRACK_SC
 
 from __future__ import annotations
 
+import fnmatch
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,46 @@ def track_scale(channels: tuple[str, ...]) -> torch.Tensor:
     if unknown:
         raise ValueError(f"unknown motion channels {unknown}; known: {', '.join(TRACK_SCALE)}")
     return torch.tensor([TRACK_SCALE[c] for c in channels])
+
+
+MAX_TRACK_GAIN = 20.0  # a track gain beyond this is a typo, not a setting
+
+
+class TrackGainError(LpmError, ValueError):
+    """A malformed track gain (names the channel or pattern and what was expected)."""
+
+
+def track_gains(spec: dict, channels: tuple[str, ...] | None = None) -> dict[str, float]:
+    """Per-channel gains on the predicted track from ``spec`` (channel name or shell pattern such as ``emo_*`` ->
+    gain): each gain finite and in (0, ``MAX_TRACK_GAIN``]; with ``channels`` (a model's motion channels) the
+    patterns are expanded and each must match one of them. Later entries override earlier ones."""
+    if not isinstance(spec, dict):
+        raise TrackGainError(f"track_gain must map motion channels to gains, got {spec!r}")
+    out: dict[str, float] = {}
+    for pattern, gain in spec.items():
+        try:
+            g = float(gain)
+        except (TypeError, ValueError):
+            raise TrackGainError(f"track_gain[{pattern!r}] must be a number, got {gain!r}") from None
+        if not math.isfinite(g) or not 0 < g <= MAX_TRACK_GAIN:
+            raise TrackGainError(f"track_gain[{pattern!r}] must be in (0, {MAX_TRACK_GAIN:g}], got {gain!r}")
+        names = [str(pattern)] if channels is None else fnmatch.filter(channels, str(pattern))
+        if not names:
+            raise TrackGainError(f"track_gain names {pattern!r}, which matches none of the model's motion "
+                                 f"channels ({', '.join(channels) or 'none'})")
+        out.update({n: g for n in names})
+    return out
+
+
+def parse_track_gain(text: str) -> dict[str, float]:
+    """``"emo_*=4,brow_raise=2"`` -> ``{"emo_*": 4.0, "brow_raise": 2.0}`` (``""``: no gain)."""
+    spec: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise TrackGainError(f"expected CHANNEL=GAIN items separated by commas (e.g. emo_*=4), got {item!r}")
+        spec[name.strip()] = value.strip()
+    return track_gains(spec)
 
 
 def to_track(motion: torch.Tensor, motion_names: tuple[str, ...], channels: tuple[str, ...]) -> torch.Tensor:

@@ -11,7 +11,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech,
                       idle_motion=args.idle_motion, idle_scale=args.idle_scale, cache=args.cache,
-                      online_steps=args.online_steps)
+                      online_steps=args.online_steps, track_gain=args.track_gain)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
     if done.idle is not None:
@@ -50,6 +50,16 @@ def cache_shape(text: str) -> tuple[int, int]:
     return sink, window
 
 
+def track_gain_spec(text: str) -> dict[str, float]:
+    """``--track-gain CH=G,...`` -> its mapping (argparse reports a malformed value as a usage error)."""
+    from lpm.models.motion_track import TrackGainError, parse_track_gain
+
+    try:
+        return parse_track_gain(text)
+    except TrackGainError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def register(sub, groups) -> None:
     # No model imports here: building the parser stays cheap for every other command.
     p = sub.add_parser("export", help="a run's DiT weights (EMA by default) as one inference checkpoint")
@@ -72,6 +82,10 @@ def register(sub, groups) -> None:
     p.add_argument("--online-steps", type=int, default=None, metavar="N",
                    help="denoising steps per chunk of an Online checkpoint, fewer than it was distilled with "
                         "(its first N times, then 0; 1 = one forward per chunk)")
+    p.add_argument("--track-gain", default=None, type=track_gain_spec, metavar="CHANNEL=GAIN,...",
+                   help="gains on the motion track an Online checkpoint predicts from its audio, e.g. 'emo_*=4' "
+                        "(shell patterns over its motion channels; '' removes them): the DiT under-draws what its "
+                        "track carries (docs/learning.md, 'Track gain')")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="offline generation: reference image(s) and voices -> mp4")

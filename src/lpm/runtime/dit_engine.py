@@ -44,6 +44,7 @@ from lpm.models.conditioning import Conditioning, References
 from lpm.models.dit import DiT, load_dit
 from lpm.models.kv_cache import KVCache
 from lpm.models.latent_codec import LatentCodec, load_codec
+from lpm.models.motion_track import TrackGainError, track_gains
 from lpm.parallel.sequence_dit import SequenceParallelDiT
 from lpm.runtime.engines import Character, ChunkInput, Engine, EngineError, Stage
 from lpm.training.checkpoint import read_metadata
@@ -94,6 +95,9 @@ class DiTEngineConfig:
     # The cached self-attention's dtype (ChunkContext.attention_dtype; needs chunk_context): bf16 matrix products
     # close to fp32 (tested), faster on CPUs with avx512_bf16 / AMX; auto = bf16 where the CPU has them.
     attention_precision: str = "fp32"
+    # Motion-track channel -> gain on the track predicted from the audio; None: the checkpoint's
+    # (``OnlineSampling.track_gain``), {} : none.
+    track_gain: dict[str, float] | None = None
 
 
 def quantize_linears(model: DiT) -> DiT:
@@ -132,11 +136,14 @@ class OnlineSampling:
         timesteps: decreasing flow times from 1 to 0 the student was trained on (e.g. ``(1.0, 0.75, 0.0)``).
         sampler: the ``SAMPLERS`` key it was trained for (``renoise`` for DMD / Self-Forcing students).
         refiner_time: flow time of its one-step refiner, or None when it was not trained with one.
+        track_gain: motion-track channel -> gain on the track the DiT predicts from the audio (``lpm export
+            --track-gain``: the DiT under-draws what its track carries, docs/learning.md "Track gain"); empty: none.
     """
 
     timesteps: tuple[float, ...]
     sampler: str
     refiner_time: float | None = None
+    track_gain: tuple[tuple[str, float], ...] = ()
 
     @classmethod
     def from_extra(cls, online: dict, source: str) -> OnlineSampling:
@@ -146,6 +153,7 @@ class OnlineSampling:
             sampler = str(online.get("sampler") or DEFAULT_SAMPLER)
             refiner_time = online.get("refiner_time")
             refiner_time = None if refiner_time is None else float(refiner_time)
+            track_gain = tuple(track_gains(online.get("track_gain") or {}).items())
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise EngineError(f"{source}: malformed extra['online'] {online!r}: {e!r}") from None
         steps = list(zip(timesteps, timesteps[1:]))
@@ -154,7 +162,7 @@ class OnlineSampling:
             raise EngineError(f"{source}: online timesteps must decrease from 1.0 to 0.0, got {list(timesteps)}")
         if sampler not in SAMPLERS:
             raise EngineError(f"{source}: unknown online sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
-        return cls(timesteps, sampler, refiner_time)
+        return cls(timesteps, sampler, refiner_time, track_gain)
 
 
 def online_sampling_of(checkpoint: str | Path) -> OnlineSampling | None:
@@ -249,6 +257,8 @@ class DiTEngine(Engine):
         self.sampler = SAMPLERS[self.sampler_name]
         if "generator" in inspect.signature(self.sampler).parameters:  # samplers that draw fresh noise
             self.sampler = partial(self.sampler, generator=self.generator)  # deterministic by the session seed
+        gains = cfg.track_gain if cfg.track_gain is not None else dict(online.track_gain if online else ())
+        self.track_gain = self._gain_vector(gains, mc.motion_channels, cfg.checkpoint or "the engine's track_gain")
         self.refiner_time = cfg.refiner_time
         if self.refiner_time is None:
             trained = online.refiner_time if online is not None else None
@@ -348,6 +358,20 @@ class DiTEngine(Engine):
         self.model(x_0, torch.zeros(1, device=self.device), cond, cache=self.cache, update_cache=True, **extra)
         timings["generate.commit"] = (time.perf_counter() - begin) * 1000
 
+    def _gain_vector(self, gains: dict[str, float], channels: tuple[str, ...], source: str) -> torch.Tensor | None:
+        """``gains`` (channel -> gain, checked) as the ``(P,)`` vector ``Conditioning.track_gain`` takes; None
+        when there is nothing to scale."""
+        try:
+            gains = track_gains(gains, channels)
+        except TrackGainError as e:
+            raise EngineError(f"{source}: {e}") from None
+        if all(g == 1.0 for g in gains.values()):
+            return None
+        vector = torch.ones(len(channels), device=self.device)
+        for name, g in gains.items():
+            vector[channels.index(name)] = g
+        return vector
+
     @torch.no_grad()
     def _generate(self, chunk: ChunkInput, timings: dict[str, float]) -> tuple[torch.Tensor, Conditioning]:
         self.settle(timings)  # the previous chunk's commit, unless the pipeline already ran it
@@ -363,7 +387,7 @@ class DiTEngine(Engine):
         mel_self, mel_partner = (self._latent_mel(ring, start * t + offset, end * t + offset) for ring in self.features)
         audio_start = end - mel_self.shape[1]
         cond = Conditioning(text_tokens, text_mask, mel_self, mel_partner, audio_start_frame=audio_start,
-                            captions=[chunk.text])
+                            captions=[chunk.text], track_gain=self.track_gain)
         context = self.model.prepare_chunk(cond, self.cache, self.attention_dtype) if self.use_context else None
         extra = {"context": context} if context is not None else {}
         timings["generate.features"] = (time.perf_counter() - start_time) * 1000
@@ -383,7 +407,7 @@ class DiTEngine(Engine):
         # The refiner runs uncached on the chunk alone: its conditioning is relative to the chunk's frame 0.
         local = Conditioning(text_tokens, text_mask, mel_self, mel_partner,
                              audio_start_frame=audio_start - model_first, references=self.references,
-                             captions=[chunk.text])
+                             captions=[chunk.text], track_gain=self.track_gain)
         return x_0, local
 
     @torch.no_grad()
