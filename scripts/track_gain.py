@@ -44,7 +44,7 @@ class GainOnline(OnlineSystem):
         names = self.model.cfg.motion_channels
         scale = torch.ones(len(names))
         for group, gain in gains.items():
-            scale[[names.index(c) for c in GROUPS[group] if c in names]] = gain
+            scale[[names.index(c) for c in GROUPS.get(group, (group,)) if c in names]] = gain
         predict = self.model.predict_motion
 
         def amplified(cond, first: int, num: int) -> torch.Tensor:
@@ -75,7 +75,8 @@ def main() -> None:
     ap.add_argument("--split", default="train")
     ap.add_argument("--clips", type=int, default=12)
     ap.add_argument("--systems", default="expression=1;expression=2;expression=3",
-                    help="';'-separated systems, each '+'-separated GROUP=GAIN (groups: " + ", ".join(GROUPS) + ")")
+                    help="';'-separated systems, each '+'-separated GROUP=GAIN (a channel name or a group: "
+                         + ", ".join(GROUPS) + ")")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(2)

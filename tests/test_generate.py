@@ -240,6 +240,8 @@ def test_export_track_gain(tmp_path):
     assert online["timesteps"] == ONLINE["timesteps"]  # the rest of the sampling kept
     cleared = export_dit(out.path, tmp_path / "none.safetensors", track_gain={})
     assert "track_gain" not in read_metadata(cleared.path)["extra"]["online"]
+    record = read_metadata(cleared.path)["extra"]["export"]  # an export of an export keeps the first record
+    assert record["track_gain"] == {} and record["from"]["track_gain"]["brow_raise"] == 2.0
     with pytest.raises(LpmError, match="'emo', which matches none of the model's motion channels"):
         export_dit(src, tmp_path / "x.safetensors", track_gain={"emo": 4})
     with pytest.raises(LpmError, match=r"track_gain\['smile'\] must be in \(0, 20\]"):

@@ -121,7 +121,10 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
     state, meta = load_checkpoint(source, kind=CHECKPOINT_KIND)
     cfg = stored_dit_config(meta["config"])  # a config the current code cannot build fails here, not at load
     extra = dict(meta["extra"])
+    earlier = extra.get("export")
     extra["export"] = {"run": str(run), "source": source.name, "dtype": dtype}
+    if earlier:  # an export of an export (a new sampling setting): the first one's record is kept
+        extra["export"]["from"] = earlier
     if speech is not None:
         if not cfg.motion_channels:
             raise LpmError(f"{source} has no motion track: a speech network has nothing to replace")
