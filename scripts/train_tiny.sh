@@ -87,4 +87,7 @@ cp "$RUNS/speech_tiny/speech.safetensors" checkpoints/speech_tiny.safetensors
   --data "$DATA" --vae "$VAE" --out "$RUNS/online_dmd_mouth" student_steps=1 batch=2 generator_every=2 lr=5e-5 \
   fake_lr=2e-4 regression=0.5 mouth_weight="$MOUTH_WEIGHT" steps="$DMD_MOUTH_STEPS" \
   predicted_channels="$PREDICTED_CHANNELS" cache_dir="$RUNS/cache" checkpoint_minutes=4 threads="$THREADS" $EXTRA
-"$LPM" export --run "$RUNS/online_dmd_mouth" --out checkpoints/online_tiny.safetensors
+# The streamed model's track gain (docs/learning.md, "Track gain"): the DiT under-draws the brows, the smile and the
+# head pose its track carries; the gains were chosen on training clips with scripts/track_gain.py.
+"$LPM" export --run "$RUNS/online_dmd_mouth" --out checkpoints/online_tiny.safetensors \
+  --track-gain "${TRACK_GAIN:-smile=3,brow_raise=4,head_*=3}"
