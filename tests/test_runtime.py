@@ -398,3 +398,27 @@ def test_a_failing_streamed_stage_ends_the_session_with_an_error_not_a_hang():
     assert time.monotonic() - start < 3.0
     assert values[:6] == list(range(6))  # chunk 0 whole, then the two frames chunk 1 made before it broke
     assert any(e["type"] == "error" and "decoder broke" in e["message"] for e in events)
+
+
+class QuickEngine(SlowEngine):
+    """A fake engine far faster than its stated budget (0.15 s, as the DiT engine's)."""
+
+    name, compute_budget_s = "quick", 0.15
+
+
+def test_clock_delay_follows_the_measured_compute_below_the_budget():
+    """A machine faster than the engine's budget ends with the delay of its measured compute (the audio's delay plus
+    the margin over the lead), below the starting delay; frames keep coming on time."""
+    engine = QuickEngine(seconds=0.005)
+    with Session(engine, SessionConfig(vad="off")) as session:
+        start_delay = session.delay_s
+        audio_delay = 4 / 24 + session.cfg.jitter_s
+        t_end, n = time.monotonic() + 3.5, 0
+        for _ in session.frames(timeout=2.0):
+            n += 1
+            if time.monotonic() > t_end:
+                break
+        stats = session.stats.snapshot()
+    assert abs(start_delay - (audio_delay + 0.15)) < 1e-9
+    assert audio_delay <= stats["delay_s"] < start_delay - 0.1, stats
+    assert n >= 30 and stats["dropped"] == 0, stats  # the delay shrank a fraction of a frame per chunk

@@ -8,15 +8,15 @@ passed: a starved stream (a client that sends only one stream, a network stall) 
 session never waits for audio that may never come. Frame ``i`` is due at ``start + delay_s + i / fps``
 (``delay_s`` = chunk + lookahead + jitter + the engine's compute budget).
 
-Degradation (stated): ``delay_s`` follows the pipeline's measured latency (90th percentile of recent chunks)
-when it outgrows the engine's budget, up to ``MAX_DELAY_S`` (growing holds the screen once; ``stats.delay_s``
-reports it). When compute falls behind,
-a chunk whose frames would all miss their slots is skipped (its audio still feeds the engine's features, so
-nothing downstream jumps), up to the freshest chunk, which always runs; frames that finish later than one frame
-period past their slot are dropped, except a chunk's last frame, shown late. Either way the screen holds a frame
-meanwhile, ``stats.dropped`` counts the frames, and the stream catches up instead of letting latency grow: an
-engine too slow for ``MAX_DELAY_S`` shows one late frame per chunk it makes, at a latency of about two chunk
-computations (the chunk in progress, then the freshest).
+After the first chunks ``delay_s`` follows the pipeline's measured latency (90th percentile of recent chunks' frame
+leads, with a margin) in place of the engine's budget, both ways: below the starting delay on a fast machine, above
+it on a slow one, up to ``MAX_DELAY_S`` (growing holds the screen once; ``stats.delay_s`` reports it). Degradation
+(stated): when compute falls behind, a chunk whose frames would all miss their slots is skipped (its audio still
+feeds the engine's features, so nothing downstream jumps), up to the freshest chunk, which always runs; frames that
+finish later than one frame period past their slot are dropped, except a chunk's last frame, shown late. Either way
+the screen holds a frame meanwhile, ``stats.dropped`` counts the frames, and the stream catches up instead of
+letting latency grow: an engine too slow for ``MAX_DELAY_S`` shows one late frame per chunk it makes, at a latency
+of about two chunk computations (the chunk in progress, then the freshest).
 
 Offline (``realtime=False``, e.g. ``lpm perform``): chunks start as soon as their audio is there, frames leave
 as fast as they are made, nothing is skipped; ``finish()`` pads the last chunk and ends ``frames()``.
@@ -48,7 +48,8 @@ MAX_DELAY_S = 1.0  # the clock delay never grows beyond this: past it, chunks ar
 OUT_QUEUE_S = 4.0  # frames the session buffers for a slow reader (realtime; beyond: dropped)
 WAIT_POLL_S = 0.02  # the feeder re-checks the clock this often while it waits for audio
 DELAY_MARGIN = 1.25  # the clock delay keeps this factor over the measured pipeline latency when it must grow
-DELAY_STEP_S = 0.02  # grow the delay only by more than this (each growth holds the screen once)
+DELAY_STEP_S = 0.02  # move the delay only by more than this (each growth holds the screen once)
+SHRINK_FRAMES = 0.25  # the delay shrinks by at most this many frame periods per chunk (no frame dropped)
 
 
 @dataclass
@@ -98,6 +99,9 @@ class Session:
         self.delay_s = cfg.delay_s if cfg.delay_s is not None else (
             (f + la) / cfg.fps + cfg.jitter_s + engine.compute_budget_s)
         self._base_delay = self.delay_s
+        # The delay with no compute at all (the chunk's audio, the lookahead, the jitter): once the pipeline's lead
+        # is measured the delay is this plus the lead with its margin, below the starting budget on a fast machine.
+        self._audio_delay = (f + la) / cfg.fps + cfg.jitter_s
         self.stats.delay_s = self.delay_s
         self.t0 = 0.0
         self.pipeline = Pipeline(engine.stages(), self.stats, cfg.queue_chunks, on_error=self._on_error,
@@ -235,9 +239,11 @@ class Session:
         return late
 
     def _observe_compute(self, seconds: float, lead: float | None = None) -> None:
-        """Track the pipeline's latency per chunk and fit the clock delay to it within ``[base delay,
-        MAX_DELAY_S]``: growing holds the screen once, shrinking drops the frames that are then late (the stream
-        skips ahead).
+        """Track the pipeline's latency per chunk and fit the clock delay to it: after the warm-up chunks the delay
+        is the audio's (chunk + lookahead + jitter) plus ``DELAY_MARGIN`` x the measured lead, at most
+        ``MAX_DELAY_S``, so the engine's starting budget only covers the first chunks (a fast machine ends below
+        it). Growing holds the screen once; shrinking goes by ``SHRINK_FRAMES`` of a frame per chunk (frames shown a
+        little sooner, none dropped).
 
         Args:
             seconds: the chunk's compute, start to last frame (what the skip rule compares with the last slot).
@@ -249,11 +255,13 @@ class Session:
         self._recent_lead.append(seconds if lead is None else lead)
         self._compute_latency = float(np.percentile(self._recent_lead, LATENCY_PERCENTILE))
         if self.cfg.delay_s is None and self.emitter is not None and len(self._recent) > WARMUP_CHUNKS:
-            needed = self._base_delay - self.engine.compute_budget_s + DELAY_MARGIN * self._compute_latency
-            needed = min(max(needed, self._base_delay), MAX_DELAY_S)
+            needed = min(self._audio_delay + DELAY_MARGIN * self._compute_latency, MAX_DELAY_S)
             if abs(needed - self.delay_s) > DELAY_STEP_S:
-                self.delay_s = self.emitter.delay_s = needed
-                self.stats.delay_s = needed
+                # Growing at once (frames would be late); shrinking by a fraction of a frame per chunk, so the
+                # frames already made are shown a little sooner instead of being dropped.
+                step = needed if needed > self.delay_s else max(needed, self.delay_s - SHRINK_FRAMES / self.cfg.fps)
+                self.delay_s = self.emitter.delay_s = step
+                self.stats.delay_s = step
 
     def _wait_for_audio(self, end: int, first_sample: int) -> bool:
         """Block until chunk audio up to ``end`` can be taken; False when the session ends instead."""
