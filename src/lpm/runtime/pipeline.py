@@ -265,7 +265,10 @@ class Emitter:
                 return
         else:
             put(self.out, item, self.stop)  # offline: every frame, at the reader's pace
-        self.stats.record_frame(now, now - ready_wall)
+        # Realtime: from the frame's media moment (its audio was due at t0 + i / fps) to its release, the latency a
+        # client measures less JPEG and transport; offline (no media clock): from its chunk's last audio sample.
+        since = self.t0 + frame_index / self.fps if self.realtime else ready_wall
+        self.stats.record_frame(now, now - since)
 
     def _run(self) -> None:
         try:

@@ -35,7 +35,8 @@ class SessionStats:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record_frame(self, emitted_wall: float, latency_s: float | None) -> None:
-        """One frame left the session at ``emitted_wall``; ``latency_s`` from its chunk's last audio sample."""
+        """One frame left the session at ``emitted_wall``; ``latency_s`` from its media moment (realtime: the wall
+        time its audio was due on the session's clock) or, offline, from its chunk's last audio sample."""
         with self.lock:
             self.frames += 1
             self.emit_times.append(emitted_wall)
