@@ -13,17 +13,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from wfid_floors import channel_agreement  # scripts/: the per-channel r of the probe's readings
 
 from lpm.data.clip import read_manifest
 from lpm.eval.dit_systems import OnlineSystem
-from lpm.eval.metrics import pearson
 from lpm.eval.suites import load_clip, load_instruments, run_clip_suite
 from lpm.eval.systems import TruthSystem
-from lpm.world.motion import MOTION_INDEX
+from lpm.fsutil import atomic_write_text
 
 GROUPS = {
     "expression": ("brow_raise", "smile", "emo_happy", "emo_sad", "emo_surprised", "emo_angry"),
@@ -61,13 +60,6 @@ def pick_rows(data: str, split: str, count: int) -> list[dict]:
     return [rows[i] for i in sorted(set(idx.tolist()))]
 
 
-def channel_r(truth, system) -> dict[str, float]:
-    by_id = {r.inputs_id: r for r in truth.readings}
-    a = np.concatenate([by_id[r.inputs_id].track.motion for r in system.readings])
-    b = np.concatenate([r.track.motion for r in system.readings])
-    return {c: pearson(a[:, MOTION_INDEX[c]], b[:, MOTION_INDEX[c]]) for c in SHOWN}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="data/world128")
@@ -102,13 +94,13 @@ def main() -> None:
     for res in results:
         m = res.metrics["seen"]
         cells = ["–" if m.get(k) is None else f"{m[k]:.3f}" for k in keys]
-        rs = channel_r(results[0], res) if res.name != "truth" else {c: 1.0 for c in SHOWN}
-        lines.append(f"| {res.name} | " + " | ".join(cells) + " | " + " | ".join(f"{rs[c]:.2f}" for c in SHOWN) + " |")
+        rs = channel_agreement(results[0], res) if res.name != "truth" else {c: 1.0 for c in SHOWN}
+        cells += [f"{rs.get(c, float('nan')):.2f}" for c in SHOWN]
+        lines.append(f"| {res.name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic_write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ prediction: its drawing error alone (the rig's row with the same track is the tr
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from lpm.eval.dit_systems import OnlineSystem
 from lpm.eval.metrics import pearson
 from lpm.eval.suites import load_clip, load_instruments, run_clip_suite, select_clips
 from lpm.eval.systems import ClipInputs, System, TruthSystem
+from lpm.fsutil import atomic_write_text
 from lpm.models.dit import load_dit
 from lpm.models.latent_codec import load_codec
 from lpm.models.motion_track import to_track, track_scale
@@ -178,8 +178,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
+        atomic_write_text(args.out, text)
 
 
 if __name__ == "__main__":
