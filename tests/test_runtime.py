@@ -24,7 +24,7 @@ from lpm.runtime.engines import (
     samples_for_frames,
 )
 from lpm.runtime.rig_engine import RigEngine
-from lpm.runtime.session import Session, SessionConfig
+from lpm.runtime.session import DELAY_MARGIN, DELAY_STEP_S, Session, SessionConfig
 from lpm.runtime.vad import VoiceActivity
 
 SR = 16000
@@ -422,3 +422,24 @@ def test_clock_delay_follows_the_measured_compute_below_the_budget():
     assert abs(start_delay - (audio_delay + 0.15)) < 1e-9
     assert audio_delay <= stats["delay_s"] < start_delay - 0.1, stats
     assert n >= 30 and stats["dropped"] == 0, stats  # the delay shrank a fraction of a frame per chunk
+
+
+def test_clock_delay_leaves_out_the_jitter_allowance_when_audio_comes_on_time():
+    """Audio that is there before its media time (a client on time) costs no jitter allowance: the delay ends at the
+    chunk's audio plus the margin over the lead, below what padded audio (late by the whole jitter_s) needs."""
+    engine = QuickEngine(seconds=0.005)
+    with Session(engine, SessionConfig(vad="off")) as session:
+        pcm = np.zeros(5 * SR, np.float32)
+        session.push_self_audio(pcm, native=True)
+        session.push_partner_audio(pcm, native=True)
+        t_end, n = time.monotonic() + 3.5, 0
+        for _ in session.frames(timeout=2.0):
+            n += 1
+            if time.monotonic() > t_end:
+                break
+        stats = session.stats.snapshot()
+        lead = DELAY_MARGIN * session._compute_latency  # the measured lead with its margin
+    on_time = 4 / 24 + lead  # the chunk's audio and lookahead (none) plus the lead: no lateness
+    assert abs(stats["delay_s"] - on_time) <= DELAY_STEP_S + 0.005, (stats, on_time)
+    assert stats["delay_s"] < on_time + session.cfg.jitter_s - 0.015  # what padded audio would have needed
+    assert n >= 30 and stats["dropped"] == 0 and stats["padded_s"] == 0, stats

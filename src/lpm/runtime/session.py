@@ -9,14 +9,15 @@ session never waits for audio that may never come. Frame ``i`` is due at ``start
 (``delay_s`` = chunk + lookahead + jitter + the engine's compute budget).
 
 After the first chunks ``delay_s`` follows the pipeline's measured latency (90th percentile of recent chunks' frame
-leads, with a margin) in place of the engine's budget, both ways: below the starting delay on a fast machine, above
-it on a slow one, up to ``MAX_DELAY_S`` (growing holds the screen once; ``stats.delay_s`` reports it). Degradation
-(stated): when compute falls behind, a chunk whose frames would all miss their slots is skipped (its audio still
-feeds the engine's features, so nothing downstream jumps), up to the freshest chunk, which always runs; frames that
-finish later than one frame period past their slot are dropped, except a chunk's last frame, shown late. Either way
-the screen holds a frame meanwhile, ``stats.dropped`` counts the frames, and the stream catches up instead of
-letting latency grow: an engine too slow for ``MAX_DELAY_S`` shows one late frame per chunk it makes, at a latency
-of about two chunk computations (the chunk in progress, then the freshest).
+leads, with a margin) in place of the engine's budget and the audio's measured lateness in place of ``jitter_s``,
+both ways: below the starting delay on a fast machine, above it on a slow one, up to ``MAX_DELAY_S`` (growing holds
+the screen once; ``stats.delay_s`` reports it). Degradation (stated): when compute falls behind, a chunk whose
+frames would all miss their slots is skipped (its audio still feeds the engine's features, so nothing downstream
+jumps), up to the freshest chunk, which always runs; frames that finish later than one frame period past their slot
+are dropped, except a chunk's last frame, shown late. Either way the screen holds a frame meanwhile,
+``stats.dropped`` counts the frames, and the stream catches up instead of letting latency grow: an engine too slow
+for ``MAX_DELAY_S`` shows one late frame per chunk it makes, at a latency of about two chunk computations (the chunk
+in progress, then the freshest).
 
 Offline (``realtime=False``, e.g. ``lpm perform``): chunks start as soon as their audio is there, frames leave
 as fast as they are made, nothing is skipped; ``finish()`` pads the last chunk and ends ``frames()``.
@@ -92,6 +93,7 @@ class Session:
         self._compute_latency = 0.0
         self._recent: deque[float] = deque(maxlen=RECENT_CHUNKS)  # pipeline latency of recent chunks (s)
         self._recent_lead: deque[float] = deque(maxlen=RECENT_CHUNKS)  # their frame leads (pipeline.frame_lead)
+        self._recent_late: deque[float] = deque(maxlen=RECENT_CHUNKS)  # their audio's lateness (s, 0..jitter_s)
         self._last_speech_wall = -1e9
         self.error: BaseException | None = None
         self.started = False
@@ -99,9 +101,9 @@ class Session:
         self.delay_s = cfg.delay_s if cfg.delay_s is not None else (
             (f + la) / cfg.fps + cfg.jitter_s + engine.compute_budget_s)
         self._base_delay = self.delay_s
-        # The delay with no compute at all (the chunk's audio, the lookahead, the jitter): once the pipeline's lead
-        # is measured the delay is this plus the lead with its margin, below the starting budget on a fast machine.
-        self._audio_delay = (f + la) / cfg.fps + cfg.jitter_s
+        # The chunk's audio and lookahead: once the pipeline's lead and the audio's lateness are measured the delay
+        # is this plus the lateness plus the lead with its margin (below the starting delay on a fast machine).
+        self._chunk_audio_s = (f + la) / cfg.fps
         self.stats.delay_s = self.delay_s
         self.t0 = 0.0
         self.pipeline = Pipeline(engine.stages(), self.stats, cfg.queue_chunks, on_error=self._on_error,
@@ -239,11 +241,11 @@ class Session:
         return late
 
     def _observe_compute(self, seconds: float, lead: float | None = None) -> None:
-        """Track the pipeline's latency per chunk and fit the clock delay to it: after the warm-up chunks the delay
-        is the audio's (chunk + lookahead + jitter) plus ``DELAY_MARGIN`` x the measured lead, at most
-        ``MAX_DELAY_S``, so the engine's starting budget only covers the first chunks (a fast machine ends below
-        it). Growing holds the screen once; shrinking goes by ``SHRINK_FRAMES`` of a frame per chunk (frames shown a
-        little sooner, none dropped).
+        """Track the pipeline's latency per chunk and fit the clock delay to it: after the warm-up chunks the delay is
+        the chunk's audio and lookahead, plus how late that audio was complete (90th percentile of recent chunks, at
+        most ``jitter_s``), plus ``DELAY_MARGIN`` x the measured lead, at most ``MAX_DELAY_S``, so the engine's
+        starting budget only covers the first chunks (a fast machine ends below it). Growing holds the screen once;
+        shrinking goes by ``SHRINK_FRAMES`` of a frame per chunk (frames shown a little sooner, none dropped).
 
         Args:
             seconds: the chunk's compute, start to last frame (what the skip rule compares with the last slot).
@@ -255,7 +257,9 @@ class Session:
         self._recent_lead.append(seconds if lead is None else lead)
         self._compute_latency = float(np.percentile(self._recent_lead, LATENCY_PERCENTILE))
         if self.cfg.delay_s is None and self.emitter is not None and len(self._recent) > WARMUP_CHUNKS:
-            needed = min(self._audio_delay + DELAY_MARGIN * self._compute_latency, MAX_DELAY_S)
+            late = float(np.percentile(self._recent_late, LATENCY_PERCENTILE)) if self._recent_late else \
+                self.cfg.jitter_s
+            needed = min(self._chunk_audio_s + late + DELAY_MARGIN * self._compute_latency, MAX_DELAY_S)
             if abs(needed - self.delay_s) > DELAY_STEP_S:
                 # Growing at once (frames would be late); shrinking by a fraction of a frame per chunk, so the
                 # frames already made are shown a little sooner instead of being dropped.
@@ -295,6 +299,8 @@ class Session:
                     ready = max(s.arrival_of(end - 1) for s in (self.self_stream, self.partner_stream))
                     chunk = ChunkInput(k, first, self.self_stream.take(end), self.partner_stream.take(end), end,
                                        self._text, ready)
+                if cfg.realtime:  # how long after its media time the chunk's audio was complete (padding: jitter_s)
+                    self._recent_late.append(min(max(ready - self.t0 - end / SAMPLE_RATE, 0.0), cfg.jitter_s))
                 if padded:
                     self.stats.add(padded_s=padded / SAMPLE_RATE)
                 if np.sqrt(np.mean(np.square(chunk.self_pcm))) > SPEAKING_RMS:
