@@ -16,13 +16,12 @@ import time
 
 import numpy as np
 import torch
-from wfid_floors import channel_agreement  # scripts/: the per-channel r of the probe's readings
+from wfid_floors import channel_agreement, emit  # scripts/: the per-channel r of the probe's readings
 
 from lpm.data.clip import read_manifest
 from lpm.eval.dit_systems import OnlineSystem
 from lpm.eval.suites import load_clip, load_instruments, run_clip_suite
 from lpm.eval.systems import TruthSystem
-from lpm.fsutil import atomic_write_text
 
 GROUPS = {
     "expression": ("brow_raise", "smile", "emo_happy", "emo_sad", "emo_surprised", "emo_angry"),
@@ -97,10 +96,7 @@ def main() -> None:
         rs = channel_agreement(results[0], res) if res.name != "truth" else {c: 1.0 for c in SHOWN}
         cells += [f"{rs.get(c, float('nan')):.2f}" for c in SHOWN]
         lines.append(f"| {res.name} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,14 @@ def channel_agreement(truth, system, split: str = "val") -> dict[str, float]:
     return {name: r for name, r in rs.items() if not np.isnan(r)}
 
 
+def emit(lines: list[str], out: str) -> None:
+    """Print a markdown table's lines and, with ``out``, write them there (atomically)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        atomic_write_text(out, text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="data/world128")
@@ -175,10 +183,7 @@ def main() -> None:
                   "truth render.", "", "| channel | " + " | ".join(r.name for r in drawn) + " |",
                   "| --- |" + " --- |" * len(drawn)]
         lines += [f"| {n} | " + " | ".join(f"{r[n]:.2f}" for r in rs) + " |" for n in names]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        atomic_write_text(args.out, text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -400,6 +400,16 @@ def test_a_failing_streamed_stage_ends_the_session_with_an_error_not_a_hang():
     assert any(e["type"] == "error" and "decoder broke" in e["message"] for e in events)
 
 
+def _frames_for(session: Session, seconds: float) -> tuple[int, dict]:
+    """Frames the session shows in ``seconds`` of wall time, and its stats then."""
+    t_end, n = time.monotonic() + seconds, 0
+    for _ in session.frames(timeout=2.0):
+        n += 1
+        if time.monotonic() > t_end:
+            break
+    return n, session.stats.snapshot()
+
+
 class QuickEngine(SlowEngine):
     """A fake engine far faster than its stated budget (0.15 s, as the DiT engine's)."""
 
@@ -413,12 +423,7 @@ def test_clock_delay_follows_the_measured_compute_below_the_budget():
     with Session(engine, SessionConfig(vad="off")) as session:
         start_delay = session.delay_s
         audio_delay = 4 / 24 + session.cfg.jitter_s
-        t_end, n = time.monotonic() + 3.5, 0
-        for _ in session.frames(timeout=2.0):
-            n += 1
-            if time.monotonic() > t_end:
-                break
-        stats = session.stats.snapshot()
+        n, stats = _frames_for(session, 3.5)
     assert abs(start_delay - (audio_delay + 0.15)) < 1e-9
     assert audio_delay <= stats["delay_s"] < start_delay - 0.1, stats
     assert n >= 30 and stats["dropped"] == 0, stats  # the delay shrank a fraction of a frame per chunk
@@ -432,12 +437,7 @@ def test_clock_delay_leaves_out_the_jitter_allowance_when_audio_comes_on_time():
         pcm = np.zeros(5 * SR, np.float32)
         session.push_self_audio(pcm, native=True)
         session.push_partner_audio(pcm, native=True)
-        t_end, n = time.monotonic() + 3.5, 0
-        for _ in session.frames(timeout=2.0):
-            n += 1
-            if time.monotonic() > t_end:
-                break
-        stats = session.stats.snapshot()
+        n, stats = _frames_for(session, 3.5)
         lead = DELAY_MARGIN * session._compute_latency  # the measured lead with its margin
     on_time = 4 / 24 + lead  # the chunk's audio and lookahead (none) plus the lead: no lateness
     assert abs(stats["delay_s"] - on_time) <= DELAY_STEP_S + 0.005, (stats, on_time)
