@@ -98,12 +98,12 @@ class Session:
         self.error: BaseException | None = None
         self.started = False
         f, la = engine.frames_per_chunk, engine.lookahead_frames
-        self.delay_s = cfg.delay_s if cfg.delay_s is not None else (
-            (f + la) / cfg.fps + cfg.jitter_s + engine.compute_budget_s)
-        self._base_delay = self.delay_s
-        # The chunk's audio and lookahead: once the pipeline's lead and the audio's lateness are measured the delay
-        # is this plus the lateness plus the lead with its margin (below the starting delay on a fast machine).
+        # The chunk's audio and lookahead: the delay starts at this plus the jitter allowance and the engine's
+        # budget; once the pipeline's lead and the audio's lateness are measured it is this plus the lateness plus
+        # the lead with its margin (below the starting delay on a fast machine).
         self._chunk_audio_s = (f + la) / cfg.fps
+        self.delay_s = cfg.delay_s if cfg.delay_s is not None else (
+            self._chunk_audio_s + cfg.jitter_s + engine.compute_budget_s)
         self.stats.delay_s = self.delay_s
         self.t0 = 0.0
         self.pipeline = Pipeline(engine.stages(), self.stats, cfg.queue_chunks, on_error=self._on_error,
