@@ -42,6 +42,7 @@ from lpm.models.dit import DiT, load_dit
 from lpm.training import distributed as D
 from lpm.training.base_batches import shard_batch
 from lpm.training.conditioned import ConditionedDiT
+from lpm.training.motion_expert import channel_weights, expert_error, load_expert, track_columns
 
 
 @dataclass
@@ -65,11 +66,22 @@ class DmdConfig(DistillConfig):
     time_max: float = 0.98
     # Weight of the regression of the rollout onto its data window (0: pure DMD).
     regression: float = 0.0
+    # A motion expert (``lpm train motion-expert``): a frozen reader of the track from a latent frame. With
+    # ``expert_weight > 0`` the generator's loss adds that multiple of the reader's z-score error between the
+    # rollout and the window's true track: the drawn motion is checked against what the track said.
+    expert: str = ""
+    expert_weight: float = 0.0
+    # The track channels the expert's error counts (empty: every channel it reads).
+    expert_channels: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.regression < 0:
             raise ConfigError(f"regression must be >= 0, got {self.regression}")
+        if self.expert_weight < 0:
+            raise ConfigError(f"expert_weight must be >= 0, got {self.expert_weight}")
+        if self.expert_weight > 0 and not self.expert:
+            raise ConfigError("expert_weight > 0 needs expert=PATH (a motion expert: lpm train motion-expert)")
 
 
 @dataclass
@@ -117,6 +129,15 @@ class DmdDistiller(DistillTrainer):
         self.fake_opt = torch.optim.AdamW(self.fake_params, lr=cfg.fake_lr, betas=cfg.betas,
                                           weight_decay=cfg.weight_decay)
         self.real = guided(self._x0_of(self.teacher), GuidanceSpec(dict(cfg.guidance)))
+        self.expert = None
+        if cfg.expert and cfg.expert_weight > 0:
+            self.expert = load_expert(cfg.expert).to(self.info.device)
+            shape = (self.dit_cfg.latent_channels, self.dit_cfg.latent_height, self.dit_cfg.latent_width)
+            reads = (self.expert.cfg.latent_channels, *self.expert.latent_hw)
+            if reads != shape:
+                raise LpmError(f"motion expert {cfg.expert} reads latents {reads}, the student makes {shape}")
+            self.expert_columns = track_columns(self.expert, tuple(self.dit_cfg.motion_channels))
+            self.expert_weights = channel_weights(self.expert, tuple(cfg.expert_channels))
 
     def _x0_of(self, model: ConditionedDiT):
         def x0(x_t, t, cond):
@@ -198,6 +219,11 @@ class DmdDistiller(DistillTrainer):
                 regression = face_weighted_error(video.float(), data.x_0, data.weights).mean()
                 loss = loss + cfg.regression * regression
                 out["regression"] = D.all_mean(regression.item(), info)
+            if self.expert is not None:
+                expert, floor = self._expert_error(video, data)
+                loss = loss + cfg.expert_weight * expert
+                out["expert"] = D.all_mean(expert.item(), info)
+                out["expert_floor"] = D.all_mean(floor, info)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
@@ -221,6 +247,18 @@ class DmdDistiller(DistillTrainer):
         out["loss"] = out["fake_loss"]  # logged every iteration; the generator's figures on its steps
         out.setdefault("grad_norm", out["fake_grad_norm"])
         return out
+
+    def _expert_error(self, video: torch.Tensor, data: Batch) -> tuple[torch.Tensor, float]:
+        """The motion expert's error on the rollout (with grad) and, as its floor, on the data window itself."""
+        cond = data.cond
+        if cond.motion is None:
+            raise LpmError("expert_weight needs clips with a true motion track (world clips)")
+        track = cond.motion[..., self.expert_columns]
+        ref = cond.references["global"] if self.expert.cfg.reference else None
+        err = expert_error(self.expert, video, track, ref, self.expert_weights).mean()
+        with torch.no_grad():
+            floor = expert_error(self.expert, data.x_0, track, ref, self.expert_weights).mean().item()
+        return err, floor
 
     @torch.no_grad()
     def batch_loss(self, step: int) -> float:

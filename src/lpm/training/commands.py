@@ -55,6 +55,17 @@ def _train_causal_vae(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_motion_expert(args: argparse.Namespace) -> int:
+    from lpm.config import load_config
+    from lpm.training.motion_expert import ExpertConfig, train_expert_run
+
+    cfg = load_config(ExpertConfig, yaml_path=args.config, overrides=config_overrides(args))
+    report = train_expert_run(args.data, args.vae, args.dit, args.out, cfg, cache_dir=args.cache_dir or "")
+    print(report.table())
+    print(f"wrote {args.out}/expert.safetensors")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     """Add ``lpm train vae``, ``lpm train causal-vae`` and ``lpm train speech``."""
     p = groups["train"].add_parser(
@@ -82,3 +93,16 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--data", required=True, help="clip data set (with manifest.jsonl)")
     add_run_arguments(p, "CausalVAETrainConfig", "windows per step", "model.t_down=4 model.latent_channels=16")
     p.set_defaults(func=_train_causal_vae)
+    p = groups["train"].add_parser(
+        "motion-expert", help="train the motion expert: a latent frame -> motion track reader, used as a loss",
+        description="Fit a small CNN that reads a DiT's motion track (its channels) from one VAE latent frame beside "
+                    "the clip's global reference latent, on the world's encoded frames and their true motion. "
+                    "`lpm distill dmd expert=OUT/expert.safetensors expert_weight=W` then checks that the student "
+                    "draws the motion its track asks for. Writes OUT/expert.safetensors and OUT/report.md (r per "
+                    "channel on held-out identities). Minutes on CPU; a rerun starts over.")
+    p.add_argument("--data", required=True, help="world clip data set (with manifest.jsonl and motion.npz)")
+    p.add_argument("--vae", required=True, help="the VAE the DiT's latents come from")
+    p.add_argument("--dit", required=True, help="DiT checkpoint whose track channels and mel features to use")
+    p.add_argument("--cache-dir", help="latent cache folder (default OUT/cache; the DiT trainers' cache_dir)")
+    add_run_arguments(p, "ExpertConfig", "frames per step", "steps=1500 noise_std=0.3")
+    p.set_defaults(func=_train_motion_expert)
