@@ -247,9 +247,13 @@ def create_app(cfg: ServerConfig | None = None) -> FastAPI:
     """The server app; its ``SessionManager`` is ``app.state.manager``."""
     cfg = cfg or ServerConfig()
     factory = EngineFactory(cfg.engine)
+    if cfg.engine.ranks > 1 and not cfg.workers:
+        raise LpmError(f"--ranks {cfg.engine.ranks} runs each session in worker processes; drop --in-process")
     pool = WorkerPool(cfg.engine, cfg.threads) if cfg.workers else None
     fixed = None if cfg.max_sessions is None else Capacity(cfg.max_sessions, None, 0.0, available_cores(),
                                                             "--max-sessions")
+    if fixed is None and cfg.engine.ranks > 1:  # a session's forwards use every rank (and every GPU: rank r, cuda:r)
+        fixed = Capacity(1, None, 0.0, available_cores(), f"--ranks {cfg.engine.ranks}: one session over every rank")
     # Until the measurement at start-up ends nobody is admitted (a server answers only after its lifespan start).
     manager = SessionManager(factory, fixed or Capacity(0, None, 0.0, available_cores(), "not measured yet"),
                              cfg.session, pool, cfg.jpeg_quality)

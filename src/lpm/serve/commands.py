@@ -45,7 +45,14 @@ def _engine_spec(args):
     dit = DiTEngineConfig(vae=args.vae, denoise_steps=args.steps, refiner=args.refiner, device=args.device,
                           precision=args.precision,
                           attention_precision=resolve_attention_precision(args.attention_precision, args.device))
-    return EngineSpec(checkpoint=checkpoint, dit=dit, rig_resolution=args.res)
+    ranks = getattr(args, "ranks", 1)
+    if checkpoint is not None and ranks > 1:  # say it at start, not when the first client arrives
+        from lpm.models.dit_config import stored_dit_config
+        from lpm.parallel import SequenceGroup
+        from lpm.training.checkpoint import read_metadata
+
+        SequenceGroup(world_size=ranks).check_heads(stored_dit_config(read_metadata(checkpoint)["config"]).num_heads)
+    return EngineSpec(checkpoint=checkpoint, dit=dit, rig_resolution=args.res, ranks=ranks)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -141,6 +148,10 @@ def register(sub, groups) -> None:
     p.add_argument("--token", default=None, help="require this bearer token from clients")
     p.add_argument("--max-sessions", type=int, default=None,
                    help="live sessions admitted at once (default: the capacity measured at start)")
+    p.add_argument("--ranks", type=int, default=1,
+                   help="processes per session: the DiT's forwards split over them (sequence parallel; on CUDA "
+                        "rank r uses cuda:r; the model's heads must divide by it). One session at a time unless "
+                        "--max-sessions")
     p.add_argument("--in-process", action="store_true",
                    help="run sessions in the server's process (default: a worker process per session)")
     p.add_argument("--idle-timeout", type=float, default=120.0, help="close sessions idle this many seconds")

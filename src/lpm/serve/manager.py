@@ -36,6 +36,14 @@ class EngineSpec:
     checkpoint: str | None = None  # DiT checkpoint; None: the rule-driven rig engine
     dit: DiTEngineConfig = field(default_factory=DiTEngineConfig)
     rig_resolution: int = 256  # output size of the rig engine
+    # Processes per session: the DiT's forwards split over them (sequence parallel, ``lpm.serve.ranks``); 1 = one.
+    ranks: int = 1
+
+    def __post_init__(self) -> None:
+        if self.ranks < 1:
+            raise EngineError(f"ranks must be >= 1, got {self.ranks}")
+        if self.ranks > 1 and not self.checkpoint:
+            raise EngineError(f"--ranks {self.ranks} splits a DiT over processes; the rig engine runs in one")
 
     @property
     def name(self) -> str:
@@ -48,6 +56,7 @@ class EngineSpec:
         extras = [self.dit.precision] + ([f"{self.dit.attention_precision} attention"]
                                          if self.dit.attention_precision != "fp32" else [])
         extras += ["refiner"] if self.dit.refiner else []
+        extras += [f"sequence parallel over {self.ranks} processes"] if self.ranks > 1 else []
         return f"DiT {self.checkpoint} ({', '.join(extras)})"
 
 
@@ -76,11 +85,20 @@ class EngineFactory:
         if self.spec.checkpoint:
             self._load()
 
-    def build(self, character: Character, seed: int = 0) -> Engine:
+    def build(self, character: Character, seed: int = 0, group=None) -> Engine:
+        """An engine for one session; with a ``SequenceGroup`` of more than one rank, its DiT split over the
+        group (``lpm.parallel``; every rank builds it with the same character and seed)."""
         if not self.spec.checkpoint:
             return RigEngine(character, self.spec.rig_resolution)
         model, codec, flow = self._load()
         cfg = DiTEngineConfig(**{**self.spec.dit.__dict__, "checkpoint": self.spec.checkpoint, "seed": seed})
+        if group is not None and group.world_size > 1:
+            from lpm.parallel import SequenceParallelDiT
+            from lpm.runtime.dit_engine import is_quantized, quantize_linears
+
+            if cfg.precision == "int8" and not is_quantized(model):
+                model = quantize_linears(model)  # before the wrap: quantize_linears takes a DiT
+            model = SequenceParallelDiT(model, group)
         return DiTEngine(model, codec, character, cfg, flow)
 
 

@@ -38,31 +38,52 @@ REPLY_TIMEOUT_S = 10.0  # a request that needs an answer (own speech start time,
 FRAME_BUFFER = 240  # frames held for the server's JPEG pump (10 s at 24 fps); beyond, dropped and counted
 
 
-def worker_main(conn, spec, threads: int) -> None:
-    """A worker process: load the engine's weights, wait for one session, run it until ``stop`` or EOF."""
+def worker_main(conn, spec, threads: int, port: int = 0) -> None:
+    """A worker process: load the engine's weights, wait for one session, run it until ``stop`` or EOF. With
+    ``spec.ranks > 1`` it is rank 0 of the session's group (``lpm.serve.ranks``, rendezvous on ``port``)."""
     import torch
 
+    from lpm.serve import ranks
+
+    torch.set_num_threads(max(1, threads))
+    group = ranks.join_group(0, spec.ranks, port, spec.dit.device) if spec.ranks > 1 else None
+    try:
+        _serve_one(conn, spec, group)
+    finally:
+        if group is not None:
+            ranks.leave(group)
+
+
+def _serve_one(conn, spec, group) -> None:
+    from lpm.runtime.follow import LeaderEngine
     from lpm.runtime.session import Session
+    from lpm.serve import ranks
     from lpm.serve.manager import EngineFactory
     from lpm.serve.protocol import encode_frame, jpeg_bytes
 
-    torch.set_num_threads(max(1, threads))
     factory = EngineFactory(spec)
     try:
         factory.preload()
     except Exception as e:  # noqa: BLE001 - reported to the server, which refuses the session with it
         conn.send(("refused", f"the session worker could not load the model: {e}"))
         return
+    if group is not None:
+        ranks.loaded_barrier(group)  # every follower has its weights too
     conn.send(("loaded",))
     try:
         msg = conn.recv()
     except EOFError:
-        return
+        msg = ("eof",)
     if msg[0] != "start":
+        if group is not None:
+            ranks.announce(group, (ranks.QUIT,))
         return
     _, character, seed, session_cfg, text, quality = msg
     try:
-        session = Session(factory.build(character, seed=seed), session_cfg)
+        if group is not None:
+            ranks.announce(group, (ranks.START, character, seed))
+        engine = factory.build(character, seed=seed, group=group)
+        session = Session(engine if group is None else LeaderEngine(engine, group), session_cfg)
         session.set_text(text)
         session.start()
     except LpmError as e:
@@ -125,15 +146,32 @@ def worker_main(conn, spec, threads: int) -> None:
 
 
 class WorkerProcess:
-    """A spawned worker (``worker_main``) and the server's end of its pipe."""
+    """A spawned worker (``worker_main``) and the server's end of its pipe; with ``spec.ranks > 1`` also its
+    followers (``lpm.serve.ranks``), which live and die with it."""
 
     def __init__(self, ctx, spec, threads: int) -> None:
+        from lpm.serve import ranks
+
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=worker_main, args=(child, spec, threads), name="lpm-session-worker",
+        port = ranks.free_port() if spec.ranks > 1 else 0
+        self.process = ctx.Process(target=worker_main, args=(child, spec, threads, port), name="lpm-session-worker",
                                    daemon=True)
+        self.followers = [ctx.Process(target=ranks.follower_main, args=(r, spec.ranks, port, spec, threads),
+                                      name=f"lpm-session-follower-{r}", daemon=True) for r in range(1, spec.ranks)]
         self.process.start()
+        for p in self.followers:
+            p.start()
         child.close()  # only the worker holds its end: EOF here when it exits
         self.loaded = False
+
+    def join(self, timeout: float) -> None:
+        """Wait for the worker and its followers to end; terminate whoever is still running after ``timeout``."""
+        for p in [self.process, *self.followers]:
+            p.join(timeout)
+        for p in [self.process, *self.followers]:
+            if p.is_alive():
+                p.terminate()
+                p.join(2.0)
 
     def wait_loaded(self, timeout: float = LOAD_TIMEOUT_S) -> None:
         """Block until the worker has its weights; an ``EngineError`` when it failed or took too long."""
@@ -152,9 +190,11 @@ class WorkerProcess:
         self.loaded = True
 
     def kill(self) -> None:
-        if self.process.is_alive():
-            self.process.terminate()
-        self.process.join(2.0)
+        for p in [self.process, *self.followers]:
+            if p.is_alive():
+                p.terminate()
+        for p in [self.process, *self.followers]:
+            p.join(2.0)
         self.conn.close()
 
 
@@ -344,9 +384,6 @@ class RemoteSession(SessionHandle):
             self._send(("stop",))
         except EngineError:
             pass
-        self.worker.process.join(5.0)
-        if self.worker.process.is_alive():
-            self.worker.process.terminate()
-            self.worker.process.join(2.0)
+        self.worker.join(5.0)
         self._reader.join(2.0)
         self.conn.close()
