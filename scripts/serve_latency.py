@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (lpm serve --steps)")
     p.add_argument("--res", type=int, default=128, help="frame size of the rig engine")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the server (lpm serve --threads)")
+    p.add_argument("--ranks", type=int, default=1, help="processes per session (lpm serve --ranks)")
     p.add_argument("--audio", choices=("speech", "tone"), default="speech")
     p.add_argument("--url", default=None, help="measure this running server instead of spawning one")
     p.add_argument("--out", default=None, help="also write the JSON here")
@@ -49,10 +50,13 @@ def main(argv: list[str] | None = None) -> int:
                 serve += ["--checkpoint", checkpoint, "--vae", args.vae]
                 if args.steps is not None:
                     serve += ["--steps", str(args.steps)]
+                if args.ranks > 1:
+                    serve += ["--ranks", str(args.ranks)]
             url = stack.enter_context(spawn_server(*serve, threads=args.threads))
         runs = [asyncio.run(run_load(url, n, args.seconds, args.audio)).summary() for n in args.sessions]
     model = args.checkpoint or ("random tiny DiT" if args.engine == "dit" else None)
-    out = {"engine": args.engine, "checkpoint": model, "seconds": args.seconds, "threads": args.threads, "runs": runs}
+    out = {"engine": args.engine, "checkpoint": model, "seconds": args.seconds, "threads": args.threads,
+           "ranks": args.ranks, "runs": runs}
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:
