@@ -85,9 +85,16 @@ def plot_base_losses(log_path: Path, out_path: Path) -> None:
         if anchored:  # ``regression > 0``: the rollout's face-weighted error against its data window
             regression = moving_average(np.array([r["regression"] for r in anchored]), 50)
             ax3.plot([r["step"] for r in anchored], regression, color="C1", label="regression onto data (mean of 50)")
+        checked = [r for r in gen if "expert" in r]
+        if checked:  # ``expert_weight > 0``: the motion expert's error on the rollout, and on the data (its floor)
+            steps = [r["step"] for r in checked]
+            ax3.plot(steps, moving_average(np.array([r["expert"] for r in checked]), 50), color="C5",
+                     label="motion expert on the rollout (mean of 50)")
+            ax3.plot(steps, moving_average(np.array([r["expert_floor"] for r in checked]), 50), color="C5", ls=":",
+                     label="motion expert on the data (floor)")
         ax3.set_xlabel("step")
         ax3.set_yscale("log")
-        ax3.legend()
+        ax3.legend(fontsize=7, framealpha=0.6)
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
