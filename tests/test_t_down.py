@@ -126,3 +126,38 @@ def test_engine_refuses_a_codec_of_another_frame_rate():
     character = Character(images={"global": np.zeros((16, 16, 3), np.uint8)})
     with pytest.raises(EngineError, match="codec compresses 1 video frames per latent frame, the DiT expects t_down 4"):
         DiTEngine(model, per_frame, character)
+
+
+def test_latent_cache_and_base_trainer_at_t_down_2(tmp_path, one_thread):
+    """The cache groups every per-frame field by latent frame, and the Base trainer trains a t_down 2 DiT on it."""
+    import json
+
+    from base_fixtures import MICRO, make_dataset
+
+    from lpm.data.clip import read_clip
+    from lpm.models.latent_codec import load_codec
+    from lpm.training.base_trainer import BaseTrainer, load_base_config
+    from lpm.training.latent_cache import encode_clip, frame_mel
+    from lpm.world.motion import MOTION_NAMES
+
+    data = make_dataset(tmp_path / "data")
+    torch.manual_seed(0)
+    vae = CausalVAE(CausalVAEConfig(latent_channels=4, t_down=2, channels=(8, 8), norm_groups=4)).save(
+        tmp_path / "causal.safetensors")
+    codec = load_codec(str(vae))
+    mel_cfg = MelConfig(n_mels=8)
+    clip = encode_clip(data / "c0", codec, LogMel(mel_cfg))
+    raw = read_clip(data / "c0")
+    f = raw.video.shape[0]
+    assert clip.latents.shape[0] == f // 2 and clip.mel.shape == (2, f // 2, 2 * mel_cfg.steps_per_frame, 8)
+    expected_mel = frame_mel(LogMel(mel_cfg), raw.audio[[0, 1]], f)
+    assert torch.equal(clip.mel[:, 1], torch.cat([expected_mel[:, 2], expected_mel[:, 3]], 1))
+    jaw = raw.motion[:, raw.motion_names.index("jaw_open")].float()
+    assert torch.allclose(clip.motion[:, MOTION_NAMES.index("jaw_open")], jaw.reshape(-1, 2).mean(1))
+    assert torch.equal(clip.states, raw.states[1::2])
+    assert clip.coverage is None or clip.coverage.shape[0] == f // 2
+    cfg = load_base_config("tiny", None, [*MICRO, "model.t_down=2", "model.mel.n_mels=8", "steps=2",
+                                          f"cache_dir={tmp_path / 'cache'}"])
+    BaseTrainer(cfg, data, str(vae), tmp_path / "base").run()
+    rows = [json.loads(r) for r in (tmp_path / "base" / "log.jsonl").read_text().splitlines() if '"loss"' in r]
+    assert rows and all(np.isfinite(r["loss"]) for r in rows)

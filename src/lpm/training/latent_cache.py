@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from lpm.audio.mel import LogMel, MelConfig
+from lpm.audio.mel import LogMel, MelConfig, per_latent_frame
 from lpm.data.clip import read_clip, read_manifest
 from lpm.errors import LpmError
 from lpm.fsutil import file_digest
@@ -81,12 +81,26 @@ def cache_key(rows: list[dict], vae_spec: str, mel: MelConfig) -> str:
 @torch.no_grad()
 def encode_clip(clip_dir: Path, codec: LatentCodec, log_mel: LogMel, frames_per_batch: int = 32,
                 device: str = "cpu") -> CachedClip:
-    """Read one clip and encode everything the Base trainer needs."""
+    """Read one clip and encode everything the Base trainer needs.
+
+    With a temporally compressing codec (``codec.t_down`` = T > 1) every per-frame field is per *latent* frame, so
+    the trainer's windows, weights and tracks need no other change: the clip is cut to a whole number of T-frame
+    groups, encoded in one causal pass, and each group's mel steps stacked (``(2, F / T, T k, M)``: the DiT's
+    ``mel_steps_per_frame``), its motion and pose averaged, its state the group's last frame's, its coverage maps
+    the maximum over the group (``group_frames``)."""
     clip = read_clip(clip_dir)
     video = clip.video  # (F, 3, H, W)
+    t = int(getattr(codec, "t_down", 1))
+    if t > 1:
+        video = video[: video.shape[0] // t * t]
+        if not len(video):
+            raise LpmError(f"{clip_dir}: fewer than t_down = {t} frames")
     f, _, h, w = video.shape
-    latents = torch.cat([codec.encode(part[None].to(device))[0].cpu()
-                         for part in video.split(frames_per_batch)])  # (F, C, h, w)
+    if t > 1:  # a causal codec carries state across frames: the whole clip in one pass
+        latents = codec.encode(video[None].to(device))[0].cpu()  # (F / T, C, h, w)
+    else:
+        latents = torch.cat([codec.encode(part[None].to(device))[0].cpu()
+                             for part in video.split(frames_per_batch)])  # (F, C, h, w)
     refs = {}
     for kind, image in clip.refs.items():
         if image.shape[-2:] != (h, w):
@@ -103,13 +117,34 @@ def encode_clip(clip_dir: Path, codec: LatentCodec, log_mel: LogMel, frames_per_
     motion = None
     if clip.motion is not None and all(n in clip.motion_names for n in MOTION_NAMES):
         motion = clip.motion[:, [clip.motion_names.index(n) for n in MOTION_NAMES]].float().clone()  # (F, P)
-    return CachedClip(
+    cached = CachedClip(
         id=clip.meta.id, mode=str(clip.meta.extra.get("mode", "")), caption=clip.meta.caption,
-        latents=latents.half(), mel=mel, references=refs, pose=pose,
-        coverage=None if coverage is None else coverage.half(), states=clip.states, motion=motion,
-        mouth=None if mouth is None else mouth.half(),
-        expression=None if expression is None else expression.half(),
+        latents=latents.half(), mel=mel, references=refs, pose=None if pose is None else pose[:f],
+        coverage=None if coverage is None else coverage[:f].half(), states=clip.states[:f],
+        motion=None if motion is None else motion[:f], mouth=None if mouth is None else mouth[:f].half(),
+        expression=None if expression is None else expression[:f].half(),
     )
+    return group_frames(cached, t) if t > 1 else cached
+
+
+def group_frames(clip: CachedClip, t: int) -> CachedClip:
+    """A per-video-frame cached clip (``F`` frames of everything but ``latents``, which has ``F / t``) as one per
+    latent frame of ``t`` video frames (see ``encode_clip``)."""
+    f = clip.mel.shape[1]
+    if f % t or clip.latents.shape[0] != f // t:
+        raise LpmError(f"clip {clip.id}: {f} video frames and {clip.latents.shape[0]} latent frames do not make "
+                       f"groups of t_down = {t}")
+    n = f // t
+
+    def mean(x):
+        return None if x is None else x.reshape(n, t, *x.shape[1:]).float().mean(1)
+
+    def peak(x):
+        return None if x is None else x.reshape(n, t, *x.shape[1:]).amax(1)
+
+    return dataclasses.replace(clip, mel=per_latent_frame(clip.mel, t).contiguous(), pose=mean(clip.pose), motion=mean(clip.motion),
+                               states=clip.states[t - 1::t].clone(), coverage=peak(clip.coverage),
+                               mouth=peak(clip.mouth), expression=peak(clip.expression))
 
 
 def frame_mel(log_mel: LogMel, pcm: torch.Tensor, frames: int) -> torch.Tensor:
