@@ -133,7 +133,6 @@ def test_latent_cache_and_base_trainer_at_t_down_2(tmp_path, one_thread):
     import json
 
     from base_fixtures import MICRO, make_dataset
-
     from lpm.data.clip import read_clip
     from lpm.models.latent_codec import load_codec
     from lpm.training.base_trainer import BaseTrainer, load_base_config

@@ -142,9 +142,9 @@ def group_frames(clip: CachedClip, t: int) -> CachedClip:
     def peak(x):
         return None if x is None else x.reshape(n, t, *x.shape[1:]).amax(1)
 
-    return dataclasses.replace(clip, mel=per_latent_frame(clip.mel, t).contiguous(), pose=mean(clip.pose), motion=mean(clip.motion),
-                               states=clip.states[t - 1::t].clone(), coverage=peak(clip.coverage),
-                               mouth=peak(clip.mouth), expression=peak(clip.expression))
+    return dataclasses.replace(clip, mel=per_latent_frame(clip.mel, t).contiguous(), pose=mean(clip.pose),
+                               motion=mean(clip.motion), states=clip.states[t - 1::t].clone(),
+                               coverage=peak(clip.coverage), mouth=peak(clip.mouth), expression=peak(clip.expression))
 
 
 def frame_mel(log_mel: LogMel, pcm: torch.Tensor, frames: int) -> torch.Tensor:
