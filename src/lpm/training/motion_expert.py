@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -280,19 +279,6 @@ def load_expert(path: str | Path) -> LatentMotionReader:
     reader = LatentMotionReader(cfg, h, w)
     reader.load_state_dict(load_file(str(path)))
     return reader.eval().requires_grad_(False)
-
-
-def expert_report(path: str | Path) -> dict:
-    """The report stored with a motion expert."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        return json.loads((f.metadata() or {}).get("report", "{}"))
-
-
-def summary(report: ExpertReport) -> dict[str, float]:
-    """Mean r over channels (train, val)."""
-    return {"train_r": float(np.mean(report.train_r)), "val_r": float(np.mean(report.val_r)) if report.val_r else 0.0}
 
 
 def train_expert_run(data_dir: str | Path, vae: str, dit: str, out: str | Path, cfg: ExpertConfig,
