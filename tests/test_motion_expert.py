@@ -164,3 +164,17 @@ def test_dmd_with_the_expert_logs_its_error_and_floor(world, tmp_path):
         bad = load_dmd_config(None, [*keys, f"teacher={root / 'base'}", f"student={root / 'ode'}", "steps=1",
                                      f"expert={expert}", "expert_weight=1", "expert_channels=[smile]"])
         DmdDistiller(bad, data, str(vae), tmp_path / "bad").run()
+
+
+def test_a_pooled_readout_learns_with_fewer_weights_and_keeps_its_config(tmp_path):
+    cfg = ExpertConfig(channels=CHANNELS, width=16, steps=150, batch=64, noise_std=0.1, readout=2, dropout=0.1)
+    model, report = train_expert(cfg, [_clip(i) for i in range(12)], [_clip(100 + i) for i in range(4)],
+                                 progress=False)
+    full = LatentMotionReader(ExpertConfig(channels=CHANNELS, width=16, latent_channels=4), 8, 8)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters())
+    assert min(report.val_r) > 0.8, report.table()
+    save_expert(model, report, tmp_path / "pooled.safetensors")
+    back = load_expert(tmp_path / "pooled.safetensors")
+    assert back.cfg.readout == 2 and back.cfg.dropout == 0.1
+    x, ref = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8)
+    assert torch.equal(back(x, ref), model(x, ref))

@@ -50,6 +50,10 @@ class ExpertConfig:
     # from the still reference, whoever the character is. Without it the reader learns identities by heart.
     reference: bool = True
     reference_kind: str = "global"  # which of the clip's reference latents (``CachedClip.references``)
+    # The readout grid: the stride-2 features average-pooled to ``readout x readout`` cells before the linear head
+    # (0 = the full grid, h/2 x w/2). A coarser grid has fewer weights to learn identities with.
+    readout: int = 0
+    dropout: float = 0.0  # on the readout features while training
     seed: int = 0
 
 
@@ -75,8 +79,9 @@ class LatentMotionReader(nn.Module):
             nn.Conv2d(w, w, 3, padding=1), nn.GroupNorm(8, w), nn.SiLU(),
             nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.SiLU(),
             nn.Conv2d(2 * w, 32, 1), nn.SiLU())
-        cells = math.ceil(height / 2) * math.ceil(width / 2)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * cells, 256), nn.SiLU(),
+        grid = (cfg.readout, cfg.readout) if cfg.readout else (math.ceil(height / 2), math.ceil(width / 2))
+        self.pool, self.drop = nn.AdaptiveAvgPool2d(grid), nn.Dropout(cfg.dropout)  # no weights: keys as before
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * grid[0] * grid[1], 256), nn.SiLU(),
                                   nn.Linear(256, len(cfg.channels)))
         self.register_buffer("mean", torch.zeros(len(cfg.channels)))
         self.register_buffer("std", torch.ones(len(cfg.channels)))
@@ -89,7 +94,7 @@ class LatentMotionReader(nn.Module):
                 raise LpmError(f"this motion expert reads each frame beside its reference latent "
                                f"{tuple(latents.shape)}; got {got}")
             latents = torch.cat([latents, latents - reference], dim=1)
-        return self.head(self.body(latents))
+        return self.head(self.drop(self.pool(self.body(latents))))
 
     def forward(self, latents: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, C, h, w) -> (N, P)`` the track in track units."""
