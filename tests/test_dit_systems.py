@@ -131,3 +131,22 @@ def test_loader_names_and_reasons(files, monkeypatch):
     monkeypatch.setitem(eval_systems.DEFAULT_CHECKPOINTS, "base", str(files["base"]))
     assert _parse_checkpoints([])["base"] == str(files["base"])  # the shipped default, when it exists
     assert "base" not in _parse_checkpoints([], defaults=False)
+
+
+def test_a_run_checkpoint_is_rated_with_the_codec_it_was_trained_with(tmp_path):
+    import json
+
+    from lpm.eval.dit_systems import training_vae
+    from lpm.runtime.dit_engine import DEFAULT_VAE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    weights = run / "dit_ema.safetensors"
+    assert training_vae(weights) == DEFAULT_VAE  # no sources.json: the shipped codec
+    codec = tmp_path / "causal.safetensors"
+    (run / "sources.json").write_text(json.dumps({"data": "d", "vae": str(codec)}))
+    assert training_vae(weights) == DEFAULT_VAE  # the recorded codec is gone: the shipped one
+    codec.write_bytes(b"x")
+    assert training_vae(weights) == str(codec)
+    (run / "sources.json").write_text("{not json")
+    assert training_vae(weights) == DEFAULT_VAE

@@ -324,10 +324,25 @@ def load_dit_system(name: str, checkpoint: Path, steps: int | None = None) -> Sy
         attention = ATTENTION_OF[name]
     else:
         attention = check_checkpoint(name, checkpoint)["config"].get("attention", "bidirectional")
+    vae = training_vae(checkpoint)
     if attention == "bidirectional":
-        return BaseSystem(name, checkpoint, sampling=BaseSampling() if steps is None else BaseSampling(steps=steps))
-    return OnlineSystem(name, checkpoint, refiner=REFINER_SUFFIX in name,
+        return BaseSystem(name, checkpoint, vae=vae,
+                          sampling=BaseSampling() if steps is None else BaseSampling(steps=steps))
+    return OnlineSystem(name, checkpoint, vae=vae, refiner=REFINER_SUFFIX in name,
                         compute=SERVING_COMPUTE if SERVED_SUFFIX in name else None)
+
+
+def training_vae(checkpoint: str | Path) -> str:
+    """The codec a DiT checkpoint was trained with: the ``vae`` of the run's ``sources.json`` beside it (a run's
+    ``dit.safetensors`` / ``dit_ema.safetensors``), when that file exists; else the shipped ``DEFAULT_VAE``."""
+    import json
+
+    sources = Path(checkpoint).parent / "sources.json"
+    try:
+        vae = json.loads(sources.read_text()).get("vae")
+    except (OSError, ValueError):
+        return DEFAULT_VAE
+    return vae if isinstance(vae, str) and Path(vae).exists() else DEFAULT_VAE
 
 
 register_model_loader(CHECKPOINT_KIND, load_dit_system)
