@@ -131,8 +131,9 @@ class OnlineSystem(System):
         if self.codec.latent_channels != mc.latent_channels:
             raise SystemUnavailable(f"{vae} has {self.codec.latent_channels} latent channels, the DiT "
                                     f"{mc.latent_channels}")
-        self.frames_per_chunk = mc.frames_per_chunk
-        self.lookahead_frames = mc.audio_lookahead_frames
+        # Video frames, as the engine counts them (a latent frame is t_down video frames).
+        self.frames_per_chunk = mc.video_frames_per_chunk
+        self.lookahead_frames = mc.audio_lookahead_frames * mc.t_down
         self.note = (f"trained Online DiT {checkpoint} streamed chunk by chunk ({self.frames_per_chunk} frames, "
                      f"KV cache), stages in sequence{', with the one-step refiner' if refiner else ''}"
                      + "".join(f", {k} {v}" for k, v in self.compute.items()))
