@@ -10,8 +10,8 @@ from lpm.training.commands import add_run_arguments, config_overrides
 
 def _sources(args: argparse.Namespace) -> tuple[str, str]:
     """--data / --vae, defaulting to what the teacher run was trained on."""
-    from lpm.distill.trainer import run_sources
     from lpm.errors import LpmError
+    from lpm.training.checkpoint import run_sources
 
     known = run_sources(args.teacher)
     data, vae = args.data or known.get("data"), args.vae or known.get("vae")

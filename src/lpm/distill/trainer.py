@@ -71,18 +71,6 @@ def resolve_weights(spec: str, what: str) -> Path:
         raise LpmError(f"{what}: {e}") from None
 
 
-def run_sources(spec: str) -> dict[str, str]:
-    """The data set and VAE a run was trained on (``RUN/sources.json``), if recorded."""
-    path = Path(spec)
-    folder = path if path.is_dir() else path.parent
-    try:
-        import json
-
-        return json.loads((folder / "sources.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def teacher_cache(weights: Path) -> str:
     """The latent cache of the teacher's run, if there is one: encoding the data again would take minutes."""
     run = weights.parent

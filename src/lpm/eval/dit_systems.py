@@ -336,13 +336,9 @@ def load_dit_system(name: str, checkpoint: Path, steps: int | None = None) -> Sy
 def training_vae(checkpoint: str | Path) -> str:
     """The codec a DiT checkpoint was trained with: the ``vae`` of the run's ``sources.json`` beside it (a run's
     ``dit.safetensors`` / ``dit_ema.safetensors``), when that file exists; else the shipped ``DEFAULT_VAE``."""
-    import json
+    from lpm.training.checkpoint import run_sources
 
-    sources = Path(checkpoint).parent / "sources.json"
-    try:
-        vae = json.loads(sources.read_text()).get("vae")
-    except (OSError, ValueError):
-        return DEFAULT_VAE
+    vae = run_sources(checkpoint).get("vae")
     return vae if isinstance(vae, str) and Path(vae).exists() else DEFAULT_VAE
 
 

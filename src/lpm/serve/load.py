@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 
 from lpm.runtime.audio_buffer import float_to_pcm16
 from lpm.serve.protocol import FRAME_HEADER, TAG_FRAME, TAG_PARTNER_AUDIO, TAG_SELF_AUDIO
+from lpm.serve.ranks import free_port
 
 SAMPLE_RATE = 16000
 PACKET_S = 0.02  # one audio message per stream every 20 ms, as a browser or phone client sends
@@ -217,12 +217,6 @@ def random_tiny_dit(path: str | Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     model = DiT(preset("tiny", latent_channels=8, latent_height=16, latent_width=16, attention="block_causal"))
     return save_dit(path, model.eval())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

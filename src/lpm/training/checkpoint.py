@@ -111,3 +111,15 @@ def save_train_state(path: str | Path, state: dict[str, Any]) -> Path:
 def load_train_state(path: str | Path) -> dict[str, Any]:
     """Load a train-state file this project wrote (weights_only where possible)."""
     return torch.load(Path(path), map_location="cpu", weights_only=False)
+
+
+def run_sources(spec: str | Path) -> dict[str, str]:
+    """The data set and VAE a run was trained on (``RUN/sources.json``, written by the trainers), if recorded;
+    ``spec`` is the run directory or a checkpoint file in it."""
+    path = Path(spec)
+    folder = path if path.is_dir() else path.parent
+    try:
+        sources = json.loads((folder / "sources.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return sources if isinstance(sources, dict) else {}
