@@ -254,7 +254,13 @@ class DmdDistiller(DistillTrainer):
         if cond.motion is None:
             raise LpmError("expert_weight needs clips with a true motion track (world clips)")
         track = cond.motion[..., self.expert_columns]
-        ref = cond.references["global"] if self.expert.cfg.reference else None
+        ref = None
+        if self.expert.cfg.reference:
+            kind = self.expert.cfg.reference_kind
+            if kind not in cond.references:  # the global one is always there; others may be dropped (CFG)
+                raise LpmError(f"the motion expert reads the {kind!r} reference, which this batch does not carry "
+                               f"(it has {sorted(cond.references)}); train the expert with reference_kind=global")
+            ref = cond.references[kind]
         err = expert_error(self.expert, video, track, ref, self.expert_weights).mean()
         with torch.no_grad():
             floor = expert_error(self.expert, data.x_0, track, ref, self.expert_weights).mean().item()
