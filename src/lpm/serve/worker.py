@@ -190,11 +190,7 @@ class WorkerProcess:
         self.loaded = True
 
     def kill(self) -> None:
-        for p in [self.process, *self.followers]:
-            if p.is_alive():
-                p.terminate()
-        for p in [self.process, *self.followers]:
-            p.join(2.0)
+        self.join(0.0)  # no grace: terminate the worker and its followers now
         self.conn.close()
 
 

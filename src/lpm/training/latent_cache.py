@@ -90,11 +90,10 @@ def encode_clip(clip_dir: Path, codec: LatentCodec, log_mel: LogMel, frames_per_
     the maximum over the group (``group_frames``)."""
     clip = read_clip(clip_dir)
     video = clip.video  # (F, 3, H, W)
-    t = int(getattr(codec, "t_down", 1))
-    if t > 1:
-        video = video[: video.shape[0] // t * t]
-        if not len(video):
-            raise LpmError(f"{clip_dir}: fewer than t_down = {t} frames")
+    t = codec.t_down
+    video = video[: video.shape[0] // t * t]  # whole latent frames (all of it at t = 1)
+    if not len(video):
+        raise LpmError(f"{clip_dir}: fewer than t_down = {t} frames")
     f, _, h, w = video.shape
     if t > 1:  # a causal codec carries state across frames: the whole clip in one pass
         latents = codec.encode(video[None].to(device))[0].cpu()  # (F / T, C, h, w)

@@ -61,8 +61,8 @@ class LatentMotionReader(nn.Module):
     """``(N, C, h, w)`` normalised latents (and the ``(N, C, h, w)`` global reference latent of each frame's
     clip, with ``cfg.reference``) -> ``(N, P)`` the track, in track units.
 
-    Two conv stages (3x3, GroupNorm, SiLU; the second at stride 2), a spatial softmax-free readout: the
-    features flattened over the 8x8 grid (where a feature is matters: a head turn moves the face) into a linear
+    Two conv stages (3x3, GroupNorm, SiLU; the second at stride 2), then the features flattened over their grid
+    (where a feature is matters: a head turn moves the face; ``cfg.readout`` pools it coarser first) into a linear
     head. Outputs are z-scores of each channel over the training frames, scaled back by ``mean`` / ``std``.
     """
 
@@ -80,7 +80,8 @@ class LatentMotionReader(nn.Module):
             nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.SiLU(),
             nn.Conv2d(2 * w, 32, 1), nn.SiLU())
         grid = (cfg.readout, cfg.readout) if cfg.readout else (math.ceil(height / 2), math.ceil(width / 2))
-        self.pool, self.drop = nn.AdaptiveAvgPool2d(grid), nn.Dropout(cfg.dropout)  # no weights: keys as before
+        # No weights in these two: the state dict's keys do not depend on the readout.
+        self.pool, self.drop = nn.AdaptiveAvgPool2d(grid), nn.Dropout(cfg.dropout)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * grid[0] * grid[1], 256), nn.SiLU(),
                                   nn.Linear(256, len(cfg.channels)))
         self.register_buffer("mean", torch.zeros(len(cfg.channels)))
@@ -149,12 +150,12 @@ def frames_of(clips: list[CachedClip], channels: tuple[str, ...], kind: str = "g
                   track=torch.cat([to_track(c.motion, MOTION_NAMES, channels) for c in with_motion]))
 
 
-def pearson(a: torch.Tensor, b: torch.Tensor) -> list[float]:
-    """Per-column Pearson r of ``(N, P)`` tensors (0 where a column is constant)."""
-    a = a - a.mean(0)
-    b = b - b.mean(0)
-    den = (a.square().sum(0) * b.square().sum(0)).sqrt()
-    return [float(x) for x in torch.where(den > 0, (a * b).sum(0) / den.clamp_min(1e-12), torch.zeros_like(den))]
+def column_r(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    """Per-column Pearson r (``lpm.eval.metrics.pearson``) of ``(N, P)`` tensors, 0 where a column is constant."""
+    from lpm.eval.metrics import pearson
+
+    rs = [pearson(a[:, i].numpy(), b[:, i].numpy()) for i in range(a.shape[1])]
+    return [0.0 if math.isnan(r) else r for r in rs]
 
 
 @torch.no_grad()
@@ -204,9 +205,9 @@ def train_expert(cfg: ExpertConfig, train: list[CachedClip], val: list[CachedCli
     reader.eval().requires_grad_(False)
     sub = data.take(torch.randperm(len(data), generator=g)[:4096])
     report = ExpertReport(
-        channels=cfg.channels, train_r=pearson(read_all(reader, sub), sub.track),
-        val_r=pearson(read_all(reader, held), held.track) if len(held) else [],
-        val_r_noisy=pearson(read_all(reader, held, cfg.noise_std), held.track) if len(held) else [],
+        channels=cfg.channels, train_r=column_r(read_all(reader, sub), sub.track),
+        val_r=column_r(read_all(reader, held), held.track) if len(held) else [],
+        val_r_noisy=column_r(read_all(reader, held, cfg.noise_std), held.track) if len(held) else [],
         frames={"train": len(data), "val": len(held)}, seconds=time.monotonic() - start)
     return reader, report
 
