@@ -122,18 +122,23 @@ class ExpertReport:
 
 @dataclass
 class Frames:
-    """Every frame of some clips: ``latents (N, C, h, w)``, the global ``reference (N, C, h, w)`` of each frame's
-    clip, the ``track (N, P)``."""
+    """Every frame of some clips: ``latents (N, C, h, w)``, the ``track (N, P)``, and each frame's clip
+    (``clip_of (N,)``) into the clips' reference latents ``references (K, C, h, w)``, held once per clip."""
 
     latents: torch.Tensor
-    reference: torch.Tensor
     track: torch.Tensor
+    clip_of: torch.Tensor
+    references: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.latents)
 
+    def reference(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """``(n, C, h, w)``: the reference latent of frames ``index``."""
+        return self.references[self.clip_of[index]]
+
     def take(self, index: torch.Tensor | slice) -> Frames:
-        return Frames(self.latents[index], self.reference[index], self.track[index])
+        return Frames(self.latents[index], self.track[index], self.clip_of[index], self.references)
 
 
 def frames_of(clips: list[CachedClip], channels: tuple[str, ...], kind: str = "global") -> Frames:
@@ -145,9 +150,9 @@ def frames_of(clips: list[CachedClip], channels: tuple[str, ...], kind: str = "g
     if no_ref:
         raise LpmError(f"clips without a {kind!r} reference latent: {no_ref[:3]}")
     return Frames(latents=torch.cat([c.latents.float() for c in with_motion]),
-                  reference=torch.cat([c.references[kind].float().expand(c.frames, -1, -1, -1)
-                                       for c in with_motion]),
-                  track=torch.cat([to_track(c.motion, MOTION_NAMES, channels) for c in with_motion]))
+                  track=torch.cat([to_track(c.motion, MOTION_NAMES, channels) for c in with_motion]),
+                  clip_of=torch.cat([torch.full((c.frames,), i) for i, c in enumerate(with_motion)]),
+                  references=torch.stack([c.references[kind].float() for c in with_motion]))
 
 
 def column_r(a: torch.Tensor, b: torch.Tensor) -> list[float]:
@@ -168,7 +173,7 @@ def read_all(reader: LatentMotionReader, frames: Frames, noise_std: float = 0.0,
         x = frames.latents[i:i + batch]
         if noise_std > 0:
             x = x + noise_std * torch.randn(x.shape, generator=g)
-        out.append(reader(x, frames.reference[i:i + batch]))
+        out.append(reader(x, frames.reference(slice(i, i + batch))))
     return torch.cat(out)
 
 
@@ -196,7 +201,7 @@ def train_expert(cfg: ExpertConfig, train: list[CachedClip], val: list[CachedCli
         idx = torch.randint(0, len(data), (cfg.batch,), generator=g)
         xb = data.latents[idx]
         xb = xb + cfg.noise_std * torch.rand(len(xb), 1, 1, 1, generator=g) * torch.randn(xb.shape, generator=g)
-        loss = (reader.z(xb, data.reference[idx]) - zy[idx]).square().mean()
+        loss = (reader.z(xb, data.reference(idx)) - zy[idx]).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
