@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from lpm.distill.student import causal_inputs, face_weighted_error, rollout, stu
 from lpm.models import load_dit
 from lpm.training.base_trainer import BaseTrainer, load_base_config
 from lpm.training.conditioned import ConditionedDiT
+from lpm.training.distributed import close_group, free_port
 
 TRAIN_KEYS = [k for k in MICRO if not k.startswith("model.")]  # the student's shape comes from the teacher
 
@@ -258,7 +258,7 @@ def _worker(rank: int, port: int, data: Path, vae: Path, base: Path, ode: Path, 
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     losses = _dmd_losses(data, vae, base, ode, run)
-    torch.distributed.destroy_process_group()
+    close_group()
     if rank == 0:
         out.write_text(" ".join(repr(v) for v in losses))
 
@@ -269,11 +269,8 @@ def test_dmd_two_processes_match_single_process(world, tmp_path):
     OdeDistiller(load_ode_config(None, [*TRAIN_KEYS, f"teacher={base}", "pairs=2", "pair_batch=2", "steps=1"]),
                  data, str(vae), ode).run()
     single = _dmd_losses(data, vae, base, ode, tmp_path / "single")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "dist.txt"
-    mp.spawn(_worker, args=(port, data, vae, base, ode, tmp_path / "dist", out), nprocs=WORLD)
+    mp.spawn(_worker, args=(free_port(), data, vae, base, ode, tmp_path / "dist", out), nprocs=WORLD)
     dist = [float(v) for v in out.read_text().split()]
     assert all(abs(d - s) <= 1e-4 * max(abs(s), 1e-3) for d, s in zip(dist[:3], single[:3])), (dist, single)
     assert abs(dist[3] - single[3]) <= 1e-3 * abs(single[3]), (dist, single)

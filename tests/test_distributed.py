@@ -4,7 +4,6 @@ after one optimizer step."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ import torch.multiprocessing as mp
 
 from base_fixtures import MICRO, make_dataset, make_vae
 from lpm.training.base_trainer import BaseTrainer, load_base_config
+from lpm.training.distributed import close_group, free_port
 
 WORLD = 2
 # Tolerances: the sharded forward is the same maths, summed in another order (fp32 round-off); after one
@@ -38,15 +38,9 @@ def _worker(rank: int, port: int, data: Path, vae: Path, run: Path, cache: Path,
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     losses = _losses(data, vae, run, cache)
-    torch.distributed.destroy_process_group()
+    close_group()
     if rank == 0:
         out.write_text(" ".join(repr(v) for v in losses))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_fsdp_two_processes_match_single_process(tmp_path):
@@ -54,7 +48,7 @@ def test_fsdp_two_processes_match_single_process(tmp_path):
     cache = tmp_path / "cache"
     single = _losses(data, vae, tmp_path / "single", cache)  # also fills the latent cache
     out = tmp_path / "dist.txt"
-    mp.spawn(_worker, args=(_free_port(), data, vae, tmp_path / "dist", cache, out), nprocs=WORLD)
+    mp.spawn(_worker, args=(free_port(), data, vae, tmp_path / "dist", cache, out), nprocs=WORLD)
     dist = [float(v) for v in out.read_text().split()]
     assert abs(dist[0] - single[0]) <= LOSS_TOL * abs(single[0]), (dist, single)
     assert abs(dist[1] - single[1]) <= LOSS_TOL * abs(single[1]), (dist, single)

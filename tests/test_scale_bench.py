@@ -19,6 +19,7 @@ from lpm.eval.speed_scale import run_scale, stage_times_from_report, stated_link
 from lpm.models.dit_config import preset
 from lpm.parallel.group import SequenceGroup
 from lpm.parallel.projection import LinkCost, StageTimes, forward_comm_seconds, project
+from lpm.training.distributed import close_group
 from test_dit import micro
 
 H100 = Path(__file__).parents[1] / "docs/bench/speed_h100/report.json"
@@ -83,7 +84,7 @@ def _worker(rank: int, port: int, out: Path) -> None:
 
     group = init_sequence_group("cpu")
     run_scale(out, "micro", micro(num_heads=4), [1, 2, 4], 1, group, torch.device("cpu"), repeats=1)
-    torch.distributed.destroy_process_group()
+    close_group()
 
 
 def test_measured_over_two_processes_beside_the_projection(tmp_path):

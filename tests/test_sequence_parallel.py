@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from lpm.parallel import SequenceGroup, SequenceParallelDiT, init_sequence_group
 from lpm.parallel.ulysses import TokenShards
 from lpm.runtime.dit_engine import DEFAULT_VAE
 from lpm.runtime.engines import Engine
+from lpm.training.distributed import close_group, free_port
 from test_dit import NUM_CHUNKS, make_inputs, make_model, micro, stream
 
 TOL = 1e-10  # float64: the same maths, heads batched differently
@@ -113,15 +113,9 @@ def _worker(rank: int, world: int, port: int, out: Path) -> None:
     results = forwards(SequenceParallelDiT(make_model(parallel_cfg()), group))
     model, codec = session_parts()
     results["session"] = torch.from_numpy(run_session(SequenceParallelDiT(model, group), codec)[0])
-    torch.distributed.destroy_process_group()
+    close_group()
     if rank == 0:
         torch.save(results, out)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +129,7 @@ def single():
 @pytest.mark.parametrize("world", [2, 4])
 def test_sequence_parallel_equals_single_process(world, single, tmp_path):
     out = tmp_path / "parallel.pt"
-    mp.spawn(_worker, args=(world, _free_port(), out), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), out), nprocs=world, join=True)
     got = torch.load(out)
     assert NUM_CHUNKS > 1 + 2  # the streamed forward runs past the first eviction
     for key in ("online", "base", "streamed", "streamed_context"):
@@ -179,7 +173,7 @@ def _generate_worker(rank: int, port: int, tmp_path: Path) -> None:
     from lpm.cli import main
 
     assert main(_generate_args(tmp_path, tmp_path / "parallel.mp4")) == 0
-    torch.distributed.destroy_process_group()
+    close_group()
 
 
 def generate_inputs(tmp_path: Path) -> None:
@@ -201,7 +195,7 @@ def test_generate_under_two_processes_writes_the_single_process_video(tmp_path, 
 
     generate_inputs(tmp_path)  # 2 heads: one per rank
     assert main(_generate_args(tmp_path, tmp_path / "single.mp4")) == 0
-    mp.spawn(_generate_worker, args=(_free_port(), tmp_path), nprocs=2, join=True)
+    mp.spawn(_generate_worker, args=(free_port(), tmp_path), nprocs=2, join=True)
     single, parallel = read_mp4(tmp_path / "single.mp4"), read_mp4(tmp_path / "parallel.mp4")
     assert parallel.shape == single.shape == (24, 128, 128, 3)
     assert single.astype(float).std() > 5  # a picture, not a flat frame
@@ -254,11 +248,11 @@ def _leader_worker(rank: int, port: int, out: Path) -> None:
             (out / f"stats_{realtime}.json").write_text(json.dumps(stats))
         else:
             (out / f"followed_{realtime}.txt").write_text(str(follow(session_engine(model, codec), group)))
-    torch.distributed.destroy_process_group()
+    close_group()
 
 
 def test_live_session_led_by_rank_0_and_followed(single, tmp_path):
-    mp.spawn(_leader_worker, args=(_free_port(), tmp_path), nprocs=2, join=True)
+    mp.spawn(_leader_worker, args=(free_port(), tmp_path), nprocs=2, join=True)
     offline = np.load(tmp_path / "frames_False.npy")
     assert offline.shape == single["session"].shape
     assert np.abs(offline.astype(int) - single["session"].numpy().astype(int)).max() <= 1

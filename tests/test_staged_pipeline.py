@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch.multiprocessing as mp
 
 from lpm.errors import LpmError
 from lpm.parallel.stages import StagedPipeline
+from lpm.training.distributed import close_group, free_port
 
 CHUNKS = 10
 CAPACITY = 1
@@ -52,20 +52,14 @@ def _simulated_worker(rank: int, port: int, out: Path) -> None:
         results = list(pipe.run(range(CHUNKS) if rank == 0 else None))
         torch.distributed.barrier()
         (out / f"{name}{rank}.pkl").write_bytes(pickle.dumps((results, pipe.record)))
-    torch.distributed.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    close_group()
 
 
 @pytest.fixture(scope="module")
 def simulated_runs(tmp_path_factory) -> dict[str, tuple[list, dict]]:
     """Both simulated pipelines on 3 processes (one spawn): per run, rank 0's results and every stage's spans."""
     out = tmp_path_factory.mktemp("staged")
-    mp.spawn(_simulated_worker, args=(_free_port(), out), nprocs=3, join=True)
+    mp.spawn(_simulated_worker, args=(free_port(), out), nprocs=3, join=True)
     runs = {}
     for name in ("even", "slow_refiner"):
         loaded = [pickle.loads((out / f"{name}{r}.pkl").read_bytes()) for r in range(3)]
@@ -128,8 +122,7 @@ def _engine_worker(rank: int, port: int, out: Path) -> None:
     _init(rank, 3, port)
     engine, chunks = engine_and_chunks()  # the same weights and seeds on every rank; each runs its own stage
     frames = list(StagedPipeline(engine.stages(), capacity=CAPACITY).run(chunks if rank == 0 else None))
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    close_group()
     if rank == 0:
         np.save(out, np.concatenate(frames))
 
@@ -140,7 +133,7 @@ def test_dit_engine_stages_across_processes_equal_one_process(tmp_path):
     assert [name for name, _ in engine.stages()] == ["generate", "refine", "decode"]
     single = np.concatenate([engine.step(c) for c in chunks])
     out = tmp_path / "frames.npy"
-    mp.spawn(_engine_worker, args=(_free_port(), out), nprocs=3, join=True)
+    mp.spawn(_engine_worker, args=(free_port(), out), nprocs=3, join=True)
     staged = np.load(out)
     assert staged.shape == single.shape == (6 * engine.frames_per_chunk, 64, 64, 3)
     assert np.abs(staged.astype(int) - single.astype(int)).max() <= 1
@@ -154,7 +147,7 @@ def _generate_stages_worker(rank: int, port: int, tmp_path: Path) -> None:
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     assert main([*_generate_args(tmp_path, tmp_path / "staged.mp4"), "--refiner", "--stages"]) == 0
-    torch.distributed.destroy_process_group()
+    close_group()
 
 
 def test_generate_with_one_rank_per_stage_writes_the_single_process_video(tmp_path):
@@ -165,7 +158,7 @@ def test_generate_with_one_rank_per_stage_writes_the_single_process_video(tmp_pa
     torch.set_num_threads(1)
     generate_inputs(tmp_path)
     assert main([*_generate_args(tmp_path, tmp_path / "single.mp4"), "--refiner"]) == 0
-    mp.spawn(_generate_stages_worker, args=(_free_port(), tmp_path), nprocs=3, join=True)
+    mp.spawn(_generate_stages_worker, args=(free_port(), tmp_path), nprocs=3, join=True)
     single, staged = read_mp4(tmp_path / "single.mp4"), read_mp4(tmp_path / "staged.mp4")
     assert staged.shape == single.shape == (24, 128, 128, 3) and single.astype(float).std() > 5
     assert np.abs(staged.astype(int) - single.astype(int)).mean() < 0.5

@@ -27,7 +27,7 @@ import numpy as np
 
 from lpm.runtime.audio_buffer import float_to_pcm16
 from lpm.serve.protocol import FRAME_HEADER, TAG_FRAME, TAG_PARTNER_AUDIO, TAG_SELF_AUDIO
-from lpm.serve.ranks import free_port
+from lpm.training.distributed import free_port
 
 SAMPLE_RATE = 16000
 PACKET_S = 0.02  # one audio message per stream every 20 ms, as a browser or phone client sends

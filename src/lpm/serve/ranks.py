@@ -19,18 +19,10 @@ If a follower fails to build its engine, rank 0's first collective waits: the se
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from typing import Any
 
 START, QUIT = "start", "quit"
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback now (the group's rendezvous)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def join_group(rank: int, world: int, port: int, device: str):
@@ -66,10 +58,9 @@ def listen(group) -> tuple:
 
 
 def leave(group) -> None:
-    import torch.distributed as dist
+    from lpm.training.distributed import close_group
 
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    close_group()
 
 
 def follower_main(rank: int, world: int, port: int, spec, threads: int) -> None:

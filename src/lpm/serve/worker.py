@@ -30,6 +30,7 @@ from lpm.errors import LpmError
 from lpm.runtime.engines import Character, EngineError
 from lpm.runtime.session import SessionConfig
 from lpm.serve.handle import SessionHandle, SessionInfo
+from lpm.training.distributed import free_port
 
 STATUS_S = 0.1  # the worker sends events and a stats snapshot this often
 LOAD_TIMEOUT_S = 180.0  # a worker must have its weights loaded by then (a cold 2-core machine: imports + reads)
@@ -153,7 +154,7 @@ class WorkerProcess:
         from lpm.serve import ranks
 
         self.conn, child = ctx.Pipe()
-        port = ranks.free_port() if spec.ranks > 1 else 0
+        port = free_port() if spec.ranks > 1 else 0
         self.process = ctx.Process(target=worker_main, args=(child, spec, threads, port), name="lpm-session-worker",
                                    daemon=True)
         self.followers = [ctx.Process(target=ranks.follower_main, args=(r, spec.ranks, port, spec, threads),

@@ -13,6 +13,7 @@ across ranks gives the gradient of the whole batch's mean loss.
 from __future__ import annotations
 
 import os
+import socket
 import warnings
 from dataclasses import dataclass
 
@@ -58,9 +59,24 @@ def init_distributed(device: str = "cpu") -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)
 
 
-def shutdown(info: DistInfo) -> None:
-    if info.distributed and dist.is_initialized():
+def free_port() -> int:
+    """A TCP port free on the loopback now (a local group's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def close_group() -> None:
+    """Leave the default process group, if any, after a barrier: a rank that tears gloo down while another still
+    has a collective in flight can die with "terminate called without an active exception" (SIGABRT)."""
+    if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
+
+
+def shutdown(info: DistInfo) -> None:
+    if info.distributed:
+        close_group()
 
 
 def shard_model(model: nn.Module, blocks: nn.ModuleList, info: DistInfo) -> nn.Module:
