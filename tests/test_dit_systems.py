@@ -25,11 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _dit(attention: str) -> DiT:
+def _dit(attention: str, t_down: int = 1) -> DiT:
     torch.manual_seed(0)
     cfg = DiTConfig(latent_height=8, latent_width=8, dim=64, num_blocks=2, num_heads=2, ffn_dim=128, text_dim=32,
                     text_layers=1, text_heads=2, audio_dim=32, audio_layers=1, mel=MelConfig(n_mels=16),
-                    attention=attention, window_chunks=2)
+                    attention=attention, window_chunks=2, t_down=t_down)
     model = DiT(cfg)
     torch.nn.init.normal_(model.head.linear.weight, std=0.02)  # the zero-initialised head would ignore its inputs
     return model
@@ -106,6 +106,33 @@ def test_base_conditioning_is_the_trainers(files):
     assert torch.equal(got.mel_self, want.mel_self) and torch.equal(got.mel_partner, want.mel_partner)
     assert list(got.references) == list(want.references)
     assert all(torch.equal(got.references[k], want.references[k]) for k in refs)
+
+
+def test_base_at_t_down_2_windows_latent_frames(files):
+    """With a codec of 2 video frames per latent frame the Base windows latent frames, reads the mel grouped as the
+    latent cache stores it, and gives back every video frame of the clip (an odd count too)."""
+    from lpm.eval.systems import SystemUnavailable
+    from lpm.models.causal_vae import CausalVAE, CausalVAEConfig
+
+    model = _dit("bidirectional", t_down=2)
+    torch.manual_seed(0)
+    vae = CausalVAE(CausalVAEConfig(latent_channels=model.cfg.latent_channels, t_down=2, channels=(8, 8, 8),
+                                    norm_groups=4)).save(files["root"] / "causal.safetensors")
+    base = save_dit(files["root"] / "base_t2.safetensors", model, {"train_config": {"frames": 4}})
+    system = BaseSystem("base", base, vae=str(vae), sampling=BaseSampling(steps=1), device="cpu")
+    inputs = _case()
+    mel = system.clip_mel(inputs)
+    per_frame = BaseSystem("base", files["base"], vae=files["vae"], device="cpu").clip_mel(inputs)  # (2, 14, k, M)
+    assert torch.equal(mel, per_frame.reshape(2, FRAMES // 2, -1, per_frame.shape[-1]))  # latent_cache's grouping
+    assert system.windows(FRAMES // 2) == [(0, 0, 4), (3, 4, 7)]
+    timed = list(timed_stream(system, inputs, chunk_frames=12))
+    assert [len(c) for c, _, _ in timed] == [8, 6]  # each window's kept latent frames, in video frames
+    assert [u for _, _, u in timed] == [min(FRAMES, 2 * (4 + system.audio_after)), FRAMES]
+    odd = _case()
+    odd.num_frames = FRAMES - 1  # the last latent frame is half past the clip: its padding is cut
+    assert system.generate(odd).shape == (FRAMES - 1, RES, RES, 3)
+    with pytest.raises(SystemUnavailable, match="t_down 2"):
+        BaseSystem("base", base, vae=files["vae"], device="cpu")
 
 
 def test_loader_names_and_reasons(files, monkeypatch):

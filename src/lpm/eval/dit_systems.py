@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lpm.audio.mel import LogMel
+from lpm.audio.mel import LogMel, per_latent_frame
 from lpm.data.clip import image_to_tensor
 from lpm.diffusion.cfg import GuidanceSpec, guided
 from lpm.diffusion.flow import FlowMatching
@@ -214,6 +214,10 @@ class BaseSystem(System):
         if self.codec.latent_channels != mc.latent_channels:
             raise SystemUnavailable(f"{vae} has {self.codec.latent_channels} latent channels, the DiT "
                                     f"{mc.latent_channels}")
+        if self.codec.t_down != mc.t_down:
+            raise SystemUnavailable(f"{vae} compresses {self.codec.t_down} video frames per latent frame, the DiT "
+                                    f"was built for t_down {mc.t_down}")
+        self.t_down = mc.t_down  # video frames per latent frame; windows, audio and samples count latent frames
         if self.sampling.sampler not in SAMPLERS:
             raise SystemUnavailable(f"unknown sampler {self.sampling.sampler!r}; known: {', '.join(SAMPLERS)}")
         train = meta["extra"].get("train_config") or {}
@@ -235,10 +239,15 @@ class BaseSystem(System):
         self.note = (f"trained Base DiT {checkpoint}, offline: {self.window}-frame bidirectional windows, "
                      f"{self.sampling.steps} {self.sampling.sampler} steps, CFG ({scales})")
 
-    # ---- windows ----
+    # ---- windows (in latent frames: ``t_down`` video frames each) ----
+    def latent_count(self, num_frames: int) -> int:
+        """Latent frames that cover ``num_frames`` video frames (the last group padded past the clip's end)."""
+        return -(-num_frames // self.t_down)
+
     def windows(self, num_frames: int) -> list[tuple[int, int, int]]:
-        """``(start, keep_from, keep_to)`` of each window: windows of ``self.window`` frames from frame 0, the
-        last one ending at the clip's end (overlapping its predecessor; only its new frames are kept)."""
+        """``(start, keep_from, keep_to)`` of each window, in latent frames, for a clip of ``num_frames`` latent
+        frames: windows of ``self.window`` from frame 0, the last one ending at the clip's end (overlapping its
+        predecessor; only its new frames are kept)."""
         w = self.window
         starts = list(range(0, max(num_frames - w, 0) + 1, w))
         if starts[-1] + w < num_frames:
@@ -251,21 +260,24 @@ class BaseSystem(System):
         return out
 
     def needs_audio_until(self, inputs: ClipInputs, frame_end: int) -> int:
-        for start, _, stop in self.windows(inputs.num_frames):
-            if frame_end <= stop:
-                return min(inputs.num_frames, start + self.window + self.audio_after)
+        t = self.t_down
+        for start, _, stop in self.windows(self.latent_count(inputs.num_frames)):
+            if frame_end <= stop * t:
+                return min(inputs.num_frames, (start + self.window + self.audio_after) * t)
         return inputs.num_frames
 
     # ---- conditioning (the Base trainer's: latent_cache.encode_clip + WindowSampler.assemble) ----
     @torch.no_grad()
     def clip_mel(self, inputs: ClipInputs) -> torch.Tensor:
-        """``(2, F, k, M)`` log-mel of own (row 0) and partner (row 1) voice; silence past the recording."""
+        """``(2, L, t_down * k, M)`` log-mel of own (row 0) and partner (row 1) voice per latent frame
+        (``per_latent_frame``, as the latent cache stores it); silence past the recording."""
+        frames = self.latent_count(inputs.num_frames) * self.t_down
         pcm = torch.from_numpy(np.stack([inputs.self_audio, inputs.partner_audio]).astype(np.float32))
-        mel = self.log_mel(pcm)[:, :inputs.num_frames]  # (2, F', k, M)
-        if mel.shape[1] < inputs.num_frames:
-            pad = torch.full((2, inputs.num_frames - mel.shape[1], *mel.shape[2:]), self.silent)
+        mel = self.log_mel(pcm)[:, :frames]  # (2, F', k, M)
+        if mel.shape[1] < frames:
+            pad = torch.full((2, frames - mel.shape[1], *mel.shape[2:]), self.silent)
             mel = torch.cat([mel, pad], 1)
-        return mel
+        return per_latent_frame(mel, self.t_down) if self.t_down > 1 else mel
 
     @torch.no_grad()
     def reference_latents(self, inputs: ClipInputs) -> dict[str, torch.Tensor]:
@@ -289,7 +301,7 @@ class BaseSystem(System):
     # ---- generation ----
     @torch.no_grad()
     def sample_window(self, cond: ConditionBatch, seed: int) -> np.ndarray:
-        """One window from noise: ``(window, R, R, 3)`` uint8."""
+        """One window from noise: ``(window * t_down, R, R, 3)`` uint8."""
         mc = self.model.cfg
         shape = (1, self.window, mc.latent_channels, mc.latent_height, mc.latent_width)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
@@ -304,10 +316,11 @@ class BaseSystem(System):
 
     def _chunks(self, inputs: ClipInputs, references: dict[str, torch.Tensor],
                 chunk_frames: int) -> Iterator[np.ndarray]:
-        mel = self.clip_mel(inputs)
-        for k, (start, keep_from, keep_to) in enumerate(self.windows(inputs.num_frames)):
+        mel, t = self.clip_mel(inputs), self.t_down
+        for k, (start, keep_from, keep_to) in enumerate(self.windows(mel.shape[1])):
             frames = self.sample_window(self.conditioning(inputs, mel, references, start), self.sampling.seed + k)
-            frames = fit_frames(frames[keep_from - start: keep_to - start], inputs.res)
+            keep_to_video = min(keep_to * t, inputs.num_frames)  # the last group's padding is cut
+            frames = fit_frames(frames[(keep_from - start) * t: keep_to_video - start * t], inputs.res)
             for s in range(0, len(frames), chunk_frames):
                 yield frames[s: s + chunk_frames]
 
