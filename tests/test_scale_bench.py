@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from lpm.eval.speed_scale import run_scale, stage_times_from_report, stated_link
 from lpm.models.dit_config import preset
 from lpm.parallel.group import SequenceGroup
 from lpm.parallel.projection import LinkCost, StageTimes, forward_comm_seconds, project
-from lpm.training.distributed import close_group
+from lpm.training.distributed import close_group, free_port
 from test_dit import micro
 
 H100 = Path(__file__).parents[1] / "docs/bench/speed_h100/report.json"
@@ -88,10 +87,7 @@ def _worker(rank: int, port: int, out: Path) -> None:
 
 
 def test_measured_over_two_processes_beside_the_projection(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(port, tmp_path), nprocs=2, join=True)
+    mp.spawn(_worker, args=(free_port(), tmp_path), nprocs=2, join=True)
     report = json.loads((tmp_path / "report.json").read_text())
     (measured,) = report["measured"]
     assert measured["devices"] == 2 and measured["generate_ms"] > 0 and measured["refine_ms"] > 0

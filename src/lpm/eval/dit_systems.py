@@ -277,7 +277,7 @@ class BaseSystem(System):
         if mel.shape[1] < frames:
             pad = torch.full((2, frames - mel.shape[1], *mel.shape[2:]), self.silent)
             mel = torch.cat([mel, pad], 1)
-        return per_latent_frame(mel, self.t_down) if self.t_down > 1 else mel
+        return per_latent_frame(mel, self.t_down)  # (2, L, t_down * k, M); unchanged at t_down 1
 
     @torch.no_grad()
     def reference_latents(self, inputs: ClipInputs) -> dict[str, torch.Tensor]:
