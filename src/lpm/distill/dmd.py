@@ -20,6 +20,11 @@ rollout against the data window it was conditioned on (``face_weighted_error``):
 matching alone loses what the score difference does not see in a few hundred updates (the reference's
 identity, the shut mouth of silence); the anchor keeps them while DMD sharpens.
 
+With ``gan_weight > 0`` a critic on latent frames (``lpm.distill.critic``) learns, every iteration, to tell the
+data window's clean latents from the (detached) rollout given the window's global reference, and the generator's
+loss adds that multiple of its non-saturating GAN loss (DMD2's GAN term, against real data): where the anchor
+pulls toward the data's mean, the critic pulls toward latents the data could have held.
+
 Two-time-scale updates (DMD2): the fake score is updated every iteration, the generator every
 ``generator_every``-th, on a fresh rollout.
 """
@@ -35,13 +40,14 @@ import torch
 from lpm.config import ConfigError, load_config, to_dict
 from lpm.diffusion.cfg import GuidanceSpec, guided
 from lpm.diffusion.flow import Batch, shift_time
+from lpm.distill.critic import CriticConfig, LatentCritic, critic_loss, frames_and_references, generator_loss
 from lpm.distill.student import face_weighted_error, rollout
 from lpm.distill.trainer import DistillConfig, DistillTrainer, resolve_weights
 from lpm.errors import LpmError
 from lpm.models.dit import DiT, load_dit
 from lpm.training import distributed as D
 from lpm.training.base_batches import shard_batch
-from lpm.training.conditioned import ConditionedDiT
+from lpm.training.conditioned import GLOBAL_REFERENCE, ConditionedDiT
 from lpm.training.motion_expert import channel_weights, expert_error, load_expert, track_columns
 
 
@@ -73,6 +79,13 @@ class DmdConfig(DistillConfig):
     expert_weight: float = 0.0
     # The track channels the expert's error counts (empty: every channel it reads).
     expert_channels: tuple[str, ...] = ()
+    # An adversarial critic on latent frames (``lpm.distill.critic``): the generator's loss adds ``gan_weight``
+    # times its GAN loss; the critic trains every iteration at ``gan_lr`` (Adam, betas 0 / 0.99), both sides seen
+    # through instance noise of level up to ``gan_noise``; ``gan_width`` its first layer's channels.
+    gan_weight: float = 0.0
+    gan_lr: float = 2e-4
+    gan_noise: float = 0.2
+    gan_width: int = 64
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -82,6 +95,11 @@ class DmdConfig(DistillConfig):
             raise ConfigError(f"expert_weight must be >= 0, got {self.expert_weight}")
         if self.expert_weight > 0 and not self.expert:
             raise ConfigError("expert_weight > 0 needs expert=PATH (a motion expert: lpm train motion-expert)")
+        if self.gan_weight < 0 or self.gan_lr <= 0 or self.gan_width < 1:
+            raise ConfigError(f"gan_weight must be >= 0, gan_lr > 0 and gan_width >= 1, got {self.gan_weight}, "
+                              f"{self.gan_lr}, {self.gan_width}")
+        if not 0 <= self.gan_noise < 1:
+            raise ConfigError(f"gan_noise must be in [0, 1), got {self.gan_noise}")
 
 
 @dataclass
@@ -138,6 +156,13 @@ class DmdDistiller(DistillTrainer):
                 raise LpmError(f"motion expert {cfg.expert} reads latents {reads}, the student makes {shape}")
             self.expert_columns = track_columns(self.expert, tuple(self.dit_cfg.motion_channels))
             self.expert_weights = channel_weights(self.expert, tuple(cfg.expert_channels))
+        self.critic = None
+        if cfg.gan_weight > 0:  # small: replicated on every rank, its gradients averaged (``_critic_step``)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(cfg.seed)  # the same initial critic on every rank
+                critic = LatentCritic(CriticConfig(self.dit_cfg.latent_channels, cfg.gan_width))
+            self.critic = critic.to(self.info.device)
+            self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.gan_lr, betas=(0.0, 0.99))
 
     def _x0_of(self, model: ConditionedDiT):
         def x0(x_t, t, cond):
@@ -147,13 +172,23 @@ class DmdDistiller(DistillTrainer):
 
     # ---- state of the fake score ----
     def _extra_state(self) -> dict[str, Any]:
-        return {"fake": D.full_state_dict(self.fake), "fake_optimizer": self._optimizer_state(self.fake, self.fake_opt)}
+        state = {"fake": D.full_state_dict(self.fake),
+                 "fake_optimizer": self._optimizer_state(self.fake, self.fake_opt)}
+        if self.critic is not None:
+            state.update(critic=self.critic.state_dict(), critic_optimizer=self.critic_opt.state_dict())
+        return state
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if "fake" not in state:
             raise LpmError(f"{self.run_dir}: the train state has no fake score; not a DMD run")
         D.load_full_state_dict(self.fake, state["fake"])
         self._load_optimizer_state(state["fake_optimizer"] if self.info.is_main else {}, self.fake, self.fake_opt)
+        if self.critic is not None:
+            if "critic" not in state:
+                raise LpmError(f"{self.run_dir}: the train state has no critic (the run started with gan_weight=0); "
+                               f"continue it with gan_weight=0 or start a new --out from its weights")
+            self.critic.load_state_dict(state["critic"])
+            self.critic_opt.load_state_dict(state["critic_optimizer"])
 
     # ---- one iteration ----
     def _draws(self, step: int) -> dict[str, Any]:
@@ -172,7 +207,10 @@ class DmdDistiller(DistillTrainer):
                 "renoise": torch.randn((max(steps - 1, 0), *shape), generator=g),
                 "exit_step": int(torch.randint(0, steps, (1,), generator=g)),
                 "t_dmd": times(), "eps_dmd": torch.randn(shape, generator=g),
-                "t_fake": times(), "eps_fake": torch.randn(shape, generator=g)}
+                "t_fake": times(), "eps_fake": torch.randn(shape, generator=g),
+                # the critic's instance noise, real (0) and rollout (1) frames: levels (2, B, F), noise (2, *shape)
+                "t_gan": torch.rand((2, *shape[:2]), generator=g) * cfg.gan_noise,
+                "eps_gan": torch.randn((2, *shape), generator=g)}
 
     def _local(self, x: torch.Tensor, dim: int = 0) -> torch.Tensor:
         info = self.info
@@ -219,6 +257,10 @@ class DmdDistiller(DistillTrainer):
                 regression = face_weighted_error(video.float(), data.x_0, data.weights).mean()
                 loss = loss + cfg.regression * regression
                 out["regression"] = D.all_mean(regression.item(), info)
+            if self.critic is not None:
+                gan = generator_loss(self.critic, *self._critic_inputs(draws, video.float(), cond, 1))
+                loss = loss + cfg.gan_weight * gan
+                out["gan_generator"] = D.all_mean(gan.item(), info)
             if self.expert is not None:
                 expert, floor = self._expert_error(video, data)
                 loss = loss + cfg.expert_weight * expert
@@ -244,9 +286,36 @@ class DmdDistiller(DistillTrainer):
         self.fake_opt.step()
         out["fake_loss"] = D.all_mean(fake_loss.item(), info)
         out["fake_grad_norm"] = float(D.full_tensor(fake_norm))
+        if self.critic is not None:
+            out.update(self._critic_step(draws, video, data))
         out["loss"] = out["fake_loss"]  # logged every iteration; the generator's figures on its steps
         out.setdefault("grad_norm", out["fake_grad_norm"])
         return out
+
+    def _critic_inputs(self, draws: dict[str, Any], video: torch.Tensor, cond: Any, side: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``video (B, F, C, h, w)`` (this rank's) under the iteration's instance noise of ``side`` (0 real,
+        1 rollout), as critic inputs: frames and their references, both ``(B * F, C, h, w)``."""
+        t = self._local(draws["t_gan"][side]).to(video)[..., None, None, None]
+        noised = (1 - t) * video + t * self._local(draws["eps_gan"][side]).to(video)
+        return frames_and_references(noised, cond.references[GLOBAL_REFERENCE].to(video))
+
+    def _critic_step(self, draws: dict[str, Any], video: torch.Tensor, data: Batch) -> dict[str, float]:
+        """One update of the critic: the data window's latents against the (detached) rollout."""
+        info = self.info
+        real, refs = self._critic_inputs(draws, data.x_0.float(), data.cond, 0)
+        fake, _ = self._critic_inputs(draws, video.detach().float(), data.cond, 1)
+        loss, real_acc, fake_acc = critic_loss(self.critic, real, fake, refs)
+        self.critic_opt.zero_grad(set_to_none=True)  # also drops what the generator's loss left in it
+        loss.backward()
+        if info.distributed:  # replicated: average the gradients so every rank takes the same step
+            for p in self.critic.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= info.world_size
+        self.critic_opt.step()
+        return {"critic_loss": D.all_mean(loss.item(), info), "critic_real_acc": D.all_mean(real_acc, info),
+                "critic_fake_acc": D.all_mean(fake_acc, info)}
 
     def _expert_error(self, video: torch.Tensor, data: Batch) -> tuple[torch.Tensor, float]:
         """The motion expert's error on the rollout (with grad) and, as its floor, on the data window itself."""

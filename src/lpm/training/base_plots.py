@@ -1,7 +1,8 @@
 """PNG plot of the Base trainer's curves from ``RUN/log.jsonl``: loss (raw and smoothed) and gradient norm; the
 audio-use checks (``lpm.training.diagnostics``) when logged; for a DMD run (rows with ``dmd_loss``) also the
-generator's DMD loss and the score gap on its update steps (and its regression onto the data, when anchored); for
-an ODE run with ``own_rollout`` the smoothed loss of its rollout steps and of its teacher-forced steps apart."""
+generator's DMD loss and the score gap on its update steps (its regression onto the data, when anchored; the
+critic's and the generator's GAN losses, with a critic); for an ODE run with ``own_rollout`` the smoothed loss of
+its rollout steps and of its teacher-forced steps apart."""
 
 from __future__ import annotations
 
@@ -92,6 +93,13 @@ def plot_base_losses(log_path: Path, out_path: Path) -> None:
                      label="motion expert on the rollout (mean of 50)")
             ax3.plot(steps, moving_average(np.array([r["expert_floor"] for r in checked]), 50), color="C5", ls=":",
                      label="motion expert on the data (floor)")
+        critic = [r for r in rows if "critic_loss" in r]
+        if critic:  # ``gan_weight > 0``: the critic's loss every iteration, the generator's GAN loss on its steps
+            ax3.plot([r["step"] for r in critic], moving_average(np.array([r["critic_loss"] for r in critic]), 50),
+                     color="C6", label="critic loss (mean of 50; 1.39 = cannot tell)")
+            ax3.plot([r["step"] for r in gen if "gan_generator" in r],
+                     moving_average(np.array([r["gan_generator"] for r in gen if "gan_generator" in r]), 50),
+                     color="C7", label="generator GAN loss (mean of 50)")
         ax3.set_xlabel("step")
         ax3.set_yscale("log")
         ax3.legend(fontsize=7, framealpha=0.6)
