@@ -10,6 +10,7 @@ from lpm.eval.face import (
     FACE_CHANNELS,
     MOUTH_OUTPUTS,
     NUM_PATCH_OUTPUTS,
+    READ_SHIFTS,
     REGIONS,
     FaceOutputs,
     FaceReader,
@@ -79,7 +80,7 @@ class _FixedReader(FaceReader):
     """Fixed outputs: eye_l reads gaze_x +0.5, eye_r (mirrored) -0.5; eye_r hidden in odd frames, the mouth in
     frame 1."""
 
-    def forward(self, x):
+    def forward(self, x, shifts=((0.0, 0.0),)):
         b = x.shape[0]
         out = torch.zeros(b, len(REGIONS), NUM_PATCH_OUTPUTS)
         out[:, 0, 0], out[:, 1, 0] = 1.0, -1.0  # eye_l shut, eye_r open
@@ -103,6 +104,26 @@ def test_read_face_averages_visible_eyes_unmirrors_gaze_and_skips_hidden_regions
     assert ch["brow_raise"].tolist() == pytest.approx([0.3, 0.2])  # both eyes, then eye_l alone
     assert ch["jaw_open"][0] == pytest.approx(1.0) and np.isnan(ch["jaw_open"][1])
     assert np.all(track.emotion_probs.argmax(1) == EMOTIONS.index("happy"))
+
+
+def test_shifted_reading_averages_the_reads_around_the_anchor():
+    torch.manual_seed(0)
+    reader = FaceReader(FaceReaderConfig()).eval()
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        one = reader(x)
+        anchors = reader.locator(x)[0]
+        reads = [reader.read_at(x, anchors + torch.tensor(s) / 64.0) for s in READ_SHIFTS]
+        many = reader(x, READ_SHIFTS)
+    assert torch.equal(one.regions, reader.read_at(x, anchors)[0])  # no shift: the plain reading
+    assert torch.allclose(many.regions, torch.stack([r for r, _ in reads]).mean(0), atol=1e-6)
+    probs = torch.stack([e.softmax(-1) for _, e in reads]).mean(0)
+    assert torch.allclose(many.emotion.softmax(-1), probs, atol=1e-6)
+    assert torch.equal(many.anchors, one.anchors) and torch.equal(many.visible, one.visible)
+    assert (0.0, 0.0) in READ_SHIFTS and len(set(READ_SHIFTS)) == len(READ_SHIFTS)
+    assert np.allclose(np.mean(READ_SHIFTS, 0), 0)  # symmetric: no net offset of the anchors
+    with pytest.raises(ValueError, match="shifts"):
+        reader(x, ())
 
 
 def test_merge_face_overrides_only_what_was_read():

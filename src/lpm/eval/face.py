@@ -54,6 +54,10 @@ assert len(MOUTH_OUTPUTS) == NUM_PATCH_OUTPUTS
 # The motion channels the reader provides (merged into the probe's track).
 FACE_CHANNELS: tuple[str, ...] = ("blink_l", "blink_r", "gaze_x", "gaze_y", "brow_raise", "jaw_open", "mouth_round",
                                   "mouth_wide", "smile")
+# Where ``read_face`` reads each region: the locator's anchor moved by these offsets (x, y in pixels of a 128
+# frame, a 3x3 grid of 1 px, about the locator's median error), the readings averaged. On the quick suite's truth
+# render it lifts every eye channel a little (brow r 0.597 -> 0.612 seen, gaze y 0.542 -> 0.547 zero-shot; stop 32).
+READ_SHIFTS: tuple[tuple[float, float], ...] = tuple((float(dx), float(dy)) for dy in (-1, 0, 1) for dx in (-1, 0, 1))
 
 
 @dataclass(frozen=True)
@@ -188,10 +192,17 @@ class FaceReader(nn.Module):
         regions = torch.cat([eo.view(b, 2, -1), mo.view(b, 1, -1)], 1)
         return regions, self.emotion(torch.cat([eh.view(b, -1), mh], 1).detach())
 
-    def forward(self, x: torch.Tensor) -> FaceOutputs:
+    def forward(self, x: torch.Tensor, shifts: tuple[tuple[float, float], ...] = ((0.0, 0.0),)) -> FaceOutputs:
+        """Locate, then read each region at its anchor moved by each of ``shifts`` (x, y in pixels of a 128
+        frame): the regions' outputs averaged, the emotion as the log of the mean probabilities."""
         anchors, visible = self.locator(x)
-        regions, emotion = self.read_at(x, anchors.detach())
-        return FaceOutputs(regions, emotion, anchors, visible)
+        if not shifts:
+            raise ValueError("FaceReader: shifts must hold at least one offset")
+        regions, probs = 0.0, 0.0
+        for dx, dy in shifts:
+            r, e = self.read_at(x, anchors.detach() + torch.tensor([dx, dy], dtype=anchors.dtype) / 64.0)
+            regions, probs = regions + r, probs + e.softmax(-1)
+        return FaceOutputs(regions / len(shifts), (probs / len(shifts)).log(), anchors, visible)
 
 
 def region_anchors(boxes: np.ndarray, res: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -270,12 +281,13 @@ class FaceTrack:
 
 
 @torch.no_grad()
-def read_face(reader: FaceReader, frames: np.ndarray, batch: int = 256) -> FaceTrack:
-    """Run the reader over frames (F, H, W, 3) uint8."""
+def read_face(reader: FaceReader, frames: np.ndarray, batch: int = 256,
+              shifts: tuple[tuple[float, float], ...] = READ_SHIFTS) -> FaceTrack:
+    """Run the reader over frames (F, H, W, 3) uint8, each region read at ``shifts`` around its anchor."""
     reader.eval()
     regions, emo, vis, anc = [], [], [], []
     for i in range(0, len(frames), batch):
-        o = reader(frames_to_tensor(frames[i: i + batch]))
+        o = reader(frames_to_tensor(frames[i: i + batch]), shifts)
         regions.append(o.regions.numpy())
         emo.append(o.emotion.softmax(-1).numpy())
         vis.append(torch.sigmoid(o.visible).numpy())
