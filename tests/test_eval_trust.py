@@ -221,6 +221,26 @@ def test_default_case_set_is_stamped_resumed_and_checked(tmp_path, monkeypatch):
         bench.ensure_default_data(root)
 
 
+def test_listen_case_set_holds_listening_clips_of_its_split_and_styles(tmp_path):
+    import lpm.eval.bench as bench
+    from lpm.data.clip import read_manifest
+    from lpm.eval import LISTEN_DATA, LISTEN_DATA_RECIPE
+    from lpm.eval.suites import SUITE_MODEL_CLIPS, select_clips
+
+    assert bench.default_data("listen") == LISTEN_DATA and bench.default_data("quick") != LISTEN_DATA
+    recipe = {**LISTEN_DATA_RECIPE, "clips": 3, "seconds": 0.5, "res": 64, "styles": ["photo", "anime"]}
+    root = tmp_path / "listen"
+    logs = []
+    bench.ensure_default_data(root, log=logs.append, recipe=recipe)
+    assert "--mode listen" in logs[0] and "--split val" in logs[0]
+    rows = read_manifest(root)
+    assert len(rows) == 3 and {r["split"] for r in rows} == {"val"} and {r["style"] for r in rows} <= {"photo", "anime"}
+    assert all(json.loads((root / r["path"] / "meta.json").read_text())["mode"] == "listen" for r in rows)
+    assert json.loads((root / bench.CASE_SET_STAMP).read_text()) == recipe
+    assert [r["id"] for r in select_clips(root, "listen")] == [r["id"] for r in rows]
+    assert SUITE_MODEL_CLIPS["listen"]["*"] >= LISTEN_DATA_RECIPE["clips"]  # every clip for every model but the Base
+
+
 def test_calibration_readings_are_cached_per_reader(tmp_path):
     from lpm.eval.state_train import reader_tag
 

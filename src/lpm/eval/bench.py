@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 from lpm.errors import LpmError
-from lpm.eval import DEFAULT_DATA, DEFAULT_DATA_RECIPE
+from lpm.eval import DEFAULT_DATA, DEFAULT_DATA_RECIPE, LISTEN_DATA, LISTEN_DATA_RECIPE
 from lpm.eval.report import instrument_summary, write_report
 from lpm.eval.suites import (
     QUICK_BASE_STEPS,
-    QUICK_MODEL_CLIPS,
+    SUITE_MODEL_CLIPS,
     SUITES,
     check_identity_instrument,
     clip_metrics,
@@ -41,8 +41,14 @@ def _threads() -> int:
 CASE_SET_STAMP = "bench_case_set.json"
 
 
-def ensure_default_data(data: str | Path, log=print) -> None:
-    """Make sure ``data`` is the bench's default case set (``DEFAULT_DATA_RECIPE``), building what is missing.
+def default_data(suite: str) -> str:
+    """The case set a suite reads when no --data is given."""
+    return LISTEN_DATA if suite == "listen" else DEFAULT_DATA
+
+
+def ensure_default_data(data: str | Path, log=print, recipe: dict | None = None) -> None:
+    """Make sure ``data`` is one of the bench's case sets (``recipe``, default ``DEFAULT_DATA_RECIPE``), building
+    what is missing.
 
     A complete set carries a stamp with its recipe. Without one, the clips the recipe plans are compared with
     the manifest: missing ones are synthesized (about a minute on two cores for the whole set; a build that was
@@ -53,7 +59,7 @@ def ensure_default_data(data: str | Path, log=print) -> None:
     from lpm.fsutil import atomic_write_text
     from lpm.world.synth import plan, synth
 
-    r = DEFAULT_DATA_RECIPE
+    r = recipe or DEFAULT_DATA_RECIPE
     root = Path(data)
     stamp = root / CASE_SET_STAMP
     if stamp.is_file():
@@ -62,7 +68,8 @@ def ensure_default_data(data: str | Path, log=print) -> None:
             raise LpmError(f"{data} was built as the bench's case set with recipe {got}, but this version of lpm "
                            f"uses {r}: move {data} away (the bench then rebuilds it) or pass --data")
         return
-    specs = plan(r["clips"], r["seed"], r["seconds"], r["res"])
+    specs = plan(r["clips"], r["seed"], r["seconds"], r["res"], split=r.get("split", "mixed"), styles=r.get("styles"),
+                 mode=r.get("mode"))
     want = {s.clip_id for s in specs}
     have = {row["id"] for row in read_manifest(root)} if (root / "manifest.jsonl").is_file() else set()
     if have - want:
@@ -71,13 +78,15 @@ def ensure_default_data(data: str | Path, log=print) -> None:
                        f"it is another data set; move it away (the bench then builds its own) or pass --data")
     missing = [i for i in sorted(want) if i not in have or not (root / i / "meta.json").is_file()]
     if missing:
+        more = "".join(f" --{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in r.items()
+                       if k in ("split", "mode", "styles"))
         log(f"building the bench's case set {data} ({len(missing)} of {len(want)} clips missing; lpm world "
-            f"synth --clips {r['clips']} --seconds {r['seconds']:g} --res {r['res']} --seed {r['seed']})")
+            f"synth --clips {r['clips']} --seconds {r['seconds']:g} --res {r['res']} --seed {r['seed']}{more})")
         synth(root, specs)
     atomic_write_text(stamp, json.dumps(r))
 
 
-def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, identity: str | Path,
+def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str | Path, identity: str | Path,
               states: str | Path, checkpoints: dict[str, str] | None = None, face: str | Path | None = None,
               minutes: float = 0.0, seed: int = 0,
               refiner: bool = False, base_steps: int | None = None, model_clips: dict[str, int] | None = None,
@@ -87,7 +96,8 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
     ``refiner``: also run ``online+refiner`` (the online checkpoint with the one-step refiner on);
     ``base_steps``: ODE steps per window of ``base`` (None: its default; ``QUICK_BASE_STEPS`` in the quick suite);
     ``model_clips``: clips each trained model rates in the quick suite, by system name (``"*"``: any other), over
-    ``QUICK_MODEL_CLIPS``; ``face``: the face reader (``suites.face_path_or_none``; None: the probe alone).
+    ``SUITE_MODEL_CLIPS`` (quick and listen suites); ``face``: the face reader (``suites.face_path_or_none``;
+    None: the probe alone); ``data``: None for the suite's own case set (``default_data``).
     """
     if suite not in SUITES:
         raise LpmError(f"unknown suite {suite!r}; expected one of {SUITES}")
@@ -97,8 +107,11 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
             raise LpmError(f"{what} {path} does not exist (train it with `lpm eval {how}`, or use the shipped one "
                            "under checkpoints/)")
     face_path_or_none(face)
-    if Path(data).resolve() == Path(DEFAULT_DATA).resolve():
-        ensure_default_data(data, log)
+    data = default_data(suite) if data is None else data
+    recipes = {DEFAULT_DATA: DEFAULT_DATA_RECIPE, LISTEN_DATA: LISTEN_DATA_RECIPE}
+    recipe = next((r for path, r in recipes.items() if Path(data).resolve() == Path(path).resolve()), None)
+    if recipe is not None:
+        ensure_default_data(data, log, recipe)
     elif not (Path(data) / "manifest.jsonl").is_file():
         raise LpmError(f"--data {data} is not a clip data set (make one with `lpm world synth`)")
     threads = _threads()
@@ -107,12 +120,12 @@ def run_bench(suite: str, out: str | Path, data: str | Path, probe: str | Path, 
                "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     t0 = time.time()
     inst = load_instruments(probe, identity, states, face)
-    if base_steps is None and suite == "quick":
+    if base_steps is None and suite in SUITE_MODEL_CLIPS:
         base_steps = QUICK_BASE_STEPS
     systems = make_systems(checkpoints, seed, refiner, base_steps)
     rows = select_clips(data, suite)
     log(f"bench {suite}: {len(rows)} clips, systems {', '.join(s.name for s in systems)}")
-    caps = {**QUICK_MODEL_CLIPS, **(model_clips or {})} if suite == "quick" else None
+    caps = {**SUITE_MODEL_CLIPS[suite], **(model_clips or {})} if suite in SUITE_MODEL_CLIPS else None
     loaded = [load_clip(data, r) for r in rows]
     identity_checks = check_identity_instrument(loaded, inst)
     results, truths = run_clip_suite(systems, rows, loaded, inst, log, model_clips=caps)

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 from lpm.errors import LpmError
-from lpm.eval import DEFAULT_DATA, DEFAULT_FACE, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
+from lpm.eval import DEFAULT_DATA, DEFAULT_FACE, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES, LISTEN_DATA
 
 # --minutes when not given: the long suite's 45-minute session; the full suite runs a shorter one.
-DEFAULT_MINUTES = {"long": 45.0, "full": 10.0, "quick": 0.0}
+DEFAULT_MINUTES = {"long": 45.0, "full": 10.0, "quick": 0.0, "listen": 0.0}
 
 
 def _parse_checkpoints(items: list[str], defaults: bool = True) -> dict[str, str]:
@@ -150,6 +150,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                        description="Run the bench suite and write OUT/report.json, OUT/report.md and PNG plots.")
     p.add_argument("--suite", choices=(*SUITES, "speed"), default="quick",
                    help="quick (minutes on a CPU) | full (all eval clips + a long session) | long (45 min session) "
+                        "| listen (80 listening clips of its own case set: listen F1 on ~50 reactions) "
                         "| speed (ms per chunk, fps and memory of DiT presets with random weights)")
     p.add_argument("--checkpoint", nargs="*", default=[], metavar="[NAME=]PATH",
                    help="trained model checkpoints to compare: base=PATH, online=PATH, or NAME=PATH for any other "
@@ -164,9 +165,12 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                         "quality for CPU time)")
     p.add_argument("--model-clips", nargs="*", metavar="N|NAME=N",
                    help="clips each trained model rates in the quick suite (default base=4, others 12; more clips "
-                        "narrow the intervals and cost CPU time), e.g. --model-clips 12 base=4")
+                        "narrow the intervals and cost CPU time; listen suite: base=4, others 80), e.g. "
+                        "--model-clips 12 base=4")
     p.add_argument("--out", required=True, help="report directory")
-    p.add_argument("--data", default=DEFAULT_DATA, help="world clip data set (train clips fit the state reader)")
+    p.add_argument("--data", default=None,
+                   help=f"world clip data set (default: the suite's own case set, built on first use: {DEFAULT_DATA}; "
+                        f"for --suite listen {LISTEN_DATA})")
     p.add_argument("--probe", default=DEFAULT_PROBE)
     p.add_argument("--face", default=DEFAULT_FACE, help="face reader whose eye, brow and mouth channels and "
                    "emotion replace the probe's (none: the probe alone)")

@@ -3,6 +3,8 @@
 ``quick``: every ``val`` clip (held-out identities, seen styles) and a few ``zeroshot`` clips; minutes on a CPU.
 ``full``: every ``val`` and ``zeroshot`` clip, plus a long session of ``--minutes``.
 ``long``: only the long session (45 minutes by default): identity and world-FID per minute, and their drift.
+``listen``: the 80 listening clips of its own case set (``lpm.eval.LISTEN_DATA``), every one with every model but
+the Base: listen F1 on ~50 reactions instead of the quick suite's 16 (about 10 minutes per model on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -34,13 +36,15 @@ from lpm.eval.systems import ClipInputs, System, SystemUnavailable, timed_stream
 from lpm.world.identity import sample_identity
 from lpm.world.motion import EMOTIONS, MOTION_INDEX, MOTION_NAMES
 
-SUITES = ("quick", "full", "long")
+SUITES = ("quick", "full", "long", "listen")
 QUICK_ZEROSHOT_CLIPS = 12
 # Trained models on a 2-core CPU take 15-60 s per 4-s clip (``base`` samples offline with 3 forwards per step):
 # in the quick suite they rate a fixed, evenly spread subset, the zero-shot share kept (name -> clips;
 # "*" = any other model system). The report states each system's clip count.
 # 12 clips (8 seen, 4 zero-shot) keep lip r's bootstrap interval near +-0.1; base costs ~4x per clip.
 QUICK_MODEL_CLIPS = {"base": 4, "*": 12}
+# The listen suite rates every clip with every model but the slow Base.
+SUITE_MODEL_CLIPS = {"quick": QUICK_MODEL_CLIPS, "listen": {"base": 4, "*": 80}}
 # ODE steps per window of ``base`` in the quick suite when --base-steps is not given (its default elsewhere: 8).
 # With these and the default systems, the quick suite fits its 5-minute budget on a 2-core CPU.
 QUICK_BASE_STEPS = 4
@@ -326,6 +330,8 @@ def select_clips(data: str | Path, suite: str) -> list[dict]:
     zs = [r for r in rows if r["split"] == "zeroshot"]
     if suite == "quick":
         zs = zs[:QUICK_ZEROSHOT_CLIPS]
+    if suite == "listen":
+        return val
     return val + zs if suite != "long" else []
 
 
