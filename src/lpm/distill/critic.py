@@ -10,8 +10,9 @@ is a small network of its own, so its cost is nothing beside a DiT forward).
 (concatenated on channels: "is this a frame *of this character*") -> patch logits ``(N, h/2, w/2)``, each seeing
 a 7x7-cell field. Spectral norm on every convolution keeps it Lipschitz, so no gradient penalty is needed.
 
-Both sides are seen through the same small noise (instance noise, ``x_t = (1 - t) x + t eps`` with ``t`` drawn
-in ``[0, noise]`` per frame), which keeps the two distributions overlapping while the critic is young.
+The DMD trainer shows it both sides through the same small noise (instance noise, ``x_t = (1 - t) x + t eps`` with
+``t`` drawn in ``[0, gan_noise]`` per frame, ``DmdDistiller._critic_inputs``), which keeps the two distributions
+overlapping while the critic is young.
 
 Losses (non-saturating): critic ``softplus(-D(real)) + softplus(D(fake))``; generator ``softplus(-D(fake))``.
 """
@@ -59,14 +60,6 @@ def frames_and_references(video: torch.Tensor, references: torch.Tensor) -> tupl
     return video.flatten(0, 1), references[:, None].expand(b, f, *references.shape[1:]).flatten(0, 1)
 
 
-def instance_noise(x: torch.Tensor, level: float, gen: torch.Generator) -> torch.Tensor:
-    """``(1 - t) x + t eps``, ``t ~ U[0, level]`` per frame (dim 0); ``level = 0`` returns ``x``."""
-    if level <= 0:
-        return x
-    t = (torch.rand(x.shape[0], generator=gen) * level).to(x).view(-1, *[1] * (x.dim() - 1))
-    return (1 - t) * x + t * torch.randn(x.shape, generator=gen).to(x)
-
-
 def critic_loss(critic: LatentCritic, real: torch.Tensor, fake: torch.Tensor, references: torch.Tensor
                 ) -> tuple[torch.Tensor, float, float]:
     """The critic's loss on ``(N, C, h, w)`` real and (detached) fake frames, and the share of patches it gets
@@ -77,6 +70,6 @@ def critic_loss(critic: LatentCritic, real: torch.Tensor, fake: torch.Tensor, re
 
 
 def generator_loss(critic: LatentCritic, fake: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
-    """The generator's non-saturating loss ``softplus(-D(fake))`` (gradient flows into ``fake`` only when the
-    caller freezes the critic's parameters or does not step them)."""
+    """The generator's non-saturating loss ``softplus(-D(fake))``. Its backward also leaves gradients in the
+    critic's parameters; the caller drops them before the critic's own step (``DmdDistiller._critic_step``)."""
     return F.softplus(-critic(fake, references)).mean()

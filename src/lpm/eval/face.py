@@ -195,9 +195,9 @@ class FaceReader(nn.Module):
     def forward(self, x: torch.Tensor, shifts: tuple[tuple[float, float], ...] = ((0.0, 0.0),)) -> FaceOutputs:
         """Locate, then read each region at its anchor moved by each of ``shifts`` (x, y in pixels of a 128
         frame): the regions' outputs averaged, the emotion as the log of the mean probabilities."""
-        anchors, visible = self.locator(x)
         if not shifts:
             raise ValueError("FaceReader: shifts must hold at least one offset")
+        anchors, visible = self.locator(x)
         regions, probs = 0.0, 0.0
         for dx, dy in shifts:
             r, e = self.read_at(x, anchors.detach() + torch.tensor([dx, dy], dtype=anchors.dtype) / 64.0)

@@ -97,8 +97,9 @@ def plot_base_losses(log_path: Path, out_path: Path) -> None:
         if critic:  # ``gan_weight > 0``: the critic's loss every iteration, the generator's GAN loss on its steps
             ax3.plot([r["step"] for r in critic], moving_average(np.array([r["critic_loss"] for r in critic]), 50),
                      color="C6", label="critic loss (mean of 50; 1.39 = cannot tell)")
-            ax3.plot([r["step"] for r in gen if "gan_generator" in r],
-                     moving_average(np.array([r["gan_generator"] for r in gen if "gan_generator" in r]), 50),
+            adversarial = [r for r in gen if "gan_generator" in r]
+            ax3.plot([r["step"] for r in adversarial],
+                     moving_average(np.array([r["gan_generator"] for r in adversarial]), 50),
                      color="C7", label="generator GAN loss (mean of 50)")
         ax3.set_xlabel("step")
         ax3.set_yscale("log")
