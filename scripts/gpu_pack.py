@@ -127,6 +127,21 @@ def decode_mp4(data: bytes) -> np.ndarray:
             return np.stack(frames)
 
 
+def halve(args: argparse.Namespace) -> None:
+    """fp16 copies of safetensors checkpoints (metadata kept): half the bytes to carry; the loaders cast weights
+    to the model's own dtype (``load_state_dict`` copies), so the copies load where the originals do."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.checkpoints:
+        with safe_open(name, framework="pt") as f:
+            meta = f.metadata()
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        target = out / Path(name).name
+        save_file(tensors, str(target), metadata=meta)
+        print(f"{name} -> {target} ({target.stat().st_size / 1e6:.1f} MB)")
+
+
 @torch.no_grad()
 def unpack(args: argparse.Namespace) -> None:
     from lpm.models.latent_codec import load_codec
@@ -184,9 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     for q in (a, b):
         q.add_argument("--vae", required=True)
         q.add_argument("--preset", default="tiny", help="the DiT preset whose mel features the cache holds")
+    c = sub.add_parser("halve", help="fp16 copies of checkpoints, to carry")
+    c.add_argument("checkpoints", nargs="+")
+    c.add_argument("--out", required=True)
     args = p.parse_args(argv)
     try:
-        pack(args) if args.cmd == "pack" else unpack(args)
+        {"pack": pack, "unpack": unpack, "halve": halve}[args.cmd](args)
     except LpmError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
