@@ -3,9 +3,11 @@
 #
 # Here, first (the working tree travels only up to 64 MiB, and the checkpoints alone are 95 MB of it):
 #   bash scripts/gpu_dmd.sh carry      # .gpu/carry.tar.xz: latent-cache pack + teacher + student + VAE, ~55 MB
-# then run the device call from a tree holding only src/, scripts/ and the build files (docs/learning.md,
-# "Arm 35", says how), carrying .gpu:
-#   bash scripts/gpu_dmd.sh            # on the GPU machine
+#   bash scripts/gpu_dmd.sh slim       # untrack (index only) and ignore all but src/, scripts/ and the build files
+# then the device call, carrying .gpu, and afterwards:
+#   bash scripts/gpu_dmd.sh unslim     # the index and .git/info/exclude as they were; no file was touched
+# On the GPU machine:
+#   bash scripts/gpu_dmd.sh
 # There:
 #   1. unpack the carry and rebuild the latent cache on the GPU (scripts/gpu_pack.py unpack);
 #   2. probe: PROBE_STEPS iterations time one iteration, and fail fast (a broken call costs a minute, not ten);
@@ -27,6 +29,22 @@ if [ "${1:-}" = carry ]; then
   tar -C .gpu/stage -cf - pack ckpt | xz -T2 -6 > "$CARRY.tmp" && mv "$CARRY.tmp" "$CARRY"
   rm -rf .gpu/stage
   ls -l "$CARRY"
+  exit 0
+fi
+
+SLIM="checkpoints docs tests README.md .ci"  # what a device call need not carry
+if [ "${1:-}" = slim ]; then
+  set -e
+  [ -z "$(git diff --cached --name-only)" ] || { echo "staged changes: commit them first" >&2; exit 1; }
+  cp .git/info/exclude .gpu/exclude.bak 2>/dev/null || : > .gpu/exclude.bak
+  git rm -r -q --cached $SLIM
+  for p in $SLIM; do echo "/$p" >> .git/info/exclude; done
+  (git ls-files -z; git ls-files -z --others --exclude-standard) | du -cb --files0-from=- | tail -n 1
+  du -sb .gpu
+  exit 0
+fi
+if [ "${1:-}" = unslim ]; then
+  git reset -q && cp .gpu/exclude.bak .git/info/exclude && git status --short | head
   exit 0
 fi
 
