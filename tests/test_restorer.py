@@ -1,0 +1,117 @@
+"""The restorer: it starts as the identity, reads its reference, checks its inputs, saves and loads, and its
+trainer prepares pairs, trains, reports and resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from base_fixtures import make_dataset, make_vae
+from lpm.errors import LpmError
+from lpm.models.restorer import Restorer, RestorerConfig, load_restorer
+from lpm.training.restorer_trainer import RestorerTrainConfig, load_restorer_config, soften, train_restorer
+
+SMALL = RestorerConfig(channels=(8, 16), blocks=1, norm_groups=4, resolution=32)
+
+
+def test_starts_as_identity_and_checks_inputs():
+    torch.manual_seed(0)
+    model = Restorer(SMALL)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    ref = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert torch.equal(model(x, ref), x)
+    assert torch.equal(model(x, ref.expand(3, -1, -1, -1)), x)
+    with pytest.raises(LpmError, match="multiple of 4"):
+        model(torch.zeros(1, 3, 30, 32), torch.zeros(1, 3, 30, 32))
+    with pytest.raises(LpmError, match="reference must be"):
+        model(x, torch.zeros(2, 3, 32, 32))
+    with pytest.raises(LpmError, match=r"\(N, 3, H, W\)"):
+        model(torch.zeros(3, 32, 32), ref)
+    with pytest.raises(LpmError, match="divisible"):
+        RestorerConfig(channels=(6, 12), norm_groups=4)
+
+
+def _task(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Targets are sharp random patterns; the frame is the target blurred, the reference the target itself
+    (the detail the frame lost is in the reference, nowhere else)."""
+    sharp = (torch.rand(n, 3, 8, 8, generator=g) > 0.5).float() * 2 - 1
+    sharp = sharp.repeat_interleave(4, 2).repeat_interleave(4, 3)  # (n, 3, 32, 32) blocks of 4 px
+    blurred = torch.nn.functional.avg_pool2d(sharp, 5, 1, 2, count_include_pad=False)
+    return blurred, sharp, sharp
+
+
+def test_learns_to_take_detail_from_the_reference():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = Restorer(SMALL)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        frame, ref, target = _task(16, g)
+        loss = (model(frame, ref) - target).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    frame, ref, target = _task(32, g)
+    with torch.no_grad():
+        before = (frame - target).abs().mean()
+        right = (model(frame, ref) - target).abs().mean()
+        wrong = (model(frame, ref.roll(1, 0)) - target).abs().mean()  # another sample's reference
+    assert right < 0.5 * before
+    assert right < 0.5 * wrong  # the gain comes from reading the reference
+
+
+def test_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = Restorer(SMALL)
+    with torch.no_grad():
+        model.head[-1].weight.normal_(0, 0.1)
+    path = model.save(tmp_path / "r.safetensors", extra={"note": 1})
+    loaded = load_restorer(path)
+    x, ref = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    assert loaded.cfg == SMALL
+    assert torch.allclose(loaded(x, ref), model(x, ref))
+    with pytest.raises(LpmError, match="no such file"):
+        load_restorer(tmp_path / "missing.safetensors")
+    vae = make_vae(tmp_path / "vae.safetensors")
+    with pytest.raises(Exception, match="restorer"):
+        load_restorer(vae)
+
+
+def test_soften():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 3, 8, 8, generator=g)
+    none = soften(z, torch.tensor([1e-4, 1e-4]), torch.zeros_like(z))
+    assert torch.allclose(none, z, atol=1e-5)
+    flat = torch.full((1, 2, 8, 8), 0.7)
+    assert torch.allclose(soften(flat, torch.tensor([1.0]), torch.zeros_like(flat)), flat, atol=1e-6)
+    wide = soften(z, torch.tensor([0.5, 1.5]), torch.zeros_like(z))
+    assert wide[1].std() < wide[0].std() < z.std()  # wider blur, less variation
+
+
+def test_train_restorer_reports_and_resumes(tmp_path):
+    data = make_dataset(tmp_path / "data")
+    vae = make_vae(tmp_path / "vae.safetensors")
+    cfg = load_restorer_config(None, ["steps=12", "batch=4", "runs_per_clip=2", "run_frames=3",
+                                      "model.channels=[8,16]", "model.blocks=1", "model.norm_groups=4"])
+    out = tmp_path / "run"
+    results = train_restorer(data, str(vae), out, cfg, progress=False)
+    assert set(results) == {"val"}  # the fixture has no zero-shot clips
+    r = results["val"]
+    assert r["frames"] == 6
+    for key in ("clean_psnr", "clean_restored_psnr", "soft_psnr", "soft_restored_psnr"):
+        assert 0 < r[key] < 100
+    assert (out / "samples.png").is_file() and (out / "eval.md").is_file()
+    report = json.loads((out / "eval.json").read_text())
+    assert report["step"] == 12 and report["config"]["steps"] == 12
+    model = load_restorer(out / "restorer.safetensors")
+    assert model.cfg.resolution == 64  # taken from the data
+    # a rerun with more steps resumes from the saved state
+    more = RestorerTrainConfig(**{**cfg.__dict__, "steps": 16})
+    train_restorer(data, str(vae), out, more, progress=False)
+    assert json.loads((out / "eval.json").read_text())["step"] == 16
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == [12, 16]  # the last step of each call (fewer than 25 steps apart)
+    with pytest.raises(LpmError, match="not a clip data set"):
+        train_restorer(tmp_path, str(vae), out, cfg, progress=False)
