@@ -115,3 +115,47 @@ def test_train_restorer_reports_and_resumes(tmp_path):
     assert steps == [12, 16]  # the last step of each call (fewer than 25 steps apart)
     with pytest.raises(LpmError, match="not a clip data set"):
         train_restorer(tmp_path, str(vae), out, cfg, progress=False)
+
+
+def test_export_names_the_restorer_and_the_engine_applies_it(tmp_path, one_thread):
+    import numpy as np
+
+    from lpm.models.export import export_dit
+    from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
+    from lpm.runtime.engines import Character, EngineError
+    from lpm.training.checkpoint import read_metadata
+    from test_generate import online_checkpoint
+
+    src = online_checkpoint(tmp_path / "online.safetensors")
+    torch.manual_seed(0)
+    restorer = Restorer(RestorerConfig(resolution=128))
+    with torch.no_grad():
+        restorer.head[-1].weight.normal_(0, 0.05)
+    r_path = restorer.save(tmp_path / "models" / "restorer.safetensors")
+    out = export_dit(src, tmp_path / "models" / "online.safetensors", restorer=r_path).path
+    assert read_metadata(out)["extra"]["online"]["restorer"] == "restorer.safetensors"  # beside the checkpoint
+    image = np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    character = Character(images={"global": image})
+    latents = torch.randn(1, 2, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+
+    def frames(**cfg) -> np.ndarray:
+        engine = DiTEngine.load(character, DiTEngineConfig(**cfg))
+        return np.stack(list(engine.frame_stream()((latents, None), {}))).astype(int), engine
+
+    plain, engine = frames(checkpoint=str(src))
+    restored, _ = frames(checkpoint=str(out))
+    off, _ = frames(checkpoint=str(out), restorer="")
+    assert np.array_equal(plain, off)
+    with torch.no_grad():
+        decoded = engine.codec.decode(latents)[0]
+        want = restorer(decoded, engine.global_pixels)
+    want = ((want + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(int)
+    assert np.abs(restored - want).max() <= 1 and np.abs(restored - plain).max() > 2
+    cleared = export_dit(out, tmp_path / "cleared.safetensors", restorer="").path
+    assert "restorer" not in read_metadata(cleared)["extra"]["online"]
+    small = Restorer(RestorerConfig(resolution=64)).save(tmp_path / "small.safetensors")
+    with pytest.raises(EngineError, match="trained on 64px frames"):
+        DiTEngine.load(character, DiTEngineConfig(checkpoint=str(src), restorer=str(small)))
+    with pytest.raises(LpmError, match="not an Online checkpoint"):
+        export_dit(online_checkpoint(tmp_path / "base.safetensors", online=None), tmp_path / "x.safetensors",
+                   restorer=r_path)

@@ -11,6 +11,7 @@ from.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,10 +93,26 @@ def with_track_gain(online: dict | None, spec: dict[str, float], channels: tuple
     return {**online, "track_gain": gains} if gains else online
 
 
+def with_restorer(online: dict | None, restorer: str | Path, out: Path, source: Path) -> dict:
+    """An Online checkpoint's ``extra.online`` naming ``restorer`` (checked to load) relative to ``out``'s folder;
+    ``""``: the entry removed."""
+    if not online or "timesteps" not in online:
+        raise LpmError(f"{source} is not an Online checkpoint (no extra.online.timesteps): the restorer is a "
+                       f"setting of the streamed model")
+    online = {k: v for k, v in online.items() if k != "restorer"}
+    if not str(restorer):
+        return online
+    from lpm.models.restorer import load_restorer
+
+    load_restorer(restorer)  # a clear error now rather than at the first session
+    return {**online, "restorer": os.path.relpath(Path(restorer).resolve(), out.resolve().parent)}
+
+
 def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = "bf16",
                speech: str | Path | None = None, idle_motion: str | Path | None = None,
                idle_scale: float = 1.0, cache: tuple[int, int] | None = None,
-               online_steps: int | None = None, track_gain: dict[str, float] | None = None) -> Export:
+               online_steps: int | None = None, track_gain: dict[str, float] | None = None,
+               restorer: str | Path | None = None) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -114,6 +131,9 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         track_gain: motion channel (or shell pattern, ``emo_*``) -> gain on the track the streamed model predicts
             from its audio, stored in ``extra["online"]["track_gain"]`` (``{}``: none); docs/learning.md
             "Track gain".
+        restorer: a ``lpm train restorer`` checkpoint the streamed model's decoded frames go through, recorded in
+            ``extra["online"]["restorer"]`` as a path relative to ``out``'s folder (keep the two files together;
+            ``""`` removes it).
     """
     if dtype not in EXPORT_DTYPES:
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
@@ -164,6 +184,9 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
     if track_gain is not None:
         extra["online"] = with_track_gain(extra.get("online"), track_gain, cfg.motion_channels, source)
         extra["export"]["track_gain"] = extra["online"].get("track_gain", {})
+    if restorer is not None:
+        extra["online"] = with_restorer(extra.get("online"), restorer, Path(out), source)
+        extra["export"]["restorer"] = extra["online"].get("restorer")
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)

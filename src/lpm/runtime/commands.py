@@ -11,7 +11,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech,
                       idle_motion=args.idle_motion, idle_scale=args.idle_scale, cache=args.cache,
-                      online_steps=args.online_steps, track_gain=args.track_gain)
+                      online_steps=args.online_steps, track_gain=args.track_gain,
+                      restorer=args.restorer)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
     if done.idle is not None:
@@ -86,6 +87,9 @@ def register(sub, groups) -> None:
                    help="gains on the motion track an Online checkpoint predicts from its audio, e.g. 'emo_*=4' "
                         "(shell patterns over its motion channels; '' removes them): the DiT under-draws what its "
                         "track carries (docs/learning.md, 'Track gain')")
+    p.add_argument("--restorer", default=None, metavar="PATH",
+                   help="a `lpm train restorer` checkpoint the Online model's decoded frames go through beside the "
+                        "global reference (recorded relative to --out's folder; '' removes it)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="offline generation: reference image(s) and voices -> mp4")

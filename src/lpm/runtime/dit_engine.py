@@ -11,7 +11,8 @@ Per session: the reference images are encoded once by the codec and their keys/v
    Euler steps on the training shift's grid; settings given explicitly win either way.
 2. ``refine`` (optional): the clean chunk re-noised to ``refiner_time`` and taken back to 0 in one step,
    uncached (the chunk plus the references), so it never touches the generator's cache.
-3. ``decode``: the codec's ``decode_chunk`` (state threaded between chunks) to uint8 frames.
+3. ``decode``: the codec's ``decode_chunk`` (state threaded between chunks) to uint8 frames, each through the
+   ``Restorer`` beside the global reference image when the checkpoint (or the config) names one.
 
 Cache, features and text tokens are fixed-size, so memory and time per chunk are flat in session length. When
 the session skips a chunk (behind the clock), its audio still enters the features; the model's chunk counter
@@ -45,6 +46,7 @@ from lpm.models.dit import DiT, load_dit
 from lpm.models.kv_cache import KVCache
 from lpm.models.latent_codec import LatentCodec, load_codec
 from lpm.models.motion_track import TrackGainError, track_gains
+from lpm.models.restorer import Restorer, load_restorer
 from lpm.parallel.sequence_dit import SequenceParallelDiT
 from lpm.runtime.engines import Character, ChunkInput, Engine, EngineError, Stage
 from lpm.training.checkpoint import read_metadata
@@ -98,6 +100,9 @@ class DiTEngineConfig:
     # Motion-track channel -> gain on the track predicted from the audio; None: the checkpoint's
     # (``OnlineSampling.track_gain``), {} : none.
     track_gain: dict[str, float] | None = None
+    # A restorer (lpm.models.restorer) run on each decoded frame beside the global reference image; None: the
+    # checkpoint's (``OnlineSampling.restorer``, a file beside it), "": none.
+    restorer: str | None = None
 
 
 def quantize_linears(model: DiT) -> DiT:
@@ -138,12 +143,15 @@ class OnlineSampling:
         refiner_time: flow time of its one-step refiner, or None when it was not trained with one.
         track_gain: motion-track channel -> gain on the track the DiT predicts from the audio (``lpm export
             --track-gain``: the DiT under-draws what its track carries, docs/learning.md "Track gain"); empty: none.
+        restorer: a ``lpm.models.restorer`` checkpoint applied to the decoded frames (``lpm export --restorer``),
+            its path relative to the checkpoint's folder; None: none.
     """
 
     timesteps: tuple[float, ...]
     sampler: str
     refiner_time: float | None = None
     track_gain: tuple[tuple[str, float], ...] = ()
+    restorer: str | None = None
 
     @classmethod
     def from_extra(cls, online: dict, source: str) -> OnlineSampling:
@@ -154,6 +162,9 @@ class OnlineSampling:
             refiner_time = online.get("refiner_time")
             refiner_time = None if refiner_time is None else float(refiner_time)
             track_gain = tuple(track_gains(online.get("track_gain") or {}).items())
+            restorer = online.get("restorer")
+            if restorer is not None and not isinstance(restorer, str):
+                raise TypeError(f"restorer must be a file name, got {restorer!r}")
         except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise EngineError(f"{source}: malformed extra['online'] {online!r}: {e!r}") from None
         steps = list(zip(timesteps, timesteps[1:]))
@@ -162,7 +173,7 @@ class OnlineSampling:
             raise EngineError(f"{source}: online timesteps must decrease from 1.0 to 0.0, got {list(timesteps)}")
         if sampler not in SAMPLERS:
             raise EngineError(f"{source}: unknown online sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
-        return cls(timesteps, sampler, refiner_time, track_gain)
+        return cls(timesteps, sampler, refiner_time, track_gain, restorer)
 
 
 def online_sampling_of(checkpoint: str | Path) -> OnlineSampling | None:
@@ -283,6 +294,7 @@ class DiTEngine(Engine):
         self.attention_dtype = ATTENTION_PRECISIONS[attention]
         if cfg.precision == "int8" and not is_quantized(model):
             self.model = model = quantize_linears(model)
+        self.restorer = self._load_restorer(cfg, online)
         self.references = self._encode_references(character)
         # A sequence-parallel model caches only its rank's heads (lpm.parallel): it makes its own cache.
         self.cache = model.empty_cache(1, self.device) if isinstance(model, SequenceParallelDiT) else \
@@ -306,6 +318,18 @@ class DiTEngine(Engine):
         return cls(model, codec, character, cfg, flow_config_of(cfg.checkpoint))
 
     # ---- set-up ----
+    def _load_restorer(self, cfg: DiTEngineConfig, online: OnlineSampling | None) -> Restorer | None:
+        path: str | Path | None = cfg.restorer
+        if path is None and online is not None and online.restorer:
+            path = Path(cfg.checkpoint).parent / online.restorer
+        if not path:
+            return None
+        restorer = load_restorer(path, device=self.cfg.device)
+        if restorer.cfg.resolution != self.resolution:
+            raise EngineError(f"restorer {path} was trained on {restorer.cfg.resolution}px frames; this model draws "
+                              f"{self.resolution}px (pass restorer='' to run without one)")
+        return restorer
+
     @torch.no_grad()
     def _encode_references(self, character: Character) -> References:
         images = dict(character.images)
@@ -320,6 +344,7 @@ class DiTEngine(Engine):
         if unknown:
             raise EngineError(f"unknown reference kinds {unknown}; known: {', '.join(self.model.cfg.reference_kinds)}")
         pixels = torch.stack([image_to_tensor(square_image(images[k], self.resolution)) for k in kinds])
+        self.global_pixels = pixels[kinds.index("global")][None].to(self.device)  # (1, 3, H, W): the restorer's
         latents = self.codec.encode_images(pixels.to(self.device))  # (R, C, h, w)
         return References([latents[i:i + 1] for i in range(len(kinds))], kinds)
 
@@ -432,6 +457,8 @@ class DiTEngine(Engine):
         for i in range(latents.shape[1]):
             with torch.no_grad():
                 video, self.decode_state = self.codec.decode_chunk(latents[:, i:i + 1], self.decode_state)
+                if self.restorer is not None:
+                    video = self.restorer(video[0].float(), self.global_pixels)[None]
             for frame in video[0]:  # t_down video frames
                 yield tensor_to_image(frame)
 
