@@ -31,6 +31,8 @@ def test_starts_as_identity_and_checks_inputs():
         model(torch.zeros(3, 32, 32), ref)
     with pytest.raises(LpmError, match="divisible"):
         RestorerConfig(channels=(6, 12), norm_groups=4)
+    with pytest.raises(LpmError, match="attention_window must be 0 or odd"):
+        RestorerConfig(attention_window=4)
 
 
 def _task(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,18 +44,28 @@ def _task(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch
     return blurred, sharp, sharp
 
 
-def test_learns_to_take_detail_from_the_reference():
+@pytest.mark.parametrize("attention_window", [0, 5])
+def test_learns_to_take_detail_from_the_reference(attention_window):
+    """With the window attention the reference is also shifted by 3 px (the head moved): it must look it up."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    model = Restorer(SMALL)
+    model = Restorer(RestorerConfig(**{**SMALL.__dict__, "attention_window": attention_window}))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(model(x, x[:1]), x)  # the identity at the start, attention or not
+    shift = 3 if attention_window else 0
+
+    def task(n: int):
+        frame, ref, target = _task(n, g)
+        return frame, ref.roll((shift, -shift), (2, 3)), target
+
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(150):
-        frame, ref, target = _task(16, g)
+        frame, ref, target = task(16)
         loss = (model(frame, ref) - target).abs().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    frame, ref, target = _task(32, g)
+    frame, ref, target = task(32)
     with torch.no_grad():
         before = (frame - target).abs().mean()
         right = (model(frame, ref) - target).abs().mean()

@@ -40,6 +40,9 @@ class RestorerConfig:
     blocks: int = 2  # residual blocks at the coarsest level (one at each finer level, each way)
     norm_groups: int = 8
     resolution: int = 128  # the frame size it was trained at (square)
+    # > 0: at 1/4 resolution each frame position also attends to the reference's features in a window of this many
+    # positions a side around it (``WindowAttention``): a lookup of the reference's detail where the head moved.
+    attention_window: int = 0
 
     def __post_init__(self) -> None:
         if not self.channels or any(c % self.norm_groups for c in self.channels):
@@ -47,6 +50,35 @@ class RestorerConfig:
                            f"{self.norm_groups}")
         if self.blocks < 1:
             raise LpmError(f"restorer blocks must be >= 1, got {self.blocks}")
+        if self.attention_window < 0 or (self.attention_window and (self.attention_window % 2 == 0
+                                                                    or len(self.channels) < 2)):
+            raise LpmError(f"restorer attention_window must be 0 or odd, with at least 2 levels; got "
+                           f"{self.attention_window} with {len(self.channels)} levels")
+
+
+class WindowAttention(nn.Module):
+    """Each position of ``x (N, D, h, w)`` attends to ``ref (N or 1, D, h, w)`` in a ``k x k`` window around the
+    same position (zero padded, padding masked out); returns ``x`` plus the projected result."""
+
+    def __init__(self, dim: int, window: int, groups: int):
+        super().__init__()
+        self.window, self.scale = window, dim ** -0.5
+        self.norm_x, self.norm_ref = nn.GroupNorm(groups, dim), nn.GroupNorm(groups, dim)
+        self.q, self.k, self.v = nn.Conv2d(dim, dim, 1), nn.Conv2d(dim, dim, 1), nn.Conv2d(dim, dim, 1)
+        self.out = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        n, d, h, w = x.shape
+        k2, pad = self.window ** 2, self.window // 2
+        r = self.norm_ref(ref)
+        q = self.q(self.norm_x(x)).reshape(n, d, 1, h * w)
+        keys = F.unfold(self.k(r), self.window, padding=pad).reshape(r.shape[0], d, k2, h * w)
+        values = F.unfold(self.v(r), self.window, padding=pad).reshape(r.shape[0], d, k2, h * w)
+        inside = F.unfold(torch.ones(1, 1, h, w, device=x.device, dtype=x.dtype), self.window, padding=pad) > 0
+        logits = (q * keys).sum(1) * self.scale  # (N, k2, hw)
+        weights = logits.masked_fill(~inside, float("-inf")).softmax(1)
+        out = (weights[:, None] * values).sum(2).reshape(n, d, h, w)
+        return x + self.out(out)
 
 
 class Restorer(nn.Module):
@@ -63,6 +95,11 @@ class Restorer(nn.Module):
         self.ups = nn.ModuleList(Up(ch[i + 1], ch[i]) for i in reversed(range(len(ch) - 1)))
         self.up_blocks = nn.ModuleList(ResBlock(ch[i], ch[i], g) for i in reversed(range(len(ch) - 1)))
         self.head = nn.Sequential(nn.GroupNorm(g, ch[0]), nn.SiLU(), nn.Conv2d(ch[0], 3 * 4, 3, padding=1))
+        self.attention = None
+        if cfg.attention_window:  # the reference's own features at 1/4 resolution, looked up by the frame's
+            self.reference_encoder = nn.Sequential(nn.Conv2d(3 * 4, ch[0], 3, padding=1), ResBlock(ch[0], ch[0], g),
+                                                   Down(ch[0], ch[1]), ResBlock(ch[1], ch[1], g))
+            self.attention = WindowAttention(ch[1], cfg.attention_window, g)
         nn.init.zeros_(self.head[-1].weight)  # starts as the identity
         nn.init.zeros_(self.head[-1].bias)
 
@@ -85,10 +122,13 @@ class Restorer(nn.Module):
         x = torch.cat([frame, reference.to(frame).expand(n, -1, -1, -1)], 1)
         h_ = self.stem(F.pixel_unshuffle(x, 2))
         skips = []
-        for block, down in zip(self.down_blocks, self.downs):
+        for i, (block, down) in enumerate(zip(self.down_blocks, self.downs)):
             h_ = block(h_)
             skips.append(h_)
             h_ = down(h_)
+            if i == 0 and self.attention is not None:
+                ref = self.reference_encoder(F.pixel_unshuffle(reference.to(frame), 2))  # (1 or N, c1, H/4, W/4)
+                h_ = self.attention(h_, ref)
         h_ = self.middle(h_)
         for up, block in zip(self.ups, self.up_blocks):
             h_ = block(up(h_) + skips.pop())
