@@ -125,6 +125,18 @@ def test_train_restorer_reports_and_resumes(tmp_path):
     assert json.loads((out / "eval.json").read_text())["step"] == 16
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [12, 16]  # the last step of each call (fewer than 25 steps apart)
+    # a restorer with the window attention starts from this one: the same output before any step
+    grown = tmp_path / "grown"
+    grow = RestorerTrainConfig(**{**cfg.__dict__, "steps": 0, "init": str(out / "restorer.safetensors"),
+                                  "model": RestorerConfig(**{**cfg.model.__dict__, "attention_window": 3})})
+    train_restorer(data, str(vae), grown, grow, progress=False)
+    x, ref = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
+    before = load_restorer(out / "restorer.safetensors")
+    assert torch.allclose(load_restorer(grown / "restorer.safetensors")(x, ref), before(x, ref), atol=1e-6)
+    with pytest.raises(LpmError, match="do not fit"):
+        wide = RestorerConfig(**{**cfg.model.__dict__, "channels": (8, 24)})
+        train_restorer(data, str(vae), tmp_path / "wide", RestorerTrainConfig(**{**grow.__dict__, "model": wide}),
+                       progress=False)
     with pytest.raises(LpmError, match="not a clip data set"):
         train_restorer(tmp_path, str(vae), out, cfg, progress=False)
 

@@ -31,7 +31,7 @@ from lpm.data.video import read_mp4
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_path
 from lpm.models.latent_codec import load_codec
-from lpm.models.restorer import Restorer, RestorerConfig
+from lpm.models.restorer import Restorer, RestorerConfig, load_restorer
 from lpm.training.face_weights import face_coverage
 from lpm.training.vae_trainer import psnr_masked_uint8, psnr_uint8
 
@@ -57,6 +57,9 @@ class RestorerTrainConfig:
     threads: int = 0
     checkpoint_minutes: float = 4.0
     max_minutes: float = 0.0
+    # A restorer checkpoint to start from (same widths); modules it lacks (e.g. the window attention) start as new
+    # ones, which add nothing at first. Used only when the run has no train state yet.
+    init: str = ""
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.lr <= 0:
@@ -237,6 +240,14 @@ def train_restorer(data_dir: str | Path, vae: str, out: str | Path, cfg: Restore
     model = Restorer(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     step, state_path = 0, out / "train_state.pt"
+    if cfg.init and not state_path.is_file():
+        start = load_restorer(cfg.init).state_dict()
+        own = model.state_dict()
+        wrong = sorted(k for k in start if k not in own or own[k].shape != start[k].shape)
+        if wrong:
+            raise LpmError(f"init {cfg.init}: weights {wrong[:4]} do not fit this restorer ({cfg.model})")
+        model.load_state_dict(start, strict=False)
+        print(f"started from {cfg.init}; new: {sorted(set(own) - set(start)) or 'nothing'}", flush=True)
     if state_path.is_file():
         state = torch.load(state_path, weights_only=True)  # this run's own state
         model.load_state_dict(state["model"])
