@@ -125,6 +125,12 @@ def test_train_restorer_reports_and_resumes(tmp_path):
     assert json.loads((out / "eval.json").read_text())["step"] == 16
     steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert steps == [12, 16]  # the last step of each call (fewer than 25 steps apart)
+    # the cached pairs are keyed by what made them: other softening, other pairs; more steps, the same ones
+    from lpm.training.restorer_trainer import pairs_key
+    key = pairs_key(data, str(vae), cfg)
+    assert sorted(f.name for f in out.glob("pairs_*.npz")) == [f"pairs_train_{key}.npz", f"pairs_val_{key}.npz"]
+    assert pairs_key(data, str(vae), RestorerTrainConfig(**{**cfg.__dict__, "soften_noise": 0.05})) != key
+    assert pairs_key(data, str(vae), RestorerTrainConfig(**{**cfg.__dict__, "steps": 99})) == key
     # a restorer with the window attention starts from this one: the same output before any step
     grown = tmp_path / "grown"
     grow = RestorerTrainConfig(**{**cfg.__dict__, "steps": 0, "init": str(out / "restorer.safetensors"),

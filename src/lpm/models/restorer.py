@@ -12,7 +12,7 @@ returns the frame plus a residual:
 sub-pixel head) whose last convolution starts at zero: an untrained restorer returns its input unchanged. It is
 trained on the world (``lpm train restorer``) to map VAE decodes of true frames, clean and with softened latents,
 back to the true frames, the mouth and eyes weighted up. It works after any DiT on the same VAE, so no DiT stage is
-retrained; per frame it costs about a tenth of the tiny VAE's decode.
+retrained; per frame it costs about a sixth of the tiny VAE's decode (4 ms against 22 ms on this CPU).
 """
 
 from __future__ import annotations

@@ -324,7 +324,7 @@ class DiTEngine(Engine):
             path = Path(cfg.checkpoint).parent / online.restorer
         if not path:
             return None
-        restorer = load_restorer(path, device=self.cfg.device)
+        restorer = load_restorer(path, device=cfg.device)
         if restorer.cfg.resolution != self.resolution:
             raise EngineError(f"restorer {path} was trained on {restorer.cfg.resolution}px frames; this model draws "
                               f"{self.resolution}px (pass restorer='' to run without one)")

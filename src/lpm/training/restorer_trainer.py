@@ -9,12 +9,14 @@ regions) weighted by ``1 + face_weight``.
 
 Reported on held-out identities (val) and the zero-shot style, as PSNR over the frame and over the mouth and eyes:
 the round trip as it is and restored, clean and softened (``RUN/eval.json``, ``RUN/eval.md``, a sample sheet
-``RUN/samples.png``). The prepared pairs are cached in the run folder; a rerun resumes from ``RUN/train_state.pt``.
+``RUN/samples.png``). The prepared pairs are cached in the run folder (keyed by ``pairs_key``); a rerun resumes
+from ``RUN/train_state.pt``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -29,11 +31,12 @@ from lpm.config import load_config, to_dict
 from lpm.data.clip import read_clip, read_manifest, tensor_to_image
 from lpm.data.video import read_mp4
 from lpm.errors import LpmError
-from lpm.fsutil import atomic_path
+from lpm.fsutil import atomic_path, file_digest
 from lpm.models.latent_codec import load_codec
 from lpm.models.restorer import Restorer, RestorerConfig, load_restorer
+from lpm.training.base_samples import to_uint8
 from lpm.training.face_weights import face_coverage
-from lpm.training.vae_trainer import psnr_masked_uint8, psnr_uint8
+from lpm.training.vae_trainer import psnr_masked_uint8, psnr_uint8, to_pixels
 
 SPLITS = ("train", "val", "zeroshot")
 
@@ -108,14 +111,6 @@ def soften(latents: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> t
     return out.reshape(latents.shape) + noise
 
 
-def _pixels(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def _uint8(frames: torch.Tensor) -> np.ndarray:
-    return frames.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
-
-
 @torch.no_grad()
 def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, max_clips: int = 0) -> Pairs | None:
     """Read runs of frames of ``split``'s clips, their face masks and global references, and decode each frame's
@@ -138,7 +133,7 @@ def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, m
         starts = torch.randint(0, f - n + 1, (cfg.runs_per_clip,), generator=g).tolist()
         idx = np.array([s + i for s in starts for i in range(n)])
         truth = video[idx]
-        latents = codec.encode(_pixels(truth)[:, None])[:, 0]  # (N, C, h, w), one latent frame each
+        latents = codec.encode(to_pixels(truth)[:, None])[:, 0]  # (N, C, h, w), one latent frame each
         sigma = cfg.soften_sigma[0] + (cfg.soften_sigma[1] - cfg.soften_sigma[0]) * torch.rand(len(idx), generator=g)
         noise = cfg.soften_noise * torch.rand(len(idx), 1, 1, 1, generator=g) * torch.randn(latents.shape, generator=g)
         clean = codec.decode(latents[:, None])[:, 0]
@@ -149,14 +144,23 @@ def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, m
         if ref.shape[:2] != (h, w):
             raise LpmError(f"{clip_dir}: global reference is {ref.shape[1]}x{ref.shape[0]}, frames {w}x{h}")
         out["truth"].append(truth)
-        out["clean"].append(_uint8(clean))
-        out["soft"].append(_uint8(soft))
+        out["clean"].append(to_uint8(clean))
+        out["soft"].append(to_uint8(soft))
         out["masks"].append(cov[0].numpy() > 0 if cov is not None else np.zeros((len(idx), h, w), bool))
         out["clip"].append(np.full(len(idx), k))
         out["refs"].append(ref)
     return Pairs(truth=np.concatenate(out["truth"]), clean=np.concatenate(out["clean"]),
                  soft=np.concatenate(out["soft"]), masks=np.concatenate(out["masks"]),
                  clip=np.concatenate(out["clip"]), refs=np.stack(out["refs"]))
+
+
+def pairs_key(data_dir: Path, vae: str, cfg: RestorerTrainConfig) -> str:
+    """Hash of what the prepared pairs depend on (data manifest, VAE file, the pairing and softening settings): a
+    rerun with other settings prepares its own pairs instead of reading stale ones."""
+    vae_id = file_digest(Path(vae)) if Path(vae).is_file() else str(vae)
+    fields = ("soften_sigma", "soften_noise", "runs_per_clip", "run_frames", "eval_clips", "seed")
+    text = json.dumps([(data_dir / "manifest.jsonl").read_text(), vae_id, [getattr(cfg, f) for f in fields]])
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def restore_all(model: Restorer, frames: np.ndarray, refs: np.ndarray, clip: np.ndarray,
@@ -166,7 +170,7 @@ def restore_all(model: Restorer, frames: np.ndarray, refs: np.ndarray, clip: np.
     with torch.no_grad():
         for s in range(0, len(frames), batch):
             sl = slice(s, s + batch)
-            out.append(_uint8(model(_pixels(frames[sl]), _pixels(refs[clip[sl]]))))
+            out.append(to_uint8(model(to_pixels(frames[sl]), to_pixels(refs[clip[sl]]))))
     return np.concatenate(out) if out else frames[:0]
 
 
@@ -223,8 +227,9 @@ def train_restorer(data_dir: str | Path, vae: str, out: str | Path, cfg: Restore
     out.mkdir(parents=True, exist_ok=True)
     codec = load_codec(vae)
     pairs: dict[str, Pairs] = {}
+    key = pairs_key(data_dir, vae, cfg)
     for split in SPLITS:
-        path = out / f"pairs_{split}.npz"
+        path = out / f"pairs_{split}_{key}.npz"
         if not path.is_file():
             made = prepare_pairs(data_dir, split, codec, cfg, max_clips=0 if split == "train" else cfg.eval_clips)
             if made is None:
@@ -258,9 +263,9 @@ def train_restorer(data_dir: str | Path, vae: str, out: str | Path, cfg: Restore
         with atomic_path(state_path, suffix=".pt") as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
 
-    truth, clean, soft = _pixels(train.truth), train.clean, train.soft
+    truth, clean, soft = to_pixels(train.truth), train.clean, train.soft
     masks = torch.from_numpy(train.masks)
-    refs = _pixels(train.refs)
+    refs = to_pixels(train.refs)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     for _ in range(step):  # the same draws after a resume as without one
         torch.randint(0, len(truth), (cfg.batch,), generator=g)
@@ -275,7 +280,7 @@ def train_restorer(data_dir: str | Path, vae: str, out: str | Path, cfg: Restore
             idx = torch.randint(0, len(truth), (cfg.batch,), generator=g)
             use_soft = (torch.rand(cfg.batch, generator=g) < cfg.soften_share).numpy()
             inputs = np.where(use_soft[:, None, None, None], soft[idx.numpy()], clean[idx.numpy()])
-            x = _pixels(inputs)
+            x = to_pixels(inputs)
             weights = 1 + cfg.face_weight * masks[idx].float()[:, None]
             pred = model(x, refs[torch.from_numpy(train.clip[idx.numpy()])])
             loss = ((pred - truth[idx]).abs() * weights).mean() / weights.mean()
