@@ -92,7 +92,8 @@ def test_bench_quick_writes_contract_report(tiny_world):
                "--probe", str(inst / "probe" / "model.safetensors"),
                "--identity", str(inst / "identity" / "model.safetensors"), "--minutes", "0.05",
                "--states", str(inst / "states.safetensors"), "--face", str(inst / "face" / "model.safetensors"),
-               "--no-default-checkpoints"])  # the shipped models are rated by the committed report, not here
+               "--no-default-checkpoints",  # the shipped models are rated by the committed report, not here
+               "--baseline", "traditional"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     names = [s["name"] for s in report["systems"]]
@@ -117,6 +118,13 @@ def test_bench_quick_writes_contract_report(tiny_world):
     assert static["fps"] > 0 and static["identity_sim"] == pytest.approx(1.0, abs=1e-4)
     md = (out / "report.md").read_text()
     assert "| traditional |" in md and "not available" in md
+    # Every other available system against the baseline, clip for clip (the truth is not compared).
+    paired = report["paired"]
+    assert paired["baseline"] == "traditional" and set(paired["systems"]) == {"static"}
+    assert paired["systems"]["static"]["seen"]["clips"] == 2
+    value = paired["systems"]["static"]["seen"]["identity_sim"][0]
+    assert value == pytest.approx(static["identity_sim"] - report["systems"][1]["metrics"]["seen"]["identity_sim"])
+    assert "## Paired differences against `traditional`" in md
     assert (out / "lipsync.png").is_file() and (out / "identity_long.png").is_file() and (out / "strip.png").is_file()
 
 
@@ -140,6 +148,10 @@ def test_bench_refuses_a_missing_data_set_other_than_its_own(tmp_path, tiny_worl
         bench.run_bench("quick", tmp_path / "out", data=tmp_path / "missing",
                         probe=inst / "probe" / "model.safetensors", identity=inst / "identity" / "model.safetensors",
                         states=inst / "states.safetensors")
+    with pytest.raises(LpmError, match="--baseline 'rig' is not a system of this run"):
+        bench.run_bench("quick", tmp_path / "out", data=tiny_world / "data", baseline="rig",
+                        probe=inst / "probe" / "model.safetensors", identity=inst / "identity" / "model.safetensors",
+                        states=inst / "states.safetensors", checkpoints={})
     with pytest.raises(LpmError, match="train-states"):
         bench.run_bench("quick", tmp_path / "out", data=tiny_world / "data",
                         probe=inst / "probe" / "model.safetensors", identity=inst / "identity" / "model.safetensors",

@@ -10,7 +10,7 @@ import torch
 from lpm.eval import metrics as M
 from lpm.eval.identity_check import DEGRADATIONS, check_identity, degrade, roc_auc
 from lpm.eval.intervals import bootstrap_intervals, half_width
-from lpm.eval.scoring import ClipScore, _fid_from_moments, _Moments, metric_intervals, pooled_metrics
+from lpm.eval.scoring import ClipScore, Moments, fid_from_moments, metric_intervals, pooled_metrics
 from lpm.eval.state_train import StateTrainConfig, load_state_reader, train_state_net
 from lpm.eval.states import STATE_CHANNELS, ReadingNoise, StateReader
 from lpm.world.motion import MOTION_INDEX, NUM_MOTION
@@ -69,7 +69,7 @@ def test_fid_from_per_clip_sums_equals_the_direct_fid():
     a = [rng.normal(size=(30, 5)) for _ in range(3)]
     b = [rng.normal(0.5, 1.3, size=(30, 5)) for _ in range(3)]
     direct = M.frechet_distance(np.concatenate(a), np.concatenate(b))
-    moments = _fid_from_moments([_Moments.of(x) for x in a], [_Moments.of(x) for x in b])
+    moments = fid_from_moments([Moments.of(x) for x in a], [Moments.of(x) for x in b])
     assert moments == pytest.approx(direct, rel=1e-6)
     scores = [_score([0, 1], [0, 1], [0], [0], 1.0, feats=x, truth_feats=y) for x, y in zip(a, b)]
     ci = metric_intervals(scores, with_fid=True, samples=50)

@@ -90,14 +90,16 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
               states: str | Path, checkpoints: dict[str, str] | None = None, face: str | Path | None = None,
               minutes: float = 0.0, seed: int = 0,
               refiner: bool = False, base_steps: int | None = None, model_clips: dict[str, int] | None = None,
-              log=print) -> dict:
+              baseline: str | None = None, log=print) -> dict:
     """Run one suite and write ``out/report.json``, ``report.md`` and plots; returns the report object.
 
     ``refiner``: also run ``online+refiner`` (the online checkpoint with the one-step refiner on);
     ``base_steps``: ODE steps per window of ``base`` (None: its default; ``QUICK_BASE_STEPS`` in the quick suite);
     ``model_clips``: clips each trained model rates in the quick suite, by system name (``"*"``: any other), over
     ``SUITE_MODEL_CLIPS`` (quick and listen suites); ``face``: the face reader (``suites.face_path_or_none``;
-    None: the probe alone); ``data``: None for the suite's own case set (``default_data``).
+    None: the probe alone); ``data``: None for the suite's own case set (``default_data``); ``baseline``: the
+    system every other is compared with clip for clip in the report's paired differences (None: ``online`` when it
+    runs).
     """
     if suite not in SUITES:
         raise LpmError(f"unknown suite {suite!r}; expected one of {SUITES}")
@@ -107,6 +109,13 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
             raise LpmError(f"{what} {path} does not exist (train it with `lpm eval {how}`, or use the shipped one "
                            "under checkpoints/)")
     face_path_or_none(face)
+    if base_steps is None and suite in SUITE_MODEL_CLIPS:
+        base_steps = QUICK_BASE_STEPS
+    systems = make_systems(checkpoints, seed, refiner, base_steps)
+    names = [s.name for s in systems]
+    if baseline is not None and baseline not in names:
+        raise LpmError(f"--baseline {baseline!r} is not a system of this run (systems: {', '.join(names)})")
+    baseline = baseline or ("online" if "online" in names else None)
     data = default_data(suite) if data is None else data
     recipes = {DEFAULT_DATA: DEFAULT_DATA_RECIPE, LISTEN_DATA: LISTEN_DATA_RECIPE}
     recipe = next((r for path, r in recipes.items() if Path(data).resolve() == Path(path).resolve()), None)
@@ -120,9 +129,6 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
                "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     t0 = time.time()
     inst = load_instruments(probe, identity, states, face)
-    if base_steps is None and suite in SUITE_MODEL_CLIPS:
-        base_steps = QUICK_BASE_STEPS
-    systems = make_systems(checkpoints, seed, refiner, base_steps)
     rows = select_clips(data, suite)
     log(f"bench {suite}: {len(rows)} clips, systems {', '.join(s.name for s in systems)}")
     caps = {**SUITE_MODEL_CLIPS[suite], **(model_clips or {})} if suite in SUITE_MODEL_CLIPS else None
@@ -139,4 +145,4 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
             by_name[s.name].metrics["long"] = clip_metrics([], None, inst, s)
     truth_by_id = {r["id"]: t for r, t in zip(rows, truths)}
     return write_report(out, suite, results, truth_by_id,
-                        instrument_summary(inst, identity_checks), time.time() - t0, machine)
+                        instrument_summary(inst, identity_checks), time.time() - t0, machine, baseline)

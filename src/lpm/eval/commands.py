@@ -112,7 +112,7 @@ def _bench(args: argparse.Namespace) -> int:
                        states=args.states, face=args.face,
                        checkpoints=_parse_checkpoints(args.checkpoint, not args.no_default_checkpoints),
                        minutes=minutes, seed=args.seed, refiner=args.refiner, base_steps=args.base_steps,
-                       model_clips=_parse_model_clips(args.model_clips))
+                       model_clips=_parse_model_clips(args.model_clips), baseline=args.baseline)
     print(f"wrote {args.out}/report.json, report.md, {', '.join(report['plots'])} in {report['wall_s']:.0f} s")
     return 0
 
@@ -167,6 +167,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                    help="clips each trained model rates in the quick suite (default base=4, others 12; more clips "
                         "narrow the intervals and cost CPU time; listen suite: base=4, others 80), e.g. "
                         "--model-clips 12 base=4")
+    p.add_argument("--baseline", default=None, metavar="NAME",
+                   help="the system every other is compared with clip for clip: the report's paired differences "
+                        "with their paired bootstrap intervals (default: online, when it runs)")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--data", default=None,
                    help=f"world clip data set (default: the suite's own case set, built on first use: {DEFAULT_DATA}; "

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from lpm.eval import metrics as M
+from lpm.eval.paired import paired_report
+from lpm.eval.scoring import POOLED_KEYS
 from lpm.eval.suites import METRIC_KEYS, ClipTruth, SystemResult
 from lpm.world.motion import MOTION_INDEX
 
@@ -32,6 +34,8 @@ HEADLINE: tuple[tuple[str, str, str, str], ...] = (
     ("lat p95 s", "seen", "latency_p95_s", "{:.2f}"),
     ("peak RSS MB", "seen", "peak_rss_mb", "{:.0f}"),
 )
+# Headline metrics with a paired difference in the report (the A/V offset is a lag, not a pooled quality).
+PAIRED_KEYS = tuple(k for k in POOLED_KEYS if k != "av_offset_frames")
 # Instrument validation: the truth row must reach these, or the instrument is flagged as not good enough.
 TRUTH_MIN = {"lipsync_r": 0.8, "listen_f1": 0.8, "silent_mouth_closed": 0.9, "state_acc": 0.85,
              "text_emotion_acc": 0.85}
@@ -161,6 +165,35 @@ def _cell(m: dict, cat: str, key: str, fmt: str, failed: dict[str, list[str]]) -
     return text
 
 
+def _paired_markdown(paired: dict) -> list[str]:
+    """The paired-differences table: each system minus the baseline on the headline metrics, bold where the paired
+    interval excludes 0."""
+    if not paired:
+        return []
+    cols = [(label, cat, key, fmt) for label, cat, key, fmt in HEADLINE if key in PAIRED_KEYS]
+    lines = ["", f"## Paired differences against `{paired['baseline']}`", "",
+             "Each figure is the system's minus the baseline's on the clips both rated, with the 95 % paired bootstrap "
+             "interval (the clips resampled jointly, `lpm.eval.paired`). **Bold**: the interval excludes 0, a "
+             "difference beyond clip-sampling noise; otherwise the two cannot be told apart on these clips.", "",
+             "| system | " + " | ".join(f"Δ {c[0]}" for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for name, cats in paired["systems"].items():
+        cells = []
+        for _, cat, key, fmt in cols:
+            d = (cats.get(cat) or {}).get(key)
+            if d is None:
+                cells.append("–")
+                continue
+            f = fmt.replace(":.3f", ":+.3f").replace(":.2f", ":+.2f").replace(":.1f", ":+.1f")
+            text = f.format(d[0])
+            if d[1] is not None:
+                text += f" ({f.format(d[1])}, {f.format(d[2])})"
+                if d[1] > 0 or d[2] < 0:
+                    text = f"**{text}**"
+            cells.append(text)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def to_markdown(report: dict) -> str:
     """``report.md``: the systems x metrics table, the per-category tables, instrument notes."""
     lines = [f"# lpm bench: `{report['suite']}` suite", "",
@@ -180,6 +213,7 @@ def to_markdown(report: dict) -> str:
             continue
         cells = [_cell(s["metrics"].get(cat, {}), cat, key, fmt, failed) for _, cat, key, fmt in HEADLINE]
         lines.append(f"| {s['name']} | " + " | ".join(cells) + " |")
+    lines += _paired_markdown(report.get("paired") or {})
     lines += ["", "## Per category", ""]
     keys = [k for k in METRIC_KEYS if k not in ("fps", "latency_p50_s", "latency_p95_s", "peak_rss_mb")]
     cats = []
@@ -335,13 +369,16 @@ def plot_all(out: Path, results: list[SystemResult], truths: dict[str, ClipTruth
 
 
 def write_report(out: str | Path, suite: str, results: list[SystemResult], truths: dict[str, ClipTruth],
-                 instruments: dict, wall_s: float, machine: dict | None = None) -> dict:
-    """Write report.json, report.md and the plots under ``out``; returns the JSON object."""
+                 instruments: dict, wall_s: float, machine: dict | None = None, baseline: str | None = None) -> dict:
+    """Write report.json, report.md and the plots under ``out``; returns the JSON object. ``baseline``: a system
+    every other is compared with, clip for clip (``paired.paired_report``; skipped when it did not run)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     instruments = {**instruments, "truth_channel_r": truth_channel_r(results, truths)}
     notes, failed = validation(results, instruments["truth_channel_r"], instruments.get("identity_checks"))
     report = to_json(suite, results, instruments, wall_s, notes, machine, failed)
+    if baseline:
+        report["paired"] = paired_report(results, baseline)
     report["plots"] = [p.name for p in plot_all(out, results, truths)]
     for name in set(PLOTS) - set(report["plots"]):  # a plot this run could not draw is not left from an old one
         (out / name).unlink(missing_ok=True)

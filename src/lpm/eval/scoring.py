@@ -106,7 +106,7 @@ def pooled_metrics(scores: list[ClipScore], with_fid: bool = True) -> dict:
 
 
 @dataclass
-class _Moments:
+class Moments:
     """Sums of a clip's features for a Fréchet distance of any resample: n, sum x (D,), sum x x^T (D, D)."""
 
     n: int
@@ -114,15 +114,15 @@ class _Moments:
     s2: torch.Tensor
 
     @classmethod
-    def of(cls, x: np.ndarray) -> _Moments:
+    def of(cls, x: np.ndarray) -> Moments:
         t = torch.from_numpy(np.asarray(x, np.float64))
         return cls(len(t), t.sum(0), t.T @ t)
 
 
-def _fid_from_moments(a: list[_Moments], b: list[_Moments]) -> float:
+def fid_from_moments(a: list[Moments], b: list[Moments]) -> float:
     """``metrics.frechet_distance`` of the concatenated features, from per-clip sums (Heusel et al. 2017, eq. 6),
     with ``tr sqrt(S_a S_b)`` as the sum of the square roots of the eigenvalues of ``S_a S_b``."""
-    def gauss(ms: list[_Moments]) -> tuple[torch.Tensor, torch.Tensor]:
+    def gauss(ms: list[Moments]) -> tuple[torch.Tensor, torch.Tensor]:
         n = sum(m.n for m in ms)
         s1, s2 = sum(m.s1 for m in ms), sum(m.s2 for m in ms)
         mu = s1 / n
@@ -148,9 +148,9 @@ def metric_intervals(scores: list[ClipScore], with_fid: bool = False, samples: i
         if sum(m.get(key) is not None for m in alone) < MIN_DEFINING_CLIPS:
             intervals[key] = None
     if with_fid and len(scores) > 1 and all(s.features is not None and s.truth_features is not None for s in scores):
-        mine = [_Moments.of(s.features) for s in scores]
-        truth = [_Moments.of(s.truth_features) for s in scores]
+        mine = [Moments.of(s.features) for s in scores]
+        truth = [Moments.of(s.truth_features) for s in scores]
         intervals.update(bootstrap_intervals(
-            len(scores), lambda idx: {"world_fid": _fid_from_moments([mine[i] for i in idx], [truth[i] for i in idx])},
+            len(scores), lambda idx: {"world_fid": fid_from_moments([mine[i] for i in idx], [truth[i] for i in idx])},
             samples=FID_BOOTSTRAP_SAMPLES, seed=seed))
     return intervals

@@ -304,16 +304,25 @@ def clip_score(reading: Reading, truth: ClipTruth, inst: Instruments,
         truth_features=truth_features)
 
 
+def clip_scores(pairs: list[tuple[Reading, ClipTruth]], truth_features: list[np.ndarray] | None,
+                inst: Instruments) -> list[ClipScore]:
+    """``clip_score`` of each (reading, truth) pair; ``truth_features``: the truth render's probe features per pair."""
+    feats = truth_features if truth_features is not None else [None] * len(pairs)
+    return [clip_score(r, t, inst, f) for (r, t), f in zip(pairs, feats)]
+
+
 def clip_metrics(pairs: list[tuple[Reading, ClipTruth]], truth_features: list[np.ndarray] | None,
-                 inst: Instruments, system: System, category: str = "") -> dict:
+                 inst: Instruments, system: System, category: str = "",
+                 scores: list[ClipScore] | None = None) -> dict:
     """Every metric over a set of clips (one category) for one system; None where not measurable. ``ci95`` holds
-    each pooled metric's 95 % bootstrap interval over the clips (``scoring.metric_intervals``)."""
+    each pooled metric's 95 % bootstrap interval over the clips (``scoring.metric_intervals``). ``scores``: the
+    pairs' ``clip_score`` when already computed."""
     out: dict = dict.fromkeys(METRIC_KEYS)
     out["ci95"] = {}
     if not pairs:
         return out
-    feats = truth_features if truth_features is not None else [None] * len(pairs)
-    scores = [clip_score(r, t, inst, f) for (r, t), f in zip(pairs, feats)]
+    if scores is None:
+        scores = clip_scores(pairs, truth_features, inst)
     out.update(pooled_metrics(scores))
     out["ci95"] = {k: v for k, v in metric_intervals(scores, with_fid=category in FID_INTERVAL_CATEGORIES
                                                      and system.name != "truth").items() if v is not None}
@@ -345,6 +354,7 @@ class SystemResult:
     note: str
     metrics: dict = field(default_factory=dict)  # category -> metric key -> value
     readings: list[Reading] = field(default_factory=list)  # kept for the plots
+    scores: dict[str, dict[str, ClipScore]] = field(default_factory=dict)  # category -> clip id -> score (pairing)
     long: dict | None = None  # per-minute series of the long session
 
 
@@ -415,5 +425,7 @@ def run_clip_suite(systems: list[System], rows: list[dict], loaded: list[tuple[C
             pairs = [(r, t) for r, (inp, t) in zip(res.readings, mine)
                      if inp.split == split and (modes is None or t.mode in modes)]
             feats = [truth_features[r.inputs_id] for r, _ in pairs] if truth_features else None
-            res.metrics[cat] = clip_metrics(pairs, feats, inst, system, cat)
+            scores = clip_scores(pairs, feats, inst)
+            res.scores[cat] = {r.inputs_id: sc for (r, _), sc in zip(pairs, scores)}
+            res.metrics[cat] = clip_metrics(pairs, feats, inst, system, cat, scores)
     return results, truths
