@@ -189,3 +189,69 @@ def test_export_names_the_restorer_and_the_engine_applies_it(tmp_path, one_threa
     with pytest.raises(LpmError, match="not an Online checkpoint"):
         export_dit(online_checkpoint(tmp_path / "base.safetensors", online=None), tmp_path / "x.safetensors",
                    restorer=r_path)
+
+
+def _online_micro(path, latent_channels: int = 4):
+    """A random Online DiT of the micro shape, on the latents of ``make_vae``'s VAE (4 channels, 8x down, 64 px)."""
+    import dataclasses
+
+    from base_fixtures import MICRO
+    from lpm.models.dit import DiT, save_dit
+    from lpm.training.base_trainer import load_base_config
+
+    cfg = load_base_config("tiny", None, MICRO).model
+    cfg = dataclasses.replace(cfg, latent_channels=latent_channels, latent_height=8, latent_width=8,
+                              attention="block_causal")
+    torch.manual_seed(0)
+    return save_dit(path, DiT(cfg), extra={"online": {"timesteps": [1.0, 0.0], "sampler": "renoise"}})
+
+
+def test_still_chunks_keep_the_pose_near_straight_ahead():
+    from lpm.training.dit_drawn import still_chunks
+    from lpm.world.motion import MOTION_INDEX, NUM_MOTION
+
+    motion = torch.zeros(12, NUM_MOTION)
+    motion[5, MOTION_INDEX["head_roll"]] = -6.0  # frame 5 tilted
+    motion[9, MOTION_INDEX["body_yaw"]] = 8.0  # frame 9 turned
+    every = still_chunks(12, motion, 4, 2, 0.0)
+    assert len(every) == 9 * 2 and (8, 1) in every
+    kept = still_chunks(12, motion, 4, 2, 4.0)
+    for start, chunk in kept:
+        frames = set(range(start + 2 * chunk, start + 2 * chunk + 2))
+        assert not frames & {5, 9}
+    assert (0, 0) in kept and (2, 1) not in kept and (6, 0) in kept and (6, 1) not in kept
+    assert still_chunks(12, None, 4, 2, 4.0) == every
+
+
+def test_restorer_pairs_drawn_by_the_online_model(tmp_path):
+    """``dit=``: the soft inputs are the Online model's streamed drawing of still chunks, lined up with the truth."""
+    import numpy as np
+
+    from lpm.models.latent_codec import load_codec
+    from lpm.training.restorer_trainer import pairs_key, prepare_pairs
+
+    data = make_dataset(tmp_path / "data")
+    vae = make_vae(tmp_path / "vae.safetensors")
+    online = _online_micro(tmp_path / "online.safetensors")
+    cfg = load_restorer_config(None, [f"dit={online}", f"cache_dir={tmp_path / 'cache'}", "runs_per_clip=2",
+                                      "dit_max_deg=4"])
+    codec = load_codec(str(vae))
+    pairs = prepare_pairs(data, "train", codec, cfg, vae=str(vae))
+    assert pairs.truth.shape == (2 * 2 * 2, 64, 64, 3)  # 2 clips x 2 runs x one chunk of 2 frames
+    assert pairs.soft.shape == pairs.truth.shape and pairs.soft.dtype == np.uint8
+    assert np.abs(pairs.soft.astype(int) - pairs.clean.astype(int)).mean() > 1  # drawn, not the round trip
+    again = prepare_pairs(data, "train", codec, cfg, vae=str(vae))
+    assert np.array_equal(again.soft, pairs.soft)  # seeded
+    assert pairs_key(data, str(vae), cfg) != pairs_key(data, str(vae), RestorerTrainConfig(**{**cfg.__dict__,
+                                                                                               "dit": ""}))
+    out = tmp_path / "run"
+    small = ["steps=3", "batch=4", "model.channels=[8,16]", "model.blocks=1", "model.norm_groups=4"]
+    results = train_restorer(data, str(vae), out, load_restorer_config(None, [*small, *[f"{k}={v}" for k, v in (
+        ("dit", online), ("cache_dir", tmp_path / "cache"), ("runs_per_clip", 2))]]), progress=False)
+    assert results["val"]["frames"] == 4
+    with pytest.raises(LpmError, match="not an Online checkpoint"):
+        from lpm.models.dit import load_dit, save_dit
+        base = save_dit(tmp_path / "base.safetensors", load_dit(online))
+        prepare_pairs(data, "train", codec, RestorerTrainConfig(**{**cfg.__dict__, "dit": str(base)}), vae=str(vae))
+    with pytest.raises(LpmError, match="no such checkpoint"):
+        load_restorer_config(None, [f"dit={tmp_path / 'none.safetensors'}"])

@@ -3,7 +3,9 @@
 Pairs: a true frame, its VAE round trip (the VAE the DiTs were trained on), and the clip's global reference image.
 Half the round trips go through softened latents first (``soften``: a Gaussian blur of each latent map of random
 width plus a little noise), as a DiT's one-step latents are softer than the encoder's: the restorer learns to take
-detail from the reference where the latent lost it. Frames come as runs of consecutive frames at random offsets of
+detail from the reference where the latent lost it. With ``dit=CHECKPOINT`` the soft inputs are that DiT's own
+drawing of the frames instead (``lpm.training.dit_drawn``: aligned with the truth, with the DiT's faults rather
+than a blur's). Frames come as runs of consecutive frames at random offsets of
 each clip (``runs_per_clip`` x ``run_frames``). The loss is the L1 error, the mouth and eyes (``Renderer``'s face
 regions) weighted by ``1 + face_weight``.
 
@@ -63,6 +65,12 @@ class RestorerTrainConfig:
     # A restorer checkpoint to start from (same widths); modules it lacks (e.g. the window attention) start as new
     # ones, which add nothing at first. Used only when the run has no train state yet.
     init: str = ""
+    # An Online checkpoint (the model the restorer will serve): when set, the soft inputs are that model's own
+    # drawing of each run (``dit_drawn``: streamed from the clip's true track) instead of blurred latents. Its latent
+    # cache lives in ``cache_dir`` (a DiT run's, reused).
+    dit: str = ""
+    dit_max_deg: float = 4.0  # drawn chunks only where the true head and body turn at most this (still_chunks)
+    cache_dir: str = "runs/cache"
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.lr <= 0:
@@ -72,6 +80,8 @@ class RestorerTrainConfig:
         lo, hi = self.soften_sigma
         if not 0 < lo <= hi:
             raise LpmError(f"soften_sigma must be (low, high) with 0 < low <= high, got {self.soften_sigma}")
+        if self.dit and not Path(self.dit).is_file():
+            raise LpmError(f"dit={self.dit}: no such checkpoint")
 
 
 @dataclass
@@ -112,9 +122,11 @@ def soften(latents: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> t
 
 
 @torch.no_grad()
-def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, max_clips: int = 0) -> Pairs | None:
+def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, max_clips: int = 0,
+                  vae: str = "") -> Pairs | None:
     """Read runs of frames of ``split``'s clips, their face masks and global references, and decode each frame's
-    round trip through ``codec`` clean and softened (None when the split has no clips)."""
+    round trip through ``codec`` clean and softened, or drawn by ``cfg.dit`` (None when the split has no clips).
+    ``vae``: the codec's checkpoint, naming the DiT's latent cache."""
     from tqdm import tqdm
 
     rows = read_manifest(data_dir, split)
@@ -123,21 +135,39 @@ def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, m
     if not rows:
         return None
     g = torch.Generator().manual_seed(cfg.seed * 7919 + SPLITS.index(split) if split in SPLITS else cfg.seed)
+    drawer = cached = None
+    if cfg.dit:
+        from lpm.training.dit_drawn import DitDrawer, draw_runs
+        from lpm.training.latent_cache import load_latent_cache
+
+        drawer = DitDrawer(cfg.dit)
+        cached = load_latent_cache(data_dir, split, codec, vae, drawer.mel, cfg.cache_dir, limit=max_clips)
     out: dict[str, list] = {"truth": [], "clean": [], "soft": [], "masks": [], "clip": [], "refs": []}
     for k, row in enumerate(tqdm(rows, desc=f"restorer pairs ({split})", leave=False)):
         clip_dir = data_dir / row["path"]
         clip = read_clip(clip_dir, load_video=False)
         video = read_mp4(clip_dir / "video.mp4")  # (F, H, W, 3)
         f, h, w = video.shape[:3]
-        n = min(cfg.run_frames, f)
-        starts = torch.randint(0, f - n + 1, (cfg.runs_per_clip,), generator=g).tolist()
-        idx = np.array([s + i for s in starts for i in range(n)])
-        truth = video[idx]
-        latents = codec.encode(to_pixels(truth)[:, None])[:, 0]  # (N, C, h, w), one latent frame each
-        sigma = cfg.soften_sigma[0] + (cfg.soften_sigma[1] - cfg.soften_sigma[0]) * torch.rand(len(idx), generator=g)
-        noise = cfg.soften_noise * torch.rand(len(idx), 1, 1, 1, generator=g) * torch.randn(latents.shape, generator=g)
+        if drawer is not None:
+            runs = draw_runs(drawer, cached[k], codec, cfg.runs_per_clip, g, cfg.dit_max_deg)
+            if not runs:
+                continue
+            idx = np.concatenate([i for i, _ in runs])
+            soft = torch.cat([frames for _, frames in runs])
+            truth = video[idx]
+            latents = codec.encode(to_pixels(truth)[:, None])[:, 0]
+        else:
+            n = min(cfg.run_frames, f)
+            starts = torch.randint(0, f - n + 1, (cfg.runs_per_clip,), generator=g).tolist()
+            idx = np.array([s + i for s in starts for i in range(n)])
+            truth = video[idx]
+            latents = codec.encode(to_pixels(truth)[:, None])[:, 0]  # (N, C, h, w), one latent frame each
+            sigma = cfg.soften_sigma[0] + (cfg.soften_sigma[1] - cfg.soften_sigma[0]) * torch.rand(len(idx),
+                                                                                                   generator=g)
+            noise = cfg.soften_noise * torch.rand(len(idx), 1, 1, 1, generator=g) * torch.randn(latents.shape,
+                                                                                               generator=g)
+            soft = codec.decode(soften(latents, sigma, noise)[:, None])[:, 0]
         clean = codec.decode(latents[:, None])[:, 0]
-        soft = codec.decode(soften(latents, sigma, noise)[:, None])[:, 0]
         motion = clip.motion[idx] if clip.motion is not None else None
         cov = face_coverage(clip.meta.extra, clip.meta.style, motion, clip.motion_names, h, w, 1)
         ref = tensor_to_image(clip.refs["global"])
@@ -147,8 +177,10 @@ def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, m
         out["clean"].append(to_uint8(clean))
         out["soft"].append(to_uint8(soft))
         out["masks"].append(cov[0].numpy() > 0 if cov is not None else np.zeros((len(idx), h, w), bool))
-        out["clip"].append(np.full(len(idx), k))
+        out["clip"].append(np.full(len(idx), len(out["refs"])))  # the index of the reference appended next
         out["refs"].append(ref)
+    if not out["refs"]:
+        return None
     return Pairs(truth=np.concatenate(out["truth"]), clean=np.concatenate(out["clean"]),
                  soft=np.concatenate(out["soft"]), masks=np.concatenate(out["masks"]),
                  clip=np.concatenate(out["clip"]), refs=np.stack(out["refs"]))
@@ -159,7 +191,8 @@ def pairs_key(data_dir: Path, vae: str, cfg: RestorerTrainConfig) -> str:
     rerun with other settings prepares its own pairs instead of reading stale ones."""
     vae_id = file_digest(Path(vae)) if Path(vae).is_file() else str(vae)
     fields = ("soften_sigma", "soften_noise", "runs_per_clip", "run_frames", "eval_clips", "seed")
-    text = json.dumps([(data_dir / "manifest.jsonl").read_text(), vae_id, [getattr(cfg, f) for f in fields]])
+    drawn = [file_digest(Path(cfg.dit)), cfg.dit_max_deg] if cfg.dit else []
+    text = json.dumps([(data_dir / "manifest.jsonl").read_text(), vae_id, [getattr(cfg, f) for f in fields], *drawn])
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -231,7 +264,8 @@ def train_restorer(data_dir: str | Path, vae: str, out: str | Path, cfg: Restore
     for split in SPLITS:
         path = out / f"pairs_{split}_{key}.npz"
         if not path.is_file():
-            made = prepare_pairs(data_dir, split, codec, cfg, max_clips=0 if split == "train" else cfg.eval_clips)
+            made = prepare_pairs(data_dir, split, codec, cfg, max_clips=0 if split == "train" else cfg.eval_clips,
+                                 vae=vae)
             if made is None:
                 continue
             made.save(path)
