@@ -43,6 +43,9 @@ class DitDrawer:
             raise LpmError(f"{checkpoint} is not an Online checkpoint (no extra['online'] denoising times)")
         self.times = list(sampling.timesteps)
         self.dit = load_dit(checkpoint).float().eval()
+        if self.dit.cfg.t_down != 1:  # a drawn latent frame must be one video frame, to pair it with the truth
+            raise LpmError(f"{checkpoint}: drawn pairs need a per-frame VAE (t_down 1), this DiT has t_down "
+                           f"{self.dit.cfg.t_down}")
         self.model = ConditionedDiT(self.dit)
         self.flow = FlowMatching(flow_config_of(str(checkpoint)))
         self.fpc = self.dit.cfg.frames_per_chunk
