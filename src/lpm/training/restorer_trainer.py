@@ -154,18 +154,18 @@ def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, m
                 continue
             idx = np.concatenate([i for i, _ in runs])
             soft = torch.cat([frames for _, frames in runs])
-            truth = video[idx]
-            latents = codec.encode(to_pixels(truth)[:, None])[:, 0]
         else:
             n = min(cfg.run_frames, f)
             starts = torch.randint(0, f - n + 1, (cfg.runs_per_clip,), generator=g).tolist()
             idx = np.array([s + i for s in starts for i in range(n)])
-            truth = video[idx]
-            latents = codec.encode(to_pixels(truth)[:, None])[:, 0]  # (N, C, h, w), one latent frame each
-            sigma = cfg.soften_sigma[0] + (cfg.soften_sigma[1] - cfg.soften_sigma[0]) * torch.rand(len(idx),
-                                                                                                   generator=g)
-            noise = cfg.soften_noise * torch.rand(len(idx), 1, 1, 1, generator=g) * torch.randn(latents.shape,
-                                                                                               generator=g)
+            soft = None
+        truth = video[idx]
+        latents = codec.encode(to_pixels(truth)[:, None])[:, 0]  # (N, C, h, w), one latent frame each
+        if soft is None:
+            span = cfg.soften_sigma[1] - cfg.soften_sigma[0]
+            sigma = cfg.soften_sigma[0] + span * torch.rand(len(idx), generator=g)
+            scale = cfg.soften_noise * torch.rand(len(idx), 1, 1, 1, generator=g)
+            noise = scale * torch.randn(latents.shape, generator=g)
             soft = codec.decode(soften(latents, sigma, noise)[:, None])[:, 0]
         clean = codec.decode(latents[:, None])[:, 0]
         motion = clip.motion[idx] if clip.motion is not None else None
