@@ -17,13 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lpm.eval.intervals import BOOTSTRAP_LEVEL, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED
+from lpm.eval.intervals import BOOTSTRAP_LEVEL, BOOTSTRAP_SAMPLES, BOOTSTRAP_SEED, bootstrap_intervals
 from lpm.eval.scoring import (
     FID_BOOTSTRAP_SAMPLES,
+    FID_INTERVAL_CATEGORIES,
     MIN_DEFINING_CLIPS,
     POOLED_KEYS,
     ClipScore,
     Moments,
+    defining_clips,
     fid_from_moments,
     pooled_metrics,
 )
@@ -62,53 +64,38 @@ def paired_differences(system: list[ClipScore], baseline: list[ClipScore], with_
     """
     if len(system) != len(baseline):
         raise ValueError(f"paired scores must cover the same clips: {len(system)} vs {len(baseline)}")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
     k = len(system)
     if k < 2:
         return {}
     point_s, point_b = pooled_metrics(system, False), pooled_metrics(baseline, False)
     keys = [key for key in POOLED_KEYS if key != "world_fid" and _defined(point_s[key]) and _defined(point_b[key])]
-    # A metric that only a clip or two define (in either system) has no spread to resample (scoring's rule).
-    alone_s = [pooled_metrics([s], False) for s in system]
-    alone_b = [pooled_metrics([b], False) for b in baseline]
-    enough = {key for key in keys if min(sum(_defined(m[key]) for m in alone_s),
-                                         sum(_defined(m[key]) for m in alone_b)) >= MIN_DEFINING_CLIPS}
-    rng = np.random.default_rng(seed)
-    diffs: dict[str, list[float]] = {key: [] for key in keys}
-    for _ in range(samples):
-        idx = rng.integers(0, k, k)
+
+    def difference(idx: np.ndarray) -> dict[str, float | None]:
         ms, mb = pooled_metrics([system[i] for i in idx], False), pooled_metrics([baseline[i] for i in idx], False)
-        for key in keys:
-            if _defined(ms[key]) and _defined(mb[key]):
-                diffs[key].append(float(ms[key]) - float(mb[key]))
-    alpha = (1 - level) / 2
+        return {key: float(ms[key]) - float(mb[key]) if _defined(ms[key]) and _defined(mb[key]) else None
+                for key in keys}
+
+    intervals = bootstrap_intervals(k, difference, samples=samples, level=level, seed=seed)
+    # A metric that only a clip or two define, in either system, gets no interval (scoring's rule).
+    defining_s, defining_b = defining_clips(system), defining_clips(baseline)
     out: dict[str, PairedDifference] = {}
     for key in keys:
-        value = float(point_s[key]) - float(point_b[key])
-        if key in enough and len(diffs[key]) >= samples / 2:
-            lo, hi = np.quantile(np.asarray(diffs[key]), [alpha, 1 - alpha])
-            out[key] = PairedDifference(value, float(lo), float(hi))
-        else:
-            out[key] = PairedDifference(value, None, None)
+        ci = intervals.get(key) if min(defining_s[key], defining_b[key]) >= MIN_DEFINING_CLIPS else None
+        out[key] = PairedDifference(float(point_s[key]) - float(point_b[key]), *(ci or (None, None)))
     have_features = all(s.features is not None and s.truth_features is not None for s in (*system, *baseline))
     if with_fid and have_features:
-        ms_ = [Moments.of(s.features) for s in system]
-        mb_ = [Moments.of(b.features) for b in baseline]
+        mine = [Moments.of(s.features) for s in system]
+        theirs = [Moments.of(b.features) for b in baseline]
         truth = [Moments.of(s.truth_features) for s in system]
 
-        def fid_diff(idx) -> float:
+        def fid_difference(idx: np.ndarray) -> float:
             t = [truth[i] for i in idx]
-            return fid_from_moments([ms_[i] for i in idx], t) - fid_from_moments([mb_[i] for i in idx], t)
+            return fid_from_moments([mine[i] for i in idx], t) - fid_from_moments([theirs[i] for i in idx], t)
 
-        values = [fid_diff(rng.integers(0, k, k)) for _ in range(FID_BOOTSTRAP_SAMPLES)]
-        lo, hi = np.quantile(np.asarray(values), [alpha, 1 - alpha])
-        out["world_fid"] = PairedDifference(fid_diff(np.arange(k)), float(lo), float(hi))
+        ci = bootstrap_intervals(k, lambda idx: {"world_fid": fid_difference(idx)}, samples=FID_BOOTSTRAP_SAMPLES,
+                                 level=level, seed=seed)["world_fid"]
+        out["world_fid"] = PairedDifference(fid_difference(np.arange(k)), *(ci or (None, None)))
     return out
-
-
-# Categories whose world-FID difference is resampled (as ``scoring.FID_INTERVAL_CATEGORIES``).
-PAIRED_FID_CATEGORIES = ("seen", "zeroshot")
 
 
 def paired_report(results: list, baseline: str) -> dict:
@@ -130,7 +117,7 @@ def paired_report(results: list, baseline: str) -> dict:
             if len(shared) < 2:
                 continue
             diffs = paired_differences([mine[c] for c in shared], [theirs[c] for c in shared],
-                                       with_fid=cat in PAIRED_FID_CATEGORIES)
+                                       with_fid=cat in FID_INTERVAL_CATEGORIES)
             cats[cat] = {"clips": len(shared), **{k: [d.value, d.low, d.high] for k, d in diffs.items()}}
         if cats:
             systems[name] = cats

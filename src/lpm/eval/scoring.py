@@ -135,17 +135,23 @@ def fid_from_moments(a: list[Moments], b: list[Moments]) -> float:
     return float(max(float(d @ d + torch.trace(sa + sb) - 2 * eig.sqrt().sum()), 0.0))
 
 
+def defining_clips(scores: list[ClipScore]) -> dict[str, int]:
+    """Pooled metric -> how many clips define it on their own. A metric that only a clip or two define (lip r when
+    one clip has speech) has no spread to resample: its interval would be a point and look precise, so below
+    ``MIN_DEFINING_CLIPS`` it gets none."""
+    alone = [pooled_metrics([s], False) for s in scores]
+    return {key: sum(m.get(key) is not None for m in alone) for key in POOLED_KEYS}
+
+
 def metric_intervals(scores: list[ClipScore], with_fid: bool = False, samples: int = BOOTSTRAP_SAMPLES,
                      seed: int = 0) -> dict[str, tuple[float, float] | None]:
     """95 % bootstrap intervals over clips of every pooled metric (``world_fid`` only with ``with_fid``)."""
     intervals = bootstrap_intervals(len(scores), lambda idx: pooled_metrics([scores[i] for i in idx], False),
                                     samples=samples, seed=seed)
     intervals.pop("world_fid", None)
-    # A metric that only a clip or two define (lip r when one clip has speech) has no spread to resample: its
-    # interval would be a point and look precise. It gets none.
-    alone = [pooled_metrics([s], False) for s in scores]
+    defining = defining_clips(scores)
     for key in list(intervals):
-        if sum(m.get(key) is not None for m in alone) < MIN_DEFINING_CLIPS:
+        if defining.get(key, 0) < MIN_DEFINING_CLIPS:
             intervals[key] = None
     if with_fid and len(scores) > 1 and all(s.features is not None and s.truth_features is not None for s in scores):
         mine = [Moments.of(s.features) for s in scores]
