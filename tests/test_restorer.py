@@ -151,7 +151,7 @@ def test_export_names_the_restorer_and_the_engine_applies_it(tmp_path, one_threa
     import numpy as np
 
     from lpm.models.export import export_dit
-    from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
+    from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig, DrawnChunk
     from lpm.runtime.engines import Character, EngineError
     from lpm.training.checkpoint import read_metadata
     from test_generate import online_checkpoint
@@ -170,7 +170,8 @@ def test_export_names_the_restorer_and_the_engine_applies_it(tmp_path, one_threa
 
     def frames(**cfg) -> np.ndarray:
         engine = DiTEngine.load(character, DiTEngineConfig(**cfg))
-        return np.stack(list(engine.frame_stream()((latents, None), {}))).astype(int), engine
+        payload = DrawnChunk(latents, None, engine._restorer_image(None, 0, 2))
+        return np.stack(list(engine.frame_stream()(payload, {}))).astype(int), engine
 
     plain, engine = frames(checkpoint=str(src))
     restored, _ = frames(checkpoint=str(out))
@@ -178,7 +179,7 @@ def test_export_names_the_restorer_and_the_engine_applies_it(tmp_path, one_threa
     assert np.array_equal(plain, off)
     with torch.no_grad():
         decoded = engine.codec.decode(latents)[0]
-        want = restorer(decoded, engine.global_pixels)
+        want = restorer(decoded, engine.reference_pixels["global"])
     want = ((want + 1) * 127.5).round().permute(0, 2, 3, 1).numpy().astype(int)
     assert np.abs(restored - want).max() <= 1 and np.abs(restored - plain).max() > 2
     cleared = export_dit(out, tmp_path / "cleared.safetensors", restorer="").path
@@ -255,3 +256,69 @@ def test_restorer_pairs_drawn_by_the_online_model(tmp_path):
         prepare_pairs(data, "train", codec, RestorerTrainConfig(**{**cfg.__dict__, "dit": str(base)}), vae=str(vae))
     with pytest.raises(LpmError, match="no such checkpoint"):
         load_restorer_config(None, [f"dit={tmp_path / 'none.safetensors'}"])
+
+
+def test_expression_kind_reads_the_strongest_emotion():
+    from lpm.models.restorer import EXPRESSION_FLOOR, expression_kind
+
+    names = ["emo_happy", "emo_sad", "emo_surprised", "emo_angry"]
+    assert expression_kind([0.0, 0.6, 0.2, 0.0], names) == "expr_sad"
+    assert expression_kind([0.9, 0.0, 0.0, 0.3], names) == "expr_happy"
+    assert expression_kind([EXPRESSION_FLOOR - 0.01] * 4, names) == "global"  # no emotion: the global image
+    assert expression_kind([], []) == "global"
+    with pytest.raises(ValueError, match="3 values for 4 channels"):
+        expression_kind([0.5, 0, 0], names)
+    with pytest.raises(LpmError, match="reference must be one of"):
+        RestorerConfig(reference="body_front")
+
+
+def test_frame_reference_kinds_follow_each_frames_true_emotion():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lpm.training.restorer_trainer import frame_reference_kinds
+
+    names = ("jaw_open", "emo_happy", "emo_sad")
+    motion = torch.tensor([[0.5, 0.0, 0.0], [0.1, 0.8, 0.0], [0.0, 0.0, 0.4], [0.9, 0.1, 0.05]])
+    refs = {"global": None, "expr_happy": None}  # no sad exemplar
+    clip = SimpleNamespace(motion=motion, motion_names=names, refs=refs)
+    idx = np.array([0, 1, 2, 3, 1])
+    assert frame_reference_kinds(clip, idx, "expression") == ["global", "expr_happy", "global", "global", "expr_happy"]
+    assert frame_reference_kinds(clip, idx, "global") == ["global"] * 5
+    assert frame_reference_kinds(SimpleNamespace(motion=None, motion_names=(), refs=refs), idx, "expression") == \
+        ["global"] * 5
+
+
+def test_an_expression_restorer_reads_the_exemplar_of_the_predicted_emotion(tmp_path, one_thread):
+    import numpy as np
+
+    from lpm.models.dit import save_dit
+    from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
+    from lpm.runtime.engines import Character
+    from test_generate import ONLINE, small_dit
+
+    channels = ("jaw_open", "emo_happy", "emo_sad")
+    model = small_dit(0, attention="block_causal", motion_channels=channels)
+    src = save_dit(tmp_path / "online.safetensors", model, extra={"step": 1, "online": ONLINE})
+    rng = np.random.default_rng(0)
+    images = {k: rng.integers(0, 255, (128, 128, 3), dtype=np.uint8) for k in ("global", "expr_happy")}
+    expression = Restorer(RestorerConfig(resolution=128, reference="expression")).save(tmp_path / "expr.safetensors")
+    plain = Restorer(RestorerConfig(resolution=128)).save(tmp_path / "plain.safetensors")
+    engine = DiTEngine.load(Character(images=images), DiTEngineConfig(checkpoint=str(src), restorer=str(expression)))
+    pixels = engine.reference_pixels
+
+    def track(happy: float, sad: float):
+        def predict(cond, first, n):  # the speech network's prediction, replaced by a known one
+            return torch.tensor([0.3, happy, sad]).expand(1, n, 3)
+        engine.model.predict_motion = predict
+        return engine._restorer_image(None, 0, 2)
+
+    assert track(0.7, 0.0) is pixels["expr_happy"]
+    assert track(0.05, 0.1) is pixels["global"]  # below the floor: no emotion
+    assert track(0.0, 0.9) is pixels["global"]  # the session has no sad exemplar
+    other = DiTEngine.load(Character(images=images), DiTEngineConfig(checkpoint=str(src), restorer=str(plain)))
+    other.model.predict_motion = lambda cond, first, n: torch.tensor([0.3, 0.9, 0.0]).expand(1, n, 3)
+    assert other._restorer_image(None, 0, 2) is other.reference_pixels["global"]  # a global restorer: always global
+    assert DiTEngine.load(Character(images=images), DiTEngineConfig(checkpoint=str(src), restorer=""))._restorer_image(
+        None, 0, 2) is None

@@ -13,10 +13,17 @@ sub-pixel head) whose last convolution starts at zero: an untrained restorer ret
 trained on the world (``lpm train restorer``) to map VAE decodes of true frames, clean and with softened latents,
 back to the true frames, the mouth and eyes weighted up. It works after any DiT on the same VAE, so no DiT stage is
 retrained; per frame it costs about a sixth of the tiny VAE's decode (4 ms against 22 ms on this CPU).
+
+Which image it reads beside the frame is part of its config (``RestorerConfig.reference``): the global reference,
+or (``"expression"``) the character's facial-expression exemplar of the emotion the model's own motion track carries
+(``expression_kind``: the strongest ``emo_*`` channel, the global image below ``EXPRESSION_FLOOR``). The DiT draws
+the caption's emotion faintly (text emotion 0.38 against the rig's 0.76, docs/learning.md) although its track
+carries it; the exemplar holds this character's brows, cheeks and lids for that emotion in pixels.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +37,28 @@ from lpm.models.vae import Down, ResBlock, Up
 from lpm.training.checkpoint import load_checkpoint, load_into, save_checkpoint
 
 CHECKPOINT_KIND = "restorer"
+REFERENCES = ("global", "expression")  # what ``RestorerConfig.reference`` may name
+GLOBAL = "global"
+# An emotion channel below this (track units = rig units, 0..1) is no emotion: the global image is read. The world
+# draws a clip's emotion at 0.34-0.99; the speech network's predicted channels stay below 0.15 on neutral clips
+# (scripts/track_emotion.py).
+EXPRESSION_FLOOR = 0.15
+
+
+def expression_kind(emotions: Sequence[float], names: Sequence[str]) -> str:
+    """The reference kind an ``"expression"`` restorer reads: ``expr_<name>`` of the strongest of ``emotions``
+    (values of the ``emo_<name>`` channels ``names``, e.g. a chunk's mean), or ``global`` when none reaches
+    ``EXPRESSION_FLOOR``."""
+    if len(emotions) != len(names):
+        raise ValueError(f"expression_kind: {len(emotions)} values for {len(names)} channels")
+    if not names:
+        return GLOBAL
+    best = max(range(len(names)), key=lambda i: float(emotions[i]))
+    if float(emotions[best]) < EXPRESSION_FLOOR:
+        return GLOBAL
+    if not names[best].startswith("emo_"):
+        raise ValueError(f"expression_kind: {names[best]!r} is not an emo_<name> channel")
+    return f"expr_{names[best][4:]}"
 
 
 @dataclass(frozen=True)
@@ -43,8 +72,13 @@ class RestorerConfig:
     # > 0: at 1/4 resolution each frame position also attends to the reference's features in a window of this many
     # positions a side around it (``WindowAttention``): a lookup of the reference's detail where the head moved.
     attention_window: int = 0
+    # The image read beside the frame: "global" (the global reference) or "expression" (the exemplar of the
+    # emotion the motion track carries, ``expression_kind``; the global image when there is none).
+    reference: str = GLOBAL
 
     def __post_init__(self) -> None:
+        if self.reference not in REFERENCES:
+            raise LpmError(f"restorer reference must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
         if not self.channels or any(c % self.norm_groups for c in self.channels):
             raise LpmError(f"restorer widths {self.channels} must be non-empty and divisible by norm_groups="
                            f"{self.norm_groups}")

@@ -62,6 +62,9 @@ class SequenceParallelDiT(nn.Module):
     def encode_text(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.dit.encode_text(texts)
 
+    def predict_motion(self, cond: Conditioning, first_frame: int, num_frames: int) -> torch.Tensor:
+        return self.dit.predict_motion(cond, first_frame, num_frames)  # the speech network is not sharded
+
     def empty_cache(self, batch_size: int, device=None, dtype: torch.dtype = torch.float32) -> KVCache:
         """A ``KVCache`` of this rank's ``H / P`` heads (same head width, every token)."""
         cfg, p = self.cfg, self.group.world_size

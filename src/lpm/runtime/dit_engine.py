@@ -22,6 +22,7 @@ does not advance, so model frame ``m`` shows media frame ``m + offset`` (a cut, 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import time
 import warnings
@@ -46,7 +47,7 @@ from lpm.models.dit import DiT, load_dit
 from lpm.models.kv_cache import KVCache
 from lpm.models.latent_codec import LatentCodec, load_codec
 from lpm.models.motion_track import TrackGainError, track_gains
-from lpm.models.restorer import Restorer, load_restorer
+from lpm.models.restorer import GLOBAL, Restorer, expression_kind, load_restorer
 from lpm.parallel.sequence_dit import SequenceParallelDiT
 from lpm.runtime.engines import Character, ChunkInput, Engine, EngineError, Stage
 from lpm.training.checkpoint import read_metadata
@@ -71,6 +72,15 @@ def resolve_attention_precision(name: str, device: str) -> str:
     if name != "auto":
         return name
     return "bf16" if torch.device(device).type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+@dataclass
+class DrawnChunk:
+    """A chunk's clean latents on their way to the decoder (the payload of the refine and decode stages)."""
+
+    latents: torch.Tensor  # (1, F, C, h, w)
+    cond: Conditioning  # relative to the chunk's frame 0, as the uncached refiner reads it
+    restorer_image: torch.Tensor | None  # (1, 3, H, W): what the restorer reads beside these frames, or None
 
 
 @dataclass
@@ -344,7 +354,8 @@ class DiTEngine(Engine):
         if unknown:
             raise EngineError(f"unknown reference kinds {unknown}; known: {', '.join(self.model.cfg.reference_kinds)}")
         pixels = torch.stack([image_to_tensor(square_image(images[k], self.resolution)) for k in kinds])
-        self.global_pixels = pixels[kinds.index("global")][None].to(self.device)  # (1, 3, H, W): the restorer's
+        # Each reference as pixels (1, 3, H, W): what the restorer reads beside a decoded frame (``_restorer_image``).
+        self.reference_pixels = {k: pixels[i][None].to(self.device) for i, k in enumerate(kinds)}
         latents = self.codec.encode_images(pixels.to(self.device))  # (R, C, h, w)
         return References([latents[i:i + 1] for i in range(len(kinds))], kinds)
 
@@ -397,8 +408,22 @@ class DiTEngine(Engine):
             vector[channels.index(name)] = g
         return vector
 
+    def _restorer_image(self, cond: Conditioning, first_frame: int, num_frames: int) -> torch.Tensor | None:
+        """The image the restorer reads beside this chunk's frames ``(1, 3, H, W)`` (None without a restorer): the
+        global reference, or for an ``"expression"`` restorer the exemplar of the emotion in the chunk's predicted
+        track (``expression_kind`` of its mean; the global image when the session has no such exemplar)."""
+        if self.restorer is None:
+            return None
+        channels = self.model.cfg.motion_channels
+        emotions = [c for c in channels if c.startswith("emo_")]
+        if self.restorer.cfg.reference == GLOBAL or not emotions:
+            return self.reference_pixels[GLOBAL]
+        track = self.model.predict_motion(cond, first_frame, num_frames)[0]  # (F, P)
+        mean = track[:, [channels.index(c) for c in emotions]].float().mean(0).tolist()
+        return self.reference_pixels.get(expression_kind(mean, emotions), self.reference_pixels[GLOBAL])
+
     @torch.no_grad()
-    def _generate(self, chunk: ChunkInput, timings: dict[str, float]) -> tuple[torch.Tensor, Conditioning]:
+    def _generate(self, chunk: ChunkInput, timings: dict[str, float]) -> DrawnChunk:
         self.settle(timings)  # the previous chunk's commit, unless the pipeline already ran it
         start_time = time.perf_counter()
         self._ingest(chunk)
@@ -433,32 +458,31 @@ class DiTEngine(Engine):
         local = Conditioning(text_tokens, text_mask, mel_self, mel_partner,
                              audio_start_frame=audio_start - model_first, references=self.references,
                              captions=[chunk.text], track_gain=self.track_gain)
-        return x_0, local
+        return DrawnChunk(x_0, local, self._restorer_image(cond, model_first, f))
 
     @torch.no_grad()
-    def _refine(self, payload: tuple[torch.Tensor, Conditioning], timings: dict[str, float]):
-        x_0, cond = payload
+    def _refine(self, payload: DrawnChunk, timings: dict[str, float]) -> DrawnChunk:
+        x_0, cond = payload.latents, payload.cond
         t_r = self.refiner_time
         noise = torch.randn(x_0.shape, generator=self.refine_generator).to(x_0)
         x_t = (1 - t_r) * x_0 + t_r * noise
         t = torch.full((1,), t_r, device=x_0.device)
         v = self.flow.velocity(self.model(x_t, t, cond).float(), x_t, t)
-        return x_t - t_r * v, cond  # one Euler step from t_r to 0
+        return dataclasses.replace(payload, latents=x_t - t_r * v)  # one Euler step from t_r to 0
 
-    def _decode(self, payload: tuple[torch.Tensor, Conditioning], timings: dict[str, float]) -> np.ndarray:
+    def _decode(self, payload: DrawnChunk, timings: dict[str, float]) -> np.ndarray:
         return np.stack(list(self._decode_frames(payload, timings)))  # (F, H, W, 3)
 
-    def _decode_frames(self, payload: tuple[torch.Tensor, Conditioning],
-                       timings: dict[str, float]) -> Iterator[np.ndarray]:
+    def _decode_frames(self, payload: DrawnChunk, timings: dict[str, float]) -> Iterator[np.ndarray]:
         """The chunk decoded latent frame by latent frame (the codec's stream state threaded through), each
         video frame yielded as soon as it exists: the same frames as one call on the chunk (per-frame and
         causal codecs alike), and no slower on this CPU (88 vs 98 ms CPU for 4 frames of the tiny VAE)."""
-        latents = payload[0]  # (1, F, C, h, w)
+        latents = payload.latents  # (1, F, C, h, w)
         for i in range(latents.shape[1]):
             with torch.no_grad():
                 video, self.decode_state = self.codec.decode_chunk(latents[:, i:i + 1], self.decode_state)
                 if self.restorer is not None:
-                    video = self.restorer(video[0].float(), self.global_pixels)[None]
+                    video = self.restorer(video[0].float(), payload.restorer_image)[None]
             for frame in video[0]:  # t_down video frames
                 yield tensor_to_image(frame)
 

@@ -1,6 +1,7 @@
 """``lpm train restorer``: fit the ``Restorer`` (``lpm.models.restorer``) on the world's frames.
 
-Pairs: a true frame, its VAE round trip (the VAE the DiTs were trained on), and the clip's global reference image.
+Pairs: a true frame, its VAE round trip (the VAE the DiTs were trained on), and the clip's global reference image
+(for an ``"expression"`` restorer, the exemplar of the frame's true emotion, ``frame_reference_kinds``).
 Half the round trips go through softened latents first (``soften``: a Gaussian blur of each latent map of random
 width plus a little noise), as a DiT's one-step latents are softer than the encoder's: the restorer learns to take
 detail from the reference where the latent lost it. With ``dit=CHECKPOINT`` the soft inputs are that DiT's own
@@ -35,7 +36,7 @@ from lpm.data.video import read_mp4
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_path, file_digest
 from lpm.models.latent_codec import load_codec
-from lpm.models.restorer import Restorer, RestorerConfig, load_restorer
+from lpm.models.restorer import GLOBAL, Restorer, RestorerConfig, expression_kind, load_restorer
 from lpm.training.base_samples import to_uint8
 from lpm.training.face_weights import face_coverage
 from lpm.training.vae_trainer import psnr_masked_uint8, psnr_uint8, to_pixels
@@ -87,7 +88,8 @@ class RestorerTrainConfig:
 @dataclass
 class Pairs:
     """Prepared pairs of one split: uint8 ``truth``, ``clean`` and ``soft`` round trips ``(N, H, W, 3)``,
-    ``masks (N, H, W)`` bool (mouth and eyes), ``clip (N,)`` index into ``refs (K, H, W, 3)``."""
+    ``masks (N, H, W)`` bool (mouth and eyes), ``clip (N,)`` each frame's reference: an index into
+    ``refs (K, H, W, 3)``."""
 
     truth: np.ndarray
     clean: np.ndarray
@@ -170,20 +172,36 @@ def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, m
         clean = codec.decode(latents[:, None])[:, 0]
         motion = clip.motion[idx] if clip.motion is not None else None
         cov = face_coverage(clip.meta.extra, clip.meta.style, motion, clip.motion_names, h, w, 1)
-        ref = tensor_to_image(clip.refs["global"])
-        if ref.shape[:2] != (h, w):
-            raise LpmError(f"{clip_dir}: global reference is {ref.shape[1]}x{ref.shape[0]}, frames {w}x{h}")
+        kinds = frame_reference_kinds(clip, idx, cfg.model.reference)
+        index = {}
+        for kind in dict.fromkeys(kinds):  # each kind the run needs, appended once
+            ref = tensor_to_image(clip.refs[kind])
+            if ref.shape[:2] != (h, w):
+                raise LpmError(f"{clip_dir}: reference {kind} is {ref.shape[1]}x{ref.shape[0]}, frames {w}x{h}")
+            index[kind] = len(out["refs"])
+            out["refs"].append(ref)
         out["truth"].append(truth)
         out["clean"].append(to_uint8(clean))
         out["soft"].append(to_uint8(soft))
         out["masks"].append(cov[0].numpy() > 0 if cov is not None else np.zeros((len(idx), h, w), bool))
-        out["clip"].append(np.full(len(idx), len(out["refs"])))  # the index of the reference appended next
-        out["refs"].append(ref)
+        out["clip"].append(np.array([index[k] for k in kinds]))
     if not out["refs"]:
         return None
     return Pairs(truth=np.concatenate(out["truth"]), clean=np.concatenate(out["clean"]),
                  soft=np.concatenate(out["soft"]), masks=np.concatenate(out["masks"]),
                  clip=np.concatenate(out["clip"]), refs=np.stack(out["refs"]))
+
+
+def frame_reference_kinds(clip, idx: np.ndarray, reference: str) -> list[str]:
+    """The reference kind the restorer reads beside each frame ``idx`` of ``clip`` (a ``ClipData``): ``global``,
+    or for an ``"expression"`` restorer ``expression_kind`` of the frame's true emotion channels, the global image
+    where the clip lacks that exemplar or has no motion."""
+    if reference == GLOBAL or clip.motion is None:
+        return [GLOBAL] * len(idx)
+    names = [n for n in clip.motion_names if n.startswith("emo_")]
+    values = clip.motion[idx][:, [clip.motion_names.index(n) for n in names]].float().numpy()
+    kinds = [expression_kind(row, names) for row in values]
+    return [k if k in clip.refs else GLOBAL for k in kinds]
 
 
 def pairs_key(data_dir: Path, vae: str, cfg: RestorerTrainConfig) -> str:
@@ -192,7 +210,9 @@ def pairs_key(data_dir: Path, vae: str, cfg: RestorerTrainConfig) -> str:
     vae_id = file_digest(Path(vae)) if Path(vae).is_file() else str(vae)
     fields = ("soften_sigma", "soften_noise", "runs_per_clip", "run_frames", "eval_clips", "seed")
     drawn = [file_digest(Path(cfg.dit)), cfg.dit_max_deg] if cfg.dit else []
-    text = json.dumps([(data_dir / "manifest.jsonl").read_text(), vae_id, [getattr(cfg, f) for f in fields], *drawn])
+    reads = [cfg.model.reference] if cfg.model.reference != GLOBAL else []  # global: the keys of earlier runs
+    text = json.dumps([(data_dir / "manifest.jsonl").read_text(), vae_id, [getattr(cfg, f) for f in fields], *drawn,
+                       *reads])
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
