@@ -131,6 +131,12 @@ def test_train_restorer_reports_and_resumes(tmp_path):
     assert sorted(f.name for f in out.glob("pairs_*.npz")) == [f"pairs_train_{key}.npz", f"pairs_val_{key}.npz"]
     assert pairs_key(data, str(vae), RestorerTrainConfig(**{**cfg.__dict__, "soften_noise": 0.05})) != key
     assert pairs_key(data, str(vae), RestorerTrainConfig(**{**cfg.__dict__, "steps": 99})) == key
+    expr_model = RestorerConfig(**{**cfg.model.__dict__, "reference": "expression"})
+    assert pairs_key(data, str(vae), RestorerTrainConfig(**{**cfg.__dict__, "model": expr_model})) != key
+    from lpm.training.restorer_trainer import Pairs
+    pairs = Pairs.load(out / f"pairs_train_{key}.npz")
+    assert pairs.expression.shape == pairs.masks.shape and pairs.expression.any()  # brows and cheeks boxed
+    assert (pairs.expression & ~pairs.masks).any()  # not the mouth and eyes again
     # a restorer with the window attention starts from this one: the same output before any step
     grown = tmp_path / "grown"
     grow = RestorerTrainConfig(**{**cfg.__dict__, "steps": 0, "init": str(out / "restorer.safetensors"),

@@ -8,7 +8,7 @@ detail from the reference where the latent lost it. With ``dit=CHECKPOINT`` the 
 drawing of the frames instead (``lpm.training.dit_drawn``: aligned with the truth, with the DiT's faults rather
 than a blur's). Frames come as runs of consecutive frames at random offsets of
 each clip (``runs_per_clip`` x ``run_frames``). The loss is the L1 error, the mouth and eyes (``Renderer``'s face
-regions) weighted by ``1 + face_weight``.
+regions) weighted by ``1 + face_weight``, the brows and cheeks by ``expression_weight`` more.
 
 Reported on held-out identities (val) and the zero-shot style, as PSNR over the frame and over the mouth and eyes:
 the round trip as it is and restored, clean and softened (``RUN/eval.json``, ``RUN/eval.md``, a sample sheet
@@ -38,10 +38,11 @@ from lpm.fsutil import atomic_path, file_digest
 from lpm.models.latent_codec import load_codec
 from lpm.models.restorer import GLOBAL, Restorer, RestorerConfig, expression_kind, load_restorer
 from lpm.training.base_samples import to_uint8
-from lpm.training.face_weights import face_coverage
+from lpm.training.face_weights import EXPRESSION_FEATURES, FACE_FEATURES, face_coverage
 from lpm.training.vae_trainer import psnr_masked_uint8, psnr_uint8, to_pixels
 
 SPLITS = ("train", "val", "zeroshot")
+PAIRS_FORMAT = 2  # 2: per-frame references and the brow and cheek masks (pairs cached before are prepared again)
 
 
 @dataclass
@@ -53,6 +54,7 @@ class RestorerTrainConfig:
     batch: int = 16
     lr: float = 1e-3
     face_weight: float = 10.0  # the mouth and eyes count 1 + this
+    expression_weight: float = 0.0  # the brows and cheeks (where emotions show) count 1 + this, on top
     soften_share: float = 0.5  # share of training inputs decoded from softened latents
     soften_sigma: tuple[float, float] = (0.4, 1.2)  # Gaussian blur width range, in latent cells
     soften_noise: float = 0.15  # noise std (normalised latent units) at most
@@ -88,8 +90,8 @@ class RestorerTrainConfig:
 @dataclass
 class Pairs:
     """Prepared pairs of one split: uint8 ``truth``, ``clean`` and ``soft`` round trips ``(N, H, W, 3)``,
-    ``masks (N, H, W)`` bool (mouth and eyes), ``clip (N,)`` each frame's reference: an index into
-    ``refs (K, H, W, 3)``."""
+    ``masks (N, H, W)`` bool (mouth and eyes), ``expression (N, H, W)`` bool (brows and cheeks), ``clip (N,)``
+    each frame's reference: an index into ``refs (K, H, W, 3)``."""
 
     truth: np.ndarray
     clean: np.ndarray
@@ -97,6 +99,7 @@ class Pairs:
     masks: np.ndarray
     clip: np.ndarray
     refs: np.ndarray
+    expression: np.ndarray
 
     def save(self, path: Path) -> None:
         with atomic_path(path, suffix=".npz") as tmp:
@@ -144,7 +147,8 @@ def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, m
 
         drawer = DitDrawer(cfg.dit)
         cached = load_latent_cache(data_dir, split, codec, vae, drawer.mel, cfg.cache_dir, limit=max_clips)
-    out: dict[str, list] = {"truth": [], "clean": [], "soft": [], "masks": [], "clip": [], "refs": []}
+    out: dict[str, list] = {"truth": [], "clean": [], "soft": [], "masks": [], "expression": [], "clip": [],
+                            "refs": []}
     for k, row in enumerate(tqdm(rows, desc=f"restorer pairs ({split})", leave=False)):
         clip_dir = data_dir / row["path"]
         clip = read_clip(clip_dir, load_video=False)
@@ -171,7 +175,8 @@ def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, m
             soft = codec.decode(soften(latents, sigma, noise)[:, None])[:, 0]
         clean = codec.decode(latents[:, None])[:, 0]
         motion = clip.motion[idx] if clip.motion is not None else None
-        cov = face_coverage(clip.meta.extra, clip.meta.style, motion, clip.motion_names, h, w, 1)
+        cov = face_coverage(clip.meta.extra, clip.meta.style, motion, clip.motion_names, h, w, 1,
+                            groups=(FACE_FEATURES, EXPRESSION_FEATURES))
         kinds = frame_reference_kinds(clip, idx, cfg.model.reference)
         index = {}
         for kind in dict.fromkeys(kinds):  # each kind the run needs, appended once
@@ -183,13 +188,15 @@ def prepare_pairs(data_dir: Path, split: str, codec, cfg: RestorerTrainConfig, m
         out["truth"].append(truth)
         out["clean"].append(to_uint8(clean))
         out["soft"].append(to_uint8(soft))
-        out["masks"].append(cov[0].numpy() > 0 if cov is not None else np.zeros((len(idx), h, w), bool))
+        for name, i in (("masks", 0), ("expression", 1)):
+            out[name].append(cov[i].numpy() > 0 if cov is not None else np.zeros((len(idx), h, w), bool))
         out["clip"].append(np.array([index[k] for k in kinds]))
     if not out["refs"]:
         return None
     return Pairs(truth=np.concatenate(out["truth"]), clean=np.concatenate(out["clean"]),
                  soft=np.concatenate(out["soft"]), masks=np.concatenate(out["masks"]),
-                 clip=np.concatenate(out["clip"]), refs=np.stack(out["refs"]))
+                 clip=np.concatenate(out["clip"]), refs=np.stack(out["refs"]),
+                 expression=np.concatenate(out["expression"]))
 
 
 def frame_reference_kinds(clip, idx: np.ndarray, reference: str) -> list[str]:
@@ -210,9 +217,8 @@ def pairs_key(data_dir: Path, vae: str, cfg: RestorerTrainConfig) -> str:
     vae_id = file_digest(Path(vae)) if Path(vae).is_file() else str(vae)
     fields = ("soften_sigma", "soften_noise", "runs_per_clip", "run_frames", "eval_clips", "seed")
     drawn = [file_digest(Path(cfg.dit)), cfg.dit_max_deg] if cfg.dit else []
-    reads = [cfg.model.reference] if cfg.model.reference != GLOBAL else []  # global: the keys of earlier runs
-    text = json.dumps([(data_dir / "manifest.jsonl").read_text(), vae_id, [getattr(cfg, f) for f in fields], *drawn,
-                       *reads])
+    text = json.dumps([PAIRS_FORMAT, (data_dir / "manifest.jsonl").read_text(), vae_id,
+                       [getattr(cfg, f) for f in fields], *drawn, cfg.model.reference])
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -318,7 +324,7 @@ def train_restorer(data_dir: str | Path, vae: str, out: str | Path, cfg: Restore
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step}, tmp)
 
     truth, clean, soft = to_pixels(train.truth), train.clean, train.soft
-    masks = torch.from_numpy(train.masks)
+    masks, expression = torch.from_numpy(train.masks), torch.from_numpy(train.expression)
     refs = to_pixels(train.refs)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     for _ in range(step):  # the same draws after a resume as without one
@@ -335,7 +341,8 @@ def train_restorer(data_dir: str | Path, vae: str, out: str | Path, cfg: Restore
             use_soft = (torch.rand(cfg.batch, generator=g) < cfg.soften_share).numpy()
             inputs = np.where(use_soft[:, None, None, None], soft[idx.numpy()], clean[idx.numpy()])
             x = to_pixels(inputs)
-            weights = 1 + cfg.face_weight * masks[idx].float()[:, None]
+            weights = 1 + cfg.face_weight * masks[idx].float() + cfg.expression_weight * expression[idx].float()
+            weights = weights[:, None]
             pred = model(x, refs[torch.from_numpy(train.clip[idx.numpy()])])
             loss = ((pred - truth[idx]).abs() * weights).mean() / weights.mean()
             opt.zero_grad(set_to_none=True)
