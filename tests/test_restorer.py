@@ -265,7 +265,7 @@ def test_restorer_pairs_drawn_by_the_online_model(tmp_path):
 
 
 def test_expression_kind_reads_the_strongest_emotion():
-    from lpm.models.restorer import EXPRESSION_FLOOR, expression_kind
+    from lpm.models.expression import EXPRESSION_FLOOR, expression_kind
 
     names = ["emo_happy", "emo_sad", "emo_surprised", "emo_angry"]
     assert expression_kind([0.0, 0.6, 0.2, 0.0], names) == "expr_sad"

@@ -131,7 +131,11 @@ class DmdDistiller(DistillTrainer):
         if not self.cfg.student:
             raise LpmError("lpm distill dmd needs --student (the ODE stage's run)")
         student = load_dit(resolve_weights(self.cfg.student, "student"))
-        mine = {**vars(teacher.cfg), "attention": "block_causal"}
+        if student.cfg.expression_canvas and not self.dit_cfg.expression_canvas:
+            raise LpmError(f"student {self.cfg.student} draws on the expression canvas: continue it with "
+                           "expression_canvas=true")
+        # The canvas adds no weights: a student with or without it fits a teacher without it.
+        mine = {**vars(teacher.cfg), "attention": "block_causal", "expression_canvas": student.cfg.expression_canvas}
         if vars(student.cfg) != mine:
             diff = sorted(k for k in mine if vars(student.cfg)[k] != mine[k])
             raise LpmError(f"student {self.cfg.student} is not a student of this teacher (config differs in {diff})")

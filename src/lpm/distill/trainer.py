@@ -54,6 +54,9 @@ class DistillConfig(BaseTrainConfig):
     reference_residual: bool = False
     # Move that reference to each frame's head pose (``DiTConfig.reference_warp``; the identity at init).
     reference_warp: bool = False
+    # Draw each frame on the exemplar of its track's emotion instead of the global reference
+    # (``DiTConfig.expression_canvas``; no new weights: the student starts from the same ones).
+    expression_canvas: bool = False
     # A new warp is first fitted alone on the training clips' latents for this many Adam steps
     # (lpm.training.warp_fit); 0 = it starts as the identity.
     warp_fit_steps: int = 300
@@ -142,7 +145,8 @@ class DistillTrainer(BaseTrainer):
         self.dit_cfg = dataclasses.replace(tc, attention="block_causal",
                                            reference_concat=tc.reference_concat or cfg.reference_concat,
                                            reference_residual=residual,
-                                           reference_warp=tc.reference_warp or cfg.reference_warp, **swap)
+                                           reference_warp=tc.reference_warp or cfg.reference_warp,
+                                           expression_canvas=tc.expression_canvas or cfg.expression_canvas, **swap)
         self.cfg = dataclasses.replace(cfg, model=self.dit_cfg)
         student = DiT(self.dit_cfg)
         initial = self._student_state(teacher)

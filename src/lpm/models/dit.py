@@ -39,6 +39,7 @@ from lpm.models.conditioning import (
     unpatchify,
 )
 from lpm.models.dit_config import DiTConfig, stored_dit_config
+from lpm.models.expression import EXPRESSION_FLOOR, GLOBAL, emotion_channels, exemplar_of
 from lpm.models.idle_motion import IdleMotion
 from lpm.models.kv_cache import KVCache
 from lpm.models.motion_track import MotionEmbedder, MotionInputs, speech_network
@@ -259,6 +260,40 @@ class DiT(nn.Module):
                              f"uses it token by token")
         return latent
 
+    def canvas_references(self, refs: References | None) -> References:
+        """The references ``expression_canvas`` draws on: the global one first, then each ``expr_<name>`` whose
+        emotion is a track channel, as ``(B, C, h, w)`` latents."""
+        latents, kinds = [self.global_reference(refs, "expression_canvas")], [GLOBAL]
+        wanted = {exemplar_of(c) for c in emotion_channels(self.cfg.motion_channels)}
+        for kind, latent in zip(refs.kinds, refs.latents):
+            if kind in wanted:
+                latents.append(latent)
+                kinds.append(kind)
+        return References(latents, kinds)
+
+    def canvas(self, refs: References, track: torch.Tensor | None, frames: int) -> torch.Tensor:
+        """The frame-aligned reference of each frame ``(B, F, C, h, w)`` from ``canvas_references``' ``refs``: the
+        exemplar of the frame's strongest emotion channel in ``track (B, F, P)`` where it reaches
+        ``EXPRESSION_FLOOR`` and ``refs`` hold it (``expression_kind``, frame by frame), else the global latent (no
+        track, or no ``expression_canvas``: the global latent everywhere)."""
+        out = refs.latents[0][:, None].expand(-1, frames, -1, -1, -1)
+        if not self.cfg.expression_canvas or track is None or len(refs.kinds) == 1:
+            return out
+        channels = self.cfg.motion_channels
+        names = emotion_channels(channels)
+        emotion = track[..., [channels.index(c) for c in names]].float()  # (B, F, E)
+        strongest, best = emotion.max(-1)  # the first of equal values, as expression_kind
+        for kind, latent in zip(refs.kinds[1:], refs.latents[1:]):
+            pick = (strongest >= EXPRESSION_FLOOR) & (best == [exemplar_of(c) for c in names].index(kind))
+            out = torch.where(pick[..., None, None, None], latent[:, None].to(out), out)
+        return out
+
+    def _canvas(self, cond: Conditioning, cache: KVCache | None, track: torch.Tensor | None,
+                frames: int) -> torch.Tensor:
+        """``canvas`` of the session's references (``cache.canvas`` once prefilled) or of ``cond``'s."""
+        refs = cache.canvas if cache is not None and cache.is_prefilled else self.canvas_references(cond.references)
+        return self.canvas(refs, track, frames)
+
     def reference_input(self, refs: References | None) -> torch.Tensor:
         """The global reference's per-token input ``(B, N, D)`` of ``reference_concat`` (a clear error without it)."""
         latent = self.global_reference(refs, "reference_concat")
@@ -274,15 +309,19 @@ class DiT(nn.Module):
 
     def finish_output(self, out: torch.Tensor, cond: Conditioning, cache: KVCache | None,
                       track: torch.Tensor | None) -> torch.Tensor:
-        """The head's ``(B, F, C, h, w)`` -> the prediction: plus the global reference with
-        ``reference_residual`` (from the cache once it is prefilled), moved to the head pose of ``track``
-        ``(B, F, P)`` with ``reference_warp`` (no track: the still reference), else unchanged."""
+        """The head's ``(B, F, C, h, w)`` -> the prediction: plus the global reference (each frame's ``canvas``
+        with ``expression_canvas``) with ``reference_residual`` (from the cache once it is prefilled), moved to the
+        head pose of ``track`` ``(B, F, P)`` with ``reference_warp`` (no track: the still reference), else
+        unchanged."""
         if not self.cfg.reference_residual:
             return out
-        ref = self.reference_latent(cond, cache, "reference_residual")  # (B, C, h, w)
+        if self.cfg.expression_canvas:
+            ref = self._canvas(cond, cache, track, out.shape[1])  # (B, F, C, h, w)
+        else:
+            ref = self.reference_latent(cond, cache, "reference_residual")  # (B, C, h, w)
         if self.cfg.reference_warp and track is not None:
             return out + self.reference_warp(ref, track).to(out.dtype)
-        return out + ref[:, None].to(out.dtype)
+        return out + (ref if ref.dim() == 5 else ref[:, None]).to(out.dtype)
 
     # ---- streaming ----
     @torch.no_grad()
@@ -308,6 +347,9 @@ class DiT(nn.Module):
             cache.reference_input = self.reference_input(references)
         if self.cfg.reference_residual:
             cache.reference_latent = self.global_reference(references, "reference_residual").detach()
+        if self.cfg.expression_canvas:
+            canvas = self.canvas_references(references)
+            cache.canvas = References([x.detach() for x in canvas.latents], canvas.kinds)
         return self._references(references, cache.slot_k[0].shape[0], self.patch_embed.weight.device)
 
     @torch.no_grad()
@@ -348,16 +390,19 @@ class DiT(nn.Module):
                              f"frames' features with lpm.audio.mel.per_latent_frame")
         t = t[:, None].expand(b, f) if t.dim() == 1 else t
         x = self.patch_embed(patchify(x_t, cfg.patch_size))  # (B, F, N, D)
-        if cfg.reference_concat:
-            x = x + (self.reference_input(cond.references) if cache is None or not cache.is_prefilled
-                     else cache.reference_input)[:, None]
-        if cond.pose is not None:
-            x = x + self.pose_embed(cond.pose)[:, :, None]
         first_frame = 0 if cache is None else cache.chunks_seen * cfg.frames_per_chunk
         if context is not None and (cache is None or context.chunk != cache.chunks_seen):
             raise ValueError(f"the chunk context was prepared for chunk {context.chunk}, this forward is "
                              f"{'uncached' if cache is None else f'chunk {cache.chunks_seen}'}")
         motion = context.motion if context is not None else self._motion(cond, first_frame, f, cache)
+        if cfg.expression_canvas and cfg.reference_concat:  # per frame: each frame's canvas
+            canvas = self._canvas(cond, cache, None if motion is None else motion.track, f)
+            x = x + self.reference_in(patchify(canvas.to(self.reference_in.weight.dtype), cfg.patch_size))
+        elif cfg.reference_concat:
+            x = x + (self.reference_input(cond.references) if cache is None or not cache.is_prefilled
+                     else cache.reference_input)[:, None]
+        if cond.pose is not None:
+            x = x + self.pose_embed(cond.pose)[:, :, None]
         motion_e = None
         if motion is not None:
             motion_e = motion.embedding  # (B, F, D)

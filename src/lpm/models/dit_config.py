@@ -50,6 +50,11 @@ class DiTConfig:
     # The reference that residual adds, moved to each frame's head pose by the track's head yaw/pitch/roll (an
     # affine warp linear in the pose, zero at init, blended per latent cell: lpm.models.reference_warp).
     reference_warp: bool = False
+    # The frame-aligned reference (the ``reference_concat`` input and the ``reference_residual`` base) is, per frame,
+    # the expression exemplar ``expr_<name>`` of the track's strongest emotion channel when it reaches
+    # ``lpm.models.expression.EXPRESSION_FLOOR`` and the references hold it, else the global reference: the drawing
+    # starts from this character's face in the caption's emotion (``DiT.canvas``).
+    expression_canvas: bool = False
     # Idle head motion sampled per character and added to the track predicted from audio (lpm.models.idle_motion):
     # the held pose and sway that are not in the audio; calibrated on true tracks (lpm export --idle-motion).
     idle_motion: bool = False
@@ -126,6 +131,11 @@ class DiTConfig:
                               f"divisible by audio_tokens_per_frame {self.audio_tokens_per_frame}")
         if self.speech_caption_buckets < 0:
             raise ConfigError(f"speech_caption_buckets must be >= 0, got {self.speech_caption_buckets}")
+        if self.expression_canvas and not (self.reference_concat or self.reference_residual):
+            raise ConfigError("expression_canvas chooses the frame-aligned reference: it needs reference_concat or "
+                              "reference_residual")
+        if self.expression_canvas and not any(c.startswith("emo_") for c in self.motion_channels):
+            raise ConfigError("expression_canvas reads the track's emo_<name> channels: motion_channels has none")
         if not 0 <= self.motion_dropout <= 1:
             raise ConfigError(f"motion_dropout must be in [0, 1], got {self.motion_dropout}")
         unknown = [c for c in self.motion_channels if c not in TRACK_SCALE]

@@ -17,11 +17,15 @@ a list of dicts with hard-coded token counts; this is the typed version).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from lpm.models.attention import online_chunk_positions
 from lpm.models.dit_config import DiTConfig
+
+if TYPE_CHECKING:
+    from lpm.models.conditioning import References
 
 
 @dataclass
@@ -41,6 +45,7 @@ class KVCache:
     chunks_seen: int = 0  # chunks committed so far; the next forward generates chunk ``chunks_seen``
     reference_input: torch.Tensor | None = None  # (B, N, D) the global reference's tokens (``reference_concat``)
     reference_latent: torch.Tensor | None = None  # (B, C, h, w) the global reference (``reference_residual``)
+    canvas: References | None = None  # the global reference and the exemplars ``expression_canvas`` draws on
     max_time_position: float = float("-inf")  # largest rotary time any cached forward used (a statistic)
 
     @classmethod

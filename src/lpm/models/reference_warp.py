@@ -50,14 +50,17 @@ class ReferenceWarp(nn.Module):
         self.mask_logit = nn.Parameter(torch.full((height, width), MASK_INIT_LOGIT / MASK_GAIN))
 
     def forward(self, reference: torch.Tensor, track: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = reference.shape
+        """``reference (B, C, h, w)`` or one per frame ``(B, F, C, h, w)``, ``track (B, F, P)``."""
         f = track.shape[1]
+        if reference.dim() == 4:
+            reference = reference[:, None].expand(-1, f, -1, -1, -1)
+        b, _, c, h, w = reference.shape
         pose = track[..., self.channels].to(self.pose_to_affine.dtype)  # (B, F, K)
         theta = torch.eye(2, 3, dtype=pose.dtype, device=pose.device) + torch.einsum(
             "bfk,kij->bfij", pose, self.pose_to_affine * AFFINE_GAIN)  # (B, F, 2, 3)
         grid = F.affine_grid(theta.flatten(0, 1), [b * f, c, h, w], align_corners=False)
-        frames = reference.to(pose.dtype)[:, None].expand(b, f, c, h, w).flatten(0, 1)
+        frames = reference.to(pose.dtype).flatten(0, 1)
         warped = F.grid_sample(frames, grid, mode="bilinear", padding_mode="border", align_corners=False)
         m = torch.sigmoid(self.mask_logit * MASK_GAIN)  # (h, w)
-        out = m * warped.unflatten(0, (b, f)) + (1 - m) * reference.to(pose.dtype)[:, None]
+        out = m * warped.unflatten(0, (b, f)) + (1 - m) * reference.to(pose.dtype)
         return out.to(reference.dtype)

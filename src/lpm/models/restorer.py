@@ -16,14 +16,13 @@ retrained; per frame it costs about a sixth of the tiny VAE's decode (4 ms again
 
 Which image it reads beside the frame is part of its config (``RestorerConfig.reference``): the global reference,
 or (``"expression"``) the character's facial-expression exemplar of the emotion the model's own motion track carries
-(``expression_kind``: the strongest ``emo_*`` channel, the global image below ``EXPRESSION_FLOOR``). The DiT draws
+(``lpm.models.expression.expression_kind``). The DiT draws
 the caption's emotion faintly (text emotion 0.38 against the rig's 0.76, docs/learning.md) although its track
 carries it; the exemplar holds this character's brows, cheeks and lids for that emotion in pixels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,32 +32,12 @@ import torch.nn.functional as F
 
 from lpm.config import from_dict, to_dict
 from lpm.errors import LpmError
+from lpm.models.expression import GLOBAL
 from lpm.models.vae import Down, ResBlock, Up
 from lpm.training.checkpoint import load_checkpoint, load_into, save_checkpoint
 
 CHECKPOINT_KIND = "restorer"
 REFERENCES = ("global", "expression")  # what ``RestorerConfig.reference`` may name
-GLOBAL = "global"
-# An emotion channel below this (track units = rig units, 0..1) is no emotion: the global image is read. The world
-# draws a clip's emotion at 0.34-0.99; the speech network's predicted channels stay below 0.15 on neutral clips
-# (scripts/track_emotion.py).
-EXPRESSION_FLOOR = 0.15
-
-
-def expression_kind(emotions: Sequence[float], names: Sequence[str]) -> str:
-    """The reference kind an ``"expression"`` restorer reads: ``expr_<name>`` of the strongest of ``emotions``
-    (values of the ``emo_<name>`` channels ``names``, e.g. a chunk's mean), or ``global`` when none reaches
-    ``EXPRESSION_FLOOR``."""
-    if len(emotions) != len(names):
-        raise ValueError(f"expression_kind: {len(emotions)} values for {len(names)} channels")
-    if not names:
-        return GLOBAL
-    best = max(range(len(names)), key=lambda i: float(emotions[i]))
-    if float(emotions[best]) < EXPRESSION_FLOOR:
-        return GLOBAL
-    if not names[best].startswith("emo_"):
-        raise ValueError(f"expression_kind: {names[best]!r} is not an emo_<name> channel")
-    return f"expr_{names[best][4:]}"
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,11 @@ from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
 from lpm.models.chunk_context import ChunkContext
 from lpm.models.conditioning import Conditioning, References
 from lpm.models.dit import DiT, load_dit
+from lpm.models.expression import GLOBAL, expression_kind
 from lpm.models.kv_cache import KVCache
 from lpm.models.latent_codec import LatentCodec, load_codec
 from lpm.models.motion_track import TrackGainError, track_gains
-from lpm.models.restorer import GLOBAL, Restorer, expression_kind, load_restorer
+from lpm.models.restorer import Restorer, load_restorer
 from lpm.parallel.sequence_dit import SequenceParallelDiT
 from lpm.runtime.engines import Character, ChunkInput, Engine, EngineError, Stage
 from lpm.training.checkpoint import read_metadata

@@ -35,8 +35,9 @@ from lpm.data.clip import read_clip, read_manifest, tensor_to_image
 from lpm.data.video import read_mp4
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_path, file_digest
+from lpm.models.expression import GLOBAL, expression_kind
 from lpm.models.latent_codec import load_codec
-from lpm.models.restorer import GLOBAL, Restorer, RestorerConfig, expression_kind, load_restorer
+from lpm.models.restorer import Restorer, RestorerConfig, load_restorer
 from lpm.training.base_samples import to_uint8
 from lpm.training.face_weights import EXPRESSION_FEATURES, FACE_FEATURES, face_coverage
 from lpm.training.vae_trainer import psnr_masked_uint8, psnr_uint8, to_pixels

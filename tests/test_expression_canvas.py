@@ -1,0 +1,77 @@
+"""``expression_canvas``: each frame drawn on the exemplar of its track's strongest emotion (the frame-aligned
+reference of ``reference_concat`` / ``reference_residual``), the global reference below the floor or where the
+exemplar is missing; streamed through the KV cache equal to the full forward; configs that cannot use it refused."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from lpm.config import ConfigError
+from lpm.models.conditioning import References
+from lpm.models.kv_cache import KVCache
+from test_dit import make_inputs, make_model, micro
+
+CHANNELS = ("jaw_open", "emo_happy", "emo_sad")
+
+
+def _inputs(model, track_rows):
+    x, t, cond = make_inputs(model, num_chunks=2)
+    c, h, w = x.shape[2:]
+    g = torch.Generator().manual_seed(5)
+    refs = References([torch.randn(1, c, h, w, generator=g, dtype=x.dtype) for _ in range(3)],
+                      ["global", "expr_happy", "expr_sad"])
+    motion = torch.tensor([track_rows], dtype=x.dtype)  # (1, F, P)
+    return x, t, dataclasses.replace(cond, references=refs, motion=motion, pose=None)
+
+
+def test_each_frame_starts_from_the_exemplar_of_its_emotion():
+    rows = [[0.5, 0.0, 0.0], [0.1, 0.6, 0.2], [0.0, 0.3, 0.9], [0.2, 0.1, 0.05]]  # none, happy, sad, below the floor
+    model = make_model(micro(reference_residual=True, motion_channels=CHANNELS, expression_canvas=True))
+    model.restart_head()  # the output is the canvas itself
+    x, t, cond = _inputs(model, rows)
+    glob, happy, sad = cond.references.latents
+    with torch.no_grad():
+        out = model(x, t, cond)[0]
+        assert torch.equal(out[0], glob[0]) and torch.equal(out[1], happy[0]) and torch.equal(out[2], sad[0])
+        assert torch.equal(out[3], glob[0])
+        no_sad = References(cond.references.latents[:2], cond.references.kinds[:2])
+        assert torch.equal(model(x, t, dataclasses.replace(cond, references=no_sad))[0, 2], glob[0])  # no exemplar
+        plain = make_model(micro(reference_residual=True, motion_channels=CHANNELS))
+        plain.load_state_dict(model.state_dict())
+        assert torch.equal(plain(x, t, cond)[0], glob.expand(4, -1, -1, -1))  # without the canvas: global throughout
+
+
+def test_the_canvas_streams_equal_to_the_full_forward():
+    rows = [[0.5, 0.0, 0.0], [0.1, 0.6, 0.2], [0.0, 0.3, 0.9], [0.2, 0.1, 0.05]]
+    cfg = micro(reference_residual=True, reference_concat=True, motion_channels=CHANNELS, motion_spatial=True,
+                expression_canvas=True)
+    model = make_model(cfg)
+    x, t, cond = _inputs(model, rows)
+    with torch.no_grad():
+        full = model(x, t, cond)
+        plain = make_model(dataclasses.replace(cfg, expression_canvas=False))
+        plain.load_state_dict(model.state_dict())
+        assert (plain(x, t, cond) - full)[0, 1:3].abs().max() > 1e-3  # the canvas changes the emotional frames
+    fc = cfg.frames_per_chunk
+    cache = KVCache.empty(cfg, 1, dtype=x.dtype)
+    outs = []
+    with torch.no_grad():
+        for c in range(x.shape[1] // fc):
+            frames = slice(c * fc, (c + 1) * fc)
+            start, end = model.audio_frame_range(c * fc, fc)
+            chunk = dataclasses.replace(cond, audio_self=cond.audio_self[:, start:end],
+                                        audio_partner=cond.audio_partner[:, start:end], audio_start_frame=start,
+                                        motion=cond.motion[:, frames])
+            outs.append(model(x[:, frames], t[:, frames], chunk, cache=cache, update_cache=True))
+    streamed = torch.cat(outs, 1)
+    assert (streamed - full).abs().max() <= 1e-6 * full.abs().max()
+
+
+def test_configs_that_cannot_use_the_canvas_are_refused():
+    with pytest.raises(ConfigError, match="needs reference_concat or reference_residual"):
+        micro(motion_channels=CHANNELS, expression_canvas=True)
+    with pytest.raises(ConfigError, match="has none"):
+        micro(reference_residual=True, motion_channels=("jaw_open",), expression_canvas=True)
