@@ -71,7 +71,8 @@ def make_inputs(model: DiT, num_chunks=NUM_CHUNKS, dtype=torch.float64, seed=1):
 
 
 def stream(model: DiT, x, t, cond) -> torch.Tensor:
-    """Chunk by chunk through the KV cache, slicing audio with ``audio_frame_range``."""
+    """Chunk by chunk through the KV cache, slicing audio with ``audio_frame_range`` (and a given pose and
+    motion track by frames)."""
     cfg, fc = model.cfg, model.cfg.frames_per_chunk
     cache = KVCache.empty(cfg, 1, dtype=x.dtype)
     outs = []
@@ -84,7 +85,8 @@ def stream(model: DiT, x, t, cond) -> torch.Tensor:
                 audio_self=cond.audio_self[:, start:end],
                 audio_partner=cond.audio_partner[:, start:end],
                 audio_start_frame=start,
-                pose=cond.pose[:, frames],
+                pose=None if cond.pose is None else cond.pose[:, frames],
+                motion=None if cond.motion is None else cond.motion[:, frames],
             )
             outs.append(model(x[:, frames], t[:, frames], chunk, cache=cache, update_cache=True))
     return torch.cat(outs, dim=1)

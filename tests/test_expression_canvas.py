@@ -11,8 +11,7 @@ import torch
 
 from lpm.config import ConfigError
 from lpm.models.conditioning import References
-from lpm.models.kv_cache import KVCache
-from test_dit import make_inputs, make_model, micro
+from test_dit import make_inputs, make_model, micro, stream
 
 CHANNELS = ("jaw_open", "emo_happy", "emo_sad")
 
@@ -55,18 +54,7 @@ def test_the_canvas_streams_equal_to_the_full_forward():
         plain = make_model(dataclasses.replace(cfg, expression_canvas=False))
         plain.load_state_dict(model.state_dict())
         assert (plain(x, t, cond) - full)[0, 1:3].abs().max() > 1e-3  # the canvas changes the emotional frames
-    fc = cfg.frames_per_chunk
-    cache = KVCache.empty(cfg, 1, dtype=x.dtype)
-    outs = []
-    with torch.no_grad():
-        for c in range(x.shape[1] // fc):
-            frames = slice(c * fc, (c + 1) * fc)
-            start, end = model.audio_frame_range(c * fc, fc)
-            chunk = dataclasses.replace(cond, audio_self=cond.audio_self[:, start:end],
-                                        audio_partner=cond.audio_partner[:, start:end], audio_start_frame=start,
-                                        motion=cond.motion[:, frames])
-            outs.append(model(x[:, frames], t[:, frames], chunk, cache=cache, update_cache=True))
-    streamed = torch.cat(outs, 1)
+    streamed = stream(model, x, t, cond)
     assert (streamed - full).abs().max() <= 1e-6 * full.abs().max()
 
 
