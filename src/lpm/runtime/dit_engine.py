@@ -44,7 +44,7 @@ from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
 from lpm.models.chunk_context import ChunkContext
 from lpm.models.conditioning import Conditioning, References
 from lpm.models.dit import DiT, load_dit
-from lpm.models.expression import GLOBAL, expression_kind
+from lpm.models.expression import GLOBAL, emotion_channels, expression_kind
 from lpm.models.kv_cache import KVCache
 from lpm.models.latent_codec import LatentCodec, load_codec
 from lpm.models.motion_track import TrackGainError, track_gains
@@ -416,7 +416,7 @@ class DiTEngine(Engine):
         if self.restorer is None:
             return None
         channels = self.model.cfg.motion_channels
-        emotions = [c for c in channels if c.startswith("emo_")]
+        emotions = emotion_channels(channels)
         if self.restorer.cfg.reference == GLOBAL or not emotions:
             return self.reference_pixels[GLOBAL]
         track = self.model.predict_motion(cond, first_frame, num_frames)[0]  # (F, P)

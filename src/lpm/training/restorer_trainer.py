@@ -35,7 +35,7 @@ from lpm.data.clip import read_clip, read_manifest, tensor_to_image
 from lpm.data.video import read_mp4
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_path, file_digest
-from lpm.models.expression import GLOBAL, expression_kind
+from lpm.models.expression import GLOBAL, emotion_channels, expression_kind
 from lpm.models.latent_codec import load_codec
 from lpm.models.restorer import Restorer, RestorerConfig, load_restorer
 from lpm.training.base_samples import to_uint8
@@ -206,7 +206,7 @@ def frame_reference_kinds(clip, idx: np.ndarray, reference: str) -> list[str]:
     where the clip lacks that exemplar or has no motion."""
     if reference == GLOBAL or clip.motion is None:
         return [GLOBAL] * len(idx)
-    names = [n for n in clip.motion_names if n.startswith("emo_")]
+    names = emotion_channels(clip.motion_names)
     values = clip.motion[idx][:, [clip.motion_names.index(n) for n in names]].float().numpy()
     kinds = [expression_kind(row, names) for row in values]
     return [k if k in clip.refs else GLOBAL for k in kinds]
