@@ -14,7 +14,7 @@ from lpm.models.dit import DiT
 from lpm.models.dit_config import DiTConfig
 from lpm.models.vae import LpmVAE, VAEConfig
 from lpm.runtime.audio_buffer import AudioStream, StreamResampler
-from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig
+from lpm.runtime.dit_engine import DiTEngine, DiTEngineConfig, DrawnChunk
 from lpm.runtime.engines import (
     Character,
     ChunkInput,
@@ -300,7 +300,7 @@ def test_dit_engine_int8_is_close_to_fp32_and_leaves_the_shared_model(one_thread
     int8 = DiTEngine(model, codec, character, DiTEngineConfig(seed=3, precision="int8"))
     assert int8.model is not model and type(model.blocks[0].mlp[0]) is torch.nn.Linear  # a copy is quantised
     for c in chunks(pcm, pcm, 4, fp32.lookahead_frames, 4):
-        a, b = (dict(e.stages())["generate"](c, {})[0] for e in (fp32, int8))
+        a, b = (dict(e.stages())["generate"](c, {}).latents for e in (fp32, int8))
         assert 0 < (a - b).abs().max() < 0.05 * a.abs().max()  # quantised (not identical), and close
     with pytest.raises(EngineError, match="unknown precision 'fp8'"):
         DiTEngine(model, codec, character, DiTEngineConfig(precision="fp8"))
@@ -317,7 +317,7 @@ def test_dit_engine_bf16_attention_is_close_to_fp32_past_eviction(one_thread, mo
     fp32 = DiTEngine(model, codec, character, DiTEngineConfig(seed=3))
     bf16 = DiTEngine(model, codec, character, DiTEngineConfig(seed=3, attention_precision="bf16"))
     for c in chunks(pcm, pcm[::-1].copy(), 4, fp32.lookahead_frames, 6):
-        a, b = (dict(e.stages())["generate"](c, {})[0] for e in (fp32, bf16))
+        a, b = (dict(e.stages())["generate"](c, {}).latents for e in (fp32, bf16))
         assert 0 < (a - b).abs().max() < 0.02 * a.abs().max()
     assert bf16.cache.chunks_seen == 5  # four commits settled, chunks 3 and 4 evicted earlier ones
     with pytest.raises(EngineError, match="unknown attention precision 'fp8'"):
@@ -377,7 +377,7 @@ def test_dit_engine_frame_by_frame_decode_equals_one_call(one_thread):
     latents = torch.randn(1, 4, codec.latent_channels, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         whole = codec.decode_chunk(latents, None)[0][0]  # (4, 3, H, W)
-    frames = list(engine.frame_stream()((latents, None), {}))
+    frames = list(engine.frame_stream()(DrawnChunk(latents, None, None), {}))
     want = np.stack([((f.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy() for f in whole])
     assert len(frames) == 4 and np.abs(np.stack(frames).astype(int) - want.astype(int)).max() <= 1
 
