@@ -323,6 +323,13 @@ def test_an_expression_restorer_reads_the_exemplar_of_the_predicted_emotion(tmp_
     assert track(0.7, 0.0) is pixels["expr_happy"]
     assert track(0.05, 0.1) is pixels["global"]  # below the floor: no emotion
     assert track(0.0, 0.9) is pixels["global"]  # the session has no sad exemplar
+    from types import SimpleNamespace
+
+    def unused(cond, first, n):
+        raise AssertionError("the chunk context's track is reused, not predicted again")
+    engine.model.predict_motion = unused
+    context = SimpleNamespace(motion=SimpleNamespace(track=torch.tensor([0.3, 0.8, 0.0]).expand(1, 2, 3)))
+    assert engine._restorer_image(None, 0, 2, context) is pixels["expr_happy"]
     other = DiTEngine.load(Character(images=images), DiTEngineConfig(checkpoint=str(src), restorer=str(plain)))
     other.model.predict_motion = lambda cond, first, n: torch.tensor([0.3, 0.9, 0.0]).expand(1, n, 3)
     assert other._restorer_image(None, 0, 2) is other.reference_pixels["global"]  # a global restorer: always global

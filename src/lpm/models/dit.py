@@ -283,8 +283,9 @@ class DiT(nn.Module):
         names = emotion_channels(channels)
         emotion = track[..., [channels.index(c) for c in names]].float()  # (B, F, E)
         strongest, best = emotion.max(-1)  # the first of equal values, as expression_kind
+        exemplars = [exemplar_of(c) for c in names]
         for kind, latent in zip(refs.kinds[1:], refs.latents[1:]):
-            pick = (strongest >= EXPRESSION_FLOOR) & (best == [exemplar_of(c) for c in names].index(kind))
+            pick = (strongest >= EXPRESSION_FLOOR) & (best == exemplars.index(kind))
             out = torch.where(pick[..., None, None, None], latent[:, None].to(out), out)
         return out
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from lpm.audio.mel import MelConfig
 from lpm.config import ConfigError
+from lpm.models.expression import emotion_channels
 from lpm.models.motion_track import TRACK_SCALE, speech_history
 from lpm.models.reactions import REACTION_KINDS
 from lpm.models.reference_warp import pose_channels
@@ -134,7 +135,7 @@ class DiTConfig:
         if self.expression_canvas and not (self.reference_concat or self.reference_residual):
             raise ConfigError("expression_canvas chooses the frame-aligned reference: it needs reference_concat or "
                               "reference_residual")
-        if self.expression_canvas and not any(c.startswith("emo_") for c in self.motion_channels):
+        if self.expression_canvas and not emotion_channels(self.motion_channels):
             raise ConfigError("expression_canvas reads the track's emo_<name> channels: motion_channels has none")
         if not 0 <= self.motion_dropout <= 1:
             raise ConfigError(f"motion_dropout must be in [0, 1], got {self.motion_dropout}")

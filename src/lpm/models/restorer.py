@@ -37,7 +37,7 @@ from lpm.models.vae import Down, ResBlock, Up
 from lpm.training.checkpoint import load_checkpoint, load_into, save_checkpoint
 
 CHECKPOINT_KIND = "restorer"
-REFERENCES = ("global", "expression")  # what ``RestorerConfig.reference`` may name
+REFERENCES = (GLOBAL, "expression")  # what ``RestorerConfig.reference`` may name
 
 
 @dataclass(frozen=True)

@@ -409,17 +409,22 @@ class DiTEngine(Engine):
             vector[channels.index(name)] = g
         return vector
 
-    def _restorer_image(self, cond: Conditioning, first_frame: int, num_frames: int) -> torch.Tensor | None:
+    def _restorer_image(self, cond: Conditioning, first_frame: int, num_frames: int,
+                        context: ChunkContext | None = None) -> torch.Tensor | None:
         """The image the restorer reads beside this chunk's frames ``(1, 3, H, W)`` (None without a restorer): the
         global reference, or for an ``"expression"`` restorer the exemplar of the emotion in the chunk's predicted
-        track (``expression_kind`` of its mean; the global image when the session has no such exemplar)."""
+        track (``expression_kind`` of its mean; the global image when the session has no such exemplar). The track
+        is the chunk ``context``'s when there is one (the DiT predicted it already), else predicted here."""
         if self.restorer is None:
             return None
         channels = self.model.cfg.motion_channels
         emotions = emotion_channels(channels)
         if self.restorer.cfg.reference == GLOBAL or not emotions:
             return self.reference_pixels[GLOBAL]
-        track = self.model.predict_motion(cond, first_frame, num_frames)[0]  # (F, P)
+        if context is not None and context.motion is not None:
+            track = context.motion.track[0]  # (F, P)
+        else:
+            track = self.model.predict_motion(cond, first_frame, num_frames)[0]
         mean = track[:, [channels.index(c) for c in emotions]].float().mean(0).tolist()
         return self.reference_pixels.get(expression_kind(mean, emotions), self.reference_pixels[GLOBAL])
 
@@ -459,7 +464,7 @@ class DiTEngine(Engine):
         local = Conditioning(text_tokens, text_mask, mel_self, mel_partner,
                              audio_start_frame=audio_start - model_first, references=self.references,
                              captions=[chunk.text], track_gain=self.track_gain)
-        return DrawnChunk(x_0, local, self._restorer_image(cond, model_first, f))
+        return DrawnChunk(x_0, local, self._restorer_image(cond, model_first, f, context))
 
     @torch.no_grad()
     def _refine(self, payload: DrawnChunk, timings: dict[str, float]) -> DrawnChunk:
