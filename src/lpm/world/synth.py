@@ -71,6 +71,17 @@ def caption(identity: Identity, emotion: str, intensity: float, mode: str) -> st
     return f"{identity.describe()}, {mood}, {BEHAVIOUR_TEXT[mode]}."
 
 
+def exemplar_pose(emotion: str) -> np.ndarray:
+    """The rest pose of the expression exemplar ``expr_<emotion>`` (``neutral``: the global image's pose)."""
+    pose = neutral_pose()[0].copy()
+    if emotion != "neutral":
+        pose[MOTION_INDEX[f"emo_{emotion}"]] = 1.0
+    pose[MOTION_INDEX["smile"]] = {"happy": 0.6, "sad": -0.4, "angry": -0.2}.get(emotion, 0.0)
+    pose[MOTION_INDEX["brow_raise"]] = {"surprised": 0.8, "angry": -0.7, "sad": 0.2}.get(emotion, 0.0)
+    pose[MOTION_INDEX["jaw_open"]] = {"surprised": 0.35, "happy": 0.15}.get(emotion, 0.0)
+    return pose
+
+
 def render_references(renderer: Renderer) -> dict[str, np.ndarray]:
     """Global image, four body views and one exemplar per emotion, all at rest, eyes open."""
     refs = {}
@@ -81,13 +92,7 @@ def render_references(renderer: Renderer) -> dict[str, np.ndarray]:
         pose[MOTION_INDEX["body_yaw"]] = yaw
         refs[f"body_{view}"] = renderer.render(pose)
     for emotion in EMOTIONS:
-        pose = rest.copy()
-        if emotion != "neutral":
-            pose[MOTION_INDEX[f"emo_{emotion}"]] = 1.0
-        pose[MOTION_INDEX["smile"]] = {"happy": 0.6, "sad": -0.4, "angry": -0.2}.get(emotion, 0.0)
-        pose[MOTION_INDEX["brow_raise"]] = {"surprised": 0.8, "angry": -0.7, "sad": 0.2}.get(emotion, 0.0)
-        pose[MOTION_INDEX["jaw_open"]] = {"surprised": 0.35, "happy": 0.15}.get(emotion, 0.0)
-        refs[f"expr_{emotion}"] = renderer.render(pose)
+        refs[f"expr_{emotion}"] = renderer.render(exemplar_pose(emotion))
     return refs
 
 
