@@ -148,3 +148,26 @@ def test_bad_arguments_are_clear_errors(tmp_path, capsys):
     assert "--res" in capsys.readouterr().err
     assert main(["world", "synth", "--out", str(tmp_path / "x"), "--split", "nope"]) == 2
     assert "split" in capsys.readouterr().err
+
+
+def test_expression_exemplars_close_the_lips():
+    """Each exemplar shows its emotion with the lips closed: the mouth's box is the closed mouth's height (the
+    canvas must not carry an open jaw into silence), while brows and eyes are the emotion's."""
+    from lpm.world.identity import sample_identity
+    from lpm.world.render import Renderer
+    from lpm.world.synth import exemplar_pose, render_references
+
+    renderer = Renderer(sample_identity(123, "photo"), 128)
+    refs = render_references(renderer)
+    still = refs["global"].astype(int)
+    _, y0, _, y1 = renderer.face_regions(exemplar_pose("neutral"))["mouth"]
+    for emotion in ("happy", "surprised"):
+        pose = exemplar_pose(emotion)
+        _, e0, _, e1 = renderer.face_regions(pose, lips_closed=True)["mouth"]
+        _, o0, _, o1 = renderer.face_regions(pose)["mouth"]
+        assert e1 - e0 <= y1 - y0 + 3  # about the mouth at rest (a smile lifts its corners)
+        if emotion == "surprised":
+            assert e1 - e0 + 3 < o1 - o0  # surprise alone opens the jaw
+        assert np.array_equal(refs[f"expr_{emotion}"], renderer.render(pose, lips_closed=True))
+        exemplar = refs[f"expr_{emotion}"].astype(int)
+        assert (np.abs(exemplar[: y0 - 4] - still[: y0 - 4]).max(-1) > 20).sum() >= 10  # brows, lids, eyes

@@ -238,8 +238,13 @@ class ModelSystem(System):
         self.note = f"trained lpm model ({name})"
         if self.checkpoint is None:
             given = name.split("+")[0]
-            self._reason = (f"no trained {given} checkpoint given (--checkpoint {given}=PATH) and none shipped at "
-                            f"{DEFAULT_CHECKPOINTS.get(given, '(no default)')}")
+            shipped = DEFAULT_CHECKPOINTS.get(given)
+            if shipped and Path(shipped).is_file():
+                self._reason = (f"not run: no {given} checkpoint given (--checkpoint {given}=PATH) and "
+                                f"--no-default-checkpoints leaves out the shipped {shipped}")
+            else:
+                self._reason = (f"no trained {given} checkpoint given (--checkpoint {given}=PATH) and none shipped at "
+                                f"{shipped or '(no default)'}")
             return
         import lpm.eval.dit_systems  # noqa: F401 - registers the loader of DiT checkpoints
         from lpm.training.checkpoint import CheckpointError, read_metadata

@@ -10,6 +10,7 @@ Run ``python -m lpm.world.render --bench`` for frames/s on one core, ``--sheet P
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -65,23 +66,26 @@ class Renderer:
             self._backdrops[key] = img
         return img
 
-    def _place(self, pose: np.ndarray) -> tuple[FaceState, HeadFrame]:
+    def _place(self, pose: np.ndarray, lips_closed: bool = False) -> tuple[FaceState, HeadFrame]:
         pose = np.asarray(pose, dtype=np.float64)
         if pose.shape != (NUM_MOTION,):
             raise RenderError(f"pose must have shape ({NUM_MOTION},), got {pose.shape}")
         state = face_state(pose)
+        if lips_closed:  # the jaw shut and the lips unrounded, whatever the emotion adds (smile and width stay)
+            state = dataclasses.replace(state, jaw=0.0, round=0.0)
         ident = self.identity
         return state, head_frame(state, self.canvas, ident.head_width, ident.head_height, ident.chin_taper)
 
-    def render(self, pose: np.ndarray) -> np.ndarray:
+    def render(self, pose: np.ndarray, lips_closed: bool = False) -> np.ndarray:
         """Render one frame.
 
         Args:
             pose: (NUM_MOTION,) float, lpm.world.motion layout.
+            lips_closed: draw the mouth shut (jaw and rounding 0 after the emotion is folded in).
         Returns:
             (res, res, 3) uint8 RGB.
         """
-        state, frame = self._place(pose)
+        state, frame = self._place(pose, lips_closed)
         parts, hair = self.parts.parts(frame)
         lift = int(round(state.breath * BREATH_FRAC * self.canvas))
         if hair is not None and hair.z < 0:
@@ -127,14 +131,15 @@ class Renderer:
             out[i] = self.render(row)
         return out
 
-    def face_regions(self, pose: np.ndarray) -> dict[str, tuple[int, int, int, int]]:
-        """Pixel boxes (x0, y0, x1, y1), x1/y1 exclusive, of "mouth", "eye_l" and "eye_r" at this pose.
+    def face_regions(self, pose: np.ndarray, lips_closed: bool = False) -> dict[str, tuple[int, int, int, int]]:
+        """Pixel boxes (x0, y0, x1, y1), x1/y1 exclusive, of "mouth", "eye_l" and "eye_r" at this pose (drawn
+        with ``lips_closed`` as ``render``'s).
 
         A box covers the feature's full extent (lips; the open eye, whatever the lids do). A feature that
         faces away (side or back views) gets an empty box (x0 == x1) at its projected position. For a
         one-eyed creature both eye boxes are that eye.
         """
-        state, frame = self._place(pose)
+        state, frame = self._place(pose, lips_closed)
         return self.face.regions(frame, state, SUPERSAMPLE, self.res)
 
 

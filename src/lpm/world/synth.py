@@ -78,12 +78,17 @@ def exemplar_pose(emotion: str) -> np.ndarray:
         pose[MOTION_INDEX[f"emo_{emotion}"]] = 1.0
     pose[MOTION_INDEX["smile"]] = {"happy": 0.6, "sad": -0.4, "angry": -0.2}.get(emotion, 0.0)
     pose[MOTION_INDEX["brow_raise"]] = {"surprised": 0.8, "angry": -0.7, "sad": 0.2}.get(emotion, 0.0)
-    pose[MOTION_INDEX["jaw_open"]] = {"surprised": 0.35, "happy": 0.15}.get(emotion, 0.0)
     return pose
 
 
 def render_references(renderer: Renderer) -> dict[str, np.ndarray]:
-    """Global image, four body views and one exemplar per emotion, all at rest, eyes open."""
+    """Global image, four body views and one exemplar per emotion, all at rest, eyes open.
+
+    The exemplars show their emotion with the lips closed (smile and width stay, the jaw and rounding the emotion
+    would add do not): a model that draws each frame on its emotion's exemplar (``DiTConfig.expression_canvas``)
+    must take the mouth's opening from the audio, and exemplars with the surprised / happy jaw open kept the mouth
+    open in silence (docs/learning.md, arm 39).
+    """
     refs = {}
     rest = neutral_pose()[0]
     refs["global"] = renderer.render(rest)
@@ -92,7 +97,7 @@ def render_references(renderer: Renderer) -> dict[str, np.ndarray]:
         pose[MOTION_INDEX["body_yaw"]] = yaw
         refs[f"body_{view}"] = renderer.render(pose)
     for emotion in EMOTIONS:
-        refs[f"expr_{emotion}"] = renderer.render(exemplar_pose(emotion))
+        refs[f"expr_{emotion}"] = renderer.render(exemplar_pose(emotion), lips_closed=True)
     return refs
 
 
