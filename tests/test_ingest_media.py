@@ -93,3 +93,31 @@ def test_frame_reasons():
                       eye_open=np.zeros((f, 2), np.float32), expression=np.zeros((f, 5), np.float32))
     assert 10 < FACE_BOX_FRACTION * 128 / 2 < 80
     assert list(frame_reasons(track, 1.0, 128)) == ["face_lost", "face_too_small", "blur", ""]
+
+
+def test_expression_exemplar_prefers_closed_lips():
+    """Of an expression cluster's frames, the exemplar is one with the lips shut, even where an open-mouthed frame
+    sits nearer the cluster's centre (a canvas drawn on the exemplar must not hold the mouth open)."""
+    from lpm.data.ingest_face import EXPRESSION_FEATURES, FaceTrack
+    from lpm.data.ingest_refs import EXPRESSION_SCALES, RefPicker
+
+    scale = np.array([EXPRESSION_SCALES[f] for f in EXPRESSION_FEATURES], np.float32)
+    col = {f: i for i, f in enumerate(EXPRESSION_FEATURES)}
+    z = np.zeros((36, len(EXPRESSION_FEATURES)), np.float32)
+    z[12:24, col["corner_lift"]] = z[12:24, col["mouth_width"]] = 5.0  # happy
+    z[24:36, col["corner_lift"]], z[24:36, col["brow_height"]] = -5.0, 2.5  # sad
+    happy_open = np.arange(12, 24)[::2]
+    z[happy_open, col["mouth_open"]] = 1.5  # every other happy frame talks ...
+    z[np.arange(13, 24, 2), col["corner_lift"]] += 0.3  # ... and the shut ones sit a little off the centre
+    f = len(z)
+    track = FaceTrack(present=np.ones(f, bool), box=np.tile([[64, 64, 60]], (f, 1)).astype(np.float32),
+                      score=np.ones(f, np.float32), sharpness=np.full(f, 100.0, np.float32),
+                      pose=np.zeros((f, 3), np.float32), mouth_open=z[:, col["mouth_open"]] * 0.1,
+                      eye_open=np.ones((f, 2), np.float32), expression=z * scale)
+    picker = RefPicker(track, np.ones(f, bool))
+    assert "happy" in picker.names
+    happy = picker.pick(0, 0).frames["expr_happy"]
+    assert 12 <= happy < 24 and happy not in happy_open
+    k = picker.names.index("happy")
+    nearest = int(np.argmin(np.where(picker.labels == k, picker.centroid_dist, np.inf)))
+    assert nearest in happy_open  # without the mouth's cost an open-mouthed frame would have been chosen

@@ -26,6 +26,12 @@ EXPR_CLUSTERS = 5
 MIN_FRAMES_PER_CLUSTER = 12  # half a second of frames per expression cluster at least
 KMEANS_ITERS = 30
 EXPR_MIN_SCORE = 1.0  # a cluster is named only when it sits this many scale units along a template from neutral
+# Cost per scale unit of mouth opening above the source's median, in an expression exemplar's choice: of a
+# cluster's frames the one with the lips closest to shut wins unless it is far from the cluster's centre. Exemplars
+# show the emotion with the lips closed, as the world draws them (``lpm.world.synth.render_references``): a model
+# drawing each frame on its emotion's exemplar (``DiTConfig.expression_canvas``) takes the mouth's opening from
+# the audio, and an exemplar's open mouth stays open in silence (docs/learning.md, arm 39).
+EXPR_MOUTH_OPEN_COST = 1.0
 # Typical spread of each expression feature (inter-ocular units) between a neutral face and a clear
 # expression; fixed, so a source with little expression variation does not get its noise named.
 EXPRESSION_SCALES = {"mouth_open": 0.1, "mouth_width": 0.08, "corner_lift": 0.03, "brow_height": 0.03,
@@ -107,6 +113,8 @@ class RefPicker:
         for k, c in enumerate(centroids):
             m = self.labels == k
             self.centroid_dist[m] = np.linalg.norm(self.z[m] - c, axis=1) + blur_cost[m]
+        opening = np.maximum(self.z[:, EXPRESSION_FEATURES.index("mouth_open")], 0.0)
+        self.exemplar_cost = self.centroid_dist + EXPR_MOUTH_OPEN_COST * opening
 
     def _cluster(self, idx: np.ndarray, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
         """k-means over scaled expression features; clusters named by template; neutral = nearest the median."""
@@ -164,7 +172,7 @@ class RefPicker:
         }
         for k, name in enumerate(self.names):
             if name:
-                wanted[f"expr_{name}"] = (self.centroid_dist, self.labels == k)
+                wanted[f"expr_{name}"] = (self.exemplar_cost, self.labels == k)
         for ref, (cost, ok) in wanted.items():
             i = self._best(cost, outside & ok)
             if i is None:
