@@ -156,3 +156,13 @@ def test_bench_refuses_a_missing_data_set_other_than_its_own(tmp_path, tiny_worl
         bench.run_bench("quick", tmp_path / "out", data=tiny_world / "data",
                         probe=inst / "probe" / "model.safetensors", identity=inst / "identity" / "model.safetensors",
                         states=tmp_path / "none.safetensors")
+
+
+def test_bench_threads_follow_the_cores_busy_now(monkeypatch):
+    """The bench takes the idle cores, measured now (not the lagging load average), at least one."""
+    from lpm.eval import bench
+
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+    assert [bench._threads(b) for b in (0.0, 0.4, 0.6, 1.4, 2.0, 5.0)] == [2, 2, 1, 1, 1, 1]
+    busy = bench.busy_cores(0.05)
+    assert 0.0 <= busy <= 2.0 + 1e-6

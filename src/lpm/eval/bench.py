@@ -30,11 +30,31 @@ from lpm.eval.systems import make_systems
 MAX_THREADS = 2
 
 
-def _threads() -> int:
+def _cpu_times() -> tuple[int, int]:
+    """``(busy, total)`` jiffies of all cores since boot, from the first line of /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_cores(seconds: float = 0.5) -> float:
+    """Cores busy with other work now: measured over ``seconds`` from /proc/stat where there is one, else the
+    1-minute load average (which lags: a training run that ended a minute ago still reads as two busy cores)."""
+    try:
+        a = _cpu_times()
+        time.sleep(seconds)
+        b = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    total = b[1] - a[1]
+    return (os.cpu_count() or 1) * (b[0] - a[0]) / total if total > 0 else 0.0
+
+
+def _threads(busy: float | None = None) -> int:
     """Threads on idle cores only: on a busy, shared machine, oversubscribed OpenMP threads spin and run ~10x slower."""
     cores = os.cpu_count() or 1
-    busy = int(round(os.getloadavg()[0])) if hasattr(os, "getloadavg") else 0
-    return max(1, min(MAX_THREADS, cores - busy))
+    busy = busy_cores() if busy is None else busy
+    return max(1, min(MAX_THREADS, cores - int(round(busy))))
 
 
 # Written into the default case set once it is complete: the recipe it was built with.
@@ -123,9 +143,10 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
         ensure_default_data(data, log, recipe)
     elif not (Path(data) / "manifest.jsonl").is_file():
         raise LpmError(f"--data {data} is not a clip data set (make one with `lpm world synth`)")
-    threads = _threads()
+    busy = busy_cores()
+    threads = _threads(busy)
     torch.set_num_threads(threads)
-    machine = {"cpus": os.cpu_count(), "threads": threads,
+    machine = {"cpus": os.cpu_count(), "threads": threads, "busy_cores": round(busy, 2),
                "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     t0 = time.time()
     inst = load_instruments(probe, identity, states, face)

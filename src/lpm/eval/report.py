@@ -197,11 +197,12 @@ def _paired_markdown(paired: dict) -> list[str]:
 def to_markdown(report: dict) -> str:
     """``report.md``: the systems x metrics table, the per-category tables, instrument notes."""
     lines = [f"# lpm bench: `{report['suite']}` suite", "",
-             f"Wall time {report['wall_s']:.0f} s on {report['machine'].get('cpus', '?')} CPUs "
-             f"(load average {report['machine'].get('load_avg', '?')} at the start: speed figures "
-             "are relative to the machine's state). Seen styles = `val` clips (held-out identities); ZS = the "
-             "zero-shot `sketch` style. A dash is a metric that does not apply or could not be measured. "
-             "World-FID compares probe features with the truth render of the same clips (truth = 0 by "
+             f"Wall time {report['wall_s']:.0f} s on {report['machine'].get('cpus', '?')} CPUs, "
+             f"{report['machine'].get('threads', '?')} torch threads ({report['machine'].get('busy_cores', '?')} "
+             f"cores busy with other work at the start, load average {report['machine'].get('load_avg', '?')}: "
+             "speed figures are relative to the machine's state). Seen styles = `val` clips (held-out "
+             "identities); ZS = the zero-shot `sketch` style. A dash is a metric that does not apply or could not "
+             "be measured. World-FID compares probe features with the truth render of the same clips (truth = 0 by "
              "construction). In brackets: the 95 % bootstrap interval over clips. (!) marks a figure whose "
              "instrument failed its validation on the truth render of that split (see Instruments).", ""]
     failed = report.get("failed_validation", {})
