@@ -27,8 +27,11 @@ HEADLINE: tuple[tuple[str, str, str, str], ...] = (
     ("id sim", "seen", "identity_sim", "{:.3f}"),
     ("wFID", "seen", "world_fid", "{:.1f}"),
     ("ZS lip r", "zeroshot", "lipsync_r", "{:.3f}"),
+    ("ZS silent closed", "zeroshot", "silent_mouth_closed", "{:.3f}"),
     ("ZS listen F1", "zeroshot", "listen_f1", "{:.3f}"),
+    ("ZS text emo acc", "zeroshot", "text_emotion_acc", "{:.3f}"),
     ("ZS id sim", "zeroshot", "identity_sim", "{:.3f}"),
+    ("ZS wFID", "zeroshot", "world_fid", "{:.1f}"),
     ("fps", "seen", "fps", "{:.0f}"),
     ("lat p50 s", "seen", "latency_p50_s", "{:.2f}"),
     ("lat p95 s", "seen", "latency_p95_s", "{:.2f}"),
@@ -196,11 +199,12 @@ def _paired_markdown(paired: dict) -> list[str]:
 
 def to_markdown(report: dict) -> str:
     """``report.md``: the systems x metrics table, the per-category tables, instrument notes."""
+    machine = report["machine"]
+    busy = f"{machine['busy_cores']} cores busy with other work, " if "busy_cores" in machine else ""
     lines = [f"# lpm bench: `{report['suite']}` suite", "",
-             f"Wall time {report['wall_s']:.0f} s on {report['machine'].get('cpus', '?')} CPUs, "
-             f"{report['machine'].get('threads', '?')} torch threads ({report['machine'].get('busy_cores', '?')} "
-             f"cores busy with other work at the start, load average {report['machine'].get('load_avg', '?')}: "
-             "speed figures are relative to the machine's state). Seen styles = `val` clips (held-out "
+             f"Wall time {report['wall_s']:.0f} s on {machine.get('cpus', '?')} CPUs with "
+             f"{machine.get('threads', '?')} torch thread(s) ({busy}load average {machine.get('load_avg', '?')} "
+             "at the start: speed figures are relative to the machine's state). Seen styles = `val` clips (held-out "
              "identities); ZS = the zero-shot `sketch` style. A dash is a metric that does not apply or could not "
              "be measured. World-FID compares probe features with the truth render of the same clips (truth = 0 by "
              "construction). In brackets: the 95 % bootstrap interval over clips. (!) marks a figure whose "

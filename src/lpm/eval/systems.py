@@ -240,7 +240,7 @@ class ModelSystem(System):
             given = name.split("+")[0]
             shipped = DEFAULT_CHECKPOINTS.get(given)
             if shipped and Path(shipped).is_file():
-                self._reason = (f"no {given} checkpoint given (--checkpoint {given}=PATH) and "
+                self._reason = (f"no trained {given} checkpoint given (--checkpoint {given}=PATH) and "
                                 f"--no-default-checkpoints leaves out the shipped {shipped}")
             else:
                 self._reason = (f"no trained {given} checkpoint given (--checkpoint {given}=PATH) and none shipped at "
