@@ -16,6 +16,8 @@ import os
 import shutil
 from pathlib import Path
 
+from lpm.data.clip import read_manifest
+
 SPLITS = ("val", "zeroshot")
 
 
@@ -38,14 +40,11 @@ def main() -> int:
         raise SystemExit(f"{out} exists; remove it first")
     out.mkdir(parents=True)
     counts: dict[str, int] = {}
-    kept = []
-    for line in (src / "manifest.jsonl").read_text().splitlines():
-        clip = json.loads(line)
-        if clip.get("split") in SPLITS:
-            e = swap_clip(src / clip["path"], out / clip["path"])
-            counts[e] = counts.get(e, 0) + 1
-            kept.append(line)
-    (out / "manifest.jsonl").write_text("\n".join(kept) + "\n")
+    kept = [row for row in read_manifest(src) if row["split"] in SPLITS]
+    for row in kept:
+        e = swap_clip(src / row["path"], out / row["path"])
+        counts[e] = counts.get(e, 0) + 1
+    (out / "manifest.jsonl").write_text("".join(json.dumps(row) + "\n" for row in kept))
     print(json.dumps({"out": str(out), "clips_by_emotion": counts}))
     return 0
 

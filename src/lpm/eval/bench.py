@@ -50,10 +50,10 @@ def busy_cores(seconds: float = 0.5) -> float:
     return (os.cpu_count() or 1) * (b[0] - a[0]) / total if total > 0 else 0.0
 
 
-def _threads(busy: float | None = None) -> int:
-    """Threads on idle cores only: on a busy, shared machine, oversubscribed OpenMP threads spin and run ~10x slower."""
+def _threads(busy: float) -> int:
+    """Threads on the cores not ``busy`` (``busy_cores``): on a busy, shared machine, oversubscribed OpenMP threads
+    spin and run ~10x slower."""
     cores = os.cpu_count() or 1
-    busy = busy_cores() if busy is None else busy
     return max(1, min(MAX_THREADS, cores - int(round(busy))))
 
 
