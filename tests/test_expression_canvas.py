@@ -43,15 +43,32 @@ def test_each_frame_starts_from_the_exemplar_of_its_emotion():
         assert torch.equal(plain(x, t, cond)[0], glob.expand(4, -1, -1, -1))  # without the canvas: global throughout
 
 
-def test_the_canvas_streams_equal_to_the_full_forward():
+def test_a_blended_canvas_moves_the_global_latent_toward_the_exemplar_by_the_emotion():
+    rows = [[0.5, 0.0, 0.0], [0.1, 0.6, 0.2], [0.0, 0.3, 0.9], [0.2, 0.1, 0.05], [0.0, 1.4, 0.0]]
+    model = make_model(micro(reference_residual=True, motion_channels=CHANNELS, expression_canvas=True,
+                             expression_blend=True))
+    model.restart_head()
+    x, t, cond = _inputs(model, rows[:4])
+    glob, happy, sad = cond.references.latents
+    with torch.no_grad():
+        out = model(x, t, cond)[0]
+        torch.testing.assert_close(out[1], glob[0] + 0.6 * (happy[0] - glob[0]))
+        torch.testing.assert_close(out[2], glob[0] + 0.9 * (sad[0] - glob[0]))
+        assert torch.equal(out[0], glob[0]) and torch.equal(out[3], glob[0])  # no emotion, below the floor
+        strong = dataclasses.replace(cond, motion=torch.tensor([rows[1:]], dtype=x.dtype))
+        torch.testing.assert_close(model(x, t, strong)[0, 3], happy[0])  # beyond 1: the exemplar itself
+
+
+@pytest.mark.parametrize("blend", [False, True])
+def test_the_canvas_streams_equal_to_the_full_forward(blend):
     rows = [[0.5, 0.0, 0.0], [0.1, 0.6, 0.2], [0.0, 0.3, 0.9], [0.2, 0.1, 0.05]]
     cfg = micro(reference_residual=True, reference_concat=True, motion_channels=CHANNELS, motion_spatial=True,
-                expression_canvas=True)
+                expression_canvas=True, expression_blend=blend)
     model = make_model(cfg)
     x, t, cond = _inputs(model, rows)
     with torch.no_grad():
         full = model(x, t, cond)
-        plain = make_model(dataclasses.replace(cfg, expression_canvas=False))
+        plain = make_model(dataclasses.replace(cfg, expression_canvas=False, expression_blend=False))
         plain.load_state_dict(model.state_dict())
         assert (plain(x, t, cond) - full)[0, 1:3].abs().max() > 1e-3  # the canvas changes the emotional frames
     streamed = stream(model, x, t, cond)
@@ -61,5 +78,7 @@ def test_the_canvas_streams_equal_to_the_full_forward():
 def test_configs_that_cannot_use_the_canvas_are_refused():
     with pytest.raises(ConfigError, match="needs reference_concat or reference_residual"):
         micro(motion_channels=CHANNELS, expression_canvas=True)
+    with pytest.raises(ConfigError, match="needs expression_canvas"):
+        micro(reference_residual=True, motion_channels=CHANNELS, expression_blend=True)
     with pytest.raises(ConfigError, match="has none"):
         micro(reference_residual=True, motion_channels=("jaw_open",), expression_canvas=True)

@@ -134,8 +134,12 @@ class DmdDistiller(DistillTrainer):
         if student.cfg.expression_canvas and not self.dit_cfg.expression_canvas:
             raise LpmError(f"student {self.cfg.student} draws on the expression canvas: continue it with "
                            "expression_canvas=true")
+        if student.cfg.expression_blend and not self.dit_cfg.expression_blend:
+            raise LpmError(f"student {self.cfg.student} blends its expression canvas: continue it with "
+                           "expression_blend=true")
         # The canvas adds no weights: a student with or without it fits a teacher without it.
-        mine = {**vars(teacher.cfg), "attention": "block_causal", "expression_canvas": student.cfg.expression_canvas}
+        mine = {**vars(teacher.cfg), "attention": "block_causal", "expression_canvas": student.cfg.expression_canvas,
+                "expression_blend": student.cfg.expression_blend}
         if vars(student.cfg) != mine:
             diff = sorted(k for k in mine if vars(student.cfg)[k] != mine[k])
             raise LpmError(f"student {self.cfg.student} is not a student of this teacher (config differs in {diff})")

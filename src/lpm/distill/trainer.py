@@ -57,6 +57,8 @@ class DistillConfig(BaseTrainConfig):
     # Draw each frame on the exemplar of its track's emotion instead of the global reference
     # (``DiTConfig.expression_canvas``; no new weights: the student starts from the same ones).
     expression_canvas: bool = False
+    # ... moved toward that exemplar by the emotion's strength instead (``DiTConfig.expression_blend``).
+    expression_blend: bool = False
     # A new warp is first fitted alone on the training clips' latents for this many Adam steps
     # (lpm.training.warp_fit); 0 = it starts as the identity.
     warp_fit_steps: int = 300
@@ -146,7 +148,8 @@ class DistillTrainer(BaseTrainer):
                                            reference_concat=tc.reference_concat or cfg.reference_concat,
                                            reference_residual=residual,
                                            reference_warp=tc.reference_warp or cfg.reference_warp,
-                                           expression_canvas=tc.expression_canvas or cfg.expression_canvas, **swap)
+                                           expression_canvas=tc.expression_canvas or cfg.expression_canvas,
+                                           expression_blend=tc.expression_blend or cfg.expression_blend, **swap)
         self.cfg = dataclasses.replace(cfg, model=self.dit_cfg)
         student = DiT(self.dit_cfg)
         initial = self._student_state(teacher)

@@ -274,7 +274,8 @@ class DiT(nn.Module):
     def canvas(self, refs: References, track: torch.Tensor | None, frames: int) -> torch.Tensor:
         """The frame-aligned reference of each frame ``(B, F, C, h, w)`` from ``canvas_references``' ``refs``: the
         exemplar of the frame's strongest emotion channel in ``track (B, F, P)`` where it reaches
-        ``EXPRESSION_FLOOR`` and ``refs`` hold it (``expression_kind``, frame by frame), else the global latent (no
+        ``EXPRESSION_FLOOR`` and ``refs`` hold it (``expression_kind``, frame by frame; with ``expression_blend``
+        the global latent moved toward it by the channel's value, clamped to 0..1), else the global latent (no
         track, or no ``expression_canvas``: the global latent everywhere)."""
         out = refs.latents[0][:, None].expand(-1, frames, -1, -1, -1)
         if not self.cfg.expression_canvas or track is None or len(refs.kinds) == 1:
@@ -285,8 +286,12 @@ class DiT(nn.Module):
         strongest, best = emotion.max(-1)  # the first of equal values, as expression_kind
         exemplars = [exemplar_of(c) for c in names]
         for kind, latent in zip(refs.kinds[1:], refs.latents[1:]):
-            pick = (strongest >= EXPRESSION_FLOOR) & (best == exemplars.index(kind))
-            out = torch.where(pick[..., None, None, None], latent[:, None].to(out), out)
+            pick = (strongest >= EXPRESSION_FLOOR) & (best == exemplars.index(kind))  # (B, F)
+            if self.cfg.expression_blend:
+                weight = (strongest.clamp(0, 1) * pick).to(out)[..., None, None, None]  # (B, F, 1, 1, 1)
+                out = out + weight * (latent - refs.latents[0])[:, None].to(out)
+            else:
+                out = torch.where(pick[..., None, None, None], latent[:, None].to(out), out)
         return out
 
     def _canvas(self, cond: Conditioning, cache: KVCache | None, track: torch.Tensor | None,

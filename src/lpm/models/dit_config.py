@@ -56,6 +56,11 @@ class DiTConfig:
     # ``lpm.models.expression.EXPRESSION_FLOOR`` and the references hold it, else the global reference: the drawing
     # starts from this character's face in the caption's emotion (``DiT.canvas``).
     expression_canvas: bool = False
+    # With ``expression_canvas``: the frame's canvas is the global reference moved toward that exemplar by the
+    # emotion's strength, ``global + s * (exemplar - global)`` (s the channel's value in 0..1; the world draws its
+    # exemplars at 1 and its clips at 0.34-0.99), instead of the exemplar itself: a "slightly happy" frame starts
+    # from a face a little happy, and an unseen style has less of the exemplar to undo.
+    expression_blend: bool = False
     # Idle head motion sampled per character and added to the track predicted from audio (lpm.models.idle_motion):
     # the held pose and sway that are not in the audio; calibrated on true tracks (lpm export --idle-motion).
     idle_motion: bool = False
@@ -135,6 +140,8 @@ class DiTConfig:
         if self.expression_canvas and not (self.reference_concat or self.reference_residual):
             raise ConfigError("expression_canvas chooses the frame-aligned reference: it needs reference_concat or "
                               "reference_residual")
+        if self.expression_blend and not self.expression_canvas:
+            raise ConfigError("expression_blend sets how expression_canvas draws: it needs expression_canvas")
         if self.expression_canvas and not emotion_channels(self.motion_channels):
             raise ConfigError("expression_canvas reads the track's emo_<name> channels: motion_channels has none")
         if not 0 <= self.motion_dropout <= 1:
