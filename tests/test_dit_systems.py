@@ -177,3 +177,54 @@ def test_a_run_checkpoint_is_rated_with_the_codec_it_was_trained_with(tmp_path):
     assert training_vae(weights) == str(codec)
     (run / "sources.json").write_text("{not json")
     assert training_vae(weights) == DEFAULT_VAE
+
+
+def test_base_samples_with_its_checkpoints_restorer_steps_and_track_gain(files, tmp_path):
+    """``lpm export`` of a Base checkpoint stores steps, track gain and restorer in ``extra["base"]``; the bench's
+    Base system samples with them: its frames are the plain frames through the restorer beside the global image,
+    and the gain reaches the conditioning (the frames change)."""
+    from lpm.data.clip import image_to_tensor
+    from lpm.eval.systems import SystemUnavailable
+    from lpm.models.export import export_dit
+    from lpm.models.restorer import Restorer, RestorerConfig
+
+    torch.manual_seed(0)
+    cfg = DiTConfig(latent_height=8, latent_width=8, dim=64, num_blocks=2, num_heads=2, ffn_dim=128, text_dim=32,
+                    text_layers=1, text_heads=2, audio_dim=32, audio_layers=1, mel=MelConfig(n_mels=16),
+                    motion_channels=("jaw_open", "smile"))
+    model = DiT(cfg)
+    torch.nn.init.normal_(model.head.linear.weight, std=0.02)
+    for p in model.motion_embed.parameters():  # its output starts at zero: make the track matter
+        torch.nn.init.normal_(p, std=0.5)
+    src = save_dit(tmp_path / "base.safetensors", model, {"train_config": {"frames": 8}})
+    restorer = Restorer(RestorerConfig(resolution=RES, channels=(8, 16), blocks=1, norm_groups=4))
+    with torch.no_grad():
+        for p in restorer.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # the last convolution starts at zero: make it do something
+    r_path = restorer.save(tmp_path / "restorer.safetensors")
+    out = export_dit(src, tmp_path / "out" / "base.safetensors", restorer=r_path, track_gain={"smile": 3},
+                     base_steps=2).path
+    system = BaseSystem("base", out, vae=files["vae"], device="cpu")
+    assert system.steps == 2 and system.restorer is not None
+    assert system.track_gain.tolist() == [1.0, 3.0] and "track gain (smile 3)" in system.note
+    inputs = _case()
+    mel, refs = system.clip_mel(inputs), system.reference_latents(inputs)
+    assert torch.equal(system.conditioning(inputs, mel, refs, 0).track_gain, system.track_gain)
+    plain = BaseSystem("base", out, vae=files["vae"], device="cpu", sampling=BaseSampling(restorer=""))
+    assert plain.restorer is None and plain.steps == 2
+    glob = image_to_tensor(inputs.refs["global"])[None]
+    with torch.no_grad():
+        cond = plain.conditioning(inputs, mel, refs, 0)
+        want = restorer(((torch.from_numpy(plain.sample_window(cond, 0)).permute(0, 3, 1, 2).float() / 127.5) - 1),
+                        glob.expand(8, -1, -1, -1))
+    want = ((want + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    got = system.sample_window(cond, 0, glob)
+    assert np.abs(got - want).max() <= 2 and np.abs(got.astype(int) - plain.sample_window(cond, 0)).max() > 2
+    ungained = BaseSystem("base", out, vae=files["vae"], device="cpu", sampling=BaseSampling(restorer="",
+                                                                                             track_gain={}))
+    assert ungained.track_gain is None
+    assert not np.array_equal(ungained.sample_window(ungained.conditioning(inputs, mel, refs, 0), 0),
+                              plain.sample_window(cond, 0))
+    (tmp_path / "restorer.safetensors").unlink()
+    with pytest.raises(SystemUnavailable, match="does not exist"):
+        BaseSystem("base", out, vae=files["vae"], device="cpu")

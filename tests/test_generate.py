@@ -249,8 +249,13 @@ def test_export_track_gain(tmp_path):
     with pytest.raises(LpmError, match=r"track_gain\['smile'\] must be in \(0, 20\]"):
         export_dit(src, tmp_path / "x.safetensors", track_gain={"smile": -1})
     plain = save_dit(tmp_path / "base.safetensors", small_dit(0), extra={"step": 1})
+    base = export_dit(plain, tmp_path / "b.safetensors", track_gain={"smile": 2}, base_steps=16)
+    assert read_metadata(base.path)["extra"]["base"] == {"track_gain": {"smile": 2.0}, "steps": 16}  # a Base's
+    with pytest.raises(LpmError, match="not a Base"):
+        export_dit(src, tmp_path / "x.safetensors", base_steps=16)
+    no_online = online_checkpoint(tmp_path / "causal.safetensors", online=None)
     with pytest.raises(LpmError, match="not an Online checkpoint"):
-        export_dit(plain, tmp_path / "x.safetensors", track_gain={"smile": 2})
+        export_dit(no_online, tmp_path / "x.safetensors", track_gain={"smile": 2})
     main(["export", "--run", str(src), "--out", str(tmp_path / "cli.safetensors"), "--track-gain", "head_*=2.5"])
     assert set(read_metadata(tmp_path / "cli.safetensors")["extra"]["online"]["track_gain"].values()) == {2.5}
     with pytest.raises(SystemExit):  # argparse: a usage error naming the item

@@ -35,6 +35,8 @@ from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
 from lpm.eval.systems import CHUNK_FRAMES, ClipInputs, System, SystemUnavailable, register_model_loader
 from lpm.models.dit import CHECKPOINT_KIND, DiT, load_dit
 from lpm.models.latent_codec import LatentCodec, load_codec
+from lpm.models.motion_track import TrackGainError, track_gains
+from lpm.models.restorer import Restorer, load_restorer
 from lpm.runtime.dit_engine import (
     DEFAULT_VAE,
     SERVING_COMPUTE,
@@ -184,13 +186,22 @@ class OnlineSystem(System):
 
 @dataclass
 class BaseSampling:
-    """How ``BaseSystem`` samples a window."""
+    """How ``BaseSystem`` samples a window. The settings left None come from the checkpoint's ``extra["base"]``
+    (``lpm export --base-steps / --track-gain / --restorer`` of a Base checkpoint), else their defaults."""
 
-    steps: int = 8  # ODE steps per window
+    steps: int | None = None  # ODE steps per window; None: the checkpoint's, else DEFAULT_BASE_STEPS
     sampler: str = "euler"  # lpm.diffusion.samplers.SAMPLERS key
     guidance: dict[str, float] | None = None  # CFG scales; None: the checkpoint's training ones (DEFAULT_GUIDANCE)
     window_frames: int | None = None  # frames per window; None: the checkpoint's training window (or the trainer's)
     seed: int = 0  # window k starts from the noise of seed + k
+    # Motion-track channel -> gain on the track the DiT predicts from the audio; None: the checkpoint's, {}: none.
+    track_gain: dict[str, float] | None = None
+    # A ``lpm.models.restorer`` checkpoint (a "global" one) run on each decoded frame beside the global reference
+    # image; None: the checkpoint's (a path relative to its folder), "": none.
+    restorer: str | None = None
+
+
+DEFAULT_BASE_STEPS = 8
 
 
 class BaseSystem(System):
@@ -228,16 +239,56 @@ class BaseSystem(System):
         guidance = self.sampling.guidance if self.sampling.guidance is not None else train.get("guidance")
         self.guidance = GuidanceSpec(dict(DEFAULT_GUIDANCE if guidance is None else guidance))
         self.flow = FlowMatching(flow_config_of(str(checkpoint)))
-        self.timesteps = flow_timesteps(self.sampling.steps, self.flow.cfg.shift, device=self.device)
+        stored = meta["extra"].get("base") or {}
+        if not isinstance(stored, dict):
+            raise SystemUnavailable(f"{checkpoint}: malformed extra['base'] {stored!r} (expected a mapping)")
+        self.steps = int(self.sampling.steps or stored.get("steps") or DEFAULT_BASE_STEPS)
+        self.timesteps = flow_timesteps(self.steps, self.flow.cfg.shift, device=self.device)
+        gains = self.sampling.track_gain if self.sampling.track_gain is not None else stored.get("track_gain") or {}
+        self.track_gain = self._gain_vector(gains, mc.motion_channels, str(checkpoint))
         self.denoiser = guided(self.flow.denoiser(ConditionedDiT(self.model)), self.guidance)
         self.log_mel = LogMel(mc.mel)
         self.silent = silent_mel(mc.mel)
         # The audio a window's forward reads, around its frames, as the trainer cuts it (WindowSampler).
         self.audio_before, self.audio_after = self.model.audio_margin()
         self.resolution = mc.latent_height * self.codec.downsample
+        self.restorer = self._load_restorer(checkpoint, stored)
         scales = ", ".join(f"{k} {v:g}" for k, v in self.guidance.scales.items()) or "none"
+        gain = ", ".join(f"{k} {v:g}" for k, v in gains.items())
         self.note = (f"trained Base DiT {checkpoint}, offline: {self.window}-frame bidirectional windows, "
-                     f"{self.sampling.steps} {self.sampling.sampler} steps, CFG ({scales})")
+                     f"{self.steps} {self.sampling.sampler} steps, CFG ({scales})"
+                     + (f", track gain ({gain})" if gain else "")
+                     + (f", restorer {self.restorer_path}" if self.restorer is not None else ""))
+
+    def _gain_vector(self, gains: dict, channels: tuple[str, ...], source: str) -> torch.Tensor | None:
+        """``gains`` (channel or pattern -> gain, checked) as the ``(P,)`` vector of ``ConditionBatch.track_gain``;
+        None when nothing is scaled."""
+        try:
+            gains = track_gains(gains, channels)
+        except TrackGainError as e:
+            raise SystemUnavailable(f"{source}: {e}") from None
+        if all(g == 1.0 for g in gains.values()):
+            return None
+        return torch.tensor([gains.get(c, 1.0) for c in channels], device=self.device)
+
+    def _load_restorer(self, checkpoint: str | Path, stored: dict) -> Restorer | None:
+        path = self.sampling.restorer
+        if path is None and stored.get("restorer"):
+            path = str(Path(checkpoint).parent / str(stored["restorer"]))
+        self.restorer_path = path
+        if not path:
+            return None
+        if not Path(path).is_file():
+            raise SystemUnavailable(f"{checkpoint} names restorer {path}, which does not exist (keep the two files "
+                                    f"together, or export again with --restorer)")
+        restorer = load_restorer(path, device=self.device)
+        if restorer.cfg.reference != GLOBAL_REFERENCE:
+            raise SystemUnavailable(f"restorer {path} reads the {restorer.cfg.reference!r} image; a Base system runs "
+                                    f"a global-reference restorer")
+        if restorer.cfg.resolution != self.resolution:
+            raise SystemUnavailable(f"restorer {path} was trained on {restorer.cfg.resolution}px frames; this model "
+                                    f"draws {self.resolution}px")
+        return restorer
 
     # ---- windows (in latent frames: ``t_down`` video frames each) ----
     def latent_count(self, num_frames: int) -> int:
@@ -296,17 +347,23 @@ class BaseSystem(System):
         window_mel[:, ~inside] = self.silent
         return ConditionBatch(captions=[inputs.caption], mel_self=window_mel[:1], mel_partner=window_mel[1:],
                               audio_start_frame=-self.audio_before, references=references, pose=None,
-                              silent_mel=self.silent).to(self.device)
+                              silent_mel=self.silent, track_gain=self.track_gain).to(self.device)
 
     # ---- generation ----
     @torch.no_grad()
-    def sample_window(self, cond: ConditionBatch, seed: int) -> np.ndarray:
-        """One window from noise: ``(window * t_down, R, R, 3)`` uint8."""
+    def sample_window(self, cond: ConditionBatch, seed: int, reference: torch.Tensor | None = None) -> np.ndarray:
+        """One window from noise: ``(window * t_down, R, R, 3)`` uint8; decoded frames go through the restorer
+        beside ``reference`` (the global image ``(1, 3, R, R)`` in [-1, 1]) when there is one."""
         mc = self.model.cfg
         shape = (1, self.window, mc.latent_channels, mc.latent_height, mc.latent_width)
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(self.device)
         latents = SAMPLERS[self.sampling.sampler](self.denoiser, noise, self.timesteps, cond)  # (1, W, C, h, w)
-        return to_uint8(self.codec.decode(latents.float())[0])
+        video = self.codec.decode(latents.float())[0]  # (T, 3, R, R)
+        if self.restorer is not None:
+            if reference is None:
+                raise ValueError("a Base system with a restorer samples a window beside the global reference image")
+            video = self.restorer(video, reference.expand(video.shape[0], -1, -1, -1))
+        return to_uint8(video)
 
     def generate(self, inputs: ClipInputs) -> np.ndarray:
         return np.concatenate(list(self.stream(inputs)))
@@ -317,8 +374,12 @@ class BaseSystem(System):
     def _chunks(self, inputs: ClipInputs, references: dict[str, torch.Tensor],
                 chunk_frames: int) -> Iterator[np.ndarray]:
         mel, t = self.clip_mel(inputs), self.t_down
+        image = None
+        if self.restorer is not None:  # the global reference as the restorer reads it (N, 3, R, R) in [-1, 1]
+            image = image_to_tensor(square_image(inputs.refs[GLOBAL_REFERENCE], self.resolution))[None].to(self.device)
         for k, (start, keep_from, keep_to) in enumerate(self.windows(mel.shape[1])):
-            frames = self.sample_window(self.conditioning(inputs, mel, references, start), self.sampling.seed + k)
+            frames = self.sample_window(self.conditioning(inputs, mel, references, start), self.sampling.seed + k,
+                                        image)
             keep_to_video = min(keep_to * t, inputs.num_frames)  # the last group's padding is cut
             frames = fit_frames(frames[(keep_from - start) * t: keep_to_video - start * t], inputs.res)
             for s in range(0, len(frames), chunk_frames):

@@ -82,37 +82,44 @@ def fewer_steps(online: dict | None, steps: int, source: Path) -> dict:
     return {**online, "timesteps": trained[:steps] + [0.0]}
 
 
-def with_track_gain(online: dict | None, spec: dict[str, float], channels: tuple[str, ...], source: Path) -> dict:
-    """An Online checkpoint's ``extra.online`` with its track gain set to ``spec`` expanded over ``channels``
-    (gains of 1 dropped; none left: the entry removed)."""
+def sampling_section(extra: dict, cfg_attention: str, source: Path, what: str) -> tuple[str, dict]:
+    """The ``extra`` entry a sampling setting of a checkpoint goes in, and its current value: ``"online"`` for a
+    distilled (block-causal) model (which must have ``extra.online.timesteps``), ``"base"`` for a bidirectional
+    one (``BaseSampling``'s stored settings, read by ``lpm bench``'s Base system)."""
+    if cfg_attention == "bidirectional":
+        return "base", dict(extra.get("base") or {})
+    online = extra.get("online")
     if not online or "timesteps" not in online:
-        raise LpmError(f"{source} is not an Online checkpoint (no extra.online.timesteps): the track gain is a "
-                       f"setting of the streamed model")
+        raise LpmError(f"{source} is not an Online checkpoint (no extra.online.timesteps) nor a Base one: the "
+                       f"{what} is a setting of the streamed or the Base model")
+    return "online", dict(online)
+
+
+def with_track_gain(section: dict, spec: dict[str, float], channels: tuple[str, ...]) -> dict:
+    """A checkpoint's sampling entry (``extra.online`` / ``extra.base``) with its track gain set to ``spec``
+    expanded over ``channels`` (gains of 1 dropped; none left: the entry removed)."""
     gains = {k: v for k, v in track_gains(spec, channels).items() if v != 1.0}
-    online = {k: v for k, v in online.items() if k != "track_gain"}
-    return {**online, "track_gain": gains} if gains else online
+    section = {k: v for k, v in section.items() if k != "track_gain"}
+    return {**section, "track_gain": gains} if gains else section
 
 
-def with_restorer(online: dict | None, restorer: str | Path, out: Path, source: Path) -> dict:
-    """An Online checkpoint's ``extra.online`` naming ``restorer`` (checked to load) relative to ``out``'s folder;
-    ``""``: the entry removed."""
-    if not online or "timesteps" not in online:
-        raise LpmError(f"{source} is not an Online checkpoint (no extra.online.timesteps): the restorer is a "
-                       f"setting of the streamed model")
-    online = {k: v for k, v in online.items() if k != "restorer"}
+def with_restorer(section: dict, restorer: str | Path, out: Path) -> dict:
+    """A checkpoint's sampling entry naming ``restorer`` (checked to load) relative to ``out``'s folder; ``""``:
+    the entry removed."""
+    section = {k: v for k, v in section.items() if k != "restorer"}
     if not str(restorer):
-        return online
+        return section
     from lpm.models.restorer import load_restorer
 
     load_restorer(restorer)  # a clear error now rather than at the first session
-    return {**online, "restorer": os.path.relpath(Path(restorer).resolve(), out.resolve().parent)}
+    return {**section, "restorer": os.path.relpath(Path(restorer).resolve(), out.resolve().parent)}
 
 
 def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = "bf16",
                speech: str | Path | None = None, idle_motion: str | Path | None = None,
                idle_scale: float = 1.0, cache: tuple[int, int] | None = None,
                online_steps: int | None = None, track_gain: dict[str, float] | None = None,
-               restorer: str | Path | None = None) -> Export:
+               restorer: str | Path | None = None, base_steps: int | None = None) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -128,12 +135,14 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
             weights attend to fewer or more earlier chunks; a model trained on 2-chunk windows saw one).
         online_steps: denoising steps per chunk of the streamed model, fewer than it was distilled with: its
             timesteps become the first ``online_steps`` trained times then 0 (1: the prediction from noise alone).
-        track_gain: motion channel (or shell pattern, ``emo_*``) -> gain on the track the streamed model predicts
-            from its audio, stored in ``extra["online"]["track_gain"]`` (``{}``: none); docs/learning.md
-            "Track gain".
-        restorer: a ``lpm train restorer`` checkpoint the streamed model's decoded frames go through, recorded in
-            ``extra["online"]["restorer"]`` as a path relative to ``out``'s folder (keep the two files together;
-            ``""`` removes it).
+        track_gain: motion channel (or shell pattern, ``emo_*``) -> gain on the track the model predicts from its
+            audio, stored in ``extra["online"]["track_gain"]`` (a Base checkpoint: ``extra["base"]``; ``{}``:
+            none); docs/learning.md "Track gain".
+        restorer: a ``lpm train restorer`` checkpoint the model's decoded frames go through, recorded in
+            ``extra["online"]["restorer"]`` (a Base checkpoint: ``extra["base"]``) as a path relative to ``out``'s
+            folder (keep the two files together; ``""`` removes it).
+        base_steps: ODE steps per window a Base checkpoint samples with (``extra["base"]["steps"]``; ``lpm
+            bench --base-steps`` still overrides it).
     """
     if dtype not in EXPORT_DTYPES:
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
@@ -182,11 +191,21 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         extra["online"] = fewer_steps(extra.get("online"), online_steps, source)
         extra["export"]["online_steps"] = online_steps
     if track_gain is not None:
-        extra["online"] = with_track_gain(extra.get("online"), track_gain, cfg.motion_channels, source)
-        extra["export"]["track_gain"] = extra["online"].get("track_gain", {})
+        name, section = sampling_section(extra, cfg.attention, source, "track gain")
+        extra[name] = with_track_gain(section, track_gain, cfg.motion_channels)
+        extra["export"]["track_gain"] = extra[name].get("track_gain", {})
     if restorer is not None:
-        extra["online"] = with_restorer(extra.get("online"), restorer, Path(out), source)
-        extra["export"]["restorer"] = extra["online"].get("restorer")
+        name, section = sampling_section(extra, cfg.attention, source, "restorer")
+        extra[name] = with_restorer(section, restorer, Path(out))
+        extra["export"]["restorer"] = extra[name].get("restorer")
+    if base_steps is not None:
+        if cfg.attention != "bidirectional":
+            raise LpmError(f"{source} is not a Base (bidirectional) checkpoint: --base-steps sets how a Base model "
+                           f"samples (an Online one: --online-steps)")
+        if base_steps < 1:
+            raise LpmError(f"--base-steps must be >= 1, got {base_steps}")
+        extra["base"] = {**(extra.get("base") or {}), "steps": int(base_steps)}
+        extra["export"]["base_steps"] = int(base_steps)
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)

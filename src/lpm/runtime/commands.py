@@ -12,7 +12,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech,
                       idle_motion=args.idle_motion, idle_scale=args.idle_scale, cache=args.cache,
                       online_steps=args.online_steps, track_gain=args.track_gain,
-                      restorer=args.restorer)
+                      restorer=args.restorer, base_steps=args.base_steps)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
     if done.idle is not None:
@@ -83,12 +83,15 @@ def register(sub, groups) -> None:
     p.add_argument("--online-steps", type=int, default=None, metavar="N",
                    help="denoising steps per chunk of an Online checkpoint, fewer than it was distilled with "
                         "(its first N times, then 0; 1 = one forward per chunk)")
+    p.add_argument("--base-steps", type=int, default=None, metavar="N",
+                   help="ODE steps per window a Base checkpoint samples with (lpm bench's Base system; its "
+                        "--base-steps still overrides)")
     p.add_argument("--track-gain", default=None, type=track_gain_spec, metavar="CHANNEL=GAIN,...",
-                   help="gains on the motion track an Online checkpoint predicts from its audio, e.g. 'emo_*=4' "
-                        "(shell patterns over its motion channels; '' removes them): the DiT under-draws what its "
-                        "track carries (docs/learning.md, 'Track gain')")
+                   help="gains on the motion track an Online or Base checkpoint predicts from its audio, "
+                        "e.g. 'emo_*=4' (shell patterns over its motion channels; '' removes them): the DiT "
+                        "under-draws what its track carries (docs/learning.md, 'Track gain')")
     p.add_argument("--restorer", default=None, metavar="PATH",
-                   help="a `lpm train restorer` checkpoint the Online model's decoded frames go through beside the "
+                   help="a `lpm train restorer` checkpoint the model's decoded frames go through beside the "
                         "global reference (recorded relative to --out's folder; '' removes it)")
     p.set_defaults(func=cmd_export)
 

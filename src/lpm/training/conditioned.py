@@ -51,6 +51,7 @@ class ConditionBatch:
     silent_mel: float
     motion: torch.Tensor | None = None
     motion_from_audio: torch.Tensor | None = None
+    track_gain: torch.Tensor | None = None  # (P,) gain on the predicted track (inference only; Conditioning's)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -91,6 +92,7 @@ class ConditionBatch:
             pose=None if self.pose is None else self.pose.to(device),
             motion=None if self.motion is None else self.motion.to(device),
             motion_from_audio=None if self.motion_from_audio is None else self.motion_from_audio.to(device),
+            track_gain=None if self.track_gain is None else self.track_gain.to(device),
         )
 
 
@@ -123,6 +125,7 @@ class ConditionedDiT(nn.Module):
             motion=cond.motion,
             motion_from_audio=cond.motion_from_audio,
             captions=list(cond.captions),
+            track_gain=cond.track_gain,
         )
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: ConditionBatch, cache: KVCache | None = None,
