@@ -184,6 +184,7 @@ def test_base_samples_with_its_checkpoints_restorer_steps_and_track_gain(files, 
     Base system samples with them: its frames are the plain frames through the restorer beside the global image,
     and the gain reaches the conditioning (the frames change)."""
     from lpm.data.clip import image_to_tensor
+    from lpm.errors import LpmError
     from lpm.eval.systems import SystemUnavailable
     from lpm.models.export import export_dit
     from lpm.models.restorer import Restorer, RestorerConfig
@@ -203,9 +204,13 @@ def test_base_samples_with_its_checkpoints_restorer_steps_and_track_gain(files, 
             p.add_(torch.randn_like(p) * 0.05)  # the last convolution starts at zero: make it do something
     r_path = restorer.save(tmp_path / "restorer.safetensors")
     out = export_dit(src, tmp_path / "out" / "base.safetensors", restorer=r_path, track_gain={"smile": 3},
-                     base_steps=2).path
+                     base_steps=2, base_guidance={"audio_self": 1.5}).path
     system = BaseSystem("base", out, vae=files["vae"], device="cpu")
-    assert system.steps == 2 and system.restorer is not None
+    assert system.steps == 2 and system.restorer is not None and system.guidance.scales == {"audio_self": 1.5}
+    assert BaseSystem("base", out, vae=files["vae"], device="cpu",
+                      sampling=BaseSampling(guidance={})).guidance.guided == []  # the caller's setting wins
+    with pytest.raises(LpmError, match="unknown guidance condition"):
+        export_dit(src, tmp_path / "x.safetensors", base_guidance={"audio": 2})
     assert system.track_gain.tolist() == [1.0, 3.0] and "track gain (smile 3)" in system.note
     inputs = _case()
     mel, refs = system.clip_mel(inputs), system.reference_latents(inputs)

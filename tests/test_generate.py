@@ -251,6 +251,11 @@ def test_export_track_gain(tmp_path):
     plain = save_dit(tmp_path / "base.safetensors", small_dit(0), extra={"step": 1})
     base = export_dit(plain, tmp_path / "b.safetensors", track_gain={"smile": 2}, base_steps=16)
     assert read_metadata(base.path)["extra"]["base"] == {"track_gain": {"smile": 2.0}, "steps": 16}  # a Base's
+    main(["export", "--run", str(plain), "--out", str(tmp_path / "g.safetensors"), "--base-guidance",
+          "text=1, audio_self=1.5"])
+    assert read_metadata(tmp_path / "g.safetensors")["extra"]["base"] == {"guidance": {"text": 1.0, "audio_self": 1.5}}
+    with pytest.raises(SystemExit):  # argparse names the bad item
+        main(["export", "--run", str(plain), "--out", str(tmp_path / "x.safetensors"), "--base-guidance", "text"])
     with pytest.raises(LpmError, match="not a Base"):
         export_dit(src, tmp_path / "x.safetensors", base_steps=16)
     no_online = online_checkpoint(tmp_path / "causal.safetensors", online=None)

@@ -191,7 +191,8 @@ class BaseSampling:
 
     steps: int | None = None  # ODE steps per window; None: the checkpoint's, else DEFAULT_BASE_STEPS
     sampler: str = "euler"  # lpm.diffusion.samplers.SAMPLERS key
-    guidance: dict[str, float] | None = None  # CFG scales; None: the checkpoint's training ones (DEFAULT_GUIDANCE)
+    # CFG scales; None: the checkpoint's (extra["base"], else its training ones, else DEFAULT_GUIDANCE); {}: none
+    guidance: dict[str, float] | None = None
     window_frames: int | None = None  # frames per window; None: the checkpoint's training window (or the trainer's)
     seed: int = 0  # window k starts from the noise of seed + k
     # Motion-track channel -> gain on the track the DiT predicts from the audio; None: the checkpoint's, {}: none.
@@ -236,12 +237,13 @@ class BaseSystem(System):
         if self.window % mc.frames_per_chunk:
             raise SystemUnavailable(f"window {self.window} is not a multiple of frames_per_chunk "
                                     f"{mc.frames_per_chunk}")
-        guidance = self.sampling.guidance if self.sampling.guidance is not None else train.get("guidance")
-        self.guidance = GuidanceSpec(dict(DEFAULT_GUIDANCE if guidance is None else guidance))
-        self.flow = FlowMatching(flow_config_of(str(checkpoint)))
         stored = meta["extra"].get("base") or {}
         if not isinstance(stored, dict):
             raise SystemUnavailable(f"{checkpoint}: malformed extra['base'] {stored!r} (expected a mapping)")
+        guidance = next((g for g in (self.sampling.guidance, stored.get("guidance"), train.get("guidance"))
+                         if g is not None), DEFAULT_GUIDANCE)
+        self.guidance = GuidanceSpec(dict(guidance))
+        self.flow = FlowMatching(flow_config_of(str(checkpoint)))
         self.steps = int(self.sampling.steps or stored.get("steps") or DEFAULT_BASE_STEPS)
         self.timesteps = flow_timesteps(self.steps, self.flow.cfg.shift, device=self.device)
         gains = self.sampling.track_gain if self.sampling.track_gain is not None else stored.get("track_gain") or {}

@@ -119,7 +119,8 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
                speech: str | Path | None = None, idle_motion: str | Path | None = None,
                idle_scale: float = 1.0, cache: tuple[int, int] | None = None,
                online_steps: int | None = None, track_gain: dict[str, float] | None = None,
-               restorer: str | Path | None = None, base_steps: int | None = None) -> Export:
+               restorer: str | Path | None = None, base_steps: int | None = None,
+               base_guidance: dict[str, float] | None = None) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -143,6 +144,9 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
             folder (keep the two files together; ``""`` removes it).
         base_steps: ODE steps per window a Base checkpoint samples with (``extra["base"]["steps"]``; ``lpm
             bench --base-steps`` still overrides it).
+        base_guidance: classifier-free guidance scales a Base checkpoint samples with, condition -> scale
+            (``lpm.diffusion.cfg.CONDITIONS``; ``{}``: none), in ``extra["base"]["guidance"]`` instead of its
+            training config's.
     """
     if dtype not in EXPORT_DTYPES:
         raise LpmError(f"unknown export dtype {dtype!r}; known: {', '.join(EXPORT_DTYPES)}")
@@ -206,6 +210,21 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
             raise LpmError(f"--base-steps must be >= 1, got {base_steps}")
         extra["base"] = {**(extra.get("base") or {}), "steps": int(base_steps)}
         extra["export"]["base_steps"] = int(base_steps)
+    if base_guidance is not None:
+        if cfg.attention != "bidirectional":
+            raise LpmError(f"{source} is not a Base (bidirectional) checkpoint: --base-guidance sets how a Base model "
+                           f"samples (an Online one has no guidance: it was distilled with it)")
+        from lpm.diffusion.cfg import GuidanceSpec
+
+        try:
+            GuidanceSpec(dict(base_guidance))
+        except ValueError as e:
+            raise LpmError(f"--base-guidance: {e}") from None
+        bad = {k: v for k, v in base_guidance.items() if not 0 < float(v) <= 20}
+        if bad:
+            raise LpmError(f"--base-guidance scales must be in (0, 20], got {bad}")
+        extra["base"] = {**(extra.get("base") or {}), "guidance": {k: float(v) for k, v in base_guidance.items()}}
+        extra["export"]["base_guidance"] = extra["base"]["guidance"]
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)

@@ -12,7 +12,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech,
                       idle_motion=args.idle_motion, idle_scale=args.idle_scale, cache=args.cache,
                       online_steps=args.online_steps, track_gain=args.track_gain,
-                      restorer=args.restorer, base_steps=args.base_steps)
+                      restorer=args.restorer, base_steps=args.base_steps,
+                      base_guidance=args.base_guidance)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
     if done.idle is not None:
@@ -61,6 +62,21 @@ def track_gain_spec(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def guidance_spec(text: str) -> dict[str, float]:
+    """``--base-guidance text=1,audio_self=1.5`` -> its mapping ('' -> none; a usage error names a bad item)."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected CONDITION=SCALE items (e.g. audio_self=1.5), got {item!r}") \
+                from None
+    return out
+
+
 def register(sub, groups) -> None:
     # No model imports here: building the parser stays cheap for every other command.
     p = sub.add_parser("export", help="a run's DiT weights (EMA by default) as one inference checkpoint")
@@ -86,6 +102,9 @@ def register(sub, groups) -> None:
     p.add_argument("--base-steps", type=int, default=None, metavar="N",
                    help="ODE steps per window a Base checkpoint samples with (lpm bench's Base system; its "
                         "--base-steps still overrides)")
+    p.add_argument("--base-guidance", default=None, type=guidance_spec, metavar="CONDITION=SCALE,...",
+                   help="classifier-free guidance a Base checkpoint samples with (text, audio_self, audio_partner, "
+                        "references; '' = none), instead of its training config's")
     p.add_argument("--track-gain", default=None, type=track_gain_spec, metavar="CHANNEL=GAIN,...",
                    help="gains on the motion track an Online or Base checkpoint predicts from its audio, "
                         "e.g. 'emo_*=4' (shell patterns over its motion channels; '' removes them): the DiT "
