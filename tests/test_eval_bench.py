@@ -93,7 +93,7 @@ def test_bench_quick_writes_contract_report(tiny_world):
                "--identity", str(inst / "identity" / "model.safetensors"), "--minutes", "0.05",
                "--states", str(inst / "states.safetensors"), "--face", str(inst / "face" / "model.safetensors"),
                "--no-default-checkpoints",  # the shipped models are rated by the committed report, not here
-               "--baseline", "traditional"])
+               "--baseline", "traditional", "static"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     names = [s["name"] for s in report["systems"]]
@@ -125,6 +125,10 @@ def test_bench_quick_writes_contract_report(tiny_world):
     value = paired["systems"]["static"]["seen"]["identity_sim"][0]
     assert value == pytest.approx(static["identity_sim"] - report["systems"][1]["metrics"]["seen"]["identity_sim"])
     assert "## Paired differences against `traditional`" in md
+    also = report["paired_also"]  # a second baseline: its own table
+    assert [t["baseline"] for t in also] == ["static"] and set(also[0]["systems"]) == {"traditional"}
+    assert also[0]["systems"]["traditional"]["seen"]["identity_sim"][0] == pytest.approx(-value)
+    assert "## Paired differences against `static`" in md
     assert (out / "lipsync.png").is_file() and (out / "identity_long.png").is_file() and (out / "strip.png").is_file()
 
 

@@ -110,7 +110,7 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
               states: str | Path, checkpoints: dict[str, str] | None = None, face: str | Path | None = None,
               minutes: float = 0.0, seed: int = 0,
               refiner: bool = False, base_steps: int | None = None, model_clips: dict[str, int] | None = None,
-              baseline: str | None = None, log=print) -> dict:
+              baseline: str | list[str] | None = None, log=print) -> dict:
     """Run one suite and write ``out/report.json``, ``report.md`` and plots; returns the report object.
 
     ``refiner``: also run ``online+refiner`` (the online checkpoint with the one-step refiner on);
@@ -119,7 +119,7 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
     ``SUITE_MODEL_CLIPS`` (quick and listen suites); ``face``: the face reader (``suites.face_path_or_none``;
     None: the probe alone); ``data``: None for the suite's own case set (``default_data``); ``baseline``: the
     system every other is compared with clip for clip in the report's paired differences (None: ``online`` when it
-    runs).
+    runs), or several (one paired table each, e.g. ``["online", "base"]`` to judge Base variants too).
     """
     if suite not in SUITES:
         raise LpmError(f"unknown suite {suite!r}; expected one of {SUITES}")
@@ -133,9 +133,11 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
         base_steps = QUICK_BASE_STEPS
     systems = make_systems(checkpoints, seed, refiner, base_steps)
     names = [s.name for s in systems]
-    if baseline is not None and baseline not in names:
-        raise LpmError(f"--baseline {baseline!r} is not a system of this run (systems: {', '.join(names)})")
-    baseline = baseline or ("online" if "online" in names else None)
+    baselines = [baseline] if isinstance(baseline, str) else list(baseline or [])
+    for name in baselines:
+        if name not in names:
+            raise LpmError(f"--baseline {name!r} is not a system of this run (systems: {', '.join(names)})")
+    baselines = baselines or (["online"] if "online" in names else [])
     data = default_data(suite) if data is None else data
     recipes = {DEFAULT_DATA: DEFAULT_DATA_RECIPE, LISTEN_DATA: LISTEN_DATA_RECIPE}
     recipe = next((r for path, r in recipes.items() if Path(data).resolve() == Path(path).resolve()), None)
@@ -166,4 +168,4 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
             by_name[s.name].metrics["long"] = clip_metrics([], None, inst, s)
     truth_by_id = {r["id"]: t for r, t in zip(rows, truths)}
     return write_report(out, suite, results, truth_by_id,
-                        instrument_summary(inst, identity_checks), time.time() - t0, machine, baseline)
+                        instrument_summary(inst, identity_checks), time.time() - t0, machine, baselines)

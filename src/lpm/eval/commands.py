@@ -167,9 +167,10 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                    help="clips each trained model rates in the quick suite (default base=4, others 12; more clips "
                         "narrow the intervals and cost CPU time; listen suite: base=4, others 80), e.g. "
                         "--model-clips 12 base=4")
-    p.add_argument("--baseline", default=None, metavar="NAME",
+    p.add_argument("--baseline", default=None, nargs="+", metavar="NAME",
                    help="the system every other is compared with clip for clip: the report's paired differences "
-                        "with their paired bootstrap intervals (default: online, when it runs)")
+                        "with their paired bootstrap intervals (default: online, when it runs); several names: "
+                        "one table each (e.g. --baseline online base to judge Base variants too)")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--data", default=None,
                    help=f"world clip data set (default: the suite's own case set, built on first use: {DEFAULT_DATA}; "

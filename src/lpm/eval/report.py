@@ -218,7 +218,8 @@ def to_markdown(report: dict) -> str:
             continue
         cells = [_cell(s["metrics"].get(cat, {}), cat, key, fmt, failed) for _, cat, key, fmt in HEADLINE]
         lines.append(f"| {s['name']} | " + " | ".join(cells) + " |")
-    lines += _paired_markdown(report.get("paired") or {})
+    for paired in [report.get("paired") or {}, *report.get("paired_also", [])]:
+        lines += _paired_markdown(paired)
     lines += ["", "## Per category", ""]
     keys = [k for k in METRIC_KEYS if k not in ("fps", "latency_p50_s", "latency_p95_s", "peak_rss_mb")]
     cats = []
@@ -374,16 +375,22 @@ def plot_all(out: Path, results: list[SystemResult], truths: dict[str, ClipTruth
 
 
 def write_report(out: str | Path, suite: str, results: list[SystemResult], truths: dict[str, ClipTruth],
-                 instruments: dict, wall_s: float, machine: dict | None = None, baseline: str | None = None) -> dict:
+                 instruments: dict, wall_s: float, machine: dict | None = None,
+                 baseline: str | list[str] | None = None) -> dict:
     """Write report.json, report.md and the plots under ``out``; returns the JSON object. ``baseline``: a system
-    every other is compared with, clip for clip (``paired.paired_report``; skipped when it did not run)."""
+    every other is compared with, clip for clip (``paired.paired_report``; skipped when it did not run), or a list
+    of them: the first's table is ``report["paired"]``, the others' ``report["paired_also"]``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     instruments = {**instruments, "truth_channel_r": truth_channel_r(results, truths)}
     notes, failed = validation(results, instruments["truth_channel_r"], instruments.get("identity_checks"))
     report = to_json(suite, results, instruments, wall_s, notes, machine, failed)
-    if baseline:
-        report["paired"] = paired_report(results, baseline)
+    baselines = [baseline] if isinstance(baseline, str) else list(baseline or [])
+    if baselines:
+        report["paired"] = paired_report(results, baselines[0])
+    more = [t for t in (paired_report(results, b) for b in baselines[1:]) if t]
+    if more:
+        report["paired_also"] = more
     report["plots"] = [p.name for p in plot_all(out, results, truths)]
     for name in set(PLOTS) - set(report["plots"]):  # a plot this run could not draw is not left from an old one
         (out / name).unlink(missing_ok=True)
