@@ -10,6 +10,7 @@ import torch
 
 from lpm.errors import LpmError
 from lpm.models.dit import load_dit, save_dit
+from lpm.models.restorer import Restorer, RestorerConfig
 from lpm.models.soup import interpolate_dits
 from lpm.training.checkpoint import read_metadata
 from test_dit import make_model, micro
@@ -25,8 +26,8 @@ def test_interpolated_weights_and_the_second_checkpoints_settings(tmp_path):
     with torch.no_grad():
         for p in second_model.parameters():
             p.add_(torch.randn_like(p))
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "r.safetensors").write_bytes(b"")
+    Restorer(RestorerConfig(resolution=64, channels=(8, 16), blocks=1, norm_groups=4)).save(tmp_path / "b" /
+                                                                                           "r.safetensors")
     second = save_dit(tmp_path / "b" / "b.safetensors", second_model,
                       extra={"step": 2, "online": {"timesteps": [1.0, 0.0], "restorer": "r.safetensors"}})
     out = interpolate_dits(first, second, 0.25, tmp_path / "out" / "c.safetensors")

@@ -35,7 +35,7 @@ from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
 from lpm.eval.systems import CHUNK_FRAMES, ClipInputs, System, SystemUnavailable, register_model_loader
 from lpm.models.dit import CHECKPOINT_KIND, DiT, load_dit
 from lpm.models.latent_codec import LatentCodec, load_codec
-from lpm.models.motion_track import TrackGainError, track_gains
+from lpm.models.motion_track import TrackGainError, track_gain_vector
 from lpm.models.restorer import Restorer, load_restorer
 from lpm.runtime.dit_engine import (
     DEFAULT_VAE,
@@ -266,12 +266,9 @@ class BaseSystem(System):
         """``gains`` (channel or pattern -> gain, checked) as the ``(P,)`` vector of ``ConditionBatch.track_gain``;
         None when nothing is scaled."""
         try:
-            gains = track_gains(gains, channels)
+            return track_gain_vector(gains, channels, self.device)
         except TrackGainError as e:
             raise SystemUnavailable(f"{source}: {e}") from None
-        if all(g == 1.0 for g in gains.values()):
-            return None
-        return torch.tensor([gains.get(c, 1.0) for c in channels], device=self.device)
 
     def _load_restorer(self, checkpoint: str | Path, stored: dict) -> Restorer | None:
         path = self.sampling.restorer

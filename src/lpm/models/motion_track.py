@@ -110,6 +110,15 @@ def track_gains(spec: dict, channels: tuple[str, ...] | None = None) -> dict[str
     return out
 
 
+def track_gain_vector(spec: dict, channels: tuple[str, ...], device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """``spec`` (as ``track_gains``, checked against ``channels``) as the ``(P,)`` vector ``Conditioning.track_gain``
+    takes, 1 on the channels it does not name; None when nothing is scaled. Raises ``TrackGainError``."""
+    gains = track_gains(spec, channels)
+    if all(g == 1.0 for g in gains.values()):
+        return None
+    return torch.tensor([gains.get(c, 1.0) for c in channels], device=device)
+
+
 def parse_track_gain(text: str) -> dict[str, float]:
     """``"emo_*=4,brow_raise=2"`` -> ``{"emo_*": 4.0, "brow_raise": 2.0}`` (``""``: no gain)."""
     spec: dict[str, float] = {}

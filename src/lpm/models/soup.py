@@ -11,13 +11,13 @@ recording the two sources and ``alpha``.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from lpm.errors import LpmError
 from lpm.models.dit import CHECKPOINT_KIND
+from lpm.models.export import with_restorer
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
 # Config fields that change how weights are used, not which weights exist: two checkpoints may differ in them
@@ -54,8 +54,8 @@ def interpolate_dits(first: str | Path, second: str | Path, alpha: float, out: s
     extra = dict(meta_b["extra"])
     record = {"first": str(first), "second": str(second), "alpha": float(alpha)}
     extra["export"] = {**(extra.get("export") or {}), "soup": record}
-    online = extra.get("online")
-    if isinstance(online, dict) and online.get("restorer"):  # a path relative to the second's folder
-        restorer = Path(second).parent / online["restorer"]
-        extra["online"] = {**online, "restorer": os.path.relpath(restorer.resolve(), Path(out).resolve().parent)}
+    for name in ("online", "base"):  # a restorer is named relative to the second's folder: renamed for out's
+        section = extra.get(name)
+        if isinstance(section, dict) and section.get("restorer"):
+            extra[name] = with_restorer(section, Path(second).parent / section["restorer"], Path(out))
     return save_checkpoint(out, state, meta_b["config"], CHECKPOINT_KIND, extra)

@@ -47,7 +47,7 @@ from lpm.models.dit import DiT, load_dit
 from lpm.models.expression import GLOBAL, emotion_channels, expression_kind
 from lpm.models.kv_cache import KVCache
 from lpm.models.latent_codec import LatentCodec, load_codec
-from lpm.models.motion_track import TrackGainError, track_gains
+from lpm.models.motion_track import TrackGainError, track_gain_vector, track_gains
 from lpm.models.restorer import Restorer, load_restorer
 from lpm.parallel.sequence_dit import SequenceParallelDiT
 from lpm.runtime.engines import Character, ChunkInput, Engine, EngineError, Stage
@@ -399,15 +399,9 @@ class DiTEngine(Engine):
         """``gains`` (channel -> gain, checked) as the ``(P,)`` vector ``Conditioning.track_gain`` takes; None
         when there is nothing to scale."""
         try:
-            gains = track_gains(gains, channels)
+            return track_gain_vector(gains, channels, self.device)
         except TrackGainError as e:
             raise EngineError(f"{source}: {e}") from None
-        if all(g == 1.0 for g in gains.values()):
-            return None
-        vector = torch.ones(len(channels), device=self.device)
-        for name, g in gains.items():
-            vector[channels.index(name)] = g
-        return vector
 
     def _restorer_image(self, cond: Conditioning, first_frame: int, num_frames: int,
                         context: ChunkContext | None = None) -> torch.Tensor | None:
