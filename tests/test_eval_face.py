@@ -188,7 +188,7 @@ def test_all_styles_train_sets_include_the_zero_shot_style_with_train_identities
 
 
 def test_style_augment_restyles_the_chosen_share_only():
-    from lpm.eval.train import style_augment
+    from lpm.media.restyle import style_augment
 
     x = torch.rand(16, 3, 32, 32) * 2 - 1
     before = x.clone()

@@ -204,3 +204,28 @@ def test_decoder_fine_tune_keeps_the_latent_space(tmp_path, world_data):
     toy = make_dataset(tmp_path / "toy")
     with pytest.raises(Exception, match="face_weight"):
         VAETrainer(cfg, toy, tmp_path / "c").run()
+
+
+def test_style_prob_restyles_that_share_of_each_batch(tmp_path):
+    from lpm.config import ConfigError
+
+    data = make_dataset(tmp_path / "d")
+    with pytest.raises(ConfigError, match="style_prob"):
+        load_train_config(None, ["style_prob=1.5"])
+
+    def batch(prob: float, seed: int = 0) -> torch.Tensor:
+        trainer = VAETrainer(load_train_config(None, TINY + [f"style_prob={prob}", f"seed={seed}", "batch=64",
+                                                             "ref_fraction=0"]), data, tmp_path / "r")
+        trainer.frames = np.stack([_shapes_clip(np.random.default_rng(i))[0] for i in range(4)])
+        trainer.refs = trainer.frames[:0]
+        return trainer._batch()[0]
+
+    def grey(x: torch.Tensor) -> torch.Tensor:  # (B,) True where the three channels agree
+        return ((x[:, 0] - x[:, 1]).abs().amax((-2, -1)) < 1e-6) & ((x[:, 1] - x[:, 2]).abs().amax((-2, -1)) < 1e-6)
+
+    assert not grey(batch(0.0)).any()  # the toy clips are coloured
+    assert grey(batch(1.0)).all()
+    share = grey(batch(0.5)).float().mean().item()
+    assert 0.25 < share < 0.75
+    assert torch.equal(batch(0.5), batch(0.5))  # seeded: a resumed run draws the same restyles
+    assert not torch.equal(batch(0.5, seed=0), batch(0.5, seed=1))

@@ -42,6 +42,7 @@ from lpm.data.clip import read_clip, read_manifest, tensor_to_image
 from lpm.data.video import read_mp4
 from lpm.errors import LpmError
 from lpm.fsutil import atomic_path
+from lpm.media.restyle import style_augment
 from lpm.models.latent_codec import time_codec
 from lpm.models.vae import LpmVAE, VAEConfig, count_parameters
 from lpm.training.checkpoint import load_into, load_train_state, save_train_state
@@ -108,12 +109,18 @@ class VAETrainConfig:
     # frame's motion, dilated by 2 px); 0 = uniform. They are ~1 % of the pixels and what lip sync, blinks
     # and the character's look depend on.
     face_weight: float = 0.0
+    # Share of each batch restyled (``lpm.media.restyle.style_augment``: grey, outlines darkened by edge strength,
+    # contrast, noise) before encoding, so the codec keeps a look none of the training styles has (line drawings,
+    # greyscale) instead of repainting it in the training palettes. Generic: no style of the world is drawn.
+    style_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.train_encoder and not self.init:
             raise ConfigError("train_encoder=false fine-tunes a decoder: it needs init=<a VAE checkpoint>")
         if self.face_weight < 0:
             raise ConfigError(f"face_weight must be >= 0, got {self.face_weight}")
+        if not 0.0 <= self.style_prob <= 1.0:
+            raise ConfigError(f"style_prob must be within [0, 1], got {self.style_prob}")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -440,7 +447,11 @@ class VAETrainer:
         if masks is not None:
             m = torch.from_numpy(np.ascontiguousarray(masks)).float()[:, None].to(cfg.device)
             weights = 1.0 + cfg.face_weight * m
-        return to_pixels(imgs, cfg.device), weights
+        x = to_pixels(imgs, cfg.device)
+        if cfg.style_prob > 0:  # seeded from the batch RNG, so a resumed run draws the same restyles
+            gen = torch.Generator().manual_seed(int(self.rng.integers(2**31)))
+            x = style_augment(x.cpu(), cfg.style_prob, gen).to(cfg.device)
+        return x, weights
 
     def train_step(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> dict[str, float]:
         """One optimizer step on images ``x`` (B, 3, H, W), L1 weighted by ``weights`` (B, 1, H, W) if given;
