@@ -129,6 +129,17 @@ def _train(kind: str):
     return run
 
 
+def _fit_emotion(args: argparse.Namespace) -> int:
+    from lpm.eval.emotion_fit import fit_face_emotion
+    from lpm.eval.suites import face_path_or_none
+
+    path = face_path_or_none(args.face)
+    if path is None:
+        raise LpmError("fit-emotion needs a face reader (--face PATH)")
+    fit_face_emotion(path, args.data)
+    return 0
+
+
 def _train_states(args: argparse.Namespace) -> int:
     from lpm.config import apply_overrides
     from lpm.eval.state_train import StateTrainConfig, train_states
@@ -225,6 +236,13 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="InstrumentTrainConfig overrides, e.g. steps=1600 lr=2e-3")
         p.set_defaults(func=_train(kind))
+
+    p = groups["eval"].add_parser("fit-emotion", help="calibrate the bench's clip emotion decision (the neutral "
+                                  "weight) on the truth render of the data set's train clips; stored in the face "
+                                  "reader's checkpoint")
+    p.add_argument("--face", default=DEFAULT_FACE, help="face reader checkpoint (rewritten with the weights)")
+    p.add_argument("--data", default=DEFAULT_DATA, help="clip data set whose train clips calibrate")
+    p.set_defaults(func=_fit_emotion)
 
     p = groups["eval"].add_parser("train-states", help="train the state reader on world performances with the "
                                   "probes' measured errors")

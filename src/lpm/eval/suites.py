@@ -25,6 +25,7 @@ from lpm.data.video import read_mp4
 from lpm.errors import LpmError
 from lpm.eval import DEFAULT_FACE, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
 from lpm.eval import metrics as M
+from lpm.eval.emotion_fit import clip_emotion
 from lpm.eval.face import FaceReader, merge_face, read_face
 from lpm.eval.identity import IdentityNet, embed_frames
 from lpm.eval.identity_check import check_identity
@@ -92,6 +93,8 @@ class Instruments:
     face: FaceReader | None = None
     face_accuracy: dict | None = None
     reaction_rules: dict[str, M.BumpRule] = field(default_factory=lambda: dict(M.BUMP_RULES))
+    # Per-class weights of the clip emotion decision (``emotion_fit``; the face reader's checkpoint), None = all 1.
+    emotion_weights: list[float] | None = None
 
     def read(self, frames: np.ndarray) -> ProbeTrack:
         """(F, H, W, 3) uint8 -> the motion track (the probe's, with the face reader's readings when there is one)."""
@@ -126,10 +129,15 @@ def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str 
     ident, imeta = load_identity(identity_path)
     states, smeta = load_state_reader(states_path)
     probe_acc = copy.deepcopy(pmeta["extra"]["accuracy"])
-    face, face_acc = None, None
+    face, face_acc, emotion_weights = None, None, None
     if (path := face_path_or_none(face_path)) is not None:
         face, fmeta = load_face(path)
         face_acc = fmeta["extra"]["accuracy"]
+        emotion_weights = fmeta["extra"].get("emotion_weights")
+        if emotion_weights is not None and (not isinstance(emotion_weights, list)
+                                            or len(emotion_weights) != len(EMOTIONS)):
+            raise LpmError(f"{path}: extra.emotion_weights must list {len(EMOTIONS)} weights ({', '.join(EMOTIONS)}), "
+                           f"got {emotion_weights!r}; rerun `lpm eval fit-emotion --face {path}`")
         for split, acc in face_acc.items():
             if split in probe_acc:
                 probe_acc[split]["channels"].update(acc["channels"])
@@ -141,7 +149,7 @@ def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str 
         except (TypeError, ValueError) as e:
             raise LpmError(f"{states_path}: {e}") from None
     return Instruments(probe, ident, states, probe_acc, imeta["extra"]["accuracy"], smeta["extra"].get("accuracy"),
-                       face=face, face_accuracy=face_acc, reaction_rules=rules)
+                       face=face, face_accuracy=face_acc, reaction_rules=rules, emotion_weights=emotion_weights)
 
 
 def load_motion_states(clip_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[M.Event]]:
@@ -299,7 +307,7 @@ def clip_score(reading: Reading, truth: ClipTruth, inst: Instruments,
         states_pred=inst.states.predict(pred), states_true=truth.states,
         pose_err_deg=M.angle_error_deg(pred[:, MOTION_INDEX["body_yaw"]],
                                        np.median(truth.motion[:, MOTION_INDEX["body_yaw"]])),
-        emotion_hit=EMOTIONS[int(reading.track.emotion_probs.mean(0).argmax())] == truth.emotion,
+        emotion_hit=clip_emotion(reading.track.emotion_probs, inst.emotion_weights) == truth.emotion,
         identity_sim=reading.identity_sim, identity_low=low, features=reading.track.features,
         truth_features=truth_features)
 
