@@ -26,6 +26,13 @@ NEUTRAL_SCALES: tuple[float, ...] = tuple(round(0.3 + 0.05 * i, 2) for i in rang
 NEUTRAL = EMOTIONS.index("neutral")
 
 
+def neutral_weights(scale: float) -> list[float]:
+    """The per-class weights with neutral's at ``scale``, the others 1 (``EMOTIONS`` order)."""
+    w = [1.0] * len(EMOTIONS)
+    w[NEUTRAL] = float(scale)
+    return w
+
+
 def clip_emotion(frame_probs: np.ndarray, weights: Sequence[float] | None = None) -> str:
     """The emotion a clip shows: (F, len(EMOTIONS)) per-frame probabilities -> the class whose mean, times its
     weight (``None``: all 1), is largest."""
@@ -47,9 +54,7 @@ class NeutralFit:
 
     @property
     def weights(self) -> list[float]:
-        w = [1.0] * len(EMOTIONS)
-        w[NEUTRAL] = self.scale
-        return w
+        return neutral_weights(self.scale)
 
 
 def fit_neutral_scale(clip_probs: np.ndarray, labels: Sequence[str]) -> NeutralFit:
@@ -69,9 +74,7 @@ def fit_neutral_scale(clip_probs: np.ndarray, labels: Sequence[str]) -> NeutralF
     truth = np.array([EMOTIONS.index(e) for e in labels])
 
     def accuracy(scale: float) -> float:
-        w = np.ones(len(EMOTIONS))
-        w[NEUTRAL] = scale
-        return float(((probs * w).argmax(1) == truth).mean())
+        return float(((probs * np.array(neutral_weights(scale))).argmax(1) == truth).mean())
 
     best = max(NEUTRAL_SCALES, key=lambda s: (accuracy(s), -abs(s - 1.0)))
     return NeutralFit(best, accuracy(best), accuracy(1.0), len(probs))
