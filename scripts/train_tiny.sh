@@ -57,6 +57,14 @@ stage() {  # stage NAME COMMAND...: run it, append NAME, seconds, finish time (U
   printf '%s\t%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" "$(date -u +%FT%TZ)" >> "$TIMES"
 }
 
+dmd() {  # dmd NAME STUDENT OUT KEY=VALUE...: a DMD stage against the shipped Base, with the settings every run shares
+  local name=$1 student=$2 out=$3
+  shift 3
+  stage "$name" "$LPM" distill dmd --teacher "$CKPT/base_tiny.safetensors" --student "$student" --data "$DATA" \
+    --vae "$VAE" --out "$out" student_steps=1 batch=2 generator_every=2 lr=5e-5 fake_lr=2e-4 \
+    predicted_channels="$PREDICTED_CHANNELS" cache_dir="$RUNS/cache" checkpoint_minutes=4 threads="$THREADS" "$@" $EXTRA
+}
+
 if [ ! -f "$DATA/manifest.jsonl" ]; then
   stage data "$LPM" world synth --out "$DATA" --clips "$SYNTH_CLIPS" --seconds "$SYNTH_SECONDS" --res 128 --seed 0
 fi
@@ -97,17 +105,12 @@ cp "$RUNS/speech_tiny/speech.safetensors" "$CKPT/speech_tiny.safetensors"
 # The shipped Online model: the one-step student trained by DMD on its own KV-cache rollouts against the Base above,
 # with the rollout also regressed onto its data window (regression=0.5: pure DMD lost the identity and the shut
 # mouth; docs/learning.md, arms 24-25).
-stage dmd "$LPM" distill dmd --teacher "$CKPT/base_tiny.safetensors" --student "$RUNS/online_1step.safetensors" \
-  --data "$DATA" --vae "$VAE" --out "$RUNS/online_dmd" student_steps=1 batch=2 generator_every=2 lr=5e-5 \
-  fake_lr=2e-4 regression=0.5 steps="$DMD_STEPS" predicted_channels="$PREDICTED_CHANNELS" cache_dir="$RUNS/cache" \
-  checkpoint_minutes=4 threads="$THREADS" $EXTRA
+dmd dmd "$RUNS/online_1step.safetensors" "$RUNS/online_dmd" regression=0.5 steps="$DMD_STEPS"
 "$LPM" export --run "$RUNS/online_dmd" --out "$RUNS/online_dmd.safetensors"
 # A second anchored DMD run from that model with the mouth weighted 20x in the regression (mouth_weight): the first
 # one lost the shut mouth of silence (0.939 -> 0.889); this one brings it back to 0.922 (docs/learning.md, arm 26).
-stage dmd_mouth "$LPM" distill dmd --teacher "$CKPT/base_tiny.safetensors" --student "$RUNS/online_dmd.safetensors" \
-  --data "$DATA" --vae "$VAE" --out "$RUNS/online_dmd_mouth" student_steps=1 batch=2 generator_every=2 lr=5e-5 \
-  fake_lr=2e-4 regression=0.5 mouth_weight="$MOUTH_WEIGHT" steps="$DMD_MOUTH_STEPS" \
-  predicted_channels="$PREDICTED_CHANNELS" cache_dir="$RUNS/cache" checkpoint_minutes=4 threads="$THREADS" $EXTRA
+dmd dmd_mouth "$RUNS/online_dmd.safetensors" "$RUNS/online_dmd_mouth" regression=0.5 mouth_weight="$MOUTH_WEIGHT" \
+  steps="$DMD_MOUTH_STEPS"
 # The streamed model's track gain (docs/learning.md, "Track gain"): the DiT under-draws the brows, the smile and the
 # head pose its track carries; the gains were chosen on training clips with scripts/track_gain.py. (The stop-29
 # model.)
@@ -119,21 +122,15 @@ stage restorer "$LPM" train restorer --data "$DATA" --vae "$VAE" --out "$RUNS/re
 cp "$RUNS/restorer2/restorer.safetensors" "$CKPT/restorer_tiny.safetensors"
 # DMD with a critic on latent frames (gan_weight) and the data anchor halved (arm 36), exported with the restorer
 # (arm 37, the stop-34 model).
-stage dmd_critic "$LPM" distill dmd --teacher "$CKPT/base_tiny.safetensors" \
-  --student "$RUNS/online_mouth.safetensors" --data "$DATA" --vae "$VAE" --out "$RUNS/online_dmd_critic" \
-  student_steps=1 batch=2 generator_every=2 lr=5e-5 fake_lr=2e-4 regression=0.25 mouth_weight="$MOUTH_WEIGHT" \
-  gan_weight=0.3 gan_lr=1e-3 gan_noise=0.1 steps="$DMD_CRITIC_STEPS" predicted_channels="$PREDICTED_CHANNELS" \
-  cache_dir="$RUNS/cache" checkpoint_minutes=4 threads="$THREADS" $EXTRA
+dmd dmd_critic "$RUNS/online_mouth.safetensors" "$RUNS/online_dmd_critic" regression=0.25 \
+  mouth_weight="$MOUTH_WEIGHT" gan_weight=0.3 gan_lr=1e-3 gan_noise=0.1 steps="$DMD_CRITIC_STEPS"
 "$LPM" export --run "$RUNS/online_dmd_critic" --out "$RUNS/online_critic.safetensors" --track-gain "$TRACK_GAIN" \
   --restorer "$CKPT/restorer_tiny.safetensors"
 # DMD with the blended expression canvas (arm 41): each frame drawn on the global reference moved toward the
 # caption's emotion exemplar by its strength; the brows and cheeks weighted in the anchor (expression_weight).
-stage dmd_blend "$LPM" distill dmd --teacher "$CKPT/base_tiny.safetensors" \
-  --student "$RUNS/online_critic.safetensors" --data "$DATA" --vae "$VAE" --out "$RUNS/online_dmd_blend" \
-  student_steps=1 batch=2 generator_every=2 lr=5e-5 fake_lr=2e-4 regression=0.5 mouth_weight="$MOUTH_WEIGHT" \
-  expression_weight=20 gan_weight=0.3 gan_lr=1e-3 gan_noise=0.1 steps="$DMD_BLEND_STEPS" \
-  predicted_channels="$PREDICTED_CHANNELS" expression_canvas=true expression_blend=true cache_dir="$RUNS/cache" \
-  checkpoint_minutes=4 threads="$THREADS" $EXTRA
+dmd dmd_blend "$RUNS/online_critic.safetensors" "$RUNS/online_dmd_blend" regression=0.5 mouth_weight="$MOUTH_WEIGHT" \
+  expression_weight=20 gan_weight=0.3 gan_lr=1e-3 gan_noise=0.1 steps="$DMD_BLEND_STEPS" expression_canvas=true \
+  expression_blend=true
 "$LPM" export --run "$RUNS/online_dmd_blend" --out "$RUNS/online_blend.safetensors" --track-gain "$TRACK_GAIN" \
   --restorer "$CKPT/restorer_tiny.safetensors"
 # The shipped Online model (arm 42): the weights interpolated between the model DMD started from and its
