@@ -1,7 +1,8 @@
 """Where the listen F1 of the truth render is lost: the reaction detector per reaction type, on the true motion
 and on the instruments' reading of the recorded video, over a split's clips.
 
-    python scripts/reaction_readout.py [--data data/world128] [--split val] [--clips 0] [--save readings.npz]
+    python scripts/reaction_readout.py [--data data/world128] [--split val] [--clips 0] [--stride 1] [--per-frame]
+        [--save readings.npz]
 
 Prints, per type (nod, brow raise, head tilt, smile), the true events, hits, misses and false alarms of the bench's
 rules (``lpm.eval.metrics.BUMP_RULES``) on both, and the read channel's gain and noise against the truth (a linear
@@ -25,16 +26,20 @@ from lpm.eval.suites import EDGE_FRAMES, load_clip, load_instruments
 from lpm.world.motion import MOTION_INDEX
 
 
-def read_split(data: str, split: str, clips: int, save: str | None) -> list[dict]:
-    """Per clip: true motion, read motion, states and true reactions (cached in ``save`` when given)."""
+def read_split(data: str, split: str, clips: int, save: str | None, stride: int = 1,
+               per_frame: bool = False) -> list[dict]:
+    """Per clip: true motion, read motion, states and true reactions (cached in ``save`` when given);
+    ``per_frame``: the gaze as read per frame, not held per fixation (``lpm.eval.fixations``)."""
     if save and Path(save).is_file():
         z = np.load(save, allow_pickle=False)
         meta = json.loads(str(z["meta"]))
         return [{"truth": z[f"t{i}"], "read": z[f"r{i}"], "states": z[f"s{i}"], "reactions": m}
                 for i, m in enumerate(meta)]
-    rows = [r for r in read_manifest(data) if r["split"] == split]
+    rows = [r for r in read_manifest(data) if r["split"] == split][::stride]
     rows = rows[:clips] if clips else rows
     inst = load_instruments()
+    if per_frame:
+        inst.fixations = None
     out = []
     for k, row in enumerate(rows):
         inputs, truth = load_clip(data, row)
@@ -60,10 +65,12 @@ def main() -> None:
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--split", default="val")
     p.add_argument("--clips", type=int, default=0, help="first N clips of the split (0: all)")
+    p.add_argument("--stride", type=int, default=1, help="every Nth clip of the split (before --clips)")
+    p.add_argument("--per-frame", action="store_true", help="gaze as read per frame (to fit the fixation rule)")
     p.add_argument("--save", default=None, help="cache the readings here (npz), reuse when it exists")
     args = p.parse_args()
     torch.set_num_threads(2)
-    clips = read_split(args.data, args.split, args.clips, args.save)
+    clips = read_split(args.data, args.split, args.clips, args.save, args.stride, args.per_frame)
     print(f"{len(clips)} {args.split} clips")
     rules = load_instruments().reaction_rules
     for key, name, r in (("truth", "true motion, motion rules", M.BUMP_RULES),

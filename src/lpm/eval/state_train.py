@@ -148,10 +148,11 @@ def train_state_net(motion: np.ndarray, states: np.ndarray, noise: ReadingNoise,
 
 def reader_tag(*paths: str | Path | None) -> str:
     """"_" + a short hash of the reader checkpoints' bytes (None skipped) and of how the face reader reads
-    (``face.READ_SHIFTS``): readings cached under it are redone when a reader changes."""
+    (``face.READ_SHIFTS``, ``fixations.FIXATIONS``): readings cached under it are redone when a reader changes."""
     from lpm.eval.face import READ_SHIFTS
+    from lpm.eval.fixations import FIXATIONS
 
-    digests = "".join(file_digest(p) for p in paths if p is not None) + repr(READ_SHIFTS)
+    digests = "".join(file_digest(p) for p in paths if p is not None) + repr(READ_SHIFTS) + repr(FIXATIONS)
     return "_" + hashlib.sha1(digests.encode()).hexdigest()[:12]
 
 

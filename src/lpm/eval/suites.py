@@ -27,6 +27,7 @@ from lpm.eval import DEFAULT_FACE, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STAT
 from lpm.eval import metrics as M
 from lpm.eval.emotion_fit import clip_emotion
 from lpm.eval.face import FaceReader, merge_face, read_face
+from lpm.eval.fixations import FIXATIONS, FixationRule, fixation_gaze
 from lpm.eval.identity import IdentityNet, embed_frames
 from lpm.eval.identity_check import check_identity
 from lpm.eval.probe import MotionProbe, ProbeTrack, read_frames
@@ -95,16 +96,25 @@ class Instruments:
     reaction_rules: dict[str, M.BumpRule] = field(default_factory=lambda: dict(M.BUMP_RULES))
     # Per-class weights of the clip emotion decision (``emotion_fit``; the face reader's checkpoint), None = all 1.
     emotion_weights: list[float] | None = None
+    # How the face reader's per-frame gaze becomes fixations (``fixations``); None = the per-frame reading.
+    fixations: FixationRule | None = FIXATIONS
 
     def read(self, frames: np.ndarray) -> ProbeTrack:
         """(F, H, W, 3) uint8 -> the motion track (the probe's, with the face reader's readings when there is one)."""
-        return read_tracks(self.probe, self.face, frames)
+        return read_tracks(self.probe, self.face, frames, self.fixations)
 
 
-def read_tracks(probe: MotionProbe, face: FaceReader | None, frames: np.ndarray) -> ProbeTrack:
-    """The probe's track of frames (F, H, W, 3) uint8, with the face reader's channels merged in (``face``)."""
+def read_tracks(probe: MotionProbe, face: FaceReader | None, frames: np.ndarray,
+                fixations: FixationRule | None = FIXATIONS) -> ProbeTrack:
+    """The probe's track of frames (F, H, W, 3) uint8, with the face reader's channels merged in (``face``) and
+    its gaze held per fixation (``fixations``; the probe alone does not read gaze)."""
     track = read_frames(probe, frames)
-    return track if face is None else merge_face(track, read_face(face, frames))
+    if face is None:
+        return track
+    track = merge_face(track, read_face(face, frames))
+    if fixations is not None:
+        track = dataclasses.replace(track, motion=fixation_gaze(track.motion, fixations))
+    return track
 
 
 def face_path_or_none(path: str | Path | None) -> Path | None:
