@@ -11,6 +11,7 @@ split's truth render, with the true motion), read per frame: ``reaction_readout.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from reaction_readout import read_split
 
@@ -18,6 +19,8 @@ from lpm.eval.fixations import fit_fixation_rule, fixation_gaze, gaze_r
 
 
 def load(path: str) -> tuple[list, list]:
+    if not Path(path).is_file():
+        raise SystemExit(f"{path}: no readings cache (scripts/reaction_readout.py --per-frame --save {path})")
     clips = read_split("", "", 0, path)
     return [c["read"] for c in clips], [c["truth"] for c in clips]
 

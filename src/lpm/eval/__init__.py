@@ -14,5 +14,7 @@ LISTEN_DATA_RECIPE = {"version": 2, "clips": 80, "seconds": 4.0, "res": 128, "se
 DEFAULT_PROBE = "checkpoints/probe.safetensors"
 # Eyes, brows, mouth and emotion, read in place of the probe's (``lpm.eval.face``).
 DEFAULT_FACE = "checkpoints/face.safetensors"
+# Head pitch, roll and yaw, read in place of the probe's (``lpm.eval.head``).
+DEFAULT_HEAD = "checkpoints/head.safetensors"
 DEFAULT_IDENTITY = "checkpoints/identity.safetensors"
 DEFAULT_STATES = "checkpoints/states.safetensors"

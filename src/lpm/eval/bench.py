@@ -19,6 +19,7 @@ from lpm.eval.suites import (
     check_identity_instrument,
     clip_metrics,
     face_path_or_none,
+    head_path_or_none,
     load_clip,
     load_instruments,
     run_clip_suite,
@@ -108,6 +109,7 @@ def ensure_default_data(data: str | Path, log=print, recipe: dict | None = None)
 
 def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str | Path, identity: str | Path,
               states: str | Path, checkpoints: dict[str, str] | None = None, face: str | Path | None = None,
+              head: str | Path | None = None,
               minutes: float = 0.0, seed: int = 0,
               refiner: bool = False, base_steps: int | None = None, model_clips: dict[str, int] | None = None,
               baseline: str | list[str] | None = None, log=print) -> dict:
@@ -117,7 +119,8 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
     ``base_steps``: ODE steps per window of ``base`` (None: its default; ``QUICK_BASE_STEPS`` in the quick suite);
     ``model_clips``: clips each trained model rates in the quick suite, by system name (``"*"``: any other), over
     ``SUITE_MODEL_CLIPS`` (quick and listen suites); ``face``: the face reader (``suites.face_path_or_none``;
-    None: the probe alone); ``data``: None for the suite's own case set (``default_data``); ``baseline``: the
+    None: the probe alone); ``head``: the head pose reader (``suites.head_path_or_none``; None: the probe's head
+    angles); ``data``: None for the suite's own case set (``default_data``); ``baseline``: the
     system every other is compared with clip for clip in the report's paired differences (None: ``online`` when it
     runs), or several (one paired table each, e.g. ``["online", "base"]`` to judge Base variants too).
     """
@@ -129,6 +132,7 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
             raise LpmError(f"{what} {path} does not exist (train it with `lpm eval {how}`, or use the shipped one "
                            "under checkpoints/)")
     face_path_or_none(face)
+    head_path_or_none(head)
     if base_steps is None and suite in SUITE_MODEL_CLIPS:
         base_steps = QUICK_BASE_STEPS
     systems = make_systems(checkpoints, seed, refiner, base_steps)
@@ -151,7 +155,7 @@ def run_bench(suite: str, out: str | Path, data: str | Path | None, probe: str |
     machine = {"cpus": os.cpu_count(), "threads": threads, "busy_cores": round(busy, 2),
                "load_avg": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
     t0 = time.time()
-    inst = load_instruments(probe, identity, states, face)
+    inst = load_instruments(probe, identity, states, face, head)
     rows = select_clips(data, suite)
     log(f"bench {suite}: {len(rows)} clips, systems {', '.join(s.name for s in systems)}")
     caps = {**SUITE_MODEL_CLIPS[suite], **(model_clips or {})} if suite in SUITE_MODEL_CLIPS else None

@@ -1,4 +1,4 @@
-"""``lpm bench`` and ``lpm eval train-probe|train-face|train-identity|train-states`` (argument parsing only)."""
+"""``lpm bench`` and ``lpm eval train-probe|train-face|train-head|train-identity|train-states`` (parsing only)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,15 @@ import re
 from pathlib import Path
 
 from lpm.errors import LpmError
-from lpm.eval import DEFAULT_DATA, DEFAULT_FACE, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES, LISTEN_DATA
+from lpm.eval import (
+    DEFAULT_DATA,
+    DEFAULT_FACE,
+    DEFAULT_HEAD,
+    DEFAULT_IDENTITY,
+    DEFAULT_PROBE,
+    DEFAULT_STATES,
+    LISTEN_DATA,
+)
 
 # --minutes when not given: the long suite's 45-minute session; the full suite runs a shorter one.
 DEFAULT_MINUTES = {"long": 45.0, "full": 10.0, "quick": 0.0, "listen": 0.0}
@@ -109,7 +117,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     minutes = args.minutes if args.minutes is not None else DEFAULT_MINUTES[args.suite]
     report = run_bench(args.suite, args.out, data=args.data, probe=args.probe, identity=args.identity,
-                       states=args.states, face=args.face,
+                       states=args.states, face=args.face, head=args.head,
                        checkpoints=_parse_checkpoints(args.checkpoint, not args.no_default_checkpoints),
                        minutes=minutes, seed=args.seed, refiner=args.refiner, base_steps=args.base_steps,
                        model_clips=_parse_model_clips(args.model_clips), baseline=args.baseline)
@@ -145,7 +153,7 @@ def _train_states(args: argparse.Namespace) -> int:
     from lpm.eval.state_train import StateTrainConfig, train_states
 
     cfg = apply_overrides(StateTrainConfig(), args.overrides)
-    extra = train_states(args.out, cfg, args.probe, args.face)
+    extra = train_states(args.out, cfg, args.probe, args.face, args.head)
     print(json.dumps({k: extra[k] for k in ("accuracy", "reaction_fit")}, indent=1))
     return 0
 
@@ -154,7 +162,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     """Add ``lpm bench`` and ``lpm eval train-probe|train-identity``."""
     from lpm.eval.speed import DEFAULT_REPEATS
     from lpm.eval.suites import SUITES
-    from lpm.eval.train import FACE_KIND, IDENTITY_KIND, PROBE_KIND
+    from lpm.eval.train import FACE_KIND, HEAD_KIND, IDENTITY_KIND, PROBE_KIND
     from lpm.models.dit_config import PRESETS
 
     p = sub.add_parser("bench", help="LPM-Bench: every system, every metric, with validated instruments",
@@ -189,6 +197,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--probe", default=DEFAULT_PROBE)
     p.add_argument("--face", default=DEFAULT_FACE, help="face reader whose eye, brow and mouth channels and "
                    "emotion replace the probe's (none: the probe alone)")
+    p.add_argument("--head", default=DEFAULT_HEAD, help="head pose reader whose pitch, roll and yaw replace the "
+                   "probe's (none: the probe's)")
     p.add_argument("--identity", default=DEFAULT_IDENTITY)
     p.add_argument("--states", default=DEFAULT_STATES, help="state reader (speak / listen / idle from the tracks)")
     p.add_argument("--minutes", type=float, default=None,
@@ -229,6 +239,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
 
     for name, kind, what in (("train-probe", PROBE_KIND, "the motion probe"),
                              ("train-face", FACE_KIND, "the face reader (eyes, brows, mouth, emotion)"),
+                             ("train-head", HEAD_KIND, "the head pose reader (pitch, roll, yaw)"),
                              ("train-identity", IDENTITY_KIND, "the identity embedding")):
         p = groups["eval"].add_parser(name, help=f"train {what} on world renders (rerun to resume)")
         p.add_argument("--out", required=True, help="run directory; render sets are cached in OUT/../renders")
@@ -250,5 +261,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--probe", default=DEFAULT_PROBE)
     p.add_argument("--face", default=DEFAULT_FACE, help="face reader whose eye, brow and mouth channels and "
                    "emotion replace the probe's (none: the probe alone)")
+    p.add_argument("--head", default=DEFAULT_HEAD, help="head pose reader whose pitch, roll and yaw replace the "
+                   "probe's (none: the probe's)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="StateTrainConfig overrides, e.g. clips=1200")
     p.set_defaults(func=_train_states)

@@ -129,7 +129,8 @@ def validation(results: list[SystemResult], channel_r: dict | None = None,
 def instrument_summary(inst, identity_checks: dict | None = None) -> dict:
     """The instrument accuracy figures that go into the report (``inst``: ``suites.Instruments``)."""
     out: dict = {"probe": {}, "identity": {}, "states": inst.states_accuracy,
-                 "identity_checks": identity_checks or {}, "face": None}
+                 "identity_checks": identity_checks or {}, "face": None,
+                 "head": getattr(inst, "head", None) is not None}
     if inst.face_accuracy:  # the face reader's own figures (its channels are already in "probe")
         out["face"] = {split: {k: acc[k] for k in ("locator_px_p50", "locator_px_p95", "visibility_acc")}
                        for split, acc in inst.face_accuracy.items()}
@@ -239,7 +240,10 @@ def to_markdown(report: dict) -> str:
     inst = report["instruments"]
     for split, acc in inst["probe"].items():
         ch = ", ".join(f"{c} MAE {v['mae']:.3g} r {v['r']:.3f}" for c, v in acc["channels"].items())
-        who = "Motion probe with the face reader's channels and emotion" if inst.get("face") else "Motion probe"
+        who = "Motion probe" + "".join(part for part, on in (
+            (" with the head pose reader's angles", inst.get("head")),
+            (" and" if inst.get("head") else " with", inst.get("face")),
+            (" the face reader's channels and emotion", inst.get("face"))) if on)
         lines.append(f"- {who} on {split} ({acc['frames']} frames): emotion acc {acc['emotion_acc']:.3f}; {ch}.")
     for split, v in (inst.get("face") or {}).items():
         lines.append(f"- Face reader on {split}: anchor error "

@@ -157,13 +157,14 @@ def reader_tag(*paths: str | Path | None) -> str:
 
 
 def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
-                 face_path: str | Path | None = None, log=print) -> dict[str, Any]:
+                 face_path: str | Path | None = None, head_path: str | Path | None = None,
+                 log=print) -> dict[str, Any]:
     """The whole recipe (module docstring); writes ``RUN/model.safetensors``; returns its metadata ``extra``.
 
     The tracks are read as the bench reads them: the probe, with the face reader's channels when ``face_path``
-    is given (``suites.face_path_or_none``)."""
-    from lpm.eval.suites import EDGE_FRAMES, face_path_or_none, read_tracks
-    from lpm.eval.train import load_face, load_probe
+    is given (``suites.face_path_or_none``) and the head pose reader's angles when ``head_path`` is."""
+    from lpm.eval.suites import EDGE_FRAMES, face_path_or_none, head_path_or_none, read_tracks
+    from lpm.eval.train import load_face, load_head, load_probe
 
     torch.set_num_threads(cfg.threads)
     run = Path(run)
@@ -171,16 +172,20 @@ def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
     probe, _ = load_probe(probe_path)
     face_path = face_path_or_none(face_path)
     face = None if face_path is None else load_face(face_path)[0]
-    calib = calibration_readings(run, cfg, lambda frames: read_tracks(probe, face, frames).motion,
-                                 reader_tag(probe_path, face_path))
+    head_path = head_path_or_none(head_path)
+    head = None if head_path is None else load_head(head_path)[0]
+
+    def read(frames: np.ndarray) -> np.ndarray:
+        return read_tracks(probe, face, frames, head=head).motion
+
+    calib = calibration_readings(run, cfg, read, reader_tag(probe_path, face_path, head_path))
     noise = ReadingNoise.fit(list(calib["read"]), list(calib["true"]))
     perf = _cached(run / f"performances_{cfg.clips}_s{cfg.seed}.npz",
                    lambda: dict(zip(("motion", "states"), world_performances(cfg.clips, cfg.seed, cfg.seconds))))
     net = train_state_net(perf["motion"], perf["states"], noise, cfg, log=log)
     reader = StateReader(net)
-    listen = calibration_readings(run, cfg, lambda frames: read_tracks(probe, face, frames).motion,
-                                  reader_tag(probe_path, face_path), name="reactions", clips=cfg.reaction_clips,
-                                  seed=cfg.seed + 202, mode="listen")
+    listen = calibration_readings(run, cfg, read, reader_tag(probe_path, face_path, head_path), name="reactions",
+                                  clips=cfg.reaction_clips, seed=cfg.seed + 202, mode="listen")
     rules, rules_report = fit_reaction_rules(calibration_clips(listen), EDGE_FRAMES)
     log(json.dumps({"reaction_rules": rules_report}))
     pred = np.stack([reader.predict(m) for m in calib["read"]])
@@ -191,7 +196,8 @@ def train_states(run: str | Path, cfg: StateTrainConfig, probe_path: str | Path,
              "noise": {k: getattr(noise, k).tolist() for k in ("gain", "offset", "sigma")},
              "reaction_rules": rules_to_json(rules), "reaction_fit": rules_report,
              "reaction_clips": int(len(listen["read"])),
-             "probe": str(probe_path), "face": None if face_path is None else str(face_path)}
+             "probe": str(probe_path), "face": None if face_path is None else str(face_path),
+             "head": None if head_path is None else str(head_path)}
     save_checkpoint(run / "model.safetensors", net.state_dict(),
                     {"train": dataclasses.asdict(cfg), "net": dataclasses.asdict(net.cfg)}, STATE_KIND, extra)
     (run / "accuracy.json").write_text(json.dumps(extra, indent=1))

@@ -23,11 +23,12 @@ import numpy as np
 from lpm.data.clip import STATE_NAMES, read_clip, read_manifest, tensor_to_image
 from lpm.data.video import read_mp4
 from lpm.errors import LpmError
-from lpm.eval import DEFAULT_FACE, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
+from lpm.eval import DEFAULT_FACE, DEFAULT_HEAD, DEFAULT_IDENTITY, DEFAULT_PROBE, DEFAULT_STATES
 from lpm.eval import metrics as M
 from lpm.eval.emotion_fit import clip_emotion
 from lpm.eval.face import FaceReader, merge_face, read_face
 from lpm.eval.fixations import FIXATIONS, FixationRule, fixation_gaze
+from lpm.eval.head import HeadPoseReader, merge_head, read_head
 from lpm.eval.identity import IdentityNet, embed_frames
 from lpm.eval.identity_check import check_identity
 from lpm.eval.probe import MotionProbe, ProbeTrack, read_frames
@@ -98,17 +99,24 @@ class Instruments:
     emotion_weights: list[float] | None = None
     # How the face reader's per-frame gaze becomes fixations (``fixations``); None = the per-frame reading.
     fixations: FixationRule | None = FIXATIONS
+    # The head pose reader, whose pitch, roll and yaw replace the probe's (None: the probe's); its own accuracy.
+    head: HeadPoseReader | None = None
+    head_accuracy: dict | None = None
 
     def read(self, frames: np.ndarray) -> ProbeTrack:
-        """(F, H, W, 3) uint8 -> the motion track (the probe's, with the face reader's readings when there is one)."""
-        return read_tracks(self.probe, self.face, frames, self.fixations)
+        """(F, H, W, 3) uint8 -> the motion track (the probe's, with the face and head readers' readings where
+        there are readers)."""
+        return read_tracks(self.probe, self.face, frames, self.fixations, head=self.head)
 
 
 def read_tracks(probe: MotionProbe, face: FaceReader | None, frames: np.ndarray,
-                fixations: FixationRule | None = FIXATIONS) -> ProbeTrack:
-    """The probe's track of frames (F, H, W, 3) uint8, with the face reader's channels merged in (``face``) and
-    its gaze held per fixation (``fixations``; the probe alone does not read gaze)."""
+                fixations: FixationRule | None = FIXATIONS, head: HeadPoseReader | None = None) -> ProbeTrack:
+    """The probe's track of frames (F, H, W, 3) uint8, with the head pose reader's angles (``head``) and the face
+    reader's channels (``face``) merged in, its gaze held per fixation (``fixations``; the probe alone does not
+    read gaze)."""
     track = read_frames(probe, frames)
+    if head is not None:
+        track = merge_head(track, read_head(head, frames))
     if face is None:
         return track
     track = merge_face(track, read_face(face, frames))
@@ -117,23 +125,33 @@ def read_tracks(probe: MotionProbe, face: FaceReader | None, frames: np.ndarray,
     return track
 
 
-def face_path_or_none(path: str | Path | None) -> Path | None:
-    """A ``--face`` argument: None, "" or "none" = no face reader; else the checkpoint (which must exist)."""
+def _reader_path_or_none(path: str | Path | None, flag: str, shipped: str, what: str) -> Path | None:
     if path is None or str(path).lower() in ("", "none"):
         return None
     if not Path(path).is_file():
-        raise LpmError(f"--face {path} does not exist (train it with `lpm eval train-face`, use the shipped "
-                       f"{DEFAULT_FACE}, or pass --face none to read every channel with the probe)")
+        raise LpmError(f"{flag} {path} does not exist (train it with `lpm eval train-{flag[2:]}`, use the shipped "
+                       f"{shipped}, or pass {flag} none to read {what} with the probe)")
     return Path(path)
+
+
+def face_path_or_none(path: str | Path | None) -> Path | None:
+    """A ``--face`` argument: None, "" or "none" = no face reader; else the checkpoint (which must exist)."""
+    return _reader_path_or_none(path, "--face", DEFAULT_FACE, "every channel")
+
+
+def head_path_or_none(path: str | Path | None) -> Path | None:
+    """A ``--head`` argument: None, "" or "none" = no head pose reader; else the checkpoint (which must exist)."""
+    return _reader_path_or_none(path, "--head", DEFAULT_HEAD, "the head pose")
 
 
 def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str | Path = DEFAULT_IDENTITY,
                      states_path: str | Path = DEFAULT_STATES,
-                     face_path: str | Path | None = DEFAULT_FACE) -> Instruments:
-    """Load the motion probe, the face reader (``face_path_or_none``), the state reader and the identity
-    embedding."""
+                     face_path: str | Path | None = DEFAULT_FACE,
+                     head_path: str | Path | None = DEFAULT_HEAD) -> Instruments:
+    """Load the motion probe, the face reader (``face_path_or_none``), the head pose reader
+    (``head_path_or_none``), the state reader and the identity embedding."""
     from lpm.eval.state_train import load_state_reader
-    from lpm.eval.train import load_face, load_identity, load_probe
+    from lpm.eval.train import load_face, load_head, load_identity, load_probe
 
     probe, pmeta = load_probe(probe_path)
     ident, imeta = load_identity(identity_path)
@@ -152,6 +170,13 @@ def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str 
             if split in probe_acc:
                 probe_acc[split]["channels"].update(acc["channels"])
                 probe_acc[split]["emotion_acc"] = acc["emotion_acc"]
+    head, head_acc = None, None
+    if (path := head_path_or_none(head_path)) is not None:
+        head, hmeta = load_head(path)
+        head_acc = hmeta["extra"]["accuracy"]
+        for split, acc in head_acc.items():
+            if split in probe_acc:
+                probe_acc[split]["channels"].update(acc["channels"])
     rules = dict(M.BUMP_RULES)
     if "reaction_rules" in smeta["extra"]:
         try:
@@ -159,7 +184,8 @@ def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str 
         except (TypeError, ValueError) as e:
             raise LpmError(f"{states_path}: {e}") from None
     return Instruments(probe, ident, states, probe_acc, imeta["extra"]["accuracy"], smeta["extra"].get("accuracy"),
-                       face=face, face_accuracy=face_acc, reaction_rules=rules, emotion_weights=emotion_weights)
+                       face=face, face_accuracy=face_acc, reaction_rules=rules, emotion_weights=emotion_weights,
+                       head=head, head_accuracy=head_acc)
 
 
 def load_motion_states(clip_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[M.Event]]:

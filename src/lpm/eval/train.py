@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lpm.eval.face import FaceReader, FaceReaderConfig, face_accuracy, face_loss, face_targets, region_anchors
+from lpm.eval.head import HeadPoseConfig, HeadPoseReader, head_accuracy, head_loss, head_targets
 from lpm.eval.identity import IdentityConfig, IdentityNet, embed_frames, supcon_loss, verification
 from lpm.eval.probe import (
     MotionProbe,
@@ -41,6 +42,7 @@ from lpm.training.checkpoint import (
 
 PROBE_KIND = "motion_probe"
 FACE_KIND = "face_reader"
+HEAD_KIND = "head_pose_reader"
 IDENTITY_KIND = "identity_embedding"
 
 
@@ -85,6 +87,8 @@ class InstrumentTrainConfig:
     face_all_styles: bool = True
     # Identity embedding only: the same for its training identities (the shipped one since stop 25).
     identity_all_styles: bool = True
+    # Head pose reader only: the same (its stem is ``probe_stem``).
+    head_all_styles: bool = True
 
 
 def load_sets(cfg: InstrumentTrainConfig, cache: str | Path, data: str | Path | None,
@@ -114,7 +118,7 @@ def augment(x: torch.Tensor, blur_prob: float, gen: torch.Generator) -> torch.Te
 
 
 def _batch_indices(kind: str, rs: RenderSet, cfg: InstrumentTrainConfig, rng: np.random.Generator) -> np.ndarray:
-    if kind in (PROBE_KIND, FACE_KIND):
+    if kind in (PROBE_KIND, FACE_KIND, HEAD_KIND):
         return rng.integers(0, len(rs.frames), cfg.batch)
     # Identity: P identities, K poses each, so every image has positives in the batch.
     per = max(2, cfg.batch // cfg.identities_per_batch)
@@ -153,6 +157,8 @@ def evaluate(kind: str, model: torch.nn.Module, sets: dict[str, RenderSet]) -> d
             out[split] = dataclasses.asdict(probe_accuracy(model, rs.frames, rs.poses, split))
         elif kind == FACE_KIND:
             out[split] = dataclasses.asdict(face_accuracy(model, rs.frames, rs.poses, rs.boxes, split))
+        elif kind == HEAD_KIND:
+            out[split] = head_accuracy(model, rs.frames, rs.poses, split)
         else:
             out[split] = dataclasses.asdict(verification(embed_frames(model, rs.frames), rs.identity, split))
     return out
@@ -164,7 +170,8 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
     torch.set_num_threads(cfg.threads)
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
-    all_styles = {FACE_KIND: cfg.face_all_styles, IDENTITY_KIND: cfg.identity_all_styles}.get(kind, False)
+    all_styles = {FACE_KIND: cfg.face_all_styles, IDENTITY_KIND: cfg.identity_all_styles,
+                  HEAD_KIND: cfg.head_all_styles}.get(kind, False)
     sets = load_sets(cfg, run.parent / "renders", data, all_styles=all_styles)
     if kind == PROBE_KIND:
         net_cfg: Any = ProbeConfig(stem=cfg.probe_stem)
@@ -175,6 +182,9 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
     elif kind == IDENTITY_KIND:
         net_cfg = IdentityConfig(res=cfg.identity_res, crop=cfg.identity_crop)
         model = IdentityNet(net_cfg)
+    elif kind == HEAD_KIND:
+        net_cfg = HeadPoseConfig(stem=cfg.probe_stem)
+        model = HeadPoseReader(net_cfg)
     else:
         raise ValueError(f"unknown instrument {kind!r}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -200,6 +210,8 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
     if kind == FACE_KIND:
         face_a, face_v = (torch.from_numpy(a) for a in region_anchors(train.boxes, train.frames.shape[1:3]))
         face_t = torch.from_numpy(face_targets(train.poses)[0])
+    if kind == HEAD_KIND:
+        head_t = torch.from_numpy(head_targets(train.poses))
     meta = {"train": dataclasses.asdict(cfg), "net": dataclasses.asdict(net_cfg)}
 
     def save_state() -> None:
@@ -218,6 +230,8 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
             x = augment(x, cfg.blur_prob, gen)
             if kind == PROBE_KIND:
                 loss = probe_loss(model, x, torch.from_numpy(targets[idx]), torch.from_numpy(emotion[idx]), weights)
+            elif kind == HEAD_KIND:
+                loss = head_loss(model, x, head_t[torch.from_numpy(idx)])
             elif kind == FACE_KIND:
                 ti = torch.from_numpy(idx)
                 loss = face_loss(model, x, face_a[ti], face_v[ti], face_t[ti], torch.from_numpy(emotion[idx]),
@@ -268,6 +282,16 @@ def load_face(path: str | Path) -> tuple[FaceReader, dict[str, Any]]:
     net = meta["config"]["net"]
     tuples = {k: tuple(v) for k, v in net.items() if isinstance(v, list)}
     model = FaceReader(FaceReaderConfig(**{**net, **tuples}))
+    load_into(model, state, str(path))
+    return model.eval(), meta
+
+
+def load_head(path: str | Path) -> tuple[HeadPoseReader, dict[str, Any]]:
+    """The trained head pose reader and its metadata (``extra.accuracy`` holds its held-out accuracy)."""
+    state, meta = load_checkpoint(path, HEAD_KIND)
+    net = meta["config"]["net"]
+    model = HeadPoseReader(HeadPoseConfig(res=net["res"], widths=tuple(net["widths"]), feature_dim=net["feature_dim"],
+                                          stem=net["stem"]))
     load_into(model, state, str(path))
     return model.eval(), meta
 
