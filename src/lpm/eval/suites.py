@@ -80,7 +80,8 @@ class Instruments:
     on the truth render when the bench runs (``identity_check``: the 1st percentile of its frames).
     ``face``: the face reader, whose eye, brow and mouth channels and emotion replace the probe's (None: the
     probe alone).
-    ``probe_accuracy`` is then the accuracy of the merged reading (those channels from ``face_accuracy``).
+    ``probe_accuracy`` is then the accuracy of the merged reading (those channels from ``face_accuracy``, the head
+    angles from the head pose reader's checkpoint when there is one).
     ``reaction_rules``: the reaction detector's rules in the reading's units, fitted with the state reader
     (``reaction_fit``); ``metrics.BUMP_RULES`` (the true motion's) for a state reader written before them.
     """
@@ -99,9 +100,9 @@ class Instruments:
     emotion_weights: list[float] | None = None
     # How the face reader's per-frame gaze becomes fixations (``fixations``); None = the per-frame reading.
     fixations: FixationRule | None = FIXATIONS
-    # The head pose reader, whose pitch, roll and yaw replace the probe's (None: the probe's); its own accuracy.
+    # The head pose reader, whose pitch, roll and yaw replace the probe's (None: the probe's; its accuracy is in
+    # ``probe_accuracy``).
     head: HeadPoseReader | None = None
-    head_accuracy: dict | None = None
 
     def read(self, frames: np.ndarray) -> ProbeTrack:
         """(F, H, W, 3) uint8 -> the motion track (the probe's, with the face and head readers' readings where
@@ -170,11 +171,10 @@ def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str 
             if split in probe_acc:
                 probe_acc[split]["channels"].update(acc["channels"])
                 probe_acc[split]["emotion_acc"] = acc["emotion_acc"]
-    head, head_acc = None, None
+    head = None
     if (path := head_path_or_none(head_path)) is not None:
         head, hmeta = load_head(path)
-        head_acc = hmeta["extra"]["accuracy"]
-        for split, acc in head_acc.items():
+        for split, acc in hmeta["extra"]["accuracy"].items():
             if split in probe_acc:
                 probe_acc[split]["channels"].update(acc["channels"])
     rules = dict(M.BUMP_RULES)
@@ -185,7 +185,7 @@ def load_instruments(probe_path: str | Path = DEFAULT_PROBE, identity_path: str 
             raise LpmError(f"{states_path}: {e}") from None
     return Instruments(probe, ident, states, probe_acc, imeta["extra"]["accuracy"], smeta["extra"].get("accuracy"),
                        face=face, face_accuracy=face_acc, reaction_rules=rules, emotion_weights=emotion_weights,
-                       head=head, head_accuracy=head_acc)
+                       head=head)
 
 
 def load_motion_states(clip_dir: str | Path) -> tuple[np.ndarray, np.ndarray, list[M.Event]]:
