@@ -65,3 +65,19 @@ def test_instruments_take_the_weights_from_the_face_checkpoint(tmp_path):
     save_checkpoint(face, state, meta["config"], FACE_KIND, extra={**meta["extra"], "emotion_weights": [1.0]})
     with pytest.raises(LpmError, match="emotion_weights"):
         load_instruments(face_path=face)
+
+
+def test_train_clips_are_read_without_their_audio_and_name_what_is_missing(tmp_path):
+    import json
+
+    from lpm.errors import LpmError
+    from lpm.eval.emotion_fit import train_clip_emotion, train_clip_video
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "meta.json").write_text(json.dumps({"emotion": "sad"}))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "meta.json").write_text(json.dumps({}))
+    assert train_clip_emotion(tmp_path, {"path": "a"}) == "sad"
+    assert train_clip_emotion(tmp_path, {"path": "b"}) == "neutral"
+    with pytest.raises(LpmError, match="a/video.mp4"):
+        train_clip_video(tmp_path, {"path": "a"})

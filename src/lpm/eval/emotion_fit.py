@@ -12,6 +12,7 @@ unchanged), where ``suites.load_instruments`` finds them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,22 @@ def fit_neutral_scale(clip_probs: np.ndarray, labels: Sequence[str]) -> NeutralF
     return NeutralFit(best, accuracy(best), accuracy(1.0), len(probs))
 
 
+def train_clip_video(data: str | Path, row: dict) -> np.ndarray:
+    """A clip's truth render (F, H, W, 3) uint8, without decoding its audio or references (``suites.load_clip``
+    decodes everything a system needs)."""
+    from lpm.data.video import read_mp4
+
+    path = Path(data) / row["path"] / "video.mp4"
+    if not path.is_file():
+        raise LpmError(f"{path}: no video to read")
+    return read_mp4(path)
+
+
+def train_clip_emotion(data: str | Path, row: dict) -> str:
+    """A clip's caption emotion, as ``suites.load_clip`` gives it (``meta.json``'s ``emotion``, neutral if none)."""
+    return str(json.loads((Path(data) / row["path"] / "meta.json").read_text()).get("emotion", "neutral"))
+
+
 def fit_face_emotion(face_path: str | Path, data: str | Path, log=print) -> NeutralFit:
     """Read the truth render of ``data``'s train clips with the face reader at ``face_path`` (as the bench reads),
     fit the neutral weight and write it into that checkpoint's metadata."""
@@ -87,7 +104,6 @@ def fit_face_emotion(face_path: str | Path, data: str | Path, log=print) -> Neut
 
     from lpm.data.clip import read_manifest
     from lpm.eval.face import read_face
-    from lpm.eval.suites import load_clip
     from lpm.eval.train import FACE_KIND, load_face
     from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -97,11 +113,8 @@ def fit_face_emotion(face_path: str | Path, data: str | Path, log=print) -> Neut
         raise LpmError(f"{data}: no train clips to calibrate the emotion decision on")
     probs, labels = [], []
     for row in tqdm(rows, desc="read train clips", dynamic_ncols=True):
-        inputs, truth = load_clip(data, row)
-        if inputs.truth_video is None:
-            raise LpmError(f"{data}/{row['path']}: no video.mp4 to read")
-        probs.append(read_face(reader, np.asarray(inputs.truth_video)).emotion_probs.mean(0))
-        labels.append(truth.emotion)
+        probs.append(read_face(reader, train_clip_video(data, row)).emotion_probs.mean(0))
+        labels.append(train_clip_emotion(data, row))
     fit = fit_neutral_scale(np.stack(probs), labels)
     state, meta = load_checkpoint(face_path, FACE_KIND)
     extra = {**meta["extra"], "emotion_weights": fit.weights,
