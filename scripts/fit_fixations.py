@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from reaction_readout import read_split
+from reaction_readout import load_readings
 
 from lpm.eval.fixations import fit_fixation_rule, fixation_gaze, gaze_r
 
@@ -21,7 +21,7 @@ from lpm.eval.fixations import fit_fixation_rule, fixation_gaze, gaze_r
 def load(path: str) -> tuple[list, list]:
     if not Path(path).is_file():
         raise SystemExit(f"{path}: no readings cache (scripts/reaction_readout.py --per-frame --save {path})")
-    clips = read_split("", "", 0, path)
+    clips = load_readings(path)
     return [c["read"] for c in clips], [c["truth"] for c in clips]
 
 

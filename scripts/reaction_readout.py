@@ -26,15 +26,20 @@ from lpm.eval.suites import EDGE_FRAMES, load_clip, load_instruments
 from lpm.world.motion import MOTION_INDEX
 
 
+def load_readings(path: str) -> list[dict]:
+    """The clips of a readings cache written by ``read_split(..., save=path)``."""
+    z = np.load(path, allow_pickle=False)
+    meta = json.loads(str(z["meta"]))
+    return [{"truth": z[f"t{i}"], "read": z[f"r{i}"], "states": z[f"s{i}"], "reactions": m}
+            for i, m in enumerate(meta)]
+
+
 def read_split(data: str, split: str, clips: int, save: str | None, stride: int = 1,
                per_frame: bool = False) -> list[dict]:
     """Per clip: true motion, read motion, states and true reactions (cached in ``save`` when given);
     ``per_frame``: the gaze as read per frame, not held per fixation (``lpm.eval.fixations``)."""
     if save and Path(save).is_file():
-        z = np.load(save, allow_pickle=False)
-        meta = json.loads(str(z["meta"]))
-        return [{"truth": z[f"t{i}"], "read": z[f"r{i}"], "states": z[f"s{i}"], "reactions": m}
-                for i, m in enumerate(meta)]
+        return load_readings(save)
     rows = [r for r in read_manifest(data) if r["split"] == split][::stride]
     rows = rows[:clips] if clips else rows
     inst = load_instruments()

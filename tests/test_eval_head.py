@@ -7,13 +7,13 @@ import torch
 from lpm.errors import LpmError
 from lpm.eval.head import (
     HEAD_CHANNELS,
-    HeadPoseConfig,
+    HEAD_POSE_CONFIG,
     HeadPoseReader,
     head_targets,
     merge_head,
     read_head,
 )
-from lpm.eval.probe import MotionProbe, ProbeTrack, from_unit, read_frames
+from lpm.eval.probe import MotionProbe, ProbeConfig, ProbeTrack, from_unit, read_frames
 from lpm.eval.renders import render_set
 from lpm.eval.suites import head_path_or_none, read_tracks
 from lpm.eval.train import HEAD_KIND, InstrumentTrainConfig, load_head, train_instrument
@@ -26,7 +26,7 @@ class FixedReader(HeadPoseReader):
     """Reads every frame as the same scaled angles."""
 
     def __init__(self, unit: list[float]):
-        super().__init__(HeadPoseConfig(widths=(4,), stem=4, res=16, feature_dim=4))
+        super().__init__(ProbeConfig(widths=(4,), stem=4, res=16, feature_dim=4))
         self.unit = torch.tensor(unit)
 
     def forward(self, x):
@@ -68,7 +68,7 @@ def test_tiny_head_reader_trains_saves_and_reads_like_the_instruments(tmp_path):
     assert acc["val"]["frames"] == 4 and acc["val"]["channels"]["head_roll"]["mae"] >= 0
     path = tmp_path / "head" / "model.safetensors"
     reader, meta = load_head(path)
-    assert reader.cfg == HeadPoseConfig() and meta["extra"]["accuracy"]["zeroshot"]["frames"] == 4
+    assert reader.cfg == HEAD_POSE_CONFIG and meta["extra"]["accuracy"]["zeroshot"]["frames"] == 4
     frames = render_set("val", 1, 2, res=64, workers=1).frames
     probe = MotionProbe().eval()
     # The instruments' reading is the probe's track with the head angles merged in.

@@ -10,54 +10,34 @@ Its readings replace the probe's head channels (``merge_head``); the probe's fea
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lpm.eval.probe import ChannelAccuracy, ProbeTrack, conv_stage, frames_to_tensor, from_unit, head_crop, to_unit
+from lpm.eval.probe import ChannelAccuracy, ProbeConfig, ProbeTrack, ProbeTrunk, frames_to_tensor, from_unit, to_unit
 from lpm.world.motion import MOTION_INDEX
 
 HEAD_CHANNELS: tuple[str, ...] = ("head_pitch", "head_roll", "head_yaw")
 _IDX = np.array([MOTION_INDEX[c] for c in HEAD_CHANNELS])
 
 
-@dataclass(frozen=True)
-class HeadPoseConfig:
-    """Shape of the head pose reader (the probe's: ``probe.ProbeConfig``)."""
-
-    res: int = 96  # the head crop is resized to this (square); 96 keeps a 128 frame's pixels 1:1
-    widths: tuple[int, ...] = (16, 32, 64, 96)  # channels per stage; each stage halves the resolution
-    feature_dim: int = 128
-    stem: int = 16  # channels of a full-resolution stem (two 3x3 convs at stride 1) before the strided stages
+# The probe's shape with a full-resolution stem (``probe.ProbeConfig``).
+HEAD_POSE_CONFIG = ProbeConfig(stem=16)
 
 
-class HeadPoseReader(nn.Module):
-    """Frame -> the head's (pitch, roll, yaw), each scaled by its range to [-1, 1]."""
+class HeadPoseReader(ProbeTrunk):
+    """Frame -> the head's (pitch, roll, yaw), each scaled by its range to [-1, 1]: the probe's trunk with a head of
+    its own."""
 
-    def __init__(self, cfg: HeadPoseConfig = HeadPoseConfig()):
-        super().__init__()
-        self.cfg = cfg
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, cfg.stem, 3, padding=1, bias=False), nn.BatchNorm2d(cfg.stem), nn.ReLU(inplace=True),
-            nn.Conv2d(cfg.stem, cfg.stem, 3, padding=1, bias=False), nn.BatchNorm2d(cfg.stem), nn.ReLU(inplace=True))
-        chans = (cfg.stem, *cfg.widths)
-        self.stages = nn.Sequential(*[conv_stage(a, b) for a, b in zip(chans[:-1], chans[1:])])
-        side = cfg.res // 2 ** len(cfg.widths)
-        # Flatten rather than pool: where the face sits in the crop is itself the pose.
-        self.neck = nn.Sequential(nn.Flatten(), nn.Linear(cfg.widths[-1] * side * side, cfg.feature_dim),
-                                  nn.ReLU(inplace=True))
+    def __init__(self, cfg: ProbeConfig = HEAD_POSE_CONFIG):
+        super().__init__(cfg)
         self.regress = nn.Linear(cfg.feature_dim, len(HEAD_CHANNELS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x: (B, 3, H, W) whole frames in [-1, 1]. Returns: (B, 3) pitch, roll, yaw in [-1, 1] units."""
-        x = head_crop(x)
-        if x.shape[-2:] != (self.cfg.res, self.cfg.res):
-            x = F.interpolate(x, size=(self.cfg.res, self.cfg.res), mode="bilinear", antialias=True,
-                              align_corners=False)
-        return self.regress(self.neck(self.stages(self.stem(x))))
+        return self.regress(self.features(x))
 
 
 def head_targets(poses: np.ndarray) -> np.ndarray:

@@ -99,10 +99,11 @@ def conv_stage(c_in: int, c_out: int, double: bool = True) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MotionProbe(nn.Module):
-    """Frame -> (regression targets, emotion logits, features)."""
+class ProbeTrunk(nn.Module):
+    """Frame -> features: the head crop at ``cfg.res``, the stem, the strided stages and the neck. The motion probe
+    and the head pose reader (``lpm.eval.head``) put their own heads on it."""
 
-    def __init__(self, cfg: ProbeConfig = ProbeConfig()):
+    def __init__(self, cfg: ProbeConfig):
         super().__init__()
         self.cfg = cfg
         chans = (cfg.stem or 3, *cfg.widths)
@@ -119,6 +120,22 @@ class MotionProbe(nn.Module):
         # Flatten rather than pool: where the head, eyes and mouth are is itself the signal (pose, gaze).
         self.neck = nn.Sequential(nn.Flatten(), nn.Linear(cfg.widths[-1] * side * side, cfg.feature_dim),
                                   nn.ReLU(inplace=True))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) whole frames in [-1, 1] -> (B, feature_dim); the head crop is resized to cfg.res when
+        needed."""
+        x = head_crop(x)
+        if x.shape[-1] != self.cfg.res or x.shape[-2] != self.cfg.res:
+            x = F.interpolate(x, size=(self.cfg.res, self.cfg.res), mode="bilinear", antialias=True,
+                              align_corners=False)
+        return self.neck(self.stages(self.stem(x)))
+
+
+class MotionProbe(ProbeTrunk):
+    """Frame -> (regression targets, emotion logits, features)."""
+
+    def __init__(self, cfg: ProbeConfig = ProbeConfig()):
+        super().__init__(cfg)
         self.regress = nn.Linear(cfg.feature_dim, NUM_TARGETS)
         self.emotion = nn.Linear(cfg.feature_dim, len(EMOTIONS))
 
@@ -130,11 +147,7 @@ class MotionProbe(nn.Module):
         Returns:
             targets (B, NUM_TARGETS), emotion logits (B, 5), features (B, feature_dim).
         """
-        x = head_crop(x)
-        if x.shape[-1] != self.cfg.res or x.shape[-2] != self.cfg.res:
-            x = F.interpolate(x, size=(self.cfg.res, self.cfg.res), mode="bilinear", antialias=True,
-                              align_corners=False)
-        h = self.neck(self.stages(self.stem(x)))  # (B, feature_dim)
+        h = self.features(x)  # (B, feature_dim)
         return self.regress(h), self.emotion(h), h
 
 

@@ -240,10 +240,9 @@ def to_markdown(report: dict) -> str:
     inst = report["instruments"]
     for split, acc in inst["probe"].items():
         ch = ", ".join(f"{c} MAE {v['mae']:.3g} r {v['r']:.3f}" for c, v in acc["channels"].items())
-        who = "Motion probe" + "".join(part for part, on in (
-            (" with the head pose reader's angles", inst.get("head")),
-            (" and" if inst.get("head") else " with", inst.get("face")),
-            (" the face reader's channels and emotion", inst.get("face"))) if on)
+        readers = [what for what, on in (("the head pose reader's angles", inst.get("head")),
+                                          ("the face reader's channels and emotion", inst.get("face"))) if on]
+        who = "Motion probe" + (" with " + " and ".join(readers) if readers else "")
         lines.append(f"- {who} on {split} ({acc['frames']} frames): emotion acc {acc['emotion_acc']:.3f}; {ch}.")
     for split, v in (inst.get("face") or {}).items():
         lines.append(f"- Face reader on {split}: anchor error "

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from lpm.eval.face import FaceReader, FaceReaderConfig, face_accuracy, face_loss, face_targets, region_anchors
-from lpm.eval.head import HeadPoseConfig, HeadPoseReader, head_accuracy, head_loss, head_targets
+from lpm.eval.head import HEAD_POSE_CONFIG, HeadPoseReader, head_accuracy, head_loss, head_targets
 from lpm.eval.identity import IdentityConfig, IdentityNet, embed_frames, supcon_loss, verification
 from lpm.eval.probe import (
     MotionProbe,
@@ -183,7 +183,7 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
         net_cfg = IdentityConfig(res=cfg.identity_res, crop=cfg.identity_crop)
         model = IdentityNet(net_cfg)
     elif kind == HEAD_KIND:
-        net_cfg = HeadPoseConfig(stem=cfg.probe_stem)
+        net_cfg = dataclasses.replace(HEAD_POSE_CONFIG, stem=cfg.probe_stem)
         model = HeadPoseReader(net_cfg)
     else:
         raise ValueError(f"unknown instrument {kind!r}")
@@ -266,12 +266,17 @@ def train_instrument(kind: str, run: str | Path, cfg: InstrumentTrainConfig, dat
     return accuracy
 
 
+def probe_config(net: dict[str, Any]) -> ProbeConfig:
+    """The ``ProbeConfig`` of a probe-shaped checkpoint's ``config.net`` (the motion probe, the head pose reader)."""
+    return ProbeConfig(res=net["res"], widths=tuple(net["widths"]), feature_dim=net["feature_dim"],
+                       stem=net.get("stem", 0))  # probes saved before the stem have none
+
+
 def load_probe(path: str | Path) -> tuple[MotionProbe, dict[str, Any]]:
     """The trained probe and its metadata (``extra.accuracy`` holds its held-out accuracy)."""
     state, meta = load_checkpoint(path, PROBE_KIND)
     net = meta["config"]["net"]
-    model = MotionProbe(ProbeConfig(res=net["res"], widths=tuple(net["widths"]), feature_dim=net["feature_dim"],
-                                    stem=net.get("stem", 0)))  # probes saved before the stem have none
+    model = MotionProbe(probe_config(net))
     load_into(model, state, str(path))
     return model.eval(), meta
 
@@ -290,8 +295,7 @@ def load_head(path: str | Path) -> tuple[HeadPoseReader, dict[str, Any]]:
     """The trained head pose reader and its metadata (``extra.accuracy`` holds its held-out accuracy)."""
     state, meta = load_checkpoint(path, HEAD_KIND)
     net = meta["config"]["net"]
-    model = HeadPoseReader(HeadPoseConfig(res=net["res"], widths=tuple(net["widths"]), feature_dim=net["feature_dim"],
-                                          stem=net["stem"]))
+    model = HeadPoseReader(probe_config(net))
     load_into(model, state, str(path))
     return model.eval(), meta
 
