@@ -77,8 +77,9 @@ def place(onsets: torch.Tensor, templates: torch.Tensor) -> torch.Tensor:
 def estimate_templates(tracks: list[torch.Tensor], onsets: list[torch.Tensor], length: int) -> torch.Tensor:
     """Each kind's mean departure of the track over the ``length`` frames from an onset, from the frame before it.
 
-    A kind whose reactions go either way (a head tilt left or right) is sign-aligned on its strongest channel
-    first and keeps its majority sign, so the mean is a tilt and not zero. A kind with no onset gets zeros.
+    The departures are sign-aligned on one channel first, keeping the majority's sign, so that a kind whose
+    reactions go either way (a head tilt left or right) averages to a tilt and not zero (``aligned_mean``). A kind
+    with no onset gets zeros.
 
     Args:
         tracks: per clip ``(F, P)``; onsets: per clip ``(F, R)`` from ``onset_targets``.
@@ -95,15 +96,37 @@ def estimate_templates(tracks: list[torch.Tensor], onsets: list[torch.Tensor], l
             per_kind[kind].append(track[frame:frame + length] - track[frame - 1])  # (L, P)
     out = torch.zeros(num_kinds, length, num_channels)
     for k, deps in enumerate(per_kind):
-        if not deps:
-            continue
-        d = torch.stack(deps)  # (E, L, P)
-        main = int(d.abs().sum(1).mean(0).argmax())
-        sign = torch.sign(d[:, :, main].sum(1))
-        sign[sign == 0] = 1.0
-        majority = 1.0 if sign.sum() >= 0 else -1.0
-        out[k] = (d * (sign * majority)[:, None, None]).mean(0)
+        if deps:
+            out[k] = aligned_mean(torch.stack(deps))
     return out
+
+
+# A channel may carry a reaction only with at least this share of the largest channel's energy (below it, a
+# channel's shape can agree across events by chance on nothing).
+MIN_ENERGY_SHARE = 0.02
+
+
+def aligned_mean(departures: torch.Tensor) -> torch.Tensor:
+    """The mean of one kind's departures ``(E, L, P)`` after sign-aligning them on the channel whose aligned mean
+    keeps the largest share of its events' energy (the channel where the events agree in shape), with the
+    majority's sign: ``(L, P)``.
+
+    Why not the channel that moves most: a nod is a pitch dip of 6-11 degrees for half a second, while the head's
+    idle yaw wanders by a few degrees over the template's two seconds, so yaw can carry more energy per event.
+    Aligned on yaw, the nods' pitch averages to nothing and the "template" is the aligned wander, a slow yaw ramp
+    (the shipped speech network's nod template until stop 40). A wander aligned on its own sign keeps about half
+    of its energy in the mean, a reaction nearly all of it.
+    """
+    energy = departures.pow(2).sum(1).mean(0)  # (P,) per-event energy of each channel
+    sign = torch.sign(departures.sum(1))  # (E, P) each event's side on each channel
+    sign[sign == 0] = 1.0
+    aligned = (departures * sign[:, None, :]).mean(0)  # (L, P) channel p aligned on itself
+    agreement = aligned.pow(2).sum(0) / energy.clamp_min(1e-12)  # (P,)
+    agreement[energy < MIN_ENERGY_SHARE * energy.max()] = -1.0
+    main = int(agreement.argmax())
+    s = sign[:, main]
+    majority = 1.0 if s.sum() >= 0 else -1.0
+    return (departures * (s * majority)[:, None, None]).mean(0)
 
 
 def onset_events(onsets: torch.Tensor, kinds: tuple[str, ...]) -> list[Event]:
