@@ -9,7 +9,10 @@ no training, and reports F1, precision and recall per reaction kind:
 - ``react=G``: the placed templates times G (on top of the track gain);
 - ``reg=G``: the regressed track's head, brow and smile channels times G (the idle drift the gain also amplifies);
 - ``level=L``: the fire level of the onset hazard (the checkpoint's calibrated one otherwise);
-- ``shift=K``: every fired onset K frames later.
+- ``shift=K``: every fired onset K frames later;
+- ``head=G``, ``brow=G``, ``smile=G``: the track gain of those channels in place of the checkpoint's.
+
+``online@PATH:...`` rates another checkpoint than ``--checkpoint``.
 
 ``rigtrack`` is the world's rig drawing the speech network's predicted track as it is (gain 1): what the events
 would score if the DiT drew them exactly.
@@ -25,7 +28,6 @@ import argparse
 import dataclasses
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from wfid_floors import Predicted, RigSystem, emit  # scripts/
@@ -36,17 +38,27 @@ from lpm.eval.dit_systems import OnlineSystem
 from lpm.eval.suites import EDGE_FRAMES, load_clip, load_instruments, reaction_mask, run_clip_suite
 from lpm.eval.systems import TraditionalSystem, TruthSystem
 from lpm.models.reactions import REACTION_KINDS, place
+from lpm.runtime.dit_engine import online_sampling_of
 from lpm.world.motion import MOTION_INDEX, MOTION_NAMES
 
 AMPLIFIED = ("head_yaw", "head_pitch", "head_roll", "brow_raise", "smile")  # the channels ``reg=`` scales
-KNOBS = ("react", "reg", "level", "shift")
+GAIN_KNOBS = {"head": ("head_yaw", "head_pitch", "head_roll"), "brow": ("brow_raise",), "smile": ("smile",)}
+KNOBS = ("react", "reg", "level", "shift", *GAIN_KNOBS)
 
 
 class LeverOnline(OnlineSystem):
     """An Online checkpoint whose speech network places its reactions as ``knobs`` say (see the module doc)."""
 
     def __init__(self, name: str, checkpoint: str, knobs: dict[str, float]) -> None:
-        super().__init__(name, checkpoint)
+        gains = {}
+        if any(k in knobs for k in GAIN_KNOBS):
+            sampling = online_sampling_of(checkpoint)
+            gains = dict(sampling.track_gain) if sampling else {}
+            for knob, channels in GAIN_KNOBS.items():
+                if knob in knobs:
+                    gains = {c: g for c, g in gains.items() if c not in channels}
+                    gains.update(dict.fromkeys(channels, knobs[knob]))
+        super().__init__(name, checkpoint, compute={"track_gain": gains} if gains else None)
         net = self.model.speech_motion
         names = self.model.cfg.motion_channels
         reg = torch.ones(len(names))
@@ -70,6 +82,7 @@ def make_system(spec: str, checkpoint: str):
     if spec == "rigtrack":
         return RigSystem("rigtrack", Predicted(checkpoint))
     name, _, rest = spec.partition(":")
+    name, _, path = name.partition("@")
     if name != "online":
         raise SystemExit(f"unknown system {spec!r}: rig, rigtrack, online or online:KNOB=V,... ({', '.join(KNOBS)})")
     knobs = {}
@@ -78,7 +91,7 @@ def make_system(spec: str, checkpoint: str):
         if k not in KNOBS:
             raise SystemExit(f"unknown knob {k!r} in {spec!r}; knobs: {', '.join(KNOBS)}")
         knobs[k] = float(v)
-    return LeverOnline(spec, checkpoint, knobs)
+    return LeverOnline(spec, path or checkpoint, knobs)
 
 
 def per_kind(readings, truths, inst) -> dict[str, M.EventMatch]:

@@ -107,18 +107,25 @@ MIN_ENERGY_SHARE = 0.02
 
 
 def aligned_mean(departures: torch.Tensor) -> torch.Tensor:
-    """The mean of one kind's departures ``(E, L, P)`` after sign-aligning them on the channel whose aligned mean
-    keeps the largest share of its events' energy (the channel where the events agree in shape), with the
-    majority's sign: ``(L, P)``.
+    """The mean of one kind's departures ``(E, L, P)`` after sign-aligning them on one channel, with the majority's
+    sign: ``(L, P)``.
 
-    Why not the channel that moves most: a nod is a pitch dip of 6-11 degrees for half a second, while the head's
-    idle yaw wanders by a few degrees over the template's two seconds, so yaw can carry more energy per event.
-    Aligned on yaw, the nods' pitch averages to nothing and the "template" is the aligned wander, a slow yaw ramp
-    (the shipped speech network's nod template until stop 40). A wander aligned on its own sign keeps about half
-    of its energy in the mean, a reaction nearly all of it.
+    Each event's side on a channel is the sign of its departure over the window's first quarter (``onset_frames``):
+    a reaction starts at its onset, while the head's idle wander fills the rest of the two-second window. The
+    channel aligned on is the one whose aligned mean keeps the largest share of its events' energy (where the
+    events agree in shape), among channels with at least ``MIN_ENERGY_SHARE`` of the largest one's energy.
+
+    Why not, as before stop 40, the channel that moves most, aligned on its sum over the whole window: a nod is a
+    pitch dip of 6-11 degrees for a third of a second, while the idle yaw wanders by a few degrees over the window,
+    so yaw carries more energy per event, and the pitch's sum over the window is mostly wander too. Aligned so, the
+    nods' dip averaged to nothing and the shipped nod template was the aligned wander, a slow 3-degree yaw ramp.
+    Measured on 400 world clips: aligned on the first quarter, the nods' pitch keeps 0.65 of its energy, the yaw's
+    wander 0.33 (0.26 and 0.53 aligned on the whole window); tilts' roll 0.96, brow raises' brow 0.98.
     """
+    length = departures.shape[1]
+    onset_frames = max(2, -(-length // 4))
     energy = departures.pow(2).sum(1).mean(0)  # (P,) per-event energy of each channel
-    sign = torch.sign(departures.sum(1))  # (E, P) each event's side on each channel
+    sign = torch.sign(departures[:, :onset_frames].sum(1))  # (E, P) each event's side on each channel
     sign[sign == 0] = 1.0
     aligned = (departures * sign[:, None, :]).mean(0)  # (L, P) channel p aligned on itself
     agreement = aligned.pow(2).sum(0) / energy.clamp_min(1e-12)  # (P,)
