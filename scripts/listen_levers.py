@@ -35,14 +35,13 @@ from wfid_floors import Predicted, RigSystem, emit  # scripts/
 from lpm.data.clip import read_manifest
 from lpm.eval import metrics as M
 from lpm.eval.dit_systems import OnlineSystem
-from lpm.eval.suites import EDGE_FRAMES, load_clip, load_instruments, reaction_mask, run_clip_suite
+from lpm.eval.suites import clip_reactions, load_clip, load_instruments, run_clip_suite
 from lpm.eval.systems import TraditionalSystem, TruthSystem
 from lpm.models.reactions import REACTION_KINDS, place
 from lpm.runtime.dit_engine import online_sampling_of
-from lpm.world.motion import MOTION_INDEX, MOTION_NAMES
 
-AMPLIFIED = ("head_yaw", "head_pitch", "head_roll", "brow_raise", "smile")  # the channels ``reg=`` scales
 GAIN_KNOBS = {"head": ("head_yaw", "head_pitch", "head_roll"), "brow": ("brow_raise",), "smile": ("smile",)}
+AMPLIFIED = tuple(c for channels in GAIN_KNOBS.values() for c in channels)  # the channels ``reg=`` scales
 KNOBS = ("react", "reg", "level", "shift", *GAIN_KNOBS)
 
 
@@ -95,14 +94,10 @@ def make_system(spec: str, checkpoint: str):
 
 
 def per_kind(readings, truths, inst) -> dict[str, M.EventMatch]:
-    """The bench's reaction match (``suites.clip_score``) per reaction kind, pooled over the clips."""
+    """The bench's reaction match (``suites.clip_reactions``) per reaction kind, pooled over the clips."""
     out = {k: M.EventMatch(0, 0, 0, []) for k in REACTION_KINDS}
     for reading, truth in zip(readings, truths):
-        pred = reading.track.motion
-        allowed = reaction_mask(truth.states, EDGE_FRAMES)
-        n = len(allowed)
-        true_ev = [e for e in truth.reactions if allowed[min(e.frame, n - 1)]]
-        det = M.detect_reactions({c: pred[:, MOTION_INDEX[c]] for c in MOTION_NAMES}, allowed, inst.reaction_rules)
+        true_ev, det = clip_reactions(reading.track.motion, truth, inst)
         for k in REACTION_KINDS:
             out[k] = out[k] + M.match_events([e for e in true_ev if e.type == k], [e for e in det if e.type == k])
     return out
@@ -118,7 +113,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     inst = load_instruments()
-    rows = [r for r in read_manifest(args.data)]
+    rows = list(read_manifest(args.data))
     rows = rows[:args.clips] if args.clips else rows
     loaded = []
     for r in rows:  # rated as the bench rates its seen clips

@@ -322,6 +322,16 @@ def speed_metrics(readings: list[Reading], system: System) -> dict:
             "latency_p95_s": float(np.percentile(lat, 95)), "peak_rss_mb": max(r.peak_rss_mb for r in readings)}
 
 
+def clip_reactions(pred: np.ndarray, truth: ClipTruth, inst: Instruments) -> tuple[list[M.Event], list[M.Event]]:
+    """The true reactions a clip is rated on and those the reaction rules detect in its read motion ``pred``
+    ``(F, NUM_MOTION)``, both where reactions are allowed (``reaction_mask``)."""
+    allowed = reaction_mask(truth.states, EDGE_FRAMES)
+    n = len(allowed)
+    true_ev = [e for e in truth.reactions if allowed[min(e.frame, n - 1)]]
+    det = M.detect_reactions({c: pred[:, MOTION_INDEX[c]] for c in MOTION_NAMES}, allowed, inst.reaction_rules)
+    return true_ev, det
+
+
 def clip_score(reading: Reading, truth: ClipTruth, inst: Instruments,
                truth_features: np.ndarray | None) -> ClipScore:
     """What one clip contributes to the pooled metrics (every instrument reading done here, once)."""
@@ -330,9 +340,7 @@ def clip_score(reading: Reading, truth: ClipTruth, inst: Instruments,
     speaking = truth.states == SPEAK
     n = len(speaking)
     has_speech = speaking.sum() > 2
-    allowed = reaction_mask(truth.states, EDGE_FRAMES)
-    true_ev = [e for e in truth.reactions if allowed[min(e.frame, n - 1)]]
-    det = M.detect_reactions({c: pred[:, MOTION_INDEX[c]] for c in MOTION_NAMES}, allowed, inst.reaction_rules)
+    true_ev, det = clip_reactions(pred, truth, inst)
     threshold = inst.identity_threshold.get(reading.split)
     low = reading.identity_sim < threshold if threshold is not None else np.zeros(n, bool)
     return ClipScore(
