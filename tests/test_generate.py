@@ -301,3 +301,69 @@ def test_track_gain_scales_only_the_predicted_track(tmp_path, one_thread):
 
     with pytest.raises(LpmError, match="'emo_joy', which matches none"):
         DiTEngine.load(character, DiTEngineConfig(checkpoint=path, track_gain={"emo_joy": 2}))
+
+
+def test_track_range_bounds_only_the_predicted_track(tmp_path, one_thread):
+    """``lpm export --track-range DATA`` stores the percentile range of DATA's true train motion; the engine clips
+    the gained, predicted track to it (equal to clipping by hand), never a given track; '' removes it; a malformed
+    range is a clear error."""
+    from lpm.models.motion_track import RANGE_PERCENTILES, bound_track, measured_track_range, track_range_tensor
+    from lpm.world.synth import plan, synth
+
+    data = tmp_path / "world"
+    synth(data, plan(clips=2, seed=2, seconds=0.5, res=64, split="train"), workers=1, progress=False)
+    path = str(online_checkpoint(tmp_path / "online.safetensors"))
+    channels = load_dit(path).cfg.motion_channels
+    measured = measured_track_range(data, channels)
+    motion = np.concatenate([np.load(p)["values"] for p in sorted(data.glob("*/motion.npz"))])
+    names = list(np.load(next(data.glob("*/motion.npz")))["names"])
+    pitch = np.percentile(motion[:, names.index("head_pitch")], RANGE_PERCENTILES)
+    assert np.allclose(measured["head_pitch"], pitch, atol=1e-3) and pitch[0] < pitch[1]
+    out = export_dit(path, tmp_path / "ranged.safetensors", dtype="fp32", track_gain={"head_*": 20},
+                     track_range=data)
+    online = read_metadata(out.path)["extra"]["online"]
+    assert online["track_range"] == {k: list(v) for k, v in measured.items()} and online["track_gain"]
+    assert out.track_range == measured
+    bounds = track_range_tensor(online["track_range"], channels)  # (2, P) in track units: degrees / 10
+    assert bounds.shape == (2, len(channels))
+    assert torch.isclose(bounds[0, channels.index("head_pitch")], torch.tensor(measured["head_pitch"][0] / 10))
+
+    character = Character(images={"global": np.full((64, 64, 3), 128, np.uint8)})
+    engine = DiTEngine.load(character, DiTEngineConfig(checkpoint=str(out.path), seed=1))
+    unbounded = DiTEngine.load(character, DiTEngineConfig(checkpoint=str(out.path), seed=1, track_range={}))
+    assert engine.track_range is not None and unbounded.track_range is None
+    predict = unbounded.model.predict_motion
+    seen = []
+
+    def by_hand(cond, first, num):
+        track = predict(cond, first, num)
+        seen.append(track)
+        return bound_track(track, engine.track_range)
+
+    unbounded.model.predict_motion = by_hand
+    got = _frames_of_first_chunk(engine)
+    assert np.array_equal(got, _frames_of_first_chunk(unbounded))
+    head = [channels.index(c) for c in ("head_yaw", "head_pitch", "head_roll")]
+    outside = (seen[0][..., head] < bounds[0, head]) | (seen[0][..., head] > bounds[1, head])
+    assert outside.any()  # x20 takes the head out of the range: the bound did something
+
+    model = small_dit(0)  # a given track (as in training) passes unclipped
+    f, p = 2, len(model.cfg.motion_channels)
+    mel = torch.randn(1, 8, 4, 16)
+    given = torch.full((1, f, p), 7.0)
+    tight = torch.stack([torch.full((p,), -0.01), torch.full((p,), 0.01)])
+    cond = Conditioning(torch.zeros(1, 1, 32), torch.ones(1, 1, dtype=torch.bool), mel, mel, motion=given,
+                        track_range=tight)
+    assert torch.equal(model._motion(cond, 2, f).track, given)
+    assert model.predict_motion(cond, 2, f).abs().max() <= 0.01
+
+    cleared = export_dit(out.path, tmp_path / "none.safetensors", track_range="")
+    assert "track_range" not in read_metadata(cleared.path)["extra"]["online"] and cleared.track_range == {}
+    with pytest.raises(LpmError, match=r"track_range\['head_pitch'\] must be finite with lo < hi"):
+        DiTEngine.load(character, DiTEngineConfig(checkpoint=path, track_range={"head_pitch": [3, -3]}))
+    with pytest.raises(LpmError, match="'jaw', which is not one of the model's motion channels"):
+        DiTEngine.load(character, DiTEngineConfig(checkpoint=path, track_range={"jaw": [0, 1]}))
+    with pytest.raises(LpmError, match="no clip carries true motion"):
+        measured_track_range(data, ("no_such_channel",))
+    main(["export", "--run", path, "--out", str(tmp_path / "cli.safetensors"), "--track-range", str(data)])
+    assert read_metadata(tmp_path / "cli.safetensors")["extra"]["online"]["track_range"]["head_pitch"]

@@ -35,7 +35,7 @@ from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
 from lpm.eval.systems import CHUNK_FRAMES, ClipInputs, System, SystemUnavailable, register_model_loader
 from lpm.models.dit import CHECKPOINT_KIND, DiT, load_dit
 from lpm.models.latent_codec import LatentCodec, load_codec
-from lpm.models.motion_track import TrackGainError, track_gain_vector
+from lpm.models.motion_track import TrackGainError, track_gain_vector, track_range_tensor
 from lpm.models.restorer import Restorer, load_restorer
 from lpm.runtime.dit_engine import (
     DEFAULT_VAE,
@@ -197,6 +197,8 @@ class BaseSampling:
     seed: int = 0  # window k starts from the noise of seed + k
     # Motion-track channel -> gain on the track the DiT predicts from the audio; None: the checkpoint's, {}: none.
     track_gain: dict[str, float] | None = None
+    # Motion-track channel -> [lo, hi] (rig units) the gained track is clipped to; None: the checkpoint's, {}: none.
+    track_range: dict[str, tuple[float, float]] | None = None
     # A ``lpm.models.restorer`` checkpoint (a "global" one) run on each decoded frame beside the global reference
     # image; None: the checkpoint's (a path relative to its folder), "": none.
     restorer: str | None = None
@@ -248,6 +250,11 @@ class BaseSystem(System):
         self.timesteps = flow_timesteps(self.steps, self.flow.cfg.shift, device=self.device)
         gains = self.sampling.track_gain if self.sampling.track_gain is not None else stored.get("track_gain") or {}
         self.track_gain = self._gain_vector(gains, mc.motion_channels, str(checkpoint))
+        ranges = self.sampling.track_range if self.sampling.track_range is not None else stored.get("track_range") or {}
+        try:
+            self.track_range = track_range_tensor(ranges, mc.motion_channels, self.device)
+        except TrackGainError as e:
+            raise SystemUnavailable(f"{checkpoint}: {e}") from None
         self.denoiser = guided(self.flow.denoiser(ConditionedDiT(self.model)), self.guidance)
         self.log_mel = LogMel(mc.mel)
         self.silent = silent_mel(mc.mel)
@@ -260,6 +267,7 @@ class BaseSystem(System):
         self.note = (f"trained Base DiT {checkpoint}, offline: {self.window}-frame bidirectional windows, "
                      f"{self.steps} {self.sampling.sampler} steps, CFG ({scales})"
                      + (f", track gain ({gain})" if gain else "")
+                     + (", track range" if self.track_range is not None else "")
                      + (f", restorer {self.restorer_path}" if self.restorer is not None else ""))
 
     def _gain_vector(self, gains: dict, channels: tuple[str, ...], source: str) -> torch.Tensor | None:
@@ -346,7 +354,8 @@ class BaseSystem(System):
         window_mel[:, ~inside] = self.silent
         return ConditionBatch(captions=[inputs.caption], mel_self=window_mel[:1], mel_partner=window_mel[1:],
                               audio_start_frame=-self.audio_before, references=references, pose=None,
-                              silent_mel=self.silent, track_gain=self.track_gain).to(self.device)
+                              silent_mel=self.silent, track_gain=self.track_gain,
+                              track_range=self.track_range).to(self.device)
 
     # ---- generation ----
     @torch.no_grad()

@@ -51,6 +51,9 @@ class Conditioning:
             too (``DiTConfig.speech_caption_buckets``); None = no caption.
         track_gain: ``(P,)`` per-channel gain on the track the DiT predicts from the audio (inference only: an
             Online checkpoint's ``extra["online"]["track_gain"]``; None = 1). A given ``motion`` is never scaled.
+        track_range: ``(2, P)`` low and high bounds (track units) the predicted track is clipped to after its gain
+            (inference only: ``extra["online"]["track_range"]``, ``lpm.models.motion_track.track_range_tensor``;
+            None = unbounded). A given ``motion`` is never clipped.
     """
 
     text_tokens: torch.Tensor
@@ -64,6 +67,7 @@ class Conditioning:
     motion_from_audio: torch.Tensor | None = None
     captions: list[str] | None = None
     track_gain: torch.Tensor | None = None
+    track_range: torch.Tensor | None = None
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:

@@ -42,7 +42,7 @@ from lpm.models.dit_config import DiTConfig, stored_dit_config
 from lpm.models.expression import EXPRESSION_FLOOR, GLOBAL, emotion_channels, exemplar_of
 from lpm.models.idle_motion import IdleMotion
 from lpm.models.kv_cache import KVCache
-from lpm.models.motion_track import MotionEmbedder, MotionInputs, speech_network
+from lpm.models.motion_track import MotionEmbedder, MotionInputs, bound_track, speech_network
 from lpm.models.reference_warp import ReferenceWarp
 from lpm.models.rope import Rope3D
 from lpm.models.text import ByteTextEncoder
@@ -159,14 +159,15 @@ class DiT(nn.Module):
 
     def predict_motion(self, cond: Conditioning, first_frame: int, num_frames: int) -> torch.Tensor:
         """The motion track of frames ``first_frame ..`` predicted from ``cond``'s audio: ``(B, F, P)``, times
-        ``cond.track_gain`` when set."""
+        ``cond.track_gain`` and clipped to ``cond.track_range`` when set."""
         start = first_frame - cond.audio_start_frame
         track = self.speech_motion(cond.audio_self, cond.audio_partner, cond.captions)  # (B, Fa, P)
         if start < 0 or start + num_frames > track.shape[1]:
             raise ValueError(f"the audio (frames {cond.audio_start_frame}..{cond.audio_start_frame + track.shape[1]})"
                              f" does not cover frames {first_frame}..{first_frame + num_frames}")
         track = track[:, start:start + num_frames]
-        return track if cond.track_gain is None else track * cond.track_gain.to(track)
+        track = track if cond.track_gain is None else track * cond.track_gain.to(track)
+        return bound_track(track, cond.track_range)
 
     def _motion(self, cond: Conditioning, first_frame: int, num_frames: int,
                 cache: KVCache | None = None) -> MotionInputs | None:
@@ -182,6 +183,7 @@ class DiT(nn.Module):
             if self.cfg.idle_motion:
                 ref = self.reference_latent(cond, cache, "idle_motion")
                 predicted = predicted + self.idle_motion(ref, first_frame, num_frames).to(predicted)
+                predicted = bound_track(predicted, cond.track_range)  # the idle sway kept inside the range too
             if track is not None:
                 use = cond.motion_from_audio.to(predicted.device)  # (B,) or (B, P)
                 use = use[:, None, None] if use.dim() == 1 else use[:, None, :]

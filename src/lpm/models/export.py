@@ -29,7 +29,13 @@ from lpm.models.idle_motion import (
     calibrate_idle,
     idle_tracks,
 )
-from lpm.models.motion_track import load_speech, speech_network, speech_reactions, track_gains
+from lpm.models.motion_track import (
+    load_speech,
+    measured_track_range,
+    speech_network,
+    speech_reactions,
+    track_gains,
+)
 from lpm.training.checkpoint import load_checkpoint, save_checkpoint
 
 EXPORT_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -48,6 +54,7 @@ class Export:
     source_bytes: int  # size of the source file
     idle: IdleStats | None = None  # the idle motion's calibration, when it was turned on
     blinks: BlinkStats | None = None  # its blinks' calibration, when the track has blink channels
+    track_range: dict[str, tuple[float, float]] | None = None  # the range set by ``track_range`` ({}: removed)
 
 
 def dit_weights_of(run: str | Path, ema: bool = True) -> Path:
@@ -120,7 +127,7 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
                idle_scale: float = 1.0, cache: tuple[int, int] | None = None,
                online_steps: int | None = None, track_gain: dict[str, float] | None = None,
                restorer: str | Path | None = None, base_steps: int | None = None,
-               base_guidance: dict[str, float] | None = None) -> Export:
+               base_guidance: dict[str, float] | None = None, track_range: str | Path | None = None) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -142,6 +149,9 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         restorer: a ``lpm train restorer`` checkpoint the model's decoded frames go through, recorded in
             ``extra["online"]["restorer"]`` (a Base checkpoint: ``extra["base"]``) as a path relative to ``out``'s
             folder (keep the two files together; ``""`` removes it).
+        track_range: a world data set: the gained track is clipped to the range (1st-99th percentile per channel)
+            the true motion of its train clips covers, stored in ``extra["online"]["track_range"]`` (a Base
+            checkpoint: ``extra["base"]``) as channel -> [lo, hi] in rig units; ``""`` removes it.
         base_steps: ODE steps per window a Base checkpoint samples with (``extra["base"]["steps"]``; ``lpm
             bench --base-steps`` still overrides it).
         base_guidance: classifier-free guidance scales a Base checkpoint samples with, condition -> scale
@@ -198,6 +208,13 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         name, section = sampling_section(extra, cfg.attention, source, "track gain")
         extra[name] = with_track_gain(section, track_gain, cfg.motion_channels)
         extra["export"]["track_gain"] = extra[name].get("track_gain", {})
+    ranges = None
+    if track_range is not None:
+        name, section = sampling_section(extra, cfg.attention, source, "track range")
+        section = {k: v for k, v in section.items() if k != "track_range"}
+        ranges = measured_track_range(track_range, cfg.motion_channels) if str(track_range) else {}
+        extra[name] = {**section, "track_range": {k: list(v) for k, v in ranges.items()}} if ranges else section
+        extra["export"]["track_range"] = {"data": str(track_range), "range": extra[name].get("track_range", {})}
     if restorer is not None:
         name, section = sampling_section(extra, cfg.attention, source, "restorer")
         extra[name] = with_restorer(section, restorer, Path(out))
@@ -228,4 +245,4 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
     torch_dtype = EXPORT_DTYPES[dtype]
     state = {k: v.to(torch_dtype) if v.is_floating_point() else v for k, v in state.items()}
     path = save_checkpoint(out, state, meta["config"], CHECKPOINT_KIND, extra)
-    return Export(path, source, dtype, path.stat().st_size, source.stat().st_size, idle, blinks)
+    return Export(path, source, dtype, path.stat().st_size, source.stat().st_size, idle, blinks, ranges)

@@ -85,7 +85,7 @@ MAX_TRACK_GAIN = 20.0  # a track gain beyond this is a typo, not a setting
 
 
 class TrackGainError(LpmError, ValueError):
-    """A malformed track gain (names the channel or pattern and what was expected)."""
+    """A malformed track gain or range (names the channel or pattern and what was expected)."""
 
 
 def track_gains(spec: dict, channels: tuple[str, ...] | None = None) -> dict[str, float]:
@@ -117,6 +117,81 @@ def track_gain_vector(spec: dict, channels: tuple[str, ...], device: torch.devic
     if all(g == 1.0 for g in gains.values()):
         return None
     return torch.tensor([gains.get(c, 1.0) for c in channels], device=device)
+
+
+def track_ranges(spec: dict, channels: tuple[str, ...] | None = None) -> dict[str, tuple[float, float]]:
+    """Per-channel bounds on the predicted track from ``spec`` (channel name -> ``[lo, hi]`` in rig units: degrees
+    for the head, the rig's own units elsewhere), each finite with ``lo < hi``; with ``channels`` (a model's motion
+    channels) each name must be one of them."""
+    if not isinstance(spec, dict):
+        raise TrackGainError(f"track_range must map motion channels to [lo, hi], got {spec!r}")
+    out: dict[str, tuple[float, float]] = {}
+    for name, bounds in spec.items():
+        try:
+            lo, hi = (float(b) for b in bounds)
+        except (TypeError, ValueError):
+            raise TrackGainError(f"track_range[{name!r}] must be [lo, hi], got {bounds!r}") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise TrackGainError(f"track_range[{name!r}] must be finite with lo < hi, got {bounds!r}")
+        if channels is not None and name not in channels:
+            raise TrackGainError(f"track_range names {name!r}, which is not one of the model's motion channels "
+                                 f"({', '.join(channels) or 'none'})")
+        out[str(name)] = (lo, hi)
+    return out
+
+
+def track_range_tensor(spec: dict, channels: tuple[str, ...],
+                       device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """``spec`` (as ``track_ranges``, checked against ``channels``) as the ``(2, P)`` bounds
+    ``Conditioning.track_range`` takes, in track units (``TRACK_SCALE``), unbounded on the channels it does not
+    name; None when it names none. Raises ``TrackGainError``."""
+    ranges = track_ranges(spec, channels)
+    if not ranges:
+        return None
+    inf = float("inf")
+    bounds = torch.tensor([ranges.get(c, (-inf, inf)) for c in channels], dtype=torch.float32).T  # (2, P)
+    return (bounds / track_scale(channels)).to(device)
+
+
+def bound_track(track: torch.Tensor, bounds: torch.Tensor | None) -> torch.Tensor:
+    """``track (..., P)`` clipped to ``bounds (2, P)`` (``track_range_tensor``; None: unchanged)."""
+    if bounds is None:
+        return track
+    bounds = bounds.to(track)
+    return torch.minimum(torch.maximum(track, bounds[0]), bounds[1])
+
+
+# Percentiles of the true motion a data set's train clips cover that ``measured_track_range`` reports: the range
+# a DiT trained on them has seen often enough to draw (beyond it, at 0.1 %, it smears: docs/learning.md "Track range").
+RANGE_PERCENTILES = (1.0, 99.0)
+
+
+def measured_track_range(data_dir: str | Path, channels: tuple[str, ...], split: str = "train",
+                         percentiles: tuple[float, float] = RANGE_PERCENTILES) -> dict[str, tuple[float, float]]:
+    """Channel -> ``(lo, hi)`` (rig units, ``percentiles`` of every frame) of the true motion of ``data_dir``'s
+    ``split`` clips, for the ``channels`` the clips carry (a flat channel, lo == hi, is left out)."""
+    import numpy as np
+
+    from lpm.data.clip import read_clip, read_manifest
+
+    values: dict[str, list[np.ndarray]] = {c: [] for c in channels}
+    for row in read_manifest(data_dir, split):
+        clip = read_clip(Path(data_dir) / row["path"], load_video=False)
+        if clip.motion is None:
+            continue
+        for c in channels:
+            if c in clip.motion_names:
+                values[c].append(np.asarray(clip.motion)[:, list(clip.motion_names).index(c)])
+    if not any(values.values()):
+        raise LpmError(f"{data_dir} ({split}): no clip carries true motion of the channels {', '.join(channels)}; "
+                       f"a track range is measured on a world data set")
+    out = {}
+    for c, parts in values.items():
+        if parts:
+            lo, hi = (float(v) for v in np.percentile(np.concatenate(parts), percentiles))
+            if lo < hi:
+                out[c] = (round(lo, 4), round(hi, 4))
+    return out
 
 
 def parse_track_gain(text: str) -> dict[str, float]:

@@ -12,13 +12,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     done = export_dit(args.run, args.out, ema=not args.no_ema, dtype=args.dtype, speech=args.speech,
                       idle_motion=args.idle_motion, idle_scale=args.idle_scale, cache=args.cache,
                       online_steps=args.online_steps, track_gain=args.track_gain,
-                      restorer=args.restorer, base_steps=args.base_steps,
+                      restorer=args.restorer, base_steps=args.base_steps, track_range=args.track_range,
                       base_guidance=args.base_guidance)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
     if done.idle is not None:
         print(f"idle head motion calibrated on {done.idle.clips} clips: offset std {done.idle.offset_std}, "
               f"sway std {done.idle.sway_std} (track units: degrees / 10)")
+    if done.track_range is not None:
+        bounds = ", ".join(f"{k} [{lo:g}, {hi:g}]" for k, (lo, hi) in done.track_range.items())
+        print(f"track range: {bounds or 'none (unbounded)'}")
     if done.blinks is not None:
         print(f"idle blinks calibrated on {done.blinks.blinks} blinks: one per {done.blinks.period:.1f} frames")
     return 0
@@ -109,6 +112,10 @@ def register(sub, groups) -> None:
                    help="gains on the motion track an Online or Base checkpoint predicts from its audio, "
                         "e.g. 'emo_*=4' (shell patterns over its motion channels; '' removes them): the DiT "
                         "under-draws what its track carries (docs/learning.md, 'Track gain')")
+    p.add_argument("--track-range", default=None, metavar="DATA",
+                   help="clip the gained track to the range the true motion of DATA's train clips covers (1st-99th "
+                        "percentile per channel, e.g. data/world128): beyond what the DiT saw in training it smears "
+                        "the face (docs/learning.md, 'Track range'; '' removes it)")
     p.add_argument("--restorer", default=None, metavar="PATH",
                    help="a `lpm train restorer` checkpoint the model's decoded frames go through beside the "
                         "global reference (recorded relative to --out's folder; '' removes it)")

@@ -47,7 +47,7 @@ from lpm.models.dit import DiT, load_dit
 from lpm.models.expression import GLOBAL, emotion_channels, expression_kind
 from lpm.models.kv_cache import KVCache
 from lpm.models.latent_codec import LatentCodec, load_codec
-from lpm.models.motion_track import TrackGainError, track_gain_vector, track_gains
+from lpm.models.motion_track import TrackGainError, track_gain_vector, track_gains, track_range_tensor, track_ranges
 from lpm.models.restorer import Restorer, load_restorer
 from lpm.parallel.sequence_dit import SequenceParallelDiT
 from lpm.runtime.engines import Character, ChunkInput, Engine, EngineError, Stage
@@ -111,6 +111,9 @@ class DiTEngineConfig:
     # Motion-track channel -> gain on the track predicted from the audio; None: the checkpoint's
     # (``OnlineSampling.track_gain``), {} : none.
     track_gain: dict[str, float] | None = None
+    # Motion-track channel -> [lo, hi] (rig units) the gained track is clipped to; None: the checkpoint's
+    # (``OnlineSampling.track_range``), {}: unbounded.
+    track_range: dict[str, tuple[float, float]] | None = None
     # A restorer (lpm.models.restorer) run on each decoded frame beside the global reference image; None: the
     # checkpoint's (``OnlineSampling.restorer``, a file beside it), "": none.
     restorer: str | None = None
@@ -156,6 +159,8 @@ class OnlineSampling:
             --track-gain``: the DiT under-draws what its track carries, docs/learning.md "Track gain"); empty: none.
         restorer: a ``lpm.models.restorer`` checkpoint applied to the decoded frames (``lpm export --restorer``),
             its path relative to the checkpoint's folder; None: none.
+        track_range: motion-track channel -> (lo, hi) in rig units the gained track is clipped to (``lpm export
+            --track-range``: the range the DiT saw in training); empty: unbounded.
     """
 
     timesteps: tuple[float, ...]
@@ -163,6 +168,7 @@ class OnlineSampling:
     refiner_time: float | None = None
     track_gain: tuple[tuple[str, float], ...] = ()
     restorer: str | None = None
+    track_range: tuple[tuple[str, tuple[float, float]], ...] = ()
 
     @classmethod
     def from_extra(cls, online: dict, source: str) -> OnlineSampling:
@@ -173,6 +179,7 @@ class OnlineSampling:
             refiner_time = online.get("refiner_time")
             refiner_time = None if refiner_time is None else float(refiner_time)
             track_gain = tuple(track_gains(online.get("track_gain") or {}).items())
+            track_range = tuple(track_ranges(online.get("track_range") or {}).items())
             restorer = online.get("restorer")
             if restorer is not None and not isinstance(restorer, str):
                 raise TypeError(f"restorer must be a file name, got {restorer!r}")
@@ -184,7 +191,7 @@ class OnlineSampling:
             raise EngineError(f"{source}: online timesteps must decrease from 1.0 to 0.0, got {list(timesteps)}")
         if sampler not in SAMPLERS:
             raise EngineError(f"{source}: unknown online sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
-        return cls(timesteps, sampler, refiner_time, track_gain, restorer)
+        return cls(timesteps, sampler, refiner_time, track_gain, restorer, track_range)
 
 
 def online_sampling_of(checkpoint: str | Path) -> OnlineSampling | None:
@@ -281,6 +288,11 @@ class DiTEngine(Engine):
             self.sampler = partial(self.sampler, generator=self.generator)  # deterministic by the session seed
         gains = cfg.track_gain if cfg.track_gain is not None else dict(online.track_gain if online else ())
         self.track_gain = self._gain_vector(gains, mc.motion_channels, cfg.checkpoint or "the engine's track_gain")
+        ranges = cfg.track_range if cfg.track_range is not None else dict(online.track_range if online else ())
+        try:
+            self.track_range = track_range_tensor(ranges, mc.motion_channels, self.device)
+        except TrackGainError as e:
+            raise EngineError(f"{cfg.checkpoint or 'the engine config'}: {e}") from None
         self.refiner_time = cfg.refiner_time
         if self.refiner_time is None:
             trained = online.refiner_time if online is not None else None
@@ -437,7 +449,8 @@ class DiTEngine(Engine):
         mel_self, mel_partner = (self._latent_mel(ring, start * t + offset, end * t + offset) for ring in self.features)
         audio_start = end - mel_self.shape[1]
         cond = Conditioning(text_tokens, text_mask, mel_self, mel_partner, audio_start_frame=audio_start,
-                            captions=[chunk.text], track_gain=self.track_gain)
+                            captions=[chunk.text], track_gain=self.track_gain,
+                            track_range=self.track_range)
         context = self.model.prepare_chunk(cond, self.cache, self.attention_dtype) if self.use_context else None
         extra = {"context": context} if context is not None else {}
         timings["generate.features"] = (time.perf_counter() - start_time) * 1000
@@ -457,7 +470,8 @@ class DiTEngine(Engine):
         # The refiner runs uncached on the chunk alone: its conditioning is relative to the chunk's frame 0.
         local = Conditioning(text_tokens, text_mask, mel_self, mel_partner,
                              audio_start_frame=audio_start - model_first, references=self.references,
-                             captions=[chunk.text], track_gain=self.track_gain)
+                             captions=[chunk.text], track_gain=self.track_gain,
+                             track_range=self.track_range)
         return DrawnChunk(x_0, local, self._restorer_image(cond, model_first, f, context))
 
     @torch.no_grad()

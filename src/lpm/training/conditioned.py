@@ -52,6 +52,7 @@ class ConditionBatch:
     motion: torch.Tensor | None = None
     motion_from_audio: torch.Tensor | None = None
     track_gain: torch.Tensor | None = None  # (P,) gain on the predicted track (inference only; Conditioning's)
+    track_range: torch.Tensor | None = None  # (2, P) bounds on the predicted track (inference only; Conditioning's)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -93,6 +94,7 @@ class ConditionBatch:
             motion=None if self.motion is None else self.motion.to(device),
             motion_from_audio=None if self.motion_from_audio is None else self.motion_from_audio.to(device),
             track_gain=None if self.track_gain is None else self.track_gain.to(device),
+            track_range=None if self.track_range is None else self.track_range.to(device),
         )
 
 
@@ -126,6 +128,7 @@ class ConditionedDiT(nn.Module):
             motion_from_audio=cond.motion_from_audio,
             captions=list(cond.captions),
             track_gain=cond.track_gain,
+            track_range=cond.track_range,
         )
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: ConditionBatch, cache: KVCache | None = None,
