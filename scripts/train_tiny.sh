@@ -137,8 +137,10 @@ dmd dmd_blend "$RUNS/online_critic.safetensors" "$RUNS/online_dmd_blend" regress
 # continuation (WiSE-FT), which keeps most of the seen styles' gain and gives back most of the zero-shot loss.
 PYTHONPATH=scripts "${PYTHON:-.venv/bin/python}" scripts/weight_soup.py "$RUNS/online_critic.safetensors" \
   "$RUNS/online_blend.safetensors" --alpha "$SOUP_ALPHA" --out "$RUNS/online_soup.safetensors"
+# Its gained track clipped to the range the DiT saw in training (docs/learning.md, "Track range"): a nod x3 went to
+# -25 degrees of pitch and smeared the face.
 "$LPM" export --run "$RUNS/online_soup.safetensors" --out "$CKPT/online_tiny.safetensors" \
-  --restorer "$CKPT/restorer_tiny.safetensors"
+  --restorer "$CKPT/restorer_tiny.safetensors" --track-range "$DATA"
 # The wall time of each stage, summed over this script's invocations.
 awk -F'\t' '{ s[$1] += $2; if (!($1 in o)) { o[$1] = ++n; k[n] = $1 } } END {
   print "| stage | wall time (min) |"; print "| --- | --- |";

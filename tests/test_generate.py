@@ -307,6 +307,8 @@ def test_track_range_bounds_only_the_predicted_track(tmp_path, one_thread):
     """``lpm export --track-range DATA`` stores the percentile range of DATA's true train motion; the engine clips
     the gained, predicted track to it (equal to clipping by hand), never a given track; '' removes it; a malformed
     range is a clear error."""
+    import fnmatch
+
     from lpm.models.motion_track import RANGE_PERCENTILES, bound_track, measured_track_range, track_range_tensor
     from lpm.world.synth import plan, synth
 
@@ -317,8 +319,15 @@ def test_track_range_bounds_only_the_predicted_track(tmp_path, one_thread):
     measured = measured_track_range(data, channels)
     motion = np.concatenate([np.load(p)["values"] for p in sorted(data.glob("*/motion.npz"))])
     names = list(np.load(next(data.glob("*/motion.npz")))["names"])
-    pitch = np.percentile(motion[:, names.index("head_pitch")], RANGE_PERCENTILES)
-    assert np.allclose(measured["head_pitch"], pitch, atol=1e-3) and pitch[0] < pitch[1]
+    face = next(c for c in measured if not c.startswith("head_"))
+    for name in ("head_pitch", face):  # each channel at its own percentiles
+        rule = next(p for pattern, p in RANGE_PERCENTILES.items() if fnmatch.fnmatchcase(name, pattern))
+        want = np.percentile(motion[:, names.index(name)], rule)
+        assert np.allclose(measured[name], want, atol=1e-3) and want[0] < want[1]
+    assert RANGE_PERCENTILES["head_*"] != RANGE_PERCENTILES["*"]
+    only_pitch = measured_track_range(data, channels, percentiles={"head_pitch": (40, 60)})
+    (lo, hi), (wide_lo, wide_hi) = only_pitch["head_pitch"], measured["head_pitch"]
+    assert set(only_pitch) == {"head_pitch"} and wide_lo <= lo < hi <= wide_hi and hi - lo < wide_hi - wide_lo
     out = export_dit(path, tmp_path / "ranged.safetensors", dtype="fp32", track_gain={"head_*": 20},
                      track_range=data)
     online = read_metadata(out.path)["extra"]["online"]

@@ -149,9 +149,10 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         restorer: a ``lpm train restorer`` checkpoint the model's decoded frames go through, recorded in
             ``extra["online"]["restorer"]`` (a Base checkpoint: ``extra["base"]``) as a path relative to ``out``'s
             folder (keep the two files together; ``""`` removes it).
-        track_range: a world data set: the gained track is clipped to the range (1st-99th percentile per channel)
-            the true motion of its train clips covers, stored in ``extra["online"]["track_range"]`` (a Base
-            checkpoint: ``extra["base"]``) as channel -> [lo, hi] in rig units; ``""`` removes it.
+        track_range: a world data set: the gained track is clipped to the range (``RANGE_PERCENTILES`` per channel:
+            the 1st-99th percentile of the head angles, 0.1-99.9th of the rest) the true motion of its train clips
+            covers, stored in ``extra["online"]["track_range"]`` (a Base checkpoint: ``extra["base"]``) as channel
+            -> [lo, hi] in rig units; ``""`` removes it.
         base_steps: ODE steps per window a Base checkpoint samples with (``extra["base"]["steps"]``; ``lpm
             bench --base-steps`` still overrides it).
         base_guidance: classifier-free guidance scales a Base checkpoint samples with, condition -> scale

@@ -113,9 +113,9 @@ def register(sub, groups) -> None:
                         "e.g. 'emo_*=4' (shell patterns over its motion channels; '' removes them): the DiT "
                         "under-draws what its track carries (docs/learning.md, 'Track gain')")
     p.add_argument("--track-range", default=None, metavar="DATA",
-                   help="clip the gained track to the range the true motion of DATA's train clips covers (1st-99th "
-                        "percentile per channel, e.g. data/world128): beyond what the DiT saw in training it smears "
-                        "the face (docs/learning.md, 'Track range'; '' removes it)")
+                   help="clip the gained track to the range the true motion of DATA's train clips covers (percentiles "
+                        "per channel: 1-99 head angles, 0.1-99.9 the rest; e.g. data/world128): beyond what the DiT "
+                        "saw in training it smears the face (docs/learning.md, 'Track range'; '' removes it)")
     p.add_argument("--restorer", default=None, metavar="PATH",
                    help="a `lpm train restorer` checkpoint the model's decoded frames go through beside the "
                         "global reference (recorded relative to --out's folder; '' removes it)")
