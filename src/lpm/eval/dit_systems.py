@@ -35,7 +35,7 @@ from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
 from lpm.eval.systems import CHUNK_FRAMES, ClipInputs, System, SystemUnavailable, register_model_loader
 from lpm.models.dit import CHECKPOINT_KIND, DiT, load_dit
 from lpm.models.latent_codec import LatentCodec, load_codec
-from lpm.models.motion_track import TrackGainError, track_gain_vector, track_range_tensor
+from lpm.models.motion_track import TrackGainError, track_tensors
 from lpm.models.restorer import Restorer, load_restorer
 from lpm.runtime.dit_engine import (
     DEFAULT_VAE,
@@ -249,10 +249,9 @@ class BaseSystem(System):
         self.steps = int(self.sampling.steps or stored.get("steps") or DEFAULT_BASE_STEPS)
         self.timesteps = flow_timesteps(self.steps, self.flow.cfg.shift, device=self.device)
         gains = self.sampling.track_gain if self.sampling.track_gain is not None else stored.get("track_gain") or {}
-        self.track_gain = self._gain_vector(gains, mc.motion_channels, str(checkpoint))
         ranges = self.sampling.track_range if self.sampling.track_range is not None else stored.get("track_range") or {}
         try:
-            self.track_range = track_range_tensor(ranges, mc.motion_channels, self.device)
+            self.track_gain, self.track_range = track_tensors(gains, ranges, mc.motion_channels, self.device)
         except TrackGainError as e:
             raise SystemUnavailable(f"{checkpoint}: {e}") from None
         self.denoiser = guided(self.flow.denoiser(ConditionedDiT(self.model)), self.guidance)
@@ -269,14 +268,6 @@ class BaseSystem(System):
                      + (f", track gain ({gain})" if gain else "")
                      + (", track range" if self.track_range is not None else "")
                      + (f", restorer {self.restorer_path}" if self.restorer is not None else ""))
-
-    def _gain_vector(self, gains: dict, channels: tuple[str, ...], source: str) -> torch.Tensor | None:
-        """``gains`` (channel or pattern -> gain, checked) as the ``(P,)`` vector of ``ConditionBatch.track_gain``;
-        None when nothing is scaled."""
-        try:
-            return track_gain_vector(gains, channels, self.device)
-        except TrackGainError as e:
-            raise SystemUnavailable(f"{source}: {e}") from None
 
     def _load_restorer(self, checkpoint: str | Path, stored: dict) -> Restorer | None:
         path = self.sampling.restorer

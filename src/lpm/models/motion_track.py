@@ -153,6 +153,14 @@ def track_range_tensor(spec: dict, channels: tuple[str, ...],
     return (bounds / track_scale(channels)).to(device)
 
 
+def track_tensors(gains: dict, ranges: dict, channels: tuple[str, ...], device: torch.device | str = "cpu",
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A sampling's track gain and range (as a checkpoint stores them) as ``Conditioning.track_gain`` ``(P,)`` and
+    ``Conditioning.track_range`` ``(2, P)`` over ``channels`` (``track_gain_vector``, ``track_range_tensor``).
+    Raises ``TrackGainError``."""
+    return track_gain_vector(gains, channels, device), track_range_tensor(ranges, channels, device)
+
+
 def bound_track(track: torch.Tensor, bounds: torch.Tensor | None) -> torch.Tensor:
     """``track (..., P)`` clipped to ``bounds (2, P)`` (``track_range_tensor``; None: unchanged)."""
     if bounds is None:

@@ -47,7 +47,7 @@ from lpm.models.dit import DiT, load_dit
 from lpm.models.expression import GLOBAL, emotion_channels, expression_kind
 from lpm.models.kv_cache import KVCache
 from lpm.models.latent_codec import LatentCodec, load_codec
-from lpm.models.motion_track import TrackGainError, track_gain_vector, track_gains, track_range_tensor, track_ranges
+from lpm.models.motion_track import TrackGainError, track_gains, track_ranges, track_tensors
 from lpm.models.restorer import Restorer, load_restorer
 from lpm.parallel.sequence_dit import SequenceParallelDiT
 from lpm.runtime.engines import Character, ChunkInput, Engine, EngineError, Stage
@@ -287,10 +287,9 @@ class DiTEngine(Engine):
         if "generator" in inspect.signature(self.sampler).parameters:  # samplers that draw fresh noise
             self.sampler = partial(self.sampler, generator=self.generator)  # deterministic by the session seed
         gains = cfg.track_gain if cfg.track_gain is not None else dict(online.track_gain if online else ())
-        self.track_gain = self._gain_vector(gains, mc.motion_channels, cfg.checkpoint or "the engine's track_gain")
         ranges = cfg.track_range if cfg.track_range is not None else dict(online.track_range if online else ())
         try:
-            self.track_range = track_range_tensor(ranges, mc.motion_channels, self.device)
+            self.track_gain, self.track_range = track_tensors(gains, ranges, mc.motion_channels, self.device)
         except TrackGainError as e:
             raise EngineError(f"{cfg.checkpoint or 'the engine config'}: {e}") from None
         self.refiner_time = cfg.refiner_time
@@ -406,14 +405,6 @@ class DiTEngine(Engine):
             extra["keys_only"] = True
         self.model(x_0, torch.zeros(1, device=self.device), cond, cache=self.cache, update_cache=True, **extra)
         timings["generate.commit"] = (time.perf_counter() - begin) * 1000
-
-    def _gain_vector(self, gains: dict[str, float], channels: tuple[str, ...], source: str) -> torch.Tensor | None:
-        """``gains`` (channel -> gain, checked) as the ``(P,)`` vector ``Conditioning.track_gain`` takes; None
-        when there is nothing to scale."""
-        try:
-            return track_gain_vector(gains, channels, self.device)
-        except TrackGainError as e:
-            raise EngineError(f"{source}: {e}") from None
 
     def _restorer_image(self, cond: Conditioning, first_frame: int, num_frames: int,
                         context: ChunkContext | None = None) -> torch.Tensor | None:
