@@ -320,6 +320,16 @@ class SpeechMotion(nn.Module):
               captions: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The regressed track ``(B, Fa, P)`` (without reactions when the net has them) and the onset logits
         ``(B, Fa, R)`` (None without reactions): what ``lpm train speech`` supervises."""
+        return self.heads_of(self.features(mel_self, mel_partner, captions))
+
+    def heads_of(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``heads`` from the per-frame features ``h (B, Fa, D)`` (``features``)."""
+        return self.out(h), (self.onset(h) if self.reactions else None)  # (B, Fa, P), (B, Fa, R)
+
+    def features(self, mel_self: torch.Tensor, mel_partner: torch.Tensor,
+                 captions: list[str] | None = None) -> torch.Tensor:
+        """The per-frame features ``(B, Fa, D)`` both heads read (causal in the partner, ``lookahead`` in own
+        speech); an auxiliary objective of ``lpm train speech`` supervises them too (``partner_cues``)."""
         b, fa = mel_self.shape[:2]
         s = self.self_in(mel_self.reshape(b, fa, -1))  # (B, Fa, D)
         if self.lookahead:
@@ -334,8 +344,7 @@ class SpeechMotion(nn.Module):
             x = x + self.caption_in(bag.to(x))[:, None]
         for block in self.blocks:
             x = block(x)
-        h = self.norm(x)
-        return self.out(h), (self.onset(h) if self.reactions else None)  # (B, Fa, P), (B, Fa, R)
+        return self.norm(x)
 
 
 class MotionEmbedder(nn.Module):

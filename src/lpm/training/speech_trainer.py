@@ -40,6 +40,7 @@ from lpm.models.motion_track import SpeechMotion, load_speech, save_speech, spee
 from lpm.models.reactions import estimate_templates, fire, onset_events, onset_targets, place
 from lpm.training.checkpoint import load_into, load_train_state, save_train_state
 from lpm.training.latent_cache import PARTNER_CHANNEL, SELF_CHANNEL, frame_mel, silent_mel
+from lpm.training.partner_cues import CUE_KINDS, CueHead, cue_targets, partner_cue_frames
 
 
 @dataclass
@@ -64,6 +65,9 @@ class SpeechTrainConfig:
     # Weight of the reaction onsets' cross-entropy (per frame and kind; onsets are ~1 % of frames, so its mean is
     # small beside the track's variance-normalised error).
     onset_weight: float = 10.0
+    # Weight of the partner cues' cross-entropy (``lpm.training.partner_cues``: a phrase / a question ended, a laugh
+    # began; per frame, from the clip's script) on the network's features through an auxiliary head; 0 = off.
+    cue_weight: float = 0.0
     # Share of windows whose caption is dropped (""): the network must give the caption-free track too (text
     # dropout in the DiT's training, a session without text control).
     caption_dropout: float = 0.1
@@ -73,6 +77,8 @@ class SpeechTrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch < 1 or self.frames < 1:
             raise ConfigError("steps must be >= 0, batch and frames >= 1")
+        if self.cue_weight < 0 or self.onset_weight < 0:
+            raise ConfigError(f"onset_weight and cue_weight must be >= 0, got {self.onset_weight}, {self.cue_weight}")
         if not 0 <= self.caption_dropout <= 1:
             raise ConfigError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
 
@@ -80,14 +86,34 @@ class SpeechTrainConfig:
 @dataclass
 class SpeechClip:
     """One clip's inputs and targets: ``mel (2, F, k, M)`` (own, partner), ``track (F, P)``, the listening
-    reactions' ``onsets (F, R)`` (``lpm.models.reactions.onset_targets``; R = 0 without reactions) and the
-    caption (the text control)."""
+    reactions' ``onsets (F, R)`` (``lpm.models.reactions.onset_targets``; R = 0 without reactions), the
+    caption (the text control) and the partner's ``cues (F, len(CUE_KINDS))`` (``partner_cues.cue_targets``; None
+    for a clip without a script)."""
 
     id: str
     mel: torch.Tensor
     track: torch.Tensor
     onsets: torch.Tensor
     caption: str = ""
+    cues: torch.Tensor | None = None
+
+
+@dataclass
+class SpeechWindows:
+    """A batch of training windows (``window_batch``).
+
+    Attributes:
+        mel: ``(2, B, before + F + after, k, M)`` own and partner log-mel (silence outside the clip).
+        track: ``(B, F, P)`` target track; onsets: ``(B, F, R)``; captions: the B captions.
+        cues: ``(B, F, len(CUE_KINDS))`` partner cue targets (zeros where a clip has none); has_cues: ``(B,)`` bool.
+    """
+
+    mel: torch.Tensor
+    track: torch.Tensor
+    onsets: torch.Tensor
+    captions: list[str]
+    cues: torch.Tensor
+    has_cues: torch.Tensor
 
 
 def _events(events: list[dict[str, Any]]) -> list[tuple[str, int]]:
@@ -107,8 +133,12 @@ def load_speech_clips(data_dir: str | Path, split: str, dit: DiTConfig, limit: i
             continue
         n = clip.motion.shape[0]
         mel = frame_mel(log_mel, clip.audio[[SELF_CHANNEL, PARTNER_CHANNEL]], n)
+        segments = clip.meta.extra.get("segments")
+        cues = (cue_targets(partner_cue_frames(segments, clip.meta.fps, clip.meta.sample_rate), n)
+                if isinstance(segments, list) else None)
         out.append(SpeechClip(clip.meta.id, mel, to_track(clip.motion, clip.motion_names, dit.motion_channels),
-                              onset_targets(_events(clip.meta.events), dit.reaction_kinds, n), clip.meta.caption))
+                              onset_targets(_events(clip.meta.events), dit.reaction_kinds, n), clip.meta.caption,
+                              cues))
     return out
 
 
@@ -142,7 +172,7 @@ WORLD_CLIPS_PER_WORKER = 200
 def _speech_clips_of(specs: list, dit: DiTConfig) -> list[SpeechClip]:
     """The speech network's inputs and targets of world clip specs (run in a worker of ``world_speech_clips``)."""
     from lpm.world.motion import MOTION_NAMES
-    from lpm.world.synth import make_clip
+    from lpm.world.synth import FPS, SAMPLE_RATE, make_clip
 
     log_mel = LogMel(dit.mel)
     out = []
@@ -151,17 +181,19 @@ def _speech_clips_of(specs: list, dit: DiTConfig) -> list[SpeechClip]:
         motion = torch.from_numpy(clip.performance.motion.astype(np.float32))  # (F, NUM_MOTION)
         n = motion.shape[0]
         mel = frame_mel(log_mel, torch.from_numpy(clip.conversation.stereo()), n)  # (2, F, k, M)
+        cues = cue_targets(partner_cue_frames([s.to_dict() for s in clip.conversation.segments], FPS, SAMPLE_RATE), n)
         out.append(SpeechClip(spec.clip_id, mel, to_track(motion, MOTION_NAMES, dit.motion_channels),
-                              onset_targets(_events(clip.performance.events), dit.reaction_kinds, n), clip.caption))
+                              onset_targets(_events(clip.performance.events), dit.reaction_kinds, n), clip.caption,
+                              cues))
     return out
 
 
 def window_batch(clips: list[SpeechClip], rng: np.random.Generator, size: int, frames: int, before: int,
                  after: int, silent: float,
-                 caption_dropout: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    """``size`` random windows: mel ``(2, B, before + F + after, k, M)`` (silence outside the clip), the
-    target track ``(B, F, P)``, onsets ``(B, F, R)`` and the B captions (each "" with ``caption_dropout``)."""
-    mels, tracks, onsets, captions = [], [], [], []
+                 caption_dropout: float = 0.0) -> SpeechWindows:
+    """``size`` random windows of ``frames`` frames with ``before`` / ``after`` frames of audio around them (each
+    caption "" with ``caption_dropout``)."""
+    mels, tracks, onsets, captions, cues = [], [], [], [], []
     for _ in range(size):
         clip = clips[int(rng.integers(len(clips)))]
         n = clip.track.shape[0]
@@ -176,7 +208,11 @@ def window_batch(clips: list[SpeechClip], rng: np.random.Generator, size: int, f
         tracks.append(clip.track[frame_idx])
         onsets.append(clip.onsets[frame_idx])
         captions.append("" if rng.random() < caption_dropout else clip.caption)
-    return torch.stack(mels, 1), torch.stack(tracks), torch.stack(onsets), captions
+        cues.append(clip.cues[frame_idx] if clip.cues is not None else None)
+    has = torch.tensor([c is not None for c in cues])
+    blank = torch.zeros(frames, len(CUE_KINDS))
+    return SpeechWindows(torch.stack(mels, 1), torch.stack(tracks), torch.stack(onsets), captions,
+                         torch.stack([c if c is not None else blank for c in cues]), has)
 
 
 def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -215,6 +251,37 @@ def evaluate(net: SpeechMotion, clips: list[SpeechClip], shuffle_self: bool = Fa
         out["reactions"] = {"f1": match.f1, "true": hits + match.false_negatives,
                             "fired": hits + match.false_positives, "hits": hits, "delay_frames_mean": delay}
     return out
+
+
+# Frames after a partner cue in which ``reactions_after_cues`` counts fired reactions (the world reacts 0.2-0.6 s
+# after the cue; a nod's onset is matched within 8 frames).
+AFTER_CUE_FRAMES = 20
+
+
+@torch.no_grad()
+def reactions_after_cues(net: SpeechMotion, clips: list[SpeechClip]) -> dict[str, dict[str, float]]:
+    """Per partner cue kind (``CUE_KINDS``), the mean number of reactions of each kind the network fires within
+    ``AFTER_CUE_FRAMES`` frames after the cue, over the cues of ``clips`` that have a script. The world answers a
+    phrase end with a nod (85 %), a question with a brow raise (60 %) or a head tilt: a network that cannot tell
+    them apart fires the same after both. Cues with no frames after them in the clip are left out."""
+    was_training = net.training
+    net.eval()
+    sums = {k: torch.zeros(len(net.reactions)) for k in CUE_KINDS}
+    counts = dict.fromkeys(CUE_KINDS, 0)
+    for c in clips:
+        if c.cues is None or not net.reactions:
+            continue
+        fired = net.onsets(net.heads(c.mel[0][None], c.mel[1][None], [c.caption])[1])[0]  # (F, R)
+        starts = (c.cues[1:] > c.cues[:-1]).nonzero()  # the frames each cue's target rises
+        for frame, k in starts.tolist():
+            frame += 1
+            if frame + AFTER_CUE_FRAMES > fired.shape[0]:
+                continue
+            sums[CUE_KINDS[k]] += fired[frame:frame + AFTER_CUE_FRAMES].sum(0)
+            counts[CUE_KINDS[k]] += 1
+    net.train(was_training)
+    return {k: {"cues": counts[k], **{r: round(float(sums[k][i]) / max(1, counts[k]), 3)
+                                      for i, r in enumerate(net.reactions)}} for k in CUE_KINDS}
 
 
 def load_speech_into(speech_motion: torch.nn.Module, path: str | Path, dit: DiTConfig) -> dict[str, Any]:
@@ -295,7 +362,9 @@ class SpeechTrainer:
             counts = torch.cat([c.onsets for c in train]).sum(0)
             print("reaction onsets in train: " + ", ".join(f"{k} {int(v)}" for k, v in zip(net.reactions, counts)),
                   flush=True)
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        cue_head = CueHead(net.norm.normalized_shape[0])
+        params = list(net.parameters()) + (list(cue_head.parameters()) if cfg.cue_weight > 0 else [])
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         # Each channel's error in units of its variance, so small channels (nods, brows) count as much as the jaw.
         all_tracks = torch.cat([c.track for c in train])
         inv_var = 1.0 / all_tracks.var(0).clamp(min=1e-4)  # (P,)
@@ -303,6 +372,11 @@ class SpeechTrainer:
         if state_path.is_file():
             state = load_train_state(state_path)
             net.load_state_dict(state["model"])
+            if "cue_head" in state:
+                cue_head.load_state_dict(state["cue_head"])
+            if (len(state["optimizer"]["param_groups"][0]["params"]) != len(params)):
+                raise ConfigError(f"{state_path} was trained with cue_weight {'0' if cfg.cue_weight else '> 0'}: "
+                                  f"resume it with the same cue_weight (the optimizer's parameters differ)")
             opt.load_state_dict(state["optimizer"])
             step = int(state["step"])
             print(f"resuming from step {step}", flush=True)
@@ -315,14 +389,18 @@ class SpeechTrainer:
         while step < cfg.steps:
             step += 1
             rng = np.random.default_rng([cfg.seed, step])
-            mel, target, onsets, captions = window_batch(train, rng, cfg.batch, cfg.frames, before, after, silent,
-                                                         cfg.caption_dropout)
-            pred, logits = net.heads(mel[0], mel[1], captions)
+            w = window_batch(train, rng, cfg.batch, cfg.frames, before, after, silent, cfg.caption_dropout)
+            h = net.features(w.mel[0], w.mel[1], w.captions)  # (B, Fa, D)
+            pred, logits = net.heads_of(h)
             pred = pred[:, before:before + cfg.frames]  # (B, F, P)
-            loss = ((pred - target).square() * inv_var).mean()
+            loss = ((pred - w.track).square() * inv_var).mean()
             if logits is not None:  # the onset hazard: a per-frame cross-entropy (its sums must be probabilities)
                 logits = logits[:, before:before + cfg.frames]  # (B, F, R)
-                loss = loss + cfg.onset_weight * F.binary_cross_entropy_with_logits(logits, onsets)
+                loss = loss + cfg.onset_weight * F.binary_cross_entropy_with_logits(logits, w.onsets)
+            cue_loss = None
+            if cfg.cue_weight > 0:
+                cue_loss = cue_head.loss(h[:, before:before + cfg.frames], w.cues, w.has_cues)
+                loss = loss + cfg.cue_weight * cue_loss
             for g in opt.param_groups:
                 g["lr"] = self.lr_at(step)
             opt.zero_grad(set_to_none=True)
@@ -330,8 +408,10 @@ class SpeechTrainer:
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             row: dict[str, Any] = {"step": step, "loss": loss.item(), "lr": self.lr_at(step)}
+            if cue_loss is not None:
+                row["cue_loss"] = cue_loss.item()
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                result = self._checkpoint(net, opt, step, val or train, time.perf_counter() - t0)
+                result = self._checkpoint(net, cue_head, opt, step, val or train, time.perf_counter() - t0)
                 row.update({"val_mse": result["val"]["mse"],
                             **{f"val_r_{k}": v for k, v in result["val"]["r"].items()}})
             log.write(json.dumps(row) + "\n")
@@ -341,20 +421,22 @@ class SpeechTrainer:
         bar.close()
         log.close()
         if not result:
-            result = self._checkpoint(net, opt, step, val or train, time.perf_counter() - t0)
+            result = self._checkpoint(net, cue_head, opt, step, val or train, time.perf_counter() - t0)
         return result
 
-    def _checkpoint(self, net: SpeechMotion, opt: torch.optim.Optimizer, step: int, val: list[SpeechClip],
-                    seconds: float) -> dict[str, Any]:
+    def _checkpoint(self, net: SpeechMotion, cue_head: CueHead, opt: torch.optim.Optimizer, step: int,
+                    val: list[SpeechClip], seconds: float) -> dict[str, Any]:
         calibration = calibrate_fire_level(net, self.calibration_clips) if net.reactions else {}
         right, shuffled = evaluate(net, val), evaluate(net, val, shuffle_self=True)
         result = {"step": step, "val": right, "val_shuffled_own_voice": shuffled, "train_seconds": round(seconds)}
         if net.reactions:
             result["fire_level"] = round(float(net.fire_level), 4)
             result["calibration_onset_f1"] = calibration
+            result["reactions_after_cues"] = reactions_after_cues(net, self.calibration_clips)
         save_speech(self.run_dir / "speech.safetensors", net, self.dit, {"step": step, "val_r": right["r"]})
         save_train_state(self.run_dir / "train_state.pt",
-                         {"step": step, "model": net.state_dict(), "optimizer": opt.state_dict()})
+                         {"step": step, "model": net.state_dict(), "optimizer": opt.state_dict(),
+                          "cue_head": cue_head.state_dict()})
         (self.run_dir / "eval.json").write_text(json.dumps(result, indent=1))
         return result
 
