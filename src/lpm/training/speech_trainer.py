@@ -67,7 +67,7 @@ class SpeechTrainConfig:
     onset_weight: float = 10.0
     # Weight of the partner cues' cross-entropy (``lpm.training.partner_cues``: a phrase / a question ended, a laugh
     # began; per frame, from the clip's script) on the network's features through an auxiliary head; 0 = off.
-    cue_weight: float = 0.0
+    cue_weight: float = 10.0
     # Share of windows whose caption is dropped (""): the network must give the caption-free track too (text
     # dropout in the DiT's training, a session without text control).
     caption_dropout: float = 0.1
