@@ -82,3 +82,46 @@ def test_configs_that_cannot_use_the_canvas_are_refused():
         micro(reference_residual=True, motion_channels=CHANNELS, expression_blend=True)
     with pytest.raises(ConfigError, match="has none"):
         micro(reference_residual=True, motion_channels=("jaw_open",), expression_canvas=True)
+
+
+BROW = ("jaw_open", "brow_raise", "emo_happy", "emo_surprised")
+
+
+def test_a_brow_raise_moves_the_canvas_toward_the_surprised_exemplar():
+    """``Conditioning.brow_exemplar (lo, hi)``: each frame's canvas moves toward ``expr_surprised`` by its brow raise
+    ramped from lo to hi, on top of the emotion's blend, not where the canvas already is the surprised exemplar's,
+    not without that exemplar; None leaves the canvas as it was; malformed bounds are clear errors."""
+    from lpm.models.expression import brow_bounds, brow_exemplar_weight
+
+    model = make_model(micro(reference_residual=True, motion_channels=BROW, expression_canvas=True,
+                             expression_blend=True))
+    model.restart_head()  # the output is the canvas itself
+    x, t, cond = make_inputs(model, num_chunks=2)
+    c, h, w = x.shape[2:]
+    g = torch.Generator().manual_seed(7)
+    refs = References([torch.randn(1, c, h, w, generator=g, dtype=x.dtype) for _ in range(3)],
+                      ["global", "expr_happy", "expr_surprised"])
+    glob, happy, surprised = refs.latents
+    rows = [[0.0, 0.2, 0.0, 0.0],  # below lo
+            [0.0, 0.6, 0.0, 0.0],  # half way from 0.4 to 0.8
+            [0.0, 1.5, 0.5, 0.0],  # beyond hi, on a happy canvas
+            [0.0, 1.5, 0.0, 0.7]]  # already surprised: the emotion's blend alone
+    cond = dataclasses.replace(cond, references=refs, motion=torch.tensor([rows], dtype=x.dtype), pose=None)
+    lifted = dataclasses.replace(cond, brow_exemplar=(0.4, 0.8))
+    with torch.no_grad():
+        plain, out = model(x, t, cond)[0], model(x, t, lifted)[0]
+        torch.testing.assert_close(out[0], plain[0])
+        torch.testing.assert_close(out[1], glob[0] + 0.5 * (surprised[0] - glob[0]))
+        torch.testing.assert_close(out[2], glob[0] + 0.5 * (happy[0] - glob[0]) + (surprised[0] - glob[0]))
+        torch.testing.assert_close(out[3], glob[0] + 0.7 * (surprised[0] - glob[0]))
+        torch.testing.assert_close(out[3], plain[3])
+        no_exemplar = References(refs.latents[:2], refs.kinds[:2])
+        torch.testing.assert_close(model(x, t, dataclasses.replace(lifted, references=no_exemplar))[0],
+                                   model(x, t, dataclasses.replace(cond, references=no_exemplar))[0])
+    w = brow_exemplar_weight(torch.tensor([[0.4, 0.5, 0.9]]), torch.zeros(1, 3, 2), ["emo_happy", "emo_surprised"],
+                             (0.4, 0.8))
+    torch.testing.assert_close(w, torch.tensor([[0.0, 0.25, 1.0]]))
+    assert brow_bounds("0.5,0.84") == (0.5, 0.84) and brow_bounds([0.1, 0.2]) == (0.1, 0.2)
+    for bad, match in (("0.8,0.4", "lo < hi"), ("0.5", "two numbers"), ("a,b", "two numbers"), ([1, "nan"], "finite")):
+        with pytest.raises(ValueError, match=match):
+            brow_bounds(bad)

@@ -17,8 +17,8 @@ from lpm.models.conditioning import Conditioning, References
 from lpm.models.dit import DiT, load_dit, save_dit
 from lpm.models.dit_config import preset
 from lpm.models.export import export_dit
-from lpm.runtime.dit_engine import DEFAULT_VAE, DiTEngine, DiTEngineConfig
-from lpm.runtime.engines import Character, ChunkInput, samples_for_frames
+from lpm.runtime.dit_engine import DEFAULT_VAE, DiTEngine, DiTEngineConfig, online_sampling_of
+from lpm.runtime.engines import Character, ChunkInput, EngineError, samples_for_frames
 from lpm.runtime.generate import DEFAULT_CHECKPOINT, GenerateConfig, generate, load_audio
 from lpm.training.checkpoint import read_metadata
 
@@ -376,3 +376,36 @@ def test_track_range_bounds_only_the_predicted_track(tmp_path, one_thread):
         measured_track_range(data, ("no_such_channel",))
     main(["export", "--run", path, "--out", str(tmp_path / "cli.safetensors"), "--track-range", str(data)])
     assert read_metadata(tmp_path / "cli.safetensors")["extra"]["online"]["track_range"]["head_pitch"]
+
+
+def test_brow_exemplar_is_stored_by_export_and_drawn_by_the_engine(tmp_path, one_thread):
+    """``lpm export --brow-exemplar LO,HI`` stores the bounds in ``extra["online"]``; the engine passes them to the
+    DiT (``DiTEngineConfig.brow_exemplar`` overrides, () turns it off): the frames change where the character has a
+    surprised exemplar and not where it has none; '' removes it; bad bounds, a Base checkpoint and a model without
+    the expression canvas are clear errors."""
+    model = small_dit(0, attention="block_causal", reference_residual=True, expression_canvas=True,
+                      expression_blend=True)
+    path = save_dit(tmp_path / "canvas.safetensors", model, extra={"online": ONLINE})
+    out = export_dit(path, tmp_path / "brow.safetensors", dtype="fp32", brow_exemplar="-10,-9")
+    assert read_metadata(out.path)["extra"]["online"]["brow_exemplar"] == [-10.0, -9.0]
+    assert online_sampling_of(out.path).brow_exemplar == (-10.0, -9.0)  # every frame's brow is above -9: whole
+    gray = np.full((64, 64, 3), 128, np.uint8)
+    surprised = np.zeros((64, 64, 3), np.uint8)
+    with_exemplar = Character(images={"global": gray, "expr_surprised": surprised})
+    lifted = DiTEngine.load(with_exemplar, DiTEngineConfig(checkpoint=str(out.path), seed=1))
+    off = DiTEngine.load(with_exemplar, DiTEngineConfig(checkpoint=str(out.path), seed=1, brow_exemplar=()))
+    assert lifted.brow_exemplar == (-10.0, -9.0) and off.brow_exemplar is None
+    assert not np.array_equal(_frames_of_first_chunk(lifted), _frames_of_first_chunk(off))
+    without = Character(images={"global": gray})
+    assert np.array_equal(
+        _frames_of_first_chunk(DiTEngine.load(without, DiTEngineConfig(checkpoint=str(out.path), seed=1))),
+        _frames_of_first_chunk(DiTEngine.load(without, DiTEngineConfig(checkpoint=str(out.path), seed=1,
+                                                                        brow_exemplar=()))))
+    removed = export_dit(out.path, tmp_path / "removed.safetensors", dtype="fp32", brow_exemplar="")
+    assert "brow_exemplar" not in read_metadata(removed.path)["extra"]["online"]
+    with pytest.raises(LpmError, match="--brow-exemplar: expected finite lo < hi"):
+        export_dit(path, tmp_path / "bad.safetensors", brow_exemplar="0.9,0.1")
+    with pytest.raises(LpmError, match="without expression_canvas"):
+        export_dit(online_checkpoint(tmp_path / "plain.safetensors"), tmp_path / "x.safetensors", brow_exemplar="0,1")
+    with pytest.raises(EngineError, match="brow_exemplar"):
+        DiTEngine.load(with_exemplar, DiTEngineConfig(checkpoint=str(out.path), brow_exemplar=(1.0, 0.0)))

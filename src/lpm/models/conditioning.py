@@ -54,6 +54,9 @@ class Conditioning:
         track_range: ``(2, P)`` low and high bounds (track units) the predicted track is clipped to after its gain
             (inference only: ``extra["online"]["track_range"]``, ``lpm.models.motion_track.track_range_tensor``;
             None = unbounded). A given ``motion`` is never clipped.
+        brow_exemplar: ``(lo, hi)``: the canvas (``DiTConfig.expression_canvas``) moves toward the surprised
+            exemplar as the track's brow raise goes from lo to hi (inference only: ``extra["online"]
+            ["brow_exemplar"]``, ``lpm.models.expression.brow_exemplar_weight``); None = not.
     """
 
     text_tokens: torch.Tensor
@@ -68,6 +71,7 @@ class Conditioning:
     captions: list[str] | None = None
     track_gain: torch.Tensor | None = None
     track_range: torch.Tensor | None = None
+    brow_exemplar: tuple[float, float] | None = None
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:

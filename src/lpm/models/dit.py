@@ -39,7 +39,14 @@ from lpm.models.conditioning import (
     unpatchify,
 )
 from lpm.models.dit_config import DiTConfig, stored_dit_config
-from lpm.models.expression import EXPRESSION_FLOOR, GLOBAL, emotion_channels, exemplar_of
+from lpm.models.expression import (
+    BROW_EXEMPLAR,
+    EXPRESSION_FLOOR,
+    GLOBAL,
+    brow_exemplar_weight,
+    emotion_channels,
+    exemplar_of,
+)
 from lpm.models.idle_motion import IdleMotion
 from lpm.models.kv_cache import KVCache
 from lpm.models.motion_track import MotionEmbedder, MotionInputs, bound_track, speech_network
@@ -273,12 +280,16 @@ class DiT(nn.Module):
                 kinds.append(kind)
         return References(latents, kinds)
 
-    def canvas(self, refs: References, track: torch.Tensor | None, frames: int) -> torch.Tensor:
+    def canvas(self, refs: References, track: torch.Tensor | None, frames: int,
+               brow_exemplar: tuple[float, float] | None = None) -> torch.Tensor:
         """The frame-aligned reference of each frame ``(B, F, C, h, w)`` from ``canvas_references``' ``refs``: the
         exemplar of the frame's strongest emotion channel in ``track (B, F, P)`` where it reaches
         ``EXPRESSION_FLOOR`` and ``refs`` hold it (``expression_kind``, frame by frame; with ``expression_blend``
         the global latent moved toward it by the channel's value, clamped to 0..1), else the global latent (no
-        track, or no ``expression_canvas``: the global latent everywhere)."""
+        track, or no ``expression_canvas``: the global latent everywhere). With ``brow_exemplar`` ``(lo, hi)``
+        and the surprised exemplar in ``refs``, each frame also moves toward it by ``brow_exemplar_weight`` of
+        its brow raise (the DiT draws a brow raise of its track faintly; the exemplar has the character's raised
+        brows)."""
         out = refs.latents[0][:, None].expand(-1, frames, -1, -1, -1)
         if not self.cfg.expression_canvas or track is None or len(refs.kinds) == 1:
             return out
@@ -294,13 +305,17 @@ class DiT(nn.Module):
                 out = out + weight * (latent - refs.latents[0])[:, None].to(out)
             else:
                 out = torch.where(pick[..., None, None, None], latent[:, None].to(out), out)
+        if brow_exemplar is not None and BROW_EXEMPLAR in refs.kinds and "brow_raise" in channels:
+            weight = brow_exemplar_weight(track[..., channels.index("brow_raise")], emotion, names, brow_exemplar)
+            lifted = refs.latents[refs.kinds.index(BROW_EXEMPLAR)] - refs.latents[0]  # (B, C, h, w)
+            out = out + weight.to(out)[..., None, None, None] * lifted[:, None].to(out)
         return out
 
     def _canvas(self, cond: Conditioning, cache: KVCache | None, track: torch.Tensor | None,
                 frames: int) -> torch.Tensor:
         """``canvas`` of the session's references (``cache.canvas`` once prefilled) or of ``cond``'s."""
         refs = cache.canvas if cache is not None and cache.is_prefilled else self.canvas_references(cond.references)
-        return self.canvas(refs, track, frames)
+        return self.canvas(refs, track, frames, cond.brow_exemplar)
 
     def reference_input(self, refs: References | None) -> torch.Tensor:
         """The global reference's per-token input ``(B, N, D)`` of ``reference_concat`` (a clear error without it)."""

@@ -21,6 +21,7 @@ from lpm.config import to_dict
 from lpm.errors import LpmError
 from lpm.models.dit import CHECKPOINT_KIND
 from lpm.models.dit_config import stored_dit_config
+from lpm.models.expression import brow_bounds
 from lpm.models.idle_motion import (
     BlinkStats,
     IdleMotion,
@@ -127,7 +128,8 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
                idle_scale: float = 1.0, cache: tuple[int, int] | None = None,
                online_steps: int | None = None, track_gain: dict[str, float] | None = None,
                restorer: str | Path | None = None, base_steps: int | None = None,
-               base_guidance: dict[str, float] | None = None, track_range: str | Path | None = None) -> Export:
+               base_guidance: dict[str, float] | None = None, track_range: str | Path | None = None,
+               brow_exemplar: str | None = None) -> Export:
     """Write ``run``'s DiT weights to ``out`` (atomically) in ``dtype``, with the config and metadata kept.
 
     Args:
@@ -153,6 +155,10 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
             the 1st-99th percentile of the head angles, 0.1-99.9th of the rest) the true motion of its train clips
             covers, stored in ``extra["online"]["track_range"]`` (a Base checkpoint: ``extra["base"]``) as channel
             -> [lo, hi] in rig units; ``""`` removes it.
+        brow_exemplar: ``"lo,hi"``: the streamed model's canvas moves toward the surprised exemplar as its track's
+            brow raise goes from lo to hi (rig units, after the gain and range), stored in
+            ``extra["online"]["brow_exemplar"]`` (``lpm.models.expression.brow_exemplar_weight``; the model needs
+            ``expression_canvas``); ``""`` removes it.
         base_steps: ODE steps per window a Base checkpoint samples with (``extra["base"]["steps"]``; ``lpm
             bench --base-steps`` still overrides it).
         base_guidance: classifier-free guidance scales a Base checkpoint samples with, condition -> scale
@@ -216,6 +222,19 @@ def export_dit(run: str | Path, out: str | Path, ema: bool = True, dtype: str = 
         ranges = measured_track_range(track_range, cfg.motion_channels) if str(track_range) else {}
         extra[name] = {**section, "track_range": {k: list(v) for k, v in ranges.items()}} if ranges else section
         extra["export"]["track_range"] = {"data": str(track_range), "range": extra[name].get("track_range", {})}
+    if brow_exemplar is not None:
+        if cfg.attention == "bidirectional" or not cfg.expression_canvas:
+            what = "a Base checkpoint" if cfg.attention == "bidirectional" else "a model without expression_canvas"
+            raise LpmError(f"{source}: --brow-exemplar draws the streamed model's brow raise on its expression "
+                           f"canvas; this is {what}")
+        name, section = sampling_section(extra, cfg.attention, source, "brow exemplar")
+        section = {k: v for k, v in section.items() if k != "brow_exemplar"}
+        try:
+            bounds = brow_bounds(brow_exemplar) if brow_exemplar else None
+        except ValueError as e:
+            raise LpmError(f"--brow-exemplar: {e}") from None
+        extra[name] = {**section, "brow_exemplar": list(bounds)} if bounds else section
+        extra["export"]["brow_exemplar"] = list(bounds) if bounds else None
     if restorer is not None:
         name, section = sampling_section(extra, cfg.attention, source, "restorer")
         extra[name] = with_restorer(section, restorer, Path(out))

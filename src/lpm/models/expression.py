@@ -10,7 +10,10 @@ restorer (``RestorerConfig.reference``) draw on it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+
+import torch
 
 GLOBAL = "global"
 # An emotion channel below this (track units = rig units, 0..1) is no emotion: the global image stands. The world
@@ -43,3 +46,43 @@ def expression_kind(emotions: Sequence[float], names: Sequence[str]) -> str:
     if float(emotions[best]) < EXPRESSION_FLOOR:
         return GLOBAL
     return exemplar_of(names[best])
+
+
+# The exemplar whose brows are raised (the world renders ``expr_surprised`` with brow_raise 0.8): a brow raise of the
+# track is drawn by moving the canvas toward it (``brow_exemplar_weight``).
+BROW_EXEMPLAR = "expr_surprised"
+
+
+def brow_bounds(value: object) -> tuple[float, float]:
+    """``(lo, hi)`` floats from a stored or given brow exemplar setting (a pair, or ``"lo,hi"``), ``lo < hi``; a
+    ``ValueError`` naming what was wrong otherwise."""
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        lo, hi = (float(v) for v in value)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(f"expected two numbers lo,hi (the brow raise where the move toward {BROW_EXEMPLAR} starts "
+                         f"and where it is whole), got {value!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"expected finite lo < hi, got {lo}, {hi}")
+    return lo, hi
+
+
+def brow_exemplar_weight(brow: torch.Tensor, emotions: torch.Tensor, names: Sequence[str],
+                         bounds: tuple[float, float]) -> torch.Tensor:
+    """How far each frame's canvas moves toward ``BROW_EXEMPLAR`` for its brow raise: ``(brow - lo) / (hi - lo)``
+    clamped to 0..1, and 0 where the canvas already is that exemplar's (the strongest emotion is ``emo_surprised``
+    at ``EXPRESSION_FLOOR`` or more).
+
+    Args:
+        brow: ``(B, F)`` the track's brow raise (rig units = track units); emotions: ``(B, F, E)`` its ``names``
+            channels; bounds: ``(lo, hi)`` with ``lo < hi``.
+    Returns:
+        ``(B, F)`` float weights.
+    """
+    lo, hi = brow_bounds(bounds)
+    weight = ((brow - lo) / (hi - lo)).clamp(0, 1)
+    if "emo_surprised" in names:
+        strongest, best = emotions.float().max(-1)
+        weight = weight * ~((strongest >= EXPRESSION_FLOOR) & (best == list(names).index("emo_surprised")))
+    return weight

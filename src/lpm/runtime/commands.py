@@ -13,7 +13,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                       idle_motion=args.idle_motion, idle_scale=args.idle_scale, cache=args.cache,
                       online_steps=args.online_steps, track_gain=args.track_gain,
                       restorer=args.restorer, base_steps=args.base_steps, track_range=args.track_range,
-                      base_guidance=args.base_guidance)
+                      base_guidance=args.base_guidance, brow_exemplar=args.brow_exemplar)
     print(f"wrote {done.path}: {done.source} as {done.dtype}, {done.num_bytes / 2**20:.1f} MiB "
           f"(source {done.source_bytes / 2**20:.1f} MiB)")
     if done.idle is not None:
@@ -116,6 +116,10 @@ def register(sub, groups) -> None:
                    help="clip the gained track to the range the true motion of DATA's train clips covers (percentiles "
                         "per channel: 1-99 head angles, 0.1-99.9 the rest; e.g. data/world128): beyond what the DiT "
                         "saw in training it smears the face (docs/learning.md, 'Track range'; '' removes it)")
+    p.add_argument("--brow-exemplar", default=None, metavar="LO,HI",
+                   help="an Online checkpoint with an expression canvas draws its track's brow raise by moving the "
+                        "canvas toward the surprised exemplar, from none at LO to whole at HI (the gained brow raise, "
+                        "rig units; docs/learning.md, 'Brow exemplar'; '' removes it)")
     p.add_argument("--restorer", default=None, metavar="PATH",
                    help="a `lpm train restorer` checkpoint the model's decoded frames go through beside the "
                         "global reference (recorded relative to --out's folder; '' removes it)")

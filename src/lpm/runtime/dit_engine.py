@@ -44,7 +44,7 @@ from lpm.diffusion.samplers import SAMPLERS, flow_timesteps
 from lpm.models.chunk_context import ChunkContext
 from lpm.models.conditioning import Conditioning, References
 from lpm.models.dit import DiT, load_dit
-from lpm.models.expression import GLOBAL, emotion_channels, expression_kind
+from lpm.models.expression import GLOBAL, brow_bounds, emotion_channels, expression_kind
 from lpm.models.kv_cache import KVCache
 from lpm.models.latent_codec import LatentCodec, load_codec
 from lpm.models.motion_track import TrackGainError, track_gains, track_ranges, track_tensors
@@ -114,6 +114,9 @@ class DiTEngineConfig:
     # Motion-track channel -> [lo, hi] (rig units) the gained track is clipped to; None: the checkpoint's
     # (``OnlineSampling.track_range``), {}: unbounded.
     track_range: dict[str, tuple[float, float]] | None = None
+    # (lo, hi): the brow raise drawn from the surprised exemplar (``Conditioning.brow_exemplar``); None: the
+    # checkpoint's (``OnlineSampling.brow_exemplar``), (): not.
+    brow_exemplar: tuple[float, float] | tuple[()] | None = None
     # A restorer (lpm.models.restorer) run on each decoded frame beside the global reference image; None: the
     # checkpoint's (``OnlineSampling.restorer``, a file beside it), "": none.
     restorer: str | None = None
@@ -161,6 +164,8 @@ class OnlineSampling:
             its path relative to the checkpoint's folder; None: none.
         track_range: motion-track channel -> (lo, hi) in rig units the gained track is clipped to (``lpm export
             --track-range``: the range the DiT saw in training); empty: unbounded.
+        brow_exemplar: ``(lo, hi)``, the brow raise drawn from the surprised exemplar (``lpm export
+            --brow-exemplar``, ``Conditioning.brow_exemplar``); None: not.
     """
 
     timesteps: tuple[float, ...]
@@ -169,6 +174,7 @@ class OnlineSampling:
     track_gain: tuple[tuple[str, float], ...] = ()
     restorer: str | None = None
     track_range: tuple[tuple[str, tuple[float, float]], ...] = ()
+    brow_exemplar: tuple[float, float] | None = None
 
     @classmethod
     def from_extra(cls, online: dict, source: str) -> OnlineSampling:
@@ -180,6 +186,8 @@ class OnlineSampling:
             refiner_time = None if refiner_time is None else float(refiner_time)
             track_gain = tuple(track_gains(online.get("track_gain") or {}).items())
             track_range = tuple(track_ranges(online.get("track_range") or {}).items())
+            brow = online.get("brow_exemplar")
+            brow_exemplar = None if brow is None else brow_bounds(brow)
             restorer = online.get("restorer")
             if restorer is not None and not isinstance(restorer, str):
                 raise TypeError(f"restorer must be a file name, got {restorer!r}")
@@ -191,7 +199,7 @@ class OnlineSampling:
             raise EngineError(f"{source}: online timesteps must decrease from 1.0 to 0.0, got {list(timesteps)}")
         if sampler not in SAMPLERS:
             raise EngineError(f"{source}: unknown online sampler {sampler!r}; known: {', '.join(SAMPLERS)}")
-        return cls(timesteps, sampler, refiner_time, track_gain, restorer, track_range)
+        return cls(timesteps, sampler, refiner_time, track_gain, restorer, track_range, brow_exemplar)
 
 
 def online_sampling_of(checkpoint: str | Path) -> OnlineSampling | None:
@@ -292,6 +300,11 @@ class DiTEngine(Engine):
             self.track_gain, self.track_range = track_tensors(gains, ranges, mc.motion_channels, self.device)
         except TrackGainError as e:
             raise EngineError(f"{cfg.checkpoint or 'the engine config'}: {e}") from None
+        brow = cfg.brow_exemplar if cfg.brow_exemplar is not None else (online.brow_exemplar if online else None)
+        try:
+            self.brow_exemplar = brow_bounds(brow) if brow else None
+        except ValueError as e:
+            raise EngineError(f"{cfg.checkpoint or 'the engine config'}: brow_exemplar: {e}") from None
         self.refiner_time = cfg.refiner_time
         if self.refiner_time is None:
             trained = online.refiner_time if online is not None else None
@@ -441,7 +454,7 @@ class DiTEngine(Engine):
         audio_start = end - mel_self.shape[1]
         cond = Conditioning(text_tokens, text_mask, mel_self, mel_partner, audio_start_frame=audio_start,
                             captions=[chunk.text], track_gain=self.track_gain,
-                            track_range=self.track_range)
+                            track_range=self.track_range, brow_exemplar=self.brow_exemplar)
         context = self.model.prepare_chunk(cond, self.cache, self.attention_dtype) if self.use_context else None
         extra = {"context": context} if context is not None else {}
         timings["generate.features"] = (time.perf_counter() - start_time) * 1000
@@ -462,7 +475,7 @@ class DiTEngine(Engine):
         local = Conditioning(text_tokens, text_mask, mel_self, mel_partner,
                              audio_start_frame=audio_start - model_first, references=self.references,
                              captions=[chunk.text], track_gain=self.track_gain,
-                             track_range=self.track_range)
+                             track_range=self.track_range, brow_exemplar=self.brow_exemplar)
         return DrawnChunk(x_0, local, self._restorer_image(cond, model_first, f, context))
 
     @torch.no_grad()
