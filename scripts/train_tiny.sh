@@ -38,6 +38,7 @@ DMD_CRITIC_STEPS=${DMD_CRITIC_STEPS:-800}  # DMD with the latent critic (arm 36)
 DMD_BLEND_STEPS=${DMD_BLEND_STEPS:-800}    # DMD with the blended expression canvas (arm 41)
 SOUP_ALPHA=${SOUP_ALPHA:-0.7}              # share of arm 41 in the shipped interpolation (arm 42)
 TRACK_GAIN=${TRACK_GAIN:-smile=3,brow_raise=4,head_*=3}
+BROW_EXEMPLAR=${BROW_EXEMPLAR:-0.5,0.84}    # the gained brow raise drawn from the surprised exemplar ('' = not)
 SYNTH_CLIPS=${SYNTH_CLIPS:-320}
 SYNTH_SECONDS=${SYNTH_SECONDS:-4}
 BASE_INIT=${BASE_INIT:-}      # "" = the Base from random weights
@@ -138,9 +139,10 @@ dmd dmd_blend "$RUNS/online_critic.safetensors" "$RUNS/online_dmd_blend" regress
 PYTHONPATH=scripts "${PYTHON:-.venv/bin/python}" scripts/weight_soup.py "$RUNS/online_critic.safetensors" \
   "$RUNS/online_blend.safetensors" --alpha "$SOUP_ALPHA" --out "$RUNS/online_soup.safetensors"
 # Its gained track clipped to the range the DiT saw in training (docs/learning.md, "Track range"): a nod x3 went to
-# -25 degrees of pitch and smeared the face.
+# -25 degrees of pitch and smeared the face. Its brow raise drawn from the surprised exemplar on the canvas
+# (docs/learning.md, "Brow exemplar"): the DiT draws the brow of its track at r 0.03.
 "$LPM" export --run "$RUNS/online_soup.safetensors" --out "$CKPT/online_tiny.safetensors" \
-  --restorer "$CKPT/restorer_tiny.safetensors" --track-range "$DATA"
+  --restorer "$CKPT/restorer_tiny.safetensors" --track-range "$DATA" --brow-exemplar "$BROW_EXEMPLAR"
 # The wall time of each stage, summed over this script's invocations.
 awk -F'\t' '{ s[$1] += $2; if (!($1 in o)) { o[$1] = ++n; k[n] = $1 } } END {
   print "| stage | wall time (min) |"; print "| --- | --- |";

@@ -35,6 +35,7 @@ def test_the_recipe_runs_from_scratch_and_writes_the_shipped_files(tmp_path):
     assert online["restorer"] == "restorer_tiny.safetensors"  # beside it, as shipped
     assert online["track_gain"]["smile"] == 3.0 and online["timesteps"] == [1.0, 0.0]
     assert "head_pitch" in online["track_range"]  # the gained track clipped to the data's range
+    assert online["brow_exemplar"] == [0.5, 0.84]  # the brow raise drawn from the surprised exemplar
     assert meta["config"]["expression_canvas"] and meta["config"]["expression_blend"]
     times = [line.split("\t") for line in (tmp_path / "runs/recipe_times.tsv").read_text().splitlines()]
     assert [t[0] for t in times] == STAGES and all(int(t[1]) >= 0 for t in times)
