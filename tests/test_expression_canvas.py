@@ -118,8 +118,7 @@ def test_a_brow_raise_moves_the_canvas_toward_the_surprised_exemplar():
         no_exemplar = References(refs.latents[:2], refs.kinds[:2])
         torch.testing.assert_close(model(x, t, dataclasses.replace(lifted, references=no_exemplar))[0],
                                    model(x, t, dataclasses.replace(cond, references=no_exemplar))[0])
-    w = brow_exemplar_weight(torch.tensor([[0.4, 0.5, 0.9]]), torch.zeros(1, 3, 2), ["emo_happy", "emo_surprised"],
-                             (0.4, 0.8))
+    w = brow_exemplar_weight(torch.tensor([[0.4, 0.5, 0.9]]), (0.4, 0.8))
     torch.testing.assert_close(w, torch.tensor([[0.0, 0.25, 1.0]]))
     assert brow_bounds("0.5,0.84") == (0.5, 0.84) and brow_bounds([0.1, 0.2]) == (0.1, 0.2)
     for bad, match in (("0.8,0.4", "lo < hi"), ("0.5", "two numbers"), ("a,b", "two numbers"), ([1, "nan"], "finite")):

@@ -298,15 +298,18 @@ class DiT(nn.Module):
         emotion = track[..., [channels.index(c) for c in names]].float()  # (B, F, E)
         strongest, best = emotion.max(-1)  # the first of equal values, as expression_kind
         exemplars = [exemplar_of(c) for c in names]
+        picked = {}
         for kind, latent in zip(refs.kinds[1:], refs.latents[1:]):
-            pick = (strongest >= EXPRESSION_FLOOR) & (best == exemplars.index(kind))  # (B, F)
+            pick = picked[kind] = (strongest >= EXPRESSION_FLOOR) & (best == exemplars.index(kind))  # (B, F)
             if self.cfg.expression_blend:
                 weight = (strongest.clamp(0, 1) * pick).to(out)[..., None, None, None]  # (B, F, 1, 1, 1)
                 out = out + weight * (latent - refs.latents[0])[:, None].to(out)
             else:
                 out = torch.where(pick[..., None, None, None], latent[:, None].to(out), out)
-        if brow_exemplar is not None and BROW_EXEMPLAR in refs.kinds and "brow_raise" in channels:
-            weight = brow_exemplar_weight(track[..., channels.index("brow_raise")], emotion, names, brow_exemplar)
+        if brow_exemplar is not None and BROW_EXEMPLAR in picked and "brow_raise" in channels:
+            # not where the canvas already is the surprised exemplar's (its emotion's pick)
+            weight = brow_exemplar_weight(track[..., channels.index("brow_raise")], brow_exemplar)
+            weight = weight * ~picked[BROW_EXEMPLAR]
             lifted = refs.latents[refs.kinds.index(BROW_EXEMPLAR)] - refs.latents[0]  # (B, C, h, w)
             out = out + weight.to(out)[..., None, None, None] * lifted[:, None].to(out)
         return out

@@ -68,21 +68,9 @@ def brow_bounds(value: object) -> tuple[float, float]:
     return lo, hi
 
 
-def brow_exemplar_weight(brow: torch.Tensor, emotions: torch.Tensor, names: Sequence[str],
-                         bounds: tuple[float, float]) -> torch.Tensor:
-    """How far each frame's canvas moves toward ``BROW_EXEMPLAR`` for its brow raise: ``(brow - lo) / (hi - lo)``
-    clamped to 0..1, and 0 where the canvas already is that exemplar's (the strongest emotion is ``emo_surprised``
-    at ``EXPRESSION_FLOOR`` or more).
-
-    Args:
-        brow: ``(B, F)`` the track's brow raise (rig units = track units); emotions: ``(B, F, E)`` its ``names``
-            channels; bounds: ``(lo, hi)`` with ``lo < hi``.
-    Returns:
-        ``(B, F)`` float weights.
-    """
+def brow_exemplar_weight(brow: torch.Tensor, bounds: tuple[float, float]) -> torch.Tensor:
+    """How far each frame's canvas moves toward ``BROW_EXEMPLAR`` for its brow raise ``brow (B, F)`` (rig units =
+    track units): ``(brow - lo) / (hi - lo)`` clamped to 0..1 (``DiT.canvas`` leaves out the frames whose canvas
+    already is that exemplar's)."""
     lo, hi = brow_bounds(bounds)
-    weight = ((brow - lo) / (hi - lo)).clamp(0, 1)
-    if "emo_surprised" in names:
-        strongest, best = emotions.float().max(-1)
-        weight = weight * ~((strongest >= EXPRESSION_FLOOR) & (best == list(names).index("emo_surprised")))
-    return weight
+    return ((brow - lo) / (hi - lo)).clamp(0, 1)
